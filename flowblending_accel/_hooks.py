@@ -1,0 +1,103 @@
+"""The few places where we touch diffusers' hook registry, kept together so a diffusers change hits one file.
+
+A model's hooks live in ``module._diffusers_hook`` (a ``HookRegistry``), with more registries on its
+submodules (block-level cache hooks). Stateful hooks keep one state per cache-context name in a
+``StateManager``; ``reset_state`` drops those states *and* the current context, so a reset inside a running
+``cache_context`` must put the context back, or the next block call raises "No cache context is set".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from diffusers.hooks import HookRegistry
+from diffusers.hooks.hooks import CacheContext, ModelHook, StateManager
+
+REGISTRY_ATTRIBUTE = "_diffusers_hook"
+
+
+def registries(module: torch.nn.Module) -> list[HookRegistry]:
+    """Every hook registry on ``module`` and its submodules (outermost first); none for a plain callable."""
+    if not isinstance(module, torch.nn.Module):
+        return []
+    found = []
+    for sub in module.modules():
+        registry = getattr(sub, REGISTRY_ATTRIBUTE, None)
+        if registry is not None:
+            found.append(registry)
+    return found
+
+
+def stateful_hooks(module: torch.nn.Module) -> Iterator[tuple[HookRegistry, ModelHook]]:
+    for registry in registries(module):
+        for name in reversed(registry._hook_order):
+            hook = registry.hooks[name]
+            if hook._is_stateful:
+                yield registry, hook
+
+
+def reset_cache_state(
+    module: torch.nn.Module, context: CacheContext | None = None, skip: Iterable[ModelHook] = ()
+) -> None:
+    """Reset every stateful hook of ``module`` except ``skip``, then re-apply ``context`` (if any).
+
+    This is what "the model starts a fresh segment" means for feature caches: no residual, Taylor factor
+    or call counter from before the gap survives.
+    """
+    skipped = set(map(id, skip))
+    for registry, hook in stateful_hooks(module):
+        if id(hook) not in skipped:
+            hook.reset_state(registry._module_ref)
+    if context is not None:
+        set_cache_context(module, context)
+
+
+def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> None:
+    """Give ``context`` to every stateful hook's ``StateManager`` under ``module`` (``None`` clears it)."""
+    for _, hook in stateful_hooks(module):
+        for value in vars(hook).values():
+            if isinstance(value, StateManager):
+                value.set_context(context)
+
+
+@contextmanager
+def cache_context(module: torch.nn.Module, context: CacheContext | None):
+    """Enter ``context`` on ``module``'s hooks for one call, like ``CacheMixin.cache_context`` for any module."""
+    if context is None or getattr(module, REGISTRY_ATTRIBUTE, None) is None:
+        yield
+        return
+    set_cache_context(module, context)
+    try:
+        yield
+    finally:
+        set_cache_context(module, None)
+
+
+def hooks_of_type(module: torch.nn.Module, hook_type: type) -> list[tuple[str, ModelHook]]:
+    """``(name, hook)`` pairs registered directly on ``module`` whose hook is a ``hook_type``."""
+    registry = getattr(module, REGISTRY_ATTRIBUTE, None)
+    if registry is None:
+        return []
+    return [(name, registry.hooks[name]) for name in registry._hook_order if isinstance(registry.hooks[name], hook_type)]
+
+
+def register_outermost(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+    """Register ``hook`` last, i.e. outermost: it sees every call before any cache hook of ``module``."""
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def remove(module: torch.nn.Module, name: str) -> None:
+    """Remove hook ``name``; when it was the last hook, leave the module exactly as it was before any."""
+    registry = getattr(module, REGISTRY_ATTRIBUTE, None)
+    if registry is None:
+        return
+    registry.remove_hook(name, recurse=False)
+    if registry.hooks:
+        return
+    # The registry leaves the class forward behind as an instance attribute; drop it and the empty registry.
+    forward = module.__dict__.get("forward")
+    if getattr(forward, "__func__", None) is type(module).forward:
+        del module.__dict__["forward"]
+    delattr(module, REGISTRY_ATTRIBUTE)

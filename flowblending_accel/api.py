@@ -1,0 +1,169 @@
+"""The verbs: ``apply_flowblending_(pipe, small, ...)`` and ``remove_flowblending_(pipe)`` (in place)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from . import _hooks
+from .families import Family, check_pair, family_for
+from .router import ROUTER_HOOK_NAME, ModelRouter, check_placement
+from .schedule import Schedule
+from .stats import RunStats, merge_runs
+
+
+@dataclass(frozen=True)
+class FlowBlendingConfig:
+    """Everything ``apply_flowblending_`` takes besides the pipeline and the small model.
+
+    Args:
+        schedule: stage string (``"L40-S40-L20"``) or :class:`Schedule`.
+        axis: ``"step"`` (fraction of solver steps, the paper's) or ``"sigma"`` (fraction of the noise
+            range); ``None`` keeps the schedule's own axis (``step`` for strings).
+        denoisers: pipeline attributes to route (e.g. ``("transformer", "transformer_2")`` for Wan 2.2);
+            ``None`` routes every denoiser the pipeline family has.
+        count_flops: count FLOPs per call (``torch.utils.flop_counter``; slows the run).
+        timing: ``"auto"``, ``"host"``, ``"cuda"`` or ``"off"`` (see :class:`ModelRouter`).
+        reset_on_switch: reset the target model's caches on every switch.
+        strict: require the small model to be of the large model's class where the family expects it.
+    """
+
+    schedule: str | Schedule = "L40-S40-L20"
+    axis: str | None = None
+    denoisers: tuple[str, ...] | None = None
+    count_flops: bool = False
+    timing: str = "auto"
+    reset_on_switch: bool = True
+    strict: bool = True
+
+
+def apply_flowblending_(
+    pipe: Any,
+    small: torch.nn.Module | dict[str, torch.nn.Module],
+    schedule: str | Schedule | FlowBlendingConfig = "L40-S40-L20",
+    axis: str | None = None,
+    **options: Any,
+) -> ModelRouter:
+    """Route ``pipe``'s denoiser between itself (large) and ``small`` by stage, in place.
+
+    ``small`` is a module, or for pipelines with several denoisers (Wan 2.2) a dict from attribute name to
+    module. Returns the router of the first routed denoiser; :func:`flowblending_routers` lists all. Every
+    check runs here, before any denoising: schedule, family, pair compatibility, placement, double apply.
+
+    Example::
+
+        router = apply_flowblending_(pipe, small_transformer, "L40-S40-L20")
+        video = pipe(prompt, num_inference_steps=50).frames[0]
+        print(router.last_run.table())
+        remove_flowblending_(pipe)
+    """
+    config = _config_from(schedule, axis, options)
+    parsed = Schedule.coerce(config.schedule, config.axis)
+    family = family_for(pipe)
+    names = _denoisers_to_route(pipe, family, config.denoisers)
+    smalls = _small_per_denoiser(small, names)
+    if flowblending_routers(pipe):
+        raise ValueError("FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first.")
+    if getattr(pipe, "scheduler", None) is None or not hasattr(pipe.scheduler, "set_timesteps"):
+        raise ValueError("pipe.scheduler is missing or not a diffusers scheduler; the router reads its step grid.")
+    for name in names:
+        large = getattr(pipe, name)
+        check_pair(large, smalls[name], family, f"pipe.{name}", strict=config.strict)
+        if "small" in parsed.models:
+            check_placement(large, smalls[name])
+    routers = [_attach(pipe, name, smalls[name], parsed, family, config) for name in names]
+    return routers[0]
+
+
+def remove_flowblending_(pipe: Any) -> list[ModelRouter]:
+    """Remove every router from ``pipe``: forwards are restored and the small models' caches reset."""
+    routed = _routed_components(pipe)
+    if not routed:
+        raise ValueError("FlowBlending is not applied to this pipeline; there is nothing to remove.")
+    removed = []
+    for module, router in routed:
+        router.reset_state(module)
+        _hooks.remove(module, ROUTER_HOOK_NAME)
+        removed.append(router)
+    return removed
+
+
+def flowblending_routers(pipe: Any) -> list[ModelRouter]:
+    """The routers on ``pipe``'s denoisers, in component order (empty when not applied)."""
+    return [router for _, router in _routed_components(pipe)]
+
+
+def flowblending_stats(pipe: Any) -> RunStats | None:
+    """Stats of the last (or current) run, merged over all routed denoisers of ``pipe``."""
+    runs = [router.last_run for router in flowblending_routers(pipe) if router.last_run is not None]
+    return merge_runs(runs) if runs else None
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _config_from(schedule: Any, axis: str | None, options: dict[str, Any]) -> FlowBlendingConfig:
+    known = {f.name for f in fields(FlowBlendingConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(f"apply_flowblending_ got unknown option(s) {unknown}; known: {sorted(known)}.")
+    if isinstance(schedule, FlowBlendingConfig):
+        config = replace(schedule, **options)
+        return config if axis is None else replace(config, axis=axis)
+    if not isinstance(schedule, str | Schedule):
+        raise TypeError(
+            f"schedule must be a string like 'L40-S40-L20', a Schedule or a FlowBlendingConfig, "
+            f"got {type(schedule).__name__}."
+        )
+    return FlowBlendingConfig(schedule=schedule, axis=axis, **options)
+
+
+def _denoisers_to_route(pipe: Any, family: Family, requested: tuple[str, ...] | None) -> list[str]:
+    if requested is None:
+        return family.present_denoisers(pipe)
+    if isinstance(requested, str):
+        requested = (requested,)
+    for name in requested:
+        if not isinstance(getattr(pipe, name, None), torch.nn.Module):
+            raise ValueError(
+                f"denoisers names {name!r}, but pipe.{name} is not a torch module on this "
+                f"{type(pipe).__name__}; choose from {family.present_denoisers(pipe)}."
+            )
+    return list(requested)
+
+
+def _small_per_denoiser(small: Any, names: list[str]) -> dict[str, Any]:
+    if not isinstance(small, dict):
+        return dict.fromkeys(names, small)
+    missing = [name for name in names if name not in small]
+    extra = sorted(set(small) - set(names))
+    if missing or extra:
+        raise ValueError(
+            f"small is a dict with keys {sorted(small)}, but the routed denoisers are {names}: give one small "
+            "model per routed denoiser (or pass denoisers=... to route fewer)."
+        )
+    return small
+
+
+def _attach(pipe: Any, name: str, small: Any, schedule: Schedule, family: Family, config) -> ModelRouter:
+    router = ModelRouter(
+        small,
+        schedule,
+        scheduler=lambda: pipe.scheduler,
+        timestep_arg=family.timestep_arg,
+        count_flops=config.count_flops,
+        timing=config.timing,
+        reset_on_switch=config.reset_on_switch,
+    )
+    # Registered last so the router is outermost: the large model's own cache hooks never see calls that
+    # belong to the small model.
+    _hooks.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
+    return router
+
+
+def _routed_components(pipe: Any) -> list[tuple[torch.nn.Module, ModelRouter]]:
+    found = []
+    for module in getattr(pipe, "components", {}).values():
+        if isinstance(module, torch.nn.Module):
+            found.extend((module, hook) for _, hook in _hooks.hooks_of_type(module, ModelRouter))
+    return found

@@ -1,0 +1,129 @@
+"""A schedule laid onto a scheduler's step grid: the per-solver-step model table."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .schedule import Schedule
+from .solver import SolverView
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: int
+    timestep: float
+    sigma: float
+    noise: float
+    stage: int
+    model: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which model runs each solver step of one run, from ``first_step`` (img2img starts later) to the end."""
+
+    schedule: Schedule
+    view: SolverView
+    steps: tuple[PlannedStep, ...]
+    first_step: int = 0
+
+    @classmethod
+    def build(cls, schedule: Schedule, view: SolverView, first_step: int = 0) -> Plan:
+        run_steps = list(range(first_step, view.num_steps))
+        if not run_steps:
+            raise ValueError(f"first_step={first_step} is past the scheduler's {view.num_steps} solver steps.")
+        if schedule.axis == "step":
+            stages = schedule.stages_for_step_count(len(run_steps))
+        else:
+            stages = [schedule.stage_at_progress(1.0 - view.step_noise(step)) for step in run_steps]
+        planned = tuple(
+            PlannedStep(
+                step=step,
+                timestep=view.step_timestep(step),
+                sigma=view.step_sigma(step),
+                noise=view.step_noise(step),
+                stage=stage,
+                model=schedule.stages[stage].model,
+            )
+            for step, stage in zip(run_steps, stages, strict=True)
+        )
+        return cls(schedule, view, planned, first_step)
+
+    # ------------------------------------------------------------------------------------------ queries
+    def model_of_step(self, step: int) -> str:
+        return self.steps[step - self.first_step].model
+
+    def stage_of_step(self, step: int) -> int:
+        return self.steps[step - self.first_step].stage
+
+    def step_counts(self) -> dict[str, int]:
+        """Solver steps per model (every model of the schedule is listed, possibly with 0)."""
+        counts = dict.fromkeys(sorted(self.schedule.models), 0)
+        for planned in self.steps:
+            counts[planned.model] += 1
+        return counts
+
+    def stage_step_counts(self) -> list[int]:
+        counts = [0] * len(self.schedule.stages)
+        for planned in self.steps:
+            counts[planned.stage] += 1
+        return counts
+
+    def segments(self) -> list[tuple[str, int, int]]:
+        """Maximal runs of one model as ``(model, first_step, last_step)``: the switches happen between them."""
+        segments: list[tuple[str, int, int]] = []
+        for planned in self.steps:
+            if segments and segments[-1][0] == planned.model:
+                segments[-1] = (planned.model, segments[-1][1], planned.step)
+            else:
+                segments.append((planned.model, planned.step, planned.step))
+        return segments
+
+    def flop_share(self, flops_per_step: dict[str, float]) -> dict[str, float]:
+        """Share of the run's FLOPs per model, given each model's FLOPs per solver step."""
+        missing = self.schedule.models - set(flops_per_step)
+        if missing:
+            raise ValueError(f"flops_per_step lacks {sorted(missing)}; give FLOPs for every scheduled model.")
+        spent = {model: n * flops_per_step[model] for model, n in self.step_counts().items()}
+        total = sum(spent.values())
+        return {model: value / total if total else 0.0 for model, value in spent.items()}
+
+    def flop_ratio(self, flops_per_step: dict[str, float]) -> float:
+        """This plan's FLOPs divided by the same steps all on the large model (1.0 = no saving)."""
+        counts = self.step_counts()
+        spent = sum(n * flops_per_step[model] for model, n in counts.items())
+        return spent / (sum(counts.values()) * flops_per_step["large"])
+
+    # ----------------------------------------------------------------------------------------- display
+    def table(self, flops_per_step: dict[str, float] | None = None) -> str:
+        """A fixed-width step table for humans, with per-model totals (and FLOP shares when given)."""
+        header = f"{'step':>4}  {'timestep':>9}  {'sigma':>9}  {'noise':>6}  {'stage':>5}  model"
+        lines = [
+            f"schedule {self.schedule} (axis={self.schedule.axis}) on {self.view.scheduler_name}, "
+            f"{len(self.steps)} solver steps ({len(self.view.timesteps)} loop iterations, order {self.view.order})",
+            header,
+            "-" * len(header),
+        ]
+        for p in self.steps:
+            stage = f"{p.stage + 1}:{self.schedule.stages[p.stage].letter}"
+            lines.append(f"{p.step:>4}  {p.timestep:>9.3f}  {p.sigma:>9.4f}  {p.noise:>6.4f}  {stage:>5}  {p.model}")
+        counts = ", ".join(f"{model} {n}" for model, n in self.step_counts().items())
+        lines.append(f"steps per model: {counts}; stage sizes: {self.stage_step_counts()}")
+        if flops_per_step:
+            share = ", ".join(f"{m} {v:.1%}" for m, v in self.flop_share(flops_per_step).items())
+            lines.append(f"FLOP share: {share}; FLOPs vs large-only: {self.flop_ratio(flops_per_step):.3f}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.to_dict(),
+            "scheduler": self.view.scheduler_name,
+            "order": self.view.order,
+            "first_step": self.first_step,
+            "steps": [asdict(p) for p in self.steps],
+            "step_counts": self.step_counts(),
+        }

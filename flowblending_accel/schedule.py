@@ -1,0 +1,190 @@
+"""Stage schedules: which model denoises which part of the trajectory.
+
+A schedule is a sequence of stages, each a model letter and a share of the trajectory, written like the
+paper's Wan 2.1 setting ``"L40-S40-L20"``: the large model for the first 40 %, the small model for the next
+40 %, the large model for the last 20 %. Shares are measured on one of two axes:
+
+``step`` (default, the paper's definition)
+    Fraction of the run's solver steps. A boundary at cumulative fraction ``b`` of ``N`` steps falls on step
+    index ``floor(b * N + 1/2)`` (round half up, computed exactly): stage ``k`` owns the steps
+    ``[round(b_{k-1} N), round(b_k N))``. So ``L40-S40-L20`` at 50 steps is 20 / 20 / 10 steps and at 7 steps
+    (boundaries 2.8 and 5.6) it is 3 / 3 / 1. A stage can round to zero steps; the plan then lists it empty.
+``sigma``
+    Fraction of the noise range. Each solver step is placed at ``progress = 1 - noise``, where ``noise`` is
+    the flow-matching noise level the model is evaluated at (for VP/epsilon schedulers the SNR-equivalent
+    ``sigma / (1 + sigma)``). Stage ``k`` owns the steps with ``b_{k-1} <= progress < b_k``. This keeps the
+    same layout in noise space when a step-reduction scheduler or another shift changes the step grid.
+
+Bare letters without numbers are accepted: three letters use the paper's 40/40/20 layout (``"LSL"`` is
+``L40-S40-L20``, ``"LSS"`` is ``L40-S40-S20``); any other count splits the axis evenly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+MODEL_LETTERS = {"L": "large", "S": "small"}
+LETTER_OF_MODEL = {model: letter for letter, model in MODEL_LETTERS.items()}
+AXES = ("step", "sigma")
+PAPER_THREE_STAGE_LAYOUT = (Fraction(40), Fraction(40), Fraction(20))
+
+_TOKEN = re.compile(r"([A-Za-z])(\d+(?:\.\d+)?)?")
+_SEPARATORS = re.compile(r"[\s,\-_/]+")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: ``model`` ("large" or "small") runs for ``share`` (a fraction of 1) of the axis."""
+
+    model: str
+    share: Fraction
+
+    @property
+    def letter(self) -> str:
+        return LETTER_OF_MODEL[self.model]
+
+    def __str__(self) -> str:
+        percent = self.share * 100
+        number = str(percent.numerator) if percent.denominator == 1 else f"{float(percent):g}"
+        return f"{self.letter}{number}"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """An ordered tuple of stages whose shares sum to 1, on the ``step`` or ``sigma`` axis."""
+
+    stages: tuple[Stage, ...]
+    axis: str = "step"
+
+    def __post_init__(self) -> None:
+        if self.axis not in AXES:
+            raise ValueError(f"axis={self.axis!r} is not supported; use one of {AXES}.")
+        if not self.stages:
+            raise ValueError("schedule has no stages; write one like 'L40-S40-L20'.")
+        if sum(stage.share for stage in self.stages) != 1:
+            raise ValueError(f"schedule {self}: stage shares must sum to 100 %.")
+
+    # ----------------------------------------------------------------------------------------- parsing
+    @classmethod
+    def parse(cls, text: str, axis: str = "step") -> Schedule:
+        """Parse ``"L40-S40-L20"``, ``"L-S-L-S-L"``, ``"LSL"`` or ``"L100"`` (case-insensitive)."""
+        if not isinstance(text, str):
+            raise TypeError(f"schedule must be a string like 'L40-S40-L20', got {type(text).__name__}.")
+        compact = _SEPARATORS.sub("", text.strip())
+        tokens = _TOKEN.findall(compact)
+        if not compact or "".join(letter + number for letter, number in tokens) != compact:
+            raise ValueError(
+                f"schedule {text!r} is malformed: write stages as a model letter (L = large, S = small) and "
+                "a percentage, e.g. 'L40-S40-L20', or letters only, e.g. 'LSL'."
+            )
+        for letter, _ in tokens:
+            if letter.upper() not in MODEL_LETTERS:
+                raise ValueError(
+                    f"schedule {text!r}: unknown model letter {letter!r}; use L (large) or S (small)."
+                )
+        percents = _percentages(text, [number for _, number in tokens])
+        stages = tuple(
+            Stage(MODEL_LETTERS[letter.upper()], percent / 100)
+            for (letter, _), percent in zip(tokens, percents, strict=True)
+        )
+        return cls(stages, axis)
+
+    @classmethod
+    def coerce(cls, schedule: str | Schedule, axis: str | None = None) -> Schedule:
+        """Accept a string or a Schedule; ``axis`` (when given) overrides the schedule's axis."""
+        if isinstance(schedule, Schedule):
+            return schedule if axis is None or axis == schedule.axis else cls(schedule.stages, axis)
+        return cls.parse(schedule, axis or "step")
+
+    @classmethod
+    def single(cls, model: str, axis: str = "step") -> Schedule:
+        """The one-model schedule (``"L100"`` / ``"S100"``)."""
+        return cls((Stage(model, Fraction(1)),), axis)
+
+    # ------------------------------------------------------------------------------------------ queries
+    def __str__(self) -> str:
+        return "-".join(str(stage) for stage in self.stages)
+
+    @property
+    def boundaries(self) -> tuple[Fraction, ...]:
+        """Cumulative end of each stage, as exact fractions of the axis (the last is 1)."""
+        ends, total = [], Fraction(0)
+        for stage in self.stages:
+            total += stage.share
+            ends.append(total)
+        return tuple(ends)
+
+    @property
+    def models(self) -> frozenset[str]:
+        return frozenset(stage.model for stage in self.stages)
+
+    def stages_for_step_count(self, num_steps: int) -> list[int]:
+        """Stage index of each of ``num_steps`` solver steps on the ``step`` axis (see module docstring)."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps={num_steps} must be at least 1.")
+        starts = [0] + [_round_half_up(end * num_steps) for end in self.boundaries]
+        return [k for k in range(len(self.stages)) for _ in range(starts[k], starts[k + 1])]
+
+    def stage_at_progress(self, progress: float) -> int:
+        """Stage index owning ``progress`` in [0, 1] on the ``sigma`` axis (half-open stage intervals)."""
+        for k, end in enumerate(self.boundaries):
+            if progress < float(end) - 1e-9:
+                return k
+        return len(self.stages) - 1
+
+    def plan(self, scheduler: Any, num_inference_steps: int, **set_timesteps_kwargs: Any):
+        """The per-solver-step model table for ``scheduler`` at ``num_inference_steps`` (a copy is used)."""
+        from .plan import Plan
+        from .solver import SolverView
+
+        view = SolverView.for_steps(scheduler, num_inference_steps, **set_timesteps_kwargs)
+        return Plan.build(self, view)
+
+    # --------------------------------------------------------------------------------- serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": str(self),
+            "axis": self.axis,
+            "stages": [{"model": s.model, "share": [s.share.numerator, s.share.denominator]} for s in self.stages],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schedule:
+        stages = tuple(Stage(s["model"], Fraction(*s["share"])) for s in data["stages"])
+        return cls(stages, data.get("axis", "step"))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> Schedule:
+        return cls.from_dict(json.loads(text))
+
+
+def _percentages(text: str, numbers: list[str]) -> list[Fraction]:
+    given = [number for number in numbers if number]
+    if given and len(given) != len(numbers):
+        raise ValueError(
+            f"schedule {text!r}: give a percentage for every stage or for none (e.g. 'L40-S40-L20' or 'LSL')."
+        )
+    if not given:
+        if len(numbers) == 3:
+            return list(PAPER_THREE_STAGE_LAYOUT)
+        return [Fraction(100, len(numbers))] * len(numbers)
+    percents = [Fraction(number) for number in numbers]
+    if any(p <= 0 for p in percents):
+        raise ValueError(f"schedule {text!r}: every stage needs a positive percentage.")
+    if sum(percents) != 100:
+        raise ValueError(
+            f"schedule {text!r}: percentages sum to {float(sum(percents)):g}; they must sum to 100 "
+            "(e.g. 'L40-S40-L20')."
+        )
+    return percents
+
+
+def _round_half_up(value: Fraction) -> int:
+    return int((value + Fraction(1, 2)).__floor__())

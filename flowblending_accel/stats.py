@@ -1,0 +1,153 @@
+"""What one routed run did: every denoiser call, and totals per model and per stage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class CallRecord:
+    """One denoiser call. ``seconds`` is host wall time, or CUDA-event time on a GPU (see ``timing``)."""
+
+    step: int
+    model: str
+    stage: int
+    timestep: float
+    sigma: float
+    iteration: int | None = None
+    seconds: float | None = None
+    flops: int | None = None
+
+
+@dataclass
+class RunStats:
+    """Per-run record. ``calls`` is in call order; CFG and Heun correctors give several calls per step."""
+
+    schedule: str
+    axis: str
+    scheduler: str
+    num_steps: int
+    planned_steps: dict[str, int]
+    calls: list[CallRecord] = field(default_factory=list)
+    finished: bool = False
+    aborted: bool = False
+    error: str | None = None
+    _pending_events: list[tuple[int, Any, Any]] = field(default_factory=list, repr=False)
+
+    # -------------------------------------------------------------------------------------- recording
+    def add(self, record: CallRecord, events: tuple[Any, Any] | None = None) -> None:
+        if events is not None:
+            self._pending_events.append((len(self.calls), *events))
+        self.calls.append(record)
+
+    def resolve_timings(self) -> None:
+        """Turn pending CUDA events into seconds (waits for them; done lazily so the run never syncs)."""
+        for index, start, end in self._pending_events:
+            end.synchronize()
+            self.calls[index].seconds = start.elapsed_time(end) / 1000.0
+        self._pending_events.clear()
+
+    # ---------------------------------------------------------------------------------------- summary
+    @property
+    def trace(self) -> list[tuple[int, str]]:
+        """``(solver step, model)`` once per step, in order: the routing decision."""
+        seen: dict[int, str] = {}
+        for call in self.calls:
+            seen.setdefault(call.step, call.model)
+        return list(seen.items())
+
+    @property
+    def call_trace(self) -> list[tuple[int, str]]:
+        return [(call.step, call.model) for call in self.calls]
+
+    @property
+    def calls_per_model(self) -> dict[str, int]:
+        return dict(Counter(call.model for call in self.calls))
+
+    @property
+    def steps_per_model(self) -> dict[str, int]:
+        return dict(Counter(model for _, model in self.trace))
+
+    @property
+    def switches(self) -> int:
+        models = [model for _, model in self.trace]
+        return sum(1 for a, b in zip(models, models[1:], strict=False) if a != b)
+
+    @property
+    def seconds_per_model(self) -> dict[str, float]:
+        return self._sum_seconds(lambda call: call.model)
+
+    @property
+    def seconds_per_stage(self) -> dict[int, float]:
+        return self._sum_seconds(lambda call: call.stage)
+
+    @property
+    def flops_per_model(self) -> dict[str, int]:
+        totals: Counter = Counter()
+        for call in self.calls:
+            if call.flops is not None:
+                totals[call.model] += call.flops
+        return dict(totals)
+
+    def _sum_seconds(self, key) -> dict:
+        self.resolve_timings()
+        totals: dict = {}
+        for call in self.calls:
+            if call.seconds is not None:
+                totals[key(call)] = totals.get(key(call), 0.0) + call.seconds
+        return totals
+
+    def table(self) -> str:
+        """A short human summary: per model calls, steps, time and FLOPs."""
+        seconds, flops = self.seconds_per_model, self.flops_per_model
+        state = "aborted" if self.aborted else ("finished" if self.finished else "in progress")
+        lines = [
+            f"run {state}: schedule {self.schedule} (axis={self.axis}) on {self.scheduler}, "
+            f"{self.num_steps} solver steps, {self.switches} switches",
+            f"{'model':<6} {'steps':>5} {'calls':>5} {'seconds':>9} {'GFLOPs':>10}",
+        ]
+        for model in sorted(set(self.planned_steps) | set(self.calls_per_model)):
+            gflops = f"{flops[model] / 1e9:10.3f}" if model in flops else f"{'-':>10}"
+            secs = f"{seconds[model]:9.4f}" if model in seconds else f"{'-':>9}"
+            lines.append(
+                f"{model:<6} {self.steps_per_model.get(model, 0):>5} {self.calls_per_model.get(model, 0):>5} "
+                f"{secs} {gflops}"
+            )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        self.resolve_timings()
+        data = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        data.update(
+            calls_per_model=self.calls_per_model,
+            steps_per_model=self.steps_per_model,
+            seconds_per_model=self.seconds_per_model,
+            seconds_per_stage={str(k): v for k, v in self.seconds_per_stage.items()},
+            flops_per_model=self.flops_per_model,
+            switches=self.switches,
+        )
+        return data
+
+
+def merge_runs(runs: list[RunStats]) -> RunStats:
+    """One record from the routers of several denoisers of the same run (Wan 2.2's two experts)."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    merged = RunStats(
+        schedule=first.schedule,
+        axis=first.axis,
+        scheduler=first.scheduler,
+        num_steps=max(run.num_steps for run in runs),
+        planned_steps=dict(first.planned_steps),
+        finished=all(run.finished for run in runs),
+        aborted=any(run.aborted for run in runs),
+        error=next((run.error for run in runs if run.error), None),
+    )
+    for run in runs:
+        run.resolve_timings()
+        merged.calls.extend(run.calls)
+    merged.calls.sort(key=lambda call: (call.step, call.iteration if call.iteration is not None else -1))
+    return merged
