@@ -43,7 +43,7 @@ class RoutedDenoiser:
             self._start_run()
         iteration = self._calls // self.calls_per_iteration
         if iteration >= len(self.view.sigmas) or not self._matches(value):
-            expected = self.view.sigmas[iteration] if iteration < len(self.view.sigmas) else "none (grid exhausted)"
+            expected = f"{self.view.sigmas[iteration]:g}" if iteration < len(self.view.sigmas) else "none (grid exhausted)"
             raise ValueError(
                 f"call {self._calls} got sigma={value:g} but the sampler grid expects {expected} at iteration "
                 f"{iteration}: pass the sampler's own sigmas, its order (2 for Heun) and calls_per_iteration."

@@ -180,8 +180,7 @@ class ModelRouter(ModelHook):
     def _start_run(self, scheduler: Any, args: tuple, kwargs: dict) -> _Run:
         self._close_run()
         view = SolverView.from_scheduler(scheduler)
-        first_step = self._locate(scheduler, view, args, kwargs)
-        plan = Plan.build(self.schedule, view, first_step)
+        plan = Plan.build(self.schedule, view, _first_step(scheduler, view))
         if "small" in self.schedule.models:
             check_placement(self.large, self.small)
         stats = RunStats(
@@ -267,6 +266,13 @@ class ModelRouter(ModelHook):
         if self.timing == "auto":
             return "cuda" if _device_of(self.large).type == "cuda" else "host"
         return self.timing
+
+
+def _first_step(scheduler: Any, view: SolverView) -> int:
+    # img2img / video2video pipelines start part-way down the grid and say so with `set_begin_index`; a
+    # router on Wan 2.2's second expert first sees a later step, but the run itself still starts at 0.
+    begin = getattr(scheduler, "begin_index", None)
+    return view.step_of_iteration[begin] if begin is not None and begin < len(view.step_of_iteration) else 0
 
 
 class _Timer:

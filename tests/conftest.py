@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from flowblending_accel import testing
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def wan_pair():
+    return testing.tiny_wan_pair()
+
+
+@pytest.fixture
+def wan_pipe(wan_pair):
+    return testing.tiny_wan_pipeline(wan_pair[0])
+
+
+@pytest.fixture
+def ltx_pair():
+    return testing.tiny_ltx_pair()
+
+
+@pytest.fixture
+def unet_pair():
+    return testing.tiny_unet_pair()
