@@ -1,34 +1,40 @@
-"""flowblending-accel: FlowBlending (large-small-large stage-aware sampling) for diffusers pipelines."""
+"""flowblending-accel: FlowBlending (large-small-large stage-aware sampling) for diffusers pipelines.
 
-from .api import (
-    FlowBlendingConfig,
-    apply_flowblending_,
-    flowblending_routers,
-    flowblending_stats,
-    remove_flowblending_,
-)
-from .families import Family, family_for, register_family
-from .plan import Plan
-from .router import ModelRouter
-from .schedule import Schedule, Stage
-from .solver import SolverView
-from .stats import RunStats
+Public names are imported lazily (PEP 562), so ``flowblending-accel --help`` does not pay for importing
+diffusers and torch.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Family",
-    "FlowBlendingConfig",
-    "ModelRouter",
-    "Plan",
-    "RunStats",
-    "Schedule",
-    "SolverView",
-    "Stage",
-    "apply_flowblending_",
-    "family_for",
-    "flowblending_routers",
-    "flowblending_stats",
-    "register_family",
-    "remove_flowblending_",
-]
+_EXPORTS = {
+    "FlowBlendingConfig": "api",
+    "apply_flowblending_": "api",
+    "flowblending_routers": "api",
+    "flowblending_stats": "api",
+    "remove_flowblending_": "api",
+    "Family": "families",
+    "family_for": "families",
+    "register_family": "families",
+    "Plan": "plan",
+    "ModelRouter": "router",
+    "Schedule": "schedule",
+    "Stage": "schedule",
+    "SolverView": "solver",
+    "RunStats": "stats",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flowblending_accel' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

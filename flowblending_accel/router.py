@@ -163,10 +163,10 @@ class ModelRouter(ModelHook):
             )
         run = self._run
         if run is None or run.scheduler is not scheduler or run.timesteps is not scheduler.timesteps:
-            run = self._start_run(scheduler, args, kwargs)
+            run = self._start_run(scheduler)
         step = self._locate(scheduler, run.plan.view, args, kwargs)
         if step < run.last_step:  # the same grid walked again: a custom loop starting over
-            run = self._start_run(scheduler, args, kwargs)
+            run = self._start_run(scheduler)
         if step < run.plan.first_step:
             raise RuntimeError(f"solver step {step} precedes this run's first step {run.plan.first_step}.")
         model = run.plan.model_of_step(step)
@@ -177,7 +177,7 @@ class ModelRouter(ModelHook):
         run.last_step = step
         return run, step
 
-    def _start_run(self, scheduler: Any, args: tuple, kwargs: dict) -> _Run:
+    def _start_run(self, scheduler: Any) -> _Run:
         self._close_run()
         view = SolverView.from_scheduler(scheduler)
         plan = Plan.build(self.schedule, view, _first_step(scheduler, view))

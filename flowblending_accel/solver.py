@@ -16,6 +16,7 @@ level the model is evaluated at:
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,14 @@ class SolverView:
         return self.step_of_iteration[-1] + 1 if self.step_of_iteration else 0
 
     def first_iteration(self, step: int) -> int:
-        return self.step_of_iteration.index(step)
+        return self._first_iterations[step]
+
+    @functools.cached_property
+    def _first_iterations(self) -> dict[int, int]:
+        first: dict[int, int] = {}
+        for iteration, step in enumerate(self.step_of_iteration):
+            first.setdefault(step, iteration)
+        return first
 
     def step_timestep(self, step: int) -> float:
         return self.timesteps[self.first_iteration(step)]
@@ -79,7 +87,7 @@ class SolverView:
             raise ValueError(
                 f"{type(scheduler).__name__} has no timesteps yet: call `scheduler.set_timesteps(...)` first."
             )
-        ts = [float(t) for t in torch.as_tensor(timesteps).detach().cpu().double()]
+        ts = torch.as_tensor(timesteps).detach().cpu().double().tolist()
         order = int(getattr(scheduler, "order", 1) or 1)
         kind = scheduler_kind(scheduler)
         sigmas = _native_sigmas(scheduler, ts)
@@ -106,7 +114,7 @@ class SolverView:
             raise ValueError(f"sigma_kind={sigma_kind!r} must be 'flow' (noise level in [0, 1]) or 've' (EDM sigma).")
         if order not in (1, 2):
             raise ValueError(f"order={order} must be 1 (Euler, DPM++ ...) or 2 (Heun-type samplers).")
-        values = [float(s) for s in torch.as_tensor(sigmas).detach().cpu().double()]
+        values = torch.as_tensor(sigmas).detach().cpu().double().tolist()
         if len(values) < 2:
             raise ValueError("sigmas must hold at least one step and the final sigma (k-diffusion convention).")
         evaluated = values[:-1]
@@ -155,7 +163,7 @@ def scheduler_kind(scheduler: Any) -> str:
 def _native_sigmas(scheduler: Any, timesteps: list[float]) -> list[float]:
     sigmas = getattr(scheduler, "sigmas", None)
     if sigmas is not None and len(sigmas) >= len(timesteps):
-        return [float(s) for s in torch.as_tensor(sigmas).detach().cpu().double()[: len(timesteps)]]
+        return torch.as_tensor(sigmas).detach().cpu().double()[: len(timesteps)].tolist()
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
         raise ValueError(
@@ -163,11 +171,11 @@ def _native_sigmas(scheduler: Any, timesteps: list[float]) -> list[float]:
             "tell the noise level of a step; use a diffusers scheduler or the k-diffusion path "
             "(`router.as_denoiser(sigmas)`)."
         )
-    alphas_cumprod = torch.as_tensor(alphas_cumprod).detach().cpu().double()
+    alphas_cumprod = torch.as_tensor(alphas_cumprod).detach().cpu().double().tolist()
     last = len(alphas_cumprod) - 1
     result = []
     for t in timesteps:
-        alpha_bar = float(alphas_cumprod[min(max(int(round(t)), 0), last)])
+        alpha_bar = alphas_cumprod[min(max(int(round(t)), 0), last)]
         result.append(((1.0 - alpha_bar) / alpha_bar) ** 0.5)
     return result
 

@@ -100,21 +100,21 @@ class RunStats:
         return totals
 
     def table(self) -> str:
-        """A short human summary: per model calls, steps, time and FLOPs."""
+        """A short human summary: per model steps, calls, time and (when counted) FLOPs."""
         seconds, flops = self.seconds_per_model, self.flops_per_model
         state = "aborted" if self.aborted else ("finished" if self.finished else "in progress")
+        header = f"{'model':<6} {'steps':>5} {'calls':>5} {'seconds':>9}" + (f" {'GFLOPs':>10}" if flops else "")
         lines = [
             f"run {state}: schedule {self.schedule} (axis={self.axis}) on {self.scheduler}, "
             f"{self.num_steps} solver steps, {self.switches} switches",
-            f"{'model':<6} {'steps':>5} {'calls':>5} {'seconds':>9} {'GFLOPs':>10}",
+            header,
         ]
         for model in sorted(set(self.planned_steps) | set(self.calls_per_model)):
-            gflops = f"{flops[model] / 1e9:10.3f}" if model in flops else f"{'-':>10}"
             secs = f"{seconds[model]:9.4f}" if model in seconds else f"{'-':>9}"
-            lines.append(
-                f"{model:<6} {self.steps_per_model.get(model, 0):>5} {self.calls_per_model.get(model, 0):>5} "
-                f"{secs} {gflops}"
-            )
+            line = f"{model:<6} {self.steps_per_model.get(model, 0):>5} {self.calls_per_model.get(model, 0):>5} {secs}"
+            if flops:
+                line += f" {flops.get(model, 0) / 1e9:10.3f}"
+            lines.append(line)
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -139,7 +139,7 @@ def tiny_sd_pipeline(unet=None, scheduler=None, seed: int = 0):
     )
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=None, tokenizer=None, unet=unet if unet is not None else tiny_unet_pair(seed)[0],
-        scheduler=scheduler or DDIMScheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=scheduler or DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)

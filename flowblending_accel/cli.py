@@ -1,0 +1,109 @@
+"""``flowblending-accel``: FlowBlending for diffusers pipelines, from the command line.
+
+Each subcommand lives in its own function; ``main`` only dispatches. Run ``flowblending-accel --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .schedulers import SCHEDULER_NAMES
+
+DESCRIPTION = """\
+FlowBlending: the large model denoises the early and the late stage of the trajectory, a small model of
+the same family the middle ("L40-S40-L20"). These commands plan, run and measure it.
+
+commands:
+  plan    print which model runs each solver step for a schedule and a scheduler
+  tiny    route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
+"""
+
+
+def _add_plan(commands) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="print the per-step model table of a schedule",
+        description="Lay a schedule onto a scheduler's real step grid and print the table a run will follow.",
+    )
+    plan.add_argument("schedule", nargs="?", default="L40-S40-L20", help="stages, e.g. L40-S40-L20 (default)")
+    plan.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
+    plan.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="unipc", help="solver (default unipc)")
+    plan.add_argument("--shift", type=float, default=5.0, help="flow shift (default 5.0, Wan 2.1)")
+    plan.add_argument("--axis", choices=("step", "sigma"), default="step", help="stage axis (default step)")
+    plan.add_argument(
+        "--flops", nargs=2, type=float, metavar=("LARGE", "SMALL"),
+        help="FLOPs per step of each model, to print the FLOP share (e.g. 598.9 62.57 for Wan 14B/1.3B)",
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(run=run_plan)
+
+
+def _add_tiny(commands) -> None:
+    tiny = commands.add_parser(
+        "tiny",
+        help="route a tiny random-weight pipeline on the CPU",
+        description=(
+            "Build a tiny random-weight pipeline and a smaller model of the same family, run the large-only "
+            "baseline and the schedule from the same seed, and print the step table and per-model counts. "
+            "Random weights show the routing, not the quality: `flowblending-accel demo` shows that."
+        ),
+    )
+    tiny.add_argument("--family", choices=("wan", "ltx", "sd"), default="wan", help="pipeline family (default wan)")
+    tiny.add_argument("--schedule", default="L40-S40-L20", help="stages (default L40-S40-L20)")
+    tiny.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
+    tiny.add_argument("--scheduler", choices=SCHEDULER_NAMES, default=None, help="solver (default: the pipeline's)")
+    tiny.add_argument("--axis", choices=("step", "sigma"), default="step", help="stage axis (default step)")
+    tiny.set_defaults(run=run_tiny)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowblending-accel", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_plan, _add_tiny):
+        add(commands)
+    return parser
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from .schedule import Schedule
+    from .schedulers import make_scheduler
+
+    schedule = Schedule.parse(args.schedule, args.axis)
+    plan = schedule.plan(make_scheduler(args.scheduler, args.shift), args.steps)
+    flops = dict(zip(("large", "small"), args.flops, strict=True)) if args.flops else None
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table(flops))
+    return 0
+
+
+def run_tiny(args: argparse.Namespace) -> int:
+    from .tiny_run import tiny_run
+
+    print(tiny_run(args.family, args.schedule, args.steps, args.scheduler, args.axis))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # transformers warns about optional image backends whenever diffusers imports its pipelines.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.run(args)
+    except (ValueError, TypeError) as error:
+        print(f"flowblending-accel {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
