@@ -4,7 +4,12 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 
 from flowblending_accel import apply_flowblending_, family_for, flowblending_stats, remove_flowblending_
 from flowblending_accel.families import Family, register_family, registered_families
@@ -69,7 +74,11 @@ def test_ltx_condition_pipeline(ltx_pair):
 
 
 # -------------------------------------------------------------------------------------------------- SD
-@pytest.mark.parametrize("scheduler", [DDIMScheduler, DPMSolverMultistepScheduler], ids=["ddim", "dpm++"])
+@pytest.mark.parametrize(
+    "scheduler",
+    [lambda: DDIMScheduler(steps_offset=1, clip_sample=False), DPMSolverMultistepScheduler, EulerDiscreteScheduler],
+    ids=["ddim", "dpm++", "euler"],
+)
 def test_sd_unet_positional_timestep(unet_pair, scheduler):
     large, small = unet_pair
     pipe = tiny_sd_pipeline(large, scheduler())

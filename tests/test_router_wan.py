@@ -11,6 +11,7 @@ from diffusers import (
 from manual_loops import manual_wan
 
 from flowblending_accel import ModelRouter, apply_flowblending_, flowblending_stats, remove_flowblending_
+from flowblending_accel.schedulers import make_scheduler
 from flowblending_accel.testing import tiny_wan_pipeline, wan_call_kwargs
 
 SCHEDULERS = {
@@ -18,6 +19,7 @@ SCHEDULERS = {
     "unipc": lambda: UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
     "dpm++": lambda: DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
     "heun": lambda: FlowMatchHeunDiscreteScheduler(shift=5.0),
+    "dpm++2s": lambda: make_scheduler("dpm++2s"),
 }
 
 
