@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import diffusers
 import torch
 
 from flowblending_accel import apply_flowblending_, remove_flowblending_
+from flowblending_accel.env import device_name, versions
 from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
@@ -129,19 +128,9 @@ def measure(repeats: int, steps: int, threads: int) -> dict:
         "overhead_fraction_of_run": statistics.median(diffs) / statistics.median(plain),
         "isolated_router_cost_per_call_seconds": measure_isolated(repeats * 5, steps),
         "bit_identical": True,
-        "device": f"CPU: {_cpu_name()}",
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__, "python": platform.python_version()},
+        "device": device_name("cpu"),
+        "versions": versions(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _markdown(result: dict, command: str) -> str:

@@ -23,6 +23,8 @@ _EXPORTS = {
     "Stage": "schedule",
     "SolverView": "solver",
     "RunStats": "stats",
+    # The demo pipeline's VAE: diffusers loads components by top-level package name.
+    "PixelShuffleVAE": "demo.pixel_vae",
 }
 
 __all__ = sorted(_EXPORTS)

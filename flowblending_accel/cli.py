@@ -19,8 +19,11 @@ FlowBlending: the large model denoises the early and the late stage of the traje
 the same family the middle ("L40-S40-L20"). These commands plan, run and measure it.
 
 commands:
-  plan    print which model runs each solver step for a schedule and a scheduler
-  tiny    route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
+  demo          compare LLL, LSL, LSS, SLL, SSS on the embedded trained pair: report + grid (the main job)
+  plan          print which model runs each solver step for a schedule and a scheduler
+  tiny          route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
+  train-demo    train the embedded pair (resumable) or, with --classifier, its metrics classifier
+  export-demo   write a training checkpoint as a diffusers pipeline folder
 """
 
 
@@ -67,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_plan, _add_tiny):
+    from .demo.commands import add_demo, add_export, add_train
+
+    for add in (add_demo, _add_plan, _add_tiny, add_train, add_export):
         add(commands)
     return parser
 

@@ -129,6 +129,13 @@ class ModelRouter(ModelHook):
 
         return RoutedDenoiser(self, sigmas, order=order, calls_per_iteration=calls_per_iteration, sigma_kind=sigma_kind)
 
+    def set_schedule(self, schedule: str | Schedule, axis: str | None = None) -> None:
+        """Use ``schedule`` from the next run on (the run in progress, if any, keeps its plan)."""
+        parsed = Schedule.coerce(schedule, axis)
+        if "small" in parsed.models and isinstance(self.large, torch.nn.Module):
+            check_placement(self.large, self.small)
+        self.schedule = parsed
+
     def plan(self, num_inference_steps: int, **set_timesteps_kwargs: Any) -> Plan:
         """The model table the next run will follow at ``num_inference_steps`` on the current scheduler."""
         return self.schedule.plan(self.scheduler, num_inference_steps, **set_timesteps_kwargs)

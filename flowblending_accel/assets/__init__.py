@@ -1,0 +1,1 @@
+"""Data shipped with the package: digit bitmaps and the trained demo pair."""

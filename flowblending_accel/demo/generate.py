@@ -1,0 +1,147 @@
+"""Generate the demo's comparison: every schedule on the same prompts and the same initial noise.
+
+Timing follows the project's rule: one process, schedules interleaved per chunk (their order rotated chunk by
+chunk so none always runs first), after a warm-up that touches both models and both CFG branches; each
+schedule's speedup is the median over chunks of its time divided by LLL's time on the same chunk.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..api import apply_flowblending_, remove_flowblending_
+from ..metrics.flops import call_flops, capture_first_call
+from .data import all_prompts
+from .models import CALL_DEFAULTS
+
+SCHEDULES = {  # the paper's allocations: LSS = small from 40 %, SLL = small for the first 20 % of 50 steps
+    "LLL": "L100",
+    "LSL": "L40-S40-L20",
+    "LSS": "L40-S60",
+    "SLL": "S20-L80",
+    "SSS": "S100",
+}
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    steps: int = 20
+    guidance_scale: float = 3.0
+    samples_per_prompt: int = 1
+    chunk_size: int = 10
+    base_seed: int = 0
+    prompts: tuple[str, ...] = tuple(all_prompts())
+    schedules: tuple[str, ...] = tuple(SCHEDULES)
+
+    def samples(self) -> list[tuple[str, int]]:
+        """(prompt, seed) pairs; seeds are distinct per sample and independent of the chunking."""
+        return [
+            (prompt, self.base_seed + 1000 * repeat + index)
+            for repeat in range(self.samples_per_prompt)
+            for index, prompt in enumerate(self.prompts)
+        ]
+
+
+@dataclass
+class Generated:
+    """Frames per schedule ``(N, 1, F, H, W)`` in [0, 1], chunk timings and per-model calls."""
+
+    settings: DemoSettings
+    samples: list[tuple[str, int]]
+    frames: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    calls: dict[str, list[dict[str, int]]] = field(default_factory=dict)  # per chunk, per-sample calls
+    flops_per_sample_call: dict[str, int] = field(default_factory=dict)
+    complete: bool = False
+
+    def stacked(self, schedule: str) -> torch.Tensor:
+        return torch.cat(self.frames[schedule])
+
+    def total_calls(self, schedule: str) -> dict[str, int]:
+        totals = {"large": 0, "small": 0}
+        for chunk in self.calls[schedule]:
+            for model, count in chunk.items():
+                totals[model] += count
+        return totals
+
+    @property
+    def done(self) -> int:
+        return sum(len(chunk) for chunk in self.frames.get("LLL", []))
+
+
+def generate_clips(pipe, prompts: list[str], seeds: list[int], settings: DemoSettings) -> torch.Tensor:
+    """One pipeline call; every sample gets its own seeded generator, so its noise ignores the batch."""
+    output = pipe(
+        prompt=prompts,
+        negative_prompt=[""] * len(prompts),
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance_scale,
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        output_type="np",
+        **CALL_DEFAULTS,
+    )
+    frames = torch.from_numpy(np.asarray(output.frames))  # (B, F, H, W, C)
+    return frames.permute(0, 4, 1, 2, 3).contiguous()
+
+
+def measure_flops(pipe, small, settings: DemoSettings) -> dict[str, int]:
+    """FLOPs of one single-sample call of each model, on the pipeline's real call arguments."""
+    with capture_first_call(pipe.transformer) as call:
+        generate_clips(pipe, [settings.prompts[0]], [settings.base_seed], _one_step(settings))
+    return {
+        "large": call_flops(pipe.transformer, call["args"], call["kwargs"]),
+        "small": call_flops(small, call["args"], call["kwargs"]),
+    }
+
+
+def _one_step(settings: DemoSettings) -> DemoSettings:
+    return DemoSettings(steps=1, guidance_scale=settings.guidance_scale, prompts=settings.prompts)
+
+
+def run_comparison(pipe, small, settings: DemoSettings, progress=None) -> Generated:
+    """Generate every schedule chunk by chunk; a Ctrl-C keeps the chunks already done (``complete=False``)."""
+    samples = settings.samples()
+    result = Generated(settings, samples)
+    result.flops_per_sample_call = measure_flops(pipe, small, settings)
+    router = apply_flowblending_(pipe, small, "L100")
+    try:
+        router.set_schedule(SCHEDULES["LSL"])  # warm-up: both models, both CFG branches
+        generate_clips(pipe, [samples[0][0]], [samples[0][1]], settings)
+        chunks = [samples[i : i + settings.chunk_size] for i in range(0, len(samples), settings.chunk_size)]
+        for index, chunk in enumerate(chunks):
+            order = settings.schedules[index % len(settings.schedules) :] + settings.schedules[: index % len(settings.schedules)]
+            for name in order:
+                _run_chunk(pipe, router, name, chunk, settings, result)
+            if progress is not None:
+                progress(len(chunk))
+        result.complete = True
+    except KeyboardInterrupt:
+        _drop_unfinished_chunk(result)
+    finally:
+        remove_flowblending_(pipe)
+    return result
+
+
+def _run_chunk(pipe, router, name: str, chunk, settings: DemoSettings, result: Generated) -> None:
+    router.set_schedule(SCHEDULES.get(name, name))
+    prompts, seeds = [p for p, _ in chunk], [s for _, s in chunk]
+    start = time.perf_counter()
+    frames = generate_clips(pipe, prompts, seeds, settings)
+    elapsed = time.perf_counter() - start
+    result.frames.setdefault(name, []).append(frames)
+    result.seconds.setdefault(name, []).append(elapsed)
+    # Per-sample calls: one batched call serves every sample of the chunk.
+    per_sample = {model: count * len(chunk) for model, count in router.last_run.calls_per_model.items()}
+    result.calls.setdefault(name, []).append(per_sample)
+
+
+def _drop_unfinished_chunk(result: Generated) -> None:
+    # Keep only chunks every schedule finished, so all schedules are compared on the same samples.
+    finished = min(len(result.frames.get(name, [])) for name in result.settings.schedules)
+    for store in (result.frames, result.seconds, result.calls):
+        for name in store:
+            store[name] = store[name][:finished]

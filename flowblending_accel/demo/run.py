@@ -1,0 +1,84 @@
+"""``flowblending-accel demo``: LLL, LSL, LSS, SLL and SSS on the embedded pair, same prompts and noise,
+scored and written as a markdown report with an animated side-by-side grid."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..env import device_name, versions
+from .classifier import load_classifier
+from .data import parse_prompt, reference_clips
+from .generate import DemoSettings, run_comparison
+from .models import CLASSIFIER_SUBFOLDER, SHIFT, default_pair_path, load_demo_pipeline
+from .report import free_output_folder, write_outputs
+from .scoring import score
+
+GRID_PROMPTS = ("a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down")
+
+
+def run_demo(settings: DemoSettings, output: Path, pair: Path | None, threads: int, overwrite: bool,
+             command: str, show_progress: bool = True) -> tuple[Path, dict]:
+    for prompt in settings.prompts:
+        parse_prompt(prompt)  # a bad prompt fails here, before loading or generating anything
+    torch.set_num_threads(threads)
+    folder = free_output_folder(output, overwrite)
+    pipe, small = load_demo_pipeline(pair)
+    classifier = load_classifier(Path(pair or default_pair_path()) / CLASSIFIER_SUBFOLDER)
+    with torch.inference_mode(), _progress(show_progress, len(settings.samples())) as advance:
+        generated = run_comparison(pipe, small, settings, progress=advance)
+    if generated.done == 0:
+        raise KeyboardInterrupt("interrupted before the first chunk finished; nothing to report")
+    rows = score(generated, classifier)
+    grid = _grid_indices(generated)
+    prompts = [generated.samples[i][0] for i in grid]
+    columns = {"real": (reference_clips(prompts, seed=settings.base_seed + 7).clips + 1) / 2}
+    columns.update({name: generated.stacked(name)[grid] for name in settings.schedules})
+    context = {
+        "command": command,
+        "device": device_name("cpu"),
+        "threads": threads,
+        "versions": versions(),
+        "settings": {k: v for k, v in asdict(settings).items() if k != "prompts"},
+        "samples": generated.done,
+        "prompts": len(settings.prompts),
+        "samples_per_prompt": settings.samples_per_prompt,
+        "steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "shift": SHIFT,
+        "chunks": len(generated.seconds["LLL"]),
+        "chunk_size": settings.chunk_size,
+        "flops": generated.flops_per_sample_call,
+        "complete": generated.complete,
+    }
+    write_outputs(folder, rows, context, columns, prompts)
+    return folder, rows
+
+
+def _grid_indices(generated) -> list[int]:
+    done = [prompt for prompt, _ in generated.samples[: generated.done]]
+    chosen = [done.index(p) for p in GRID_PROMPTS if p in done]
+    return chosen or list(range(min(4, len(done))))
+
+
+class _progress:
+    """A rich progress bar over generated samples (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self.bar = Progress("generating all schedules", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar.start()
+        task = self.bar.add_task("demo", total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()

@@ -1,0 +1,107 @@
+"""Score the demo comparison: speed and FLOPs against LLL, fidelity to the same-seed LLL output, temporal
+consistency, and the classifier's semantic measures (prompted digit and motion, Fréchet distance to real
+clips of held-out writers). Every mean comes with a 95 % interval: normal for means, Wilson for accuracies.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import torch
+
+from ..metrics.quality import frechet_distance, psnr, ssim, temporal_consistency
+from .classifier import ClipClassifier
+from .data import DIRECTIONS, parse_prompt, reference_clips
+from .generate import SCHEDULES, Generated
+
+
+def mean_interval(values: torch.Tensor) -> dict[str, float]:
+    values = values.double()
+    mean = float(values.mean())
+    half = 1.96 * float(values.std()) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return {"mean": mean, "low": mean - half, "high": mean + half}
+
+
+def proportion_interval(hits: int, total: int) -> dict[str, float]:
+    """Wilson score interval for a proportion."""
+    if total == 0:
+        return {"mean": float("nan"), "low": float("nan"), "high": float("nan")}
+    z, p = 1.96, hits / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return {"mean": p, "low": centre - half, "high": centre + half}
+
+
+@torch.no_grad()
+def classify(classifier: ClipClassifier, clips01: torch.Tensor, prompts: list[str]) -> dict:
+    digit_logits, direction_logits, features = classifier(clips01 * 2 - 1)
+    digits = torch.tensor([parse_prompt(p)[0] for p in prompts])
+    directions = torch.tensor([DIRECTIONS.index(parse_prompt(p)[1]) for p in prompts])
+    digit_hits = int((digit_logits.argmax(1) == digits).sum())
+    direction_hits = int((direction_logits.argmax(1) == directions).sum())
+    return {
+        "digit_accuracy": proportion_interval(digit_hits, len(prompts)),
+        "direction_accuracy": proportion_interval(direction_hits, len(prompts)),
+        "features": features,
+    }
+
+
+def frechet_with_spread(features: torch.Tensor, real: torch.Tensor, resamples: int = 20, seed: int = 0) -> dict:
+    """FD and the standard deviation of FD over bootstrap resamples of the generated set."""
+    generator = torch.Generator().manual_seed(seed)
+    boots = [
+        frechet_distance(features[torch.randint(len(features), (len(features),), generator=generator)], real)
+        for _ in range(resamples)
+    ]
+    return {"value": frechet_distance(features, real), "bootstrap_sd": statistics.pstdev(boots)}
+
+
+def score(generated: Generated, classifier: ClipClassifier) -> dict:
+    """Rows per schedule (plus a ``real`` reference row) and the run's settings."""
+    count = generated.done
+    prompts = [prompt for prompt, _ in generated.samples[:count]]
+    real = reference_clips(prompts, seed=generated.settings.base_seed + 7)
+    real01 = (real.clips + 1) / 2
+    real_scores = classify(classifier, real01, prompts)
+    real_features = real_scores.pop("features")
+    other_real = classify(classifier, (reference_clips(prompts, seed=generated.settings.base_seed + 8).clips + 1) / 2, prompts)
+    rows = {"real": {**real_scores, "fd_to_real": frechet_with_spread(other_real["features"], real_features),
+                     "temporal_consistency": mean_interval(temporal_consistency(real01))}}
+    baseline = generated.stacked("LLL")
+    flops = generated.flops_per_sample_call
+    baseline_flops = _flops(generated.total_calls("LLL"), flops)
+    for name in generated.settings.schedules:
+        frames = generated.stacked(name)
+        semantic = classify(classifier, frames, prompts)
+        features = semantic.pop("features")
+        total_flops = _flops(generated.total_calls(name), flops)
+        rows[name] = {
+            "schedule": SCHEDULES.get(name, name),
+            "samples": count,
+            **_speed(generated, name),
+            "calls_per_sample": {m: c / count for m, c in generated.total_calls(name).items()},
+            "gflops_per_sample": total_flops / count / 1e9,
+            "flops_vs_lll": total_flops / baseline_flops,
+            "psnr_vs_lll": mean_interval(psnr(frames, baseline)) if name != "LLL" else None,
+            "ssim_vs_lll": mean_interval(ssim(frames, baseline)) if name != "LLL" else None,
+            "temporal_consistency": mean_interval(temporal_consistency(frames)),
+            **semantic,
+            "fd_to_real": frechet_with_spread(features, real_features),
+        }
+    return rows
+
+
+def _flops(calls: dict[str, int], per_call: dict[str, int]) -> float:
+    return sum(calls[model] * per_call[model] for model in calls)
+
+
+def _speed(generated: Generated, name: str) -> dict:
+    seconds, baseline = generated.seconds[name], generated.seconds["LLL"]
+    ratios = [b / s for b, s in zip(baseline, seconds, strict=True)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {
+        "seconds_total": sum(seconds),
+        "speedup_vs_lll": {"median": statistics.median(ratios), "q1": quartiles[0], "q3": quartiles[2],
+                           "chunks": len(ratios)},
+    }

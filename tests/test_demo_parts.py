@@ -1,0 +1,109 @@
+"""The demo's pieces: data, pixel VAE, text path, training lowers the loss, export and reload."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowblending_accel.demo.data import (
+    CANVAS,
+    FRAMES,
+    all_prompts,
+    load_bitmaps,
+    parse_prompt,
+    reference_clips,
+    sample_batch,
+)
+from flowblending_accel.demo.models import build_vae, encode_prompts
+from flowblending_accel.demo.text import MAX_SEQUENCE_LENGTH, build_text_encoder, build_tokenizer
+
+
+def test_dataset_is_deterministic_per_seed_and_shaped():
+    bitmaps = load_bitmaps("train")
+    a = sample_batch(bitmaps, 6, torch.Generator().manual_seed(3))
+    b = sample_batch(bitmaps, 6, torch.Generator().manual_seed(3))
+    assert torch.equal(a.clips, b.clips) and a.prompts == b.prompts
+    assert a.clips.shape == (6, 1, FRAMES, CANVAS, CANVAS)
+    assert a.clips.min() >= -1 and a.clips.max() <= 1
+    assert len(load_bitmaps("train").labels) + len(load_bitmaps("test").labels) == len(load_bitmaps("all").labels)
+
+
+def test_motion_is_as_prompted():
+    clips = reference_clips(["a 1 moving right", "a 1 moving up"], seed=0).clips
+    def centre(frame):
+        weights = (frame + 1).clamp_min(0)
+        ys, xs = torch.meshgrid(torch.arange(CANVAS), torch.arange(CANVAS), indexing="ij")
+        return (weights * xs).sum() / weights.sum(), (weights * ys).sum() / weights.sum()
+    (x0, _), (x1, _) = centre(clips[0, 0, 0]), centre(clips[0, 0, -1])
+    (_, y0), (_, y1) = centre(clips[1, 0, 0]), centre(clips[1, 0, -1])
+    assert x1 - x0 == pytest.approx(16, abs=0.5) and y0 - y1 == pytest.approx(16, abs=0.5)
+
+
+def test_prompt_language():
+    assert parse_prompt("A 7 moving LEFT") == (7, "left")
+    assert len(all_prompts()) == 40
+    with pytest.raises(ValueError, match="demo's language"):
+        parse_prompt("a cat moving left")
+
+
+def test_pixel_vae_is_lossless():
+    clips = sample_batch(load_bitmaps(), 3, torch.Generator().manual_seed(0)).clips
+    vae = build_vae()
+    latents = vae.encode(clips).latent_dist.mode()
+    assert latents.shape == (3, 32, 5, 8, 8)
+    assert torch.allclose(vae.decode(latents).sample, clips, atol=1e-6)
+    with pytest.raises(ValueError, match="pixel shuffle"):
+        vae.encode(clips[:, :, :8])
+
+
+def test_text_path_matches_the_pipeline_convention():
+    tokenizer, encoder = build_tokenizer(), build_text_encoder()
+    tokens = tokenizer(["a 7 moving left", ""], padding="max_length", max_length=MAX_SEQUENCE_LENGTH)
+    assert tokens.input_ids[0][:5] == [3, 13, 5, 16, 1] and tokens.input_ids[1][0] == 1
+    embeds = encode_prompts(tokenizer, encoder, ["a 7 moving left", "a 3 moving up"])
+    assert embeds.shape == (2, MAX_SEQUENCE_LENGTH, 64)
+    assert torch.all(embeds[:, 5:] == 0)  # padding zeroed, as WanPipeline does
+
+
+@pytest.fixture(scope="module")
+def short_training(tmp_path_factory):
+    from flowblending_accel.demo.train import TrainConfig, train_pair
+
+    folder = tmp_path_factory.mktemp("train")
+    config = TrainConfig(steps=12, batch_size=8, lr=2e-3, warmup_steps=1, eval_every=12, checkpoint_every=6, threads=1)
+    trainer = train_pair(config, folder, progress=False)
+    return trainer, config, folder
+
+
+def test_a_few_training_steps_lower_the_loss(short_training):
+    from flowblending_accel.demo.train import Trainer
+
+    trainer, config, folder = short_training
+    fresh = Trainer(config, Path(folder) / "fresh")
+    before, after = fresh.validation_loss(False), trainer.validation_loss(False)
+    assert after["large"] < before["large"] and after["small"] < before["small"]
+    assert trainer.log[-1]["step"] == 12 and (folder / "checkpoint.pt").exists()
+
+
+def test_training_resumes_exactly(short_training, tmp_path):
+    from flowblending_accel.demo.train import train_pair
+
+    trainer, config, _ = short_training
+    train_pair(config, tmp_path, progress=False, until=6)  # first sitting stops half way
+    resumed = train_pair(config, tmp_path, progress=False)
+    for name, module in resumed.modules().items():
+        for key, value in module.state_dict().items():
+            assert torch.allclose(value, trainer.modules()[name].state_dict()[key], atol=1e-6), (name, key)
+
+
+def test_export_and_reload(short_training, tmp_path):
+    from flowblending_accel.demo.export import export_pair
+    from flowblending_accel.demo.models import CALL_DEFAULTS, load_demo_pipeline
+
+    _, _, folder = short_training
+    export_pair(folder / "checkpoint.pt", tmp_path / "pair")
+    pipe, small = load_demo_pipeline(tmp_path / "pair")
+    assert type(pipe.vae).__name__ == "PixelShuffleVAE" and small.config.num_layers == 3
+    frames = pipe("a 2 moving up", num_inference_steps=2, guidance_scale=1.0, output_type="np",
+                  generator=torch.Generator().manual_seed(0), **CALL_DEFAULTS).frames
+    assert frames.shape == (1, FRAMES, CANVAS, CANVAS, 1)
