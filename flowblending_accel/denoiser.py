@@ -51,10 +51,7 @@ class RoutedDenoiser:
         run = self.router._run
         step = self.view.step_of_iteration[iteration]
         model = self.plan.model_of_step(step)
-        if model != run.current_model:
-            if run.current_model is not None and self.router.reset_on_switch:
-                self.router._reset_model(model)
-            run.current_model = model
+        self.router._enter_model(run, model, step)
         run.last_step = step
         self._calls += 1
         fn = self.router.large if model == "large" else self.router._call_small
@@ -85,3 +82,4 @@ class RoutedDenoiser:
         router._reset_model("small")
         router._reset_model("large")
         router._run = _Run(self.plan, stats, None, None, router._timing_mode())
+        router._notify("on_run_start", self.plan)

@@ -104,6 +104,7 @@ class ModelRouter(ModelHook):
         self.runs: deque[RunStats] = deque(maxlen=history)
         self._scheduler_source = scheduler
         self._run: _Run | None = None
+        self.listeners: list[Any] = []
 
     # ------------------------------------------------------------------------------------ public state
     @property
@@ -177,12 +178,33 @@ class ModelRouter(ModelHook):
         if step < run.plan.first_step:
             raise RuntimeError(f"solver step {step} precedes this run's first step {run.plan.first_step}.")
         model = run.plan.model_of_step(step)
-        if model != run.current_model:
-            if run.current_model is not None and self.reset_on_switch:
-                self._reset_model(model)
-            run.current_model = model
+        self._enter_model(run, model, step)
         run.last_step = step
         return run, step
+
+    def _enter_model(self, run: _Run, model: str, step: int) -> None:
+        """Switch bookkeeping shared by the hook and the k-diffusion path: reset, then tell listeners."""
+        if model == run.current_model:
+            return
+        switching = run.current_model is not None
+        if switching and self.reset_on_switch:
+            self._reset_model(model)
+        run.current_model = model
+        self._notify("on_segment_start", model, step, switching)
+
+    def add_listener(self, listener: Any) -> None:
+        """Register an object told about runs and segments (accelerators use this to keep caches right).
+
+        Any of these methods is called when present: ``on_run_start(router, plan)``,
+        ``on_segment_start(router, model, step, after_switch)`` and ``on_run_end(router, stats)``.
+        """
+        self.listeners.append(listener)
+
+    def _notify(self, event: str, *args: Any) -> None:
+        for listener in self.listeners:
+            handler = getattr(listener, event, None)
+            if handler is not None:
+                handler(self, *args)
 
     def _start_run(self, scheduler: Any) -> _Run:
         self._close_run()
@@ -200,6 +222,7 @@ class ModelRouter(ModelHook):
         self._reset_model("small")
         self._reset_model("large")
         self._run = _Run(plan, stats, scheduler, scheduler.timesteps, self._timing_mode())
+        self._notify("on_run_start", plan)
         return self._run
 
     def _close_run(self, error: BaseException | None = None) -> None:
@@ -211,6 +234,7 @@ class ModelRouter(ModelHook):
         if error is not None:
             run.stats.error = f"{type(error).__name__}: {error}"
         self.runs.append(run.stats)
+        self._notify("on_run_end", run.stats)
 
     def _reset_model(self, model: str) -> None:
         if model == "small":
