@@ -20,6 +20,7 @@ the same family the middle ("L40-S40-L20"). These commands plan, run and measure
 
 commands:
   demo          compare LLL, LSL, LSS, SLL, SSS on the embedded trained pair: report + grid (the main job)
+  bench         baseline, +FlowBlending, +step reduction, +cache, +compile ... measured in one run
   plan          print which model runs each solver step for a schedule and a scheduler
   tiny          route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
   train-demo    train the embedded pair (resumable) or, with --classifier, its metrics classifier
@@ -70,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .bench.commands import add_bench
     from .demo.commands import add_demo, add_export, add_train
 
-    for add in (add_demo, _add_plan, _add_tiny, add_train, add_export):
+    for add in (add_demo, add_bench, _add_plan, _add_tiny, add_train, add_export):
         add(commands)
     return parser
 

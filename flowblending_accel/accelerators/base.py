@@ -75,6 +75,8 @@ class Stack:
         return sorted(self.accelerators, key=lambda a: STAGES.index(a.stage))
 
     def validate(self, pair: Pair) -> None:
+        for accelerator in self.accelerators:  # what this machine lacks first: the most useful reason
+            accelerator.check(pair, [a for a in self.accelerators if a is not accelerator])
         kinds = [a.kind for a in self.accelerators]
         for accelerator in self.accelerators:
             clash = [k for k in accelerator.exclusive_with if k in kinds and k != accelerator.kind]
@@ -86,8 +88,6 @@ class Stack:
                 f"stack has several feature caches {caches}: each model takes one cache technique (diffusers "
                 "raises 'Caching has already been enabled'); keep one."
             )
-        for accelerator in self.accelerators:
-            accelerator.check(pair, [a for a in self.accelerators if a is not accelerator])
 
     def apply(self, pair: Pair) -> None:
         self.validate(pair)

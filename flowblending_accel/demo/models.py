@@ -77,10 +77,12 @@ def load_demo_pipeline(path: str | Path | None = None, dtype: torch.dtype = torc
 
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # WanPipeline expects an AutoencoderKLWan; ours is deliberate
+    diffusers_logging.disable_progress_bar()
     try:
-        pipe = WanPipeline.from_pretrained(folder, torch_dtype=dtype)
+        pipe = WanPipeline.from_pretrained(folder, dtype=dtype)
     finally:
         diffusers_logging.set_verbosity(level)
+        diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
-    small = WanTransformer3DModel.from_pretrained(folder, subfolder=SMALL_SUBFOLDER, torch_dtype=dtype).eval()
+    small = WanTransformer3DModel.from_pretrained(folder, subfolder=SMALL_SUBFOLDER, dtype=dtype).eval()
     return pipe, small

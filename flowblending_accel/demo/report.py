@@ -4,34 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
+from ..files import write_atomic
+
 CELL_SCALE = 3
 LABEL_WIDTH = 120
 HEADER = 16
-
-
-def free_output_folder(path: Path, overwrite: bool) -> Path:
-    """``path`` itself, or (when it already holds a report and ``overwrite`` is off) the next ``path-N``."""
-    if overwrite or not (path / "report.md").exists():
-        return path
-    n = 2
-    while (path.parent / f"{path.name}-{n}" / "report.md").exists():
-        n += 1
-    return path.parent / f"{path.name}-{n}"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "wb") as stream:
-        stream.write(data)
-    os.replace(temporary, path)
 
 
 def _cell(frames01: torch.Tensor, frame: int, scale: int) -> Image.Image:

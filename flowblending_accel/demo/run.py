@@ -9,11 +9,12 @@ from pathlib import Path
 import torch
 
 from ..env import device_name, versions
+from ..files import free_output_folder
 from .classifier import load_classifier
 from .data import parse_prompt, reference_clips
 from .generate import DemoSettings, run_comparison
 from .models import CLASSIFIER_SUBFOLDER, SHIFT, default_pair_path, load_demo_pipeline
-from .report import free_output_folder, write_outputs
+from .report import write_outputs
 from .scoring import score
 
 GRID_PROMPTS = ("a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down")

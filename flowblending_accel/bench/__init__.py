@@ -1,0 +1,1 @@
+"""The one-run stack benchmark (`flowblending-accel bench`)."""

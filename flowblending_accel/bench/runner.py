@@ -1,0 +1,184 @@
+"""The one-run stack benchmark: baseline, +FlowBlending, then each accelerator added on top, cumulatively.
+
+Rows are measured in one process, interleaved: every round applies each row's stack in turn (order rotated
+round by round), times one pipeline call with the same seed, and removes the stack again. A first, untimed
+round is the warm-up: it runs every row in full, so every model x stage x CFG branch (and every compiled
+graph) has run before timing starts. Speedups are medians over rounds of the baseline's time divided by the
+row's time *in the same round*. FLOPs come from a separate eager pass (``torch.utils.flop_counter``, so cache
+hits count as the work they save); they are never called a speedup.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..accelerators import apply_stack, parse_accelerator, remove_stack
+from ..accelerators.compile import dynamo_counts
+
+PROBE = "small only (probe)"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    schedule: str
+    stack: tuple[str, ...] = ()
+
+
+def cumulative_rows(schedule: str, stack: list[str], check=None) -> tuple[list[Row], list[dict[str, str]]]:
+    """Baseline, +FlowBlending, then one row per accelerator added to the last row that can run here.
+
+    ``check(accelerators)`` raises ValueError for a stack that cannot run (e.g. TensorRT without a GPU); such
+    a row is reported as skipped with the reason and later rows build on the previous runnable stack.
+    """
+    rows = [Row("baseline (large only)", "L100"), Row(f"+FlowBlending {schedule}", schedule)]
+    skipped: list[dict[str, str]] = []
+    accepted: list[str] = []
+    for spec in stack:
+        candidate = [*accepted, spec]
+        try:
+            if check is not None:
+                check([parse_accelerator(s) for s in candidate])
+        except ValueError as error:
+            skipped.append({"row": f"+{spec}", "reason": str(error)})
+            continue
+        accepted = candidate
+        rows.append(Row(f"+{spec}", schedule, tuple(accepted)))
+    return rows, skipped
+
+
+@dataclass
+class RowMeasurement:
+    row: Row
+    seconds: list[float] = field(default_factory=list)
+    model_seconds: list[dict[str, float]] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    steps: int = 0
+    peak_memory: int | None = None
+    graphs_after_warmup: int = 0
+    output: Any = None
+    accelerators: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, Any] = field(default_factory=dict)
+    flops: dict[str, int] = field(default_factory=dict)
+
+
+def _timed_call(target, kwargs: dict[str, Any]) -> tuple[float, Any, int | None]:
+    if target.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        output = getattr(target.pipe(**kwargs), target.output_field)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0, output, torch.cuda.max_memory_allocated()
+    start = time.perf_counter()
+    output = getattr(target.pipe(**kwargs), target.output_field)
+    return time.perf_counter() - start, output, None
+
+
+def _run_row(target, row: Row, measurement: RowMeasurement, timed: bool, seed: int) -> None:
+    router, stack = apply_stack(target.pipe, target.small, row.schedule, list(row.stack))
+    try:
+        kwargs = {**target.call_kwargs(seed), **stack.call_kwargs()}
+        graphs_before = dynamo_counts()["graphs"]
+        seconds, output, peak = _timed_call(target, kwargs)
+        if not timed:
+            return
+        measurement.graphs_after_warmup += dynamo_counts()["graphs"] - graphs_before
+        stats = router.last_run
+        measurement.seconds.append(seconds)
+        measurement.model_seconds.append(stats.seconds_per_model)
+        measurement.calls, measurement.steps = stats.calls_per_model, stats.num_steps
+        measurement.peak_memory = max(filter(None, [measurement.peak_memory, peak]), default=None)
+        measurement.accelerators, measurement.counters = stack.describe(), stack.counters()
+        if measurement.output is None:
+            measurement.output = output
+    finally:
+        remove_stack(target.pipe)
+
+
+def _flop_pass(target, row: Row, measurement: RowMeasurement, seed: int) -> None:
+    eager = [spec for spec in row.stack if parse_accelerator(spec).stage not in ("compile", "engine")]
+    router, stack = apply_stack(target.pipe, target.small, row.schedule, eager, count_flops=True, timing="off")
+    try:
+        target.pipe(**{**target.call_kwargs(seed), **stack.call_kwargs()})
+        measurement.flops = router.last_run.flops_per_model
+    finally:
+        remove_stack(target.pipe)
+
+
+def measure_rows(target, rows: list[Row], repeats: int, seed: int = 0, progress=None) -> dict[str, RowMeasurement]:
+    """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C keeps finished rounds."""
+    everything = rows + [Row(PROBE, "S100")]
+    results = {row.label: RowMeasurement(row) for row in everything}
+    with torch.inference_mode():
+        try:
+            for round_index in range(repeats + 1):
+                shift = round_index % len(everything)
+                for row in everything[shift:] + everything[:shift]:
+                    _run_row(target, row, results[row.label], timed=round_index > 0, seed=seed)
+                    if progress is not None:
+                        progress(1)
+        except KeyboardInterrupt:
+            _keep_complete_rounds(results)
+        for row in everything:
+            _flop_pass(target, row, results[row.label], seed)
+            if progress is not None:
+                progress(1)
+    return results
+
+
+def _keep_complete_rounds(results: dict[str, RowMeasurement]) -> None:
+    done = min(len(m.seconds) for m in results.values())
+    for measurement in results.values():
+        del measurement.seconds[done:], measurement.model_seconds[done:]
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and quartiles (the extremes when fewer than two values)."""
+    if len(values) < 2:
+        return {"median": values[0], "q1": values[0], "q3": values[0]}
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return {"median": statistics.median(values), "q1": q1, "q3": q3}
+
+
+def per_call_seconds(measurement: RowMeasurement, model: str) -> float:
+    values = [m.get(model, 0.0) / measurement.calls[model] for m in measurement.model_seconds if measurement.calls.get(model)]
+    return statistics.median(values) if values else float("nan")
+
+
+def summarise(results: dict[str, RowMeasurement], quality) -> list[dict[str, Any]]:
+    """Table rows: time, speedup, calls, FLOPs, ideal and efficiency, memory, recompiles, quality."""
+    rows = [m for label, m in results.items() if label != PROBE]
+    baseline = rows[0]
+    t_large = per_call_seconds(baseline, "large")
+    t_small = per_call_seconds(results[PROBE], "small")
+    base_time = statistics.median(baseline.seconds)
+    outside = base_time - baseline.calls.get("large", 0) * t_large  # text, VAE, scheduler: not denoiser calls
+    base_flops = sum(baseline.flops.values())
+    table = []
+    for m in rows:
+        ratios = [b / s for b, s in zip(baseline.seconds, m.seconds, strict=False)]
+        step_scale = m.steps / baseline.steps if baseline.steps else 1.0
+        ideal_time = outside * step_scale + m.calls.get("large", 0) * t_large + m.calls.get("small", 0) * t_small
+        ideal = base_time / ideal_time
+        flops = sum(m.flops.values())
+        table.append({
+            "label": m.row.label, "schedule": m.row.schedule, "stack": list(m.row.stack),
+            "accelerators": m.accelerators,
+            "seconds": {**spread(m.seconds), "all": m.seconds},
+            "speedup": spread(ratios),
+            "calls": m.calls, "steps": m.steps,
+            "flops": {**m.flops, "total": flops}, "flop_ratio": base_flops / flops if flops else None,
+            "ideal_speedup": ideal, "efficiency": statistics.median(ratios) / ideal,
+            "peak_memory_bytes": m.peak_memory, "recompiles_after_warmup": m.graphs_after_warmup,
+            "counters": m.counters,
+            "quality": quality(m.output, baseline.output) if m is not baseline else None,
+        })
+    return table

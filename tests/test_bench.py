@@ -1,0 +1,90 @@
+"""`bench` end to end on a tiny random-weight config, and the accelerators' refusals."""
+
+import json
+
+import pytest
+
+from flowblending_accel.accelerators import (
+    AttentionBackend,
+    DiffusersCache,
+    Pair,
+    Stack,
+    StepReduction,
+    TensorRTEngines,
+    apply_stack,
+    parse_accelerator,
+    remove_stack,
+)
+from flowblending_accel.cli import main
+from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+
+
+def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
+    args = ["bench", "--random-weights", "tiny-wan", "--dtype", "float32", "--height", "16", "--width", "16",
+            "--frames", "5", "--steps", "10", "--stack", "dpm++:6", "tensorrt", "fbc:0.2", "--repeats", "2",
+            "--threads", "1", "--output", str(tmp_path / "bench")]
+    assert main(args) == 0
+    document = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    labels = [row["label"] for row in document["rows"]]
+    assert labels == ["baseline (large only)", "+FlowBlending L40-S40-L20", "+dpm++:6", "+fbc:0.2"]
+    assert document["skipped"][0]["row"] == "+tensorrt" and "CUDA" in document["skipped"][0]["reason"]
+    rows = {row["label"]: row for row in document["rows"]}
+    assert rows["baseline (large only)"]["calls"] == {"large": 20}
+    assert rows["+FlowBlending L40-S40-L20"]["calls"] == {"large": 12, "small": 8}
+    assert rows["+dpm++:6"]["steps"] == 6 and rows["+fbc:0.2"]["stack"] == ["dpm++:6", "fbc:0.2"]
+    assert rows["+FlowBlending L40-S40-L20"]["flop_ratio"] > 1.0
+    assert all(len(row["seconds"]["all"]) == 2 for row in document["rows"])
+    bigger = json.loads((tmp_path / "bench" / "bench-bigger-is-better.json").read_text())
+    assert {entry["unit"] for entry in bigger} == {"x"} and len(bigger) == 4
+    assert (tmp_path / "bench" / "bench.png").stat().st_size > 1000
+    assert "| +FlowBlending L40-S40-L20 |" in (tmp_path / "bench" / "bench.md").read_text()
+
+
+def test_bench_rejects_a_typo_before_building_anything(capsys):
+    assert main(["bench", "--stack", "fbcc"]) == 2
+    assert "accelerator 'fbcc' is unknown" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "accelerators, message",
+    [
+        ([TensorRTEngines()], "need a CUDA GPU"),
+        ([AttentionBackend("flash")], "needs the `flash_attn` package|runs on CUDA only"),
+        ([StepReduction("ddim", 10)], "does not fit this pipeline's flow-matching scheduler"),
+        ([DiffusersCache("fbc"), DiffusersCache("pab")], "several feature caches"),
+    ],
+)
+def test_stack_refusals_name_the_reason(accelerators, message):
+    pipe = tiny_wan_pipeline()
+    with pytest.raises(ValueError, match=message):
+        Stack(accelerators).validate(Pair(pipe, tiny_wan_pair()[1]))
+
+
+def test_parse_and_magcache_needs_ratios():
+    assert isinstance(parse_accelerator("unipc:12"), StepReduction) and parse_accelerator("unipc:12").steps == 12
+    with pytest.raises(ValueError, match="mag_ratios per model"):
+        DiffusersCache("magcache")
+    with pytest.raises(ValueError, match="cache kind 'teacache' is unknown"):
+        DiffusersCache("teacache")
+
+
+def test_stack_remove_restores_the_pipeline():
+    large, small = tiny_wan_pair()
+    pipe = tiny_wan_pipeline(large)
+    reference = pipe(**wan_call_kwargs(steps=8)).frames
+    scheduler = pipe.scheduler
+    apply_stack(pipe, small, "L40-S40-L20", ["unipc:6", "fbc:0.1"])
+    assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and large._cache_config is not None
+    pipe(**wan_call_kwargs(steps=6))
+    remove_stack(pipe)
+    assert pipe.scheduler is scheduler and large._cache_config is None and small._cache_config is None
+    assert (pipe(**wan_call_kwargs(steps=8)).frames == reference).all()
+
+
+def test_failed_apply_undoes_what_was_done():
+    large, small = tiny_wan_pair()
+    pipe = tiny_wan_pipeline(large)
+    scheduler = pipe.scheduler
+    with pytest.raises(TypeError):
+        apply_stack(pipe, small, "L40-S40-L20", ["unipc:6", "fbc:0.1"], not_an_option=True)
+    assert pipe.scheduler is scheduler and large._cache_config is None and not hasattr(pipe, "_flowblending_stack")
