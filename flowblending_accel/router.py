@@ -105,6 +105,7 @@ class ModelRouter(ModelHook):
         self._scheduler_source = scheduler
         self._run: _Run | None = None
         self.listeners: list[Any] = []
+        self._call_listeners = False
 
     # ------------------------------------------------------------------------------------ public state
     @property
@@ -196,9 +197,15 @@ class ModelRouter(ModelHook):
         """Register an object told about runs and segments (accelerators use this to keep caches right).
 
         Any of these methods is called when present: ``on_run_start(router, plan)``,
-        ``on_segment_start(router, model, step, after_switch)`` and ``on_run_end(router, stats)``.
+        ``on_segment_start(router, model, step, after_switch)``, ``on_call(router, record, args, kwargs,
+        output)`` after every denoiser call, and ``on_run_end(router, stats)``.
         """
         self.listeners.append(listener)
+        self._call_listeners = any(hasattr(item, "on_call") for item in self.listeners)
+
+    def remove_listener(self, listener: Any) -> None:
+        self.listeners.remove(listener)
+        self._call_listeners = any(hasattr(item, "on_call") for item in self.listeners)
 
     def _notify(self, event: str, *args: Any) -> None:
         for listener in self.listeners:
@@ -285,6 +292,8 @@ class ModelRouter(ModelHook):
             raise
         events = timer.stop(record)
         run.stats.add(record, events)
+        if self._call_listeners:
+            self._notify("on_call", record, args, kwargs, output)
         return output
 
     def _abort(self, error: BaseException) -> None:
@@ -295,7 +304,8 @@ class ModelRouter(ModelHook):
 
     def _timing_mode(self) -> str:
         if self.timing == "auto":
-            return "cuda" if _device_of(self.large).type == "cuda" else "host"
+            device = _device_of(self.large)
+            return "cuda" if device is not None and device.type == "cuda" else "host"
         return self.timing
 
 
@@ -327,11 +337,11 @@ class _Timer:
         return None
 
 
-def _device_of(module: Any) -> torch.device:
+def _device_of(module: Any) -> torch.device | None:
     if isinstance(module, torch.nn.Module):
         for parameter in module.parameters():
             return parameter.device
-    return torch.device("cpu")
+    return None
 
 
 def _dtype_of(module: Any) -> torch.dtype | None:
@@ -349,13 +359,13 @@ def check_placement(large: Any, small: Any) -> None:
     if hasattr(large, "_hf_hook") or hasattr(small, "_hf_hook"):
         return  # accelerate offload moves weights per call; placement is its business
     large_device, small_device = _device_of(large), _device_of(small)
-    if large_device != small_device:
+    if None not in (large_device, small_device) and large_device != small_device:
         raise ValueError(
             f"small model is on {small_device} but the large model is on {large_device}: "
             f"call `small.to('{large_device}')` (pipe.to() moves only the pipeline's own components)."
         )
     large_dtype, small_dtype = _dtype_of(large), _dtype_of(small)
-    if large_dtype != small_dtype:
+    if None not in (large_dtype, small_dtype) and large_dtype != small_dtype:
         raise ValueError(
             f"small model dtype is {small_dtype} but the large model's is {large_dtype}: the pipeline casts "
             f"inputs to the large model's dtype, so call `small.to(dtype={large_dtype})`."

@@ -1,0 +1,1 @@
+"""Velocity-divergence analysis and automatic stage-boundary calibration."""

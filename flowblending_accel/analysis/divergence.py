@@ -1,0 +1,167 @@
+"""Velocity divergence between the two models along a trajectory, per solver step and per sample.
+
+At every denoiser call of a run (large-only by default, or any blended schedule) the *other* model is
+evaluated on exactly the same inputs, and per step, with classifier-free guidance applied as the pipeline
+does, we record for each sample:
+
+* ``velocity_cos`` / ``velocity_rel_l2``: 1 - cos and ||v_L - v_S|| / ||v_L|| of the guided outputs;
+* ``x0_cos`` / ``x0_rel_l2``: the same for the predicted clean sample ``x0 = x_t - sigma * v`` (flow-matching
+  schedulers only); at high noise the velocity is mostly the noise, which both models get right, while the
+  predicted x0 shows whether they agree on the content;
+* ``state_rel``: ``|sigma_next - sigma| * ||v_L - v_S|| / ||x_t||``, the perturbation that using the small
+  model at this step injects into the trajectory.
+
+Which of these predicts where the small model hurts quality is an empirical question: :mod:`.evidence`
+measures it by substituting the small model in windows of steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..api import apply_flowblending_, remove_flowblending_
+
+MEASURES = ("velocity_cos", "velocity_rel_l2", "x0_cos", "x0_rel_l2", "state_rel")
+
+
+@dataclass
+class _StepCalls:
+    sigma: float
+    next_sigma: float
+    model: str
+    calls: list[tuple[str | None, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+
+class DivergenceProbe:
+    """A router listener that evaluates the other model on every call and keeps both outputs per step."""
+
+    def __init__(self, router, guidance_scale: float, batched_cfg: bool) -> None:
+        self.router, self.guidance_scale, self.batched_cfg = router, guidance_scale, batched_cfg
+        self.runs: list[dict[int, dict[str, torch.Tensor]]] = []
+        self._steps: dict[int, _StepCalls] = {}
+
+    def on_run_start(self, router, plan) -> None:
+        self._steps, self._plan = {}, plan
+
+    def on_call(self, router, record, args, kwargs, output) -> None:
+        other = router._call_small if record.model == "large" else router.fn_ref.original_forward
+        other_output = other(*args, **kwargs)
+        latents = kwargs.get("hidden_states", args[0] if args else None)
+        steps = self._plan.steps
+        index = record.step - self._plan.first_step
+        next_sigma = steps[index + 1].sigma if index + 1 < len(steps) else 0.0
+        entry = self._steps.setdefault(record.step, _StepCalls(record.sigma, next_sigma, record.model))
+        context = router.context._context
+        entry.calls.append((context.name if context else None, latents, _first(output), _first(other_output)))
+
+    def on_run_end(self, router, stats) -> None:
+        if stats.finished:
+            self.runs.append({step: self._measure(entry) for step, entry in sorted(self._steps.items())})
+
+    def _guided(self, calls, which: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, guided output) of one step; ``which`` picks the routed (2) or the other (3) model's output."""
+        g = self.guidance_scale
+        by_name: dict = {}
+        for call in calls:  # the first call of each branch: the step's own evaluation (Heun adds a corrector)
+            by_name.setdefault(call[0], call)
+        if "cond" in by_name and "uncond" in by_name and g > 1:
+            cond, uncond = by_name["cond"], by_name["uncond"]
+            return cond[1], uncond[which] + g * (cond[which] - uncond[which])
+        latents, output = calls[0][1], calls[0][which]
+        if self.batched_cfg and g > 1:  # [uncond, cond] stacked in the batch
+            uncond, cond = output.chunk(2)
+            return latents.chunk(2)[1], uncond + g * (cond - uncond)
+        return latents, output
+
+    def _measure(self, entry: _StepCalls) -> dict[str, torch.Tensor]:
+        x_t, routed = self._guided(entry.calls, 2)
+        _, other = self._guided(entry.calls, 3)
+        v_large, v_small = (routed, other) if entry.model == "large" else (other, routed)
+        flat = lambda t: t.float().flatten(1)  # noqa: E731
+        vl, vs, x = flat(v_large), flat(v_small), flat(x_t)
+        result = {
+            "velocity_cos": 1 - F.cosine_similarity(vl, vs, dim=1),
+            "velocity_rel_l2": (vl - vs).norm(dim=1) / vl.norm(dim=1).clamp_min(1e-12),
+            "state_rel": abs(entry.next_sigma - entry.sigma) * (vl - vs).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12),
+        }
+        if self._plan.view.kind == "flow":
+            x0l, x0s = x - entry.sigma * vl, x - entry.sigma * vs
+            result["x0_cos"] = 1 - F.cosine_similarity(x0l, x0s, dim=1)
+            result["x0_rel_l2"] = (x0l - x0s).norm(dim=1) / x0l.norm(dim=1).clamp_min(1e-12)
+        result["sigma"] = torch.full_like(result["state_rel"], entry.sigma)
+        return result
+
+
+def replay(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with every torch.Generator replaced by a fresh one in the same state, so one set of call
+    arguments gives the same noise however often it is run (a generator advances when it is used)."""
+
+    def fresh(value):
+        if isinstance(value, torch.Generator):
+            clone = torch.Generator(device=value.device)
+            clone.set_state(value.get_state())
+            return clone
+        if isinstance(value, list) and value and isinstance(value[0], torch.Generator):
+            return [fresh(v) for v in value]
+        return value
+
+    return {key: fresh(value) for key, value in kwargs.items()}
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else getattr(output, "sample", output)
+
+
+@dataclass
+class DivergenceCurve:
+    """Per solver step: sigma and, per measure, the per-sample values (samples x steps)."""
+
+    sigmas: list[float]
+    values: dict[str, torch.Tensor]  # measure -> (samples, steps)
+    schedule: str
+    outputs: list[Any] = field(default_factory=list, repr=False)  # the pipeline's outputs, one per call
+
+    def mean(self, measure: str) -> list[float]:
+        return self.values[measure].mean(0).tolist()
+
+    def std(self, measure: str) -> list[float]:
+        return self.values[measure].std(0).tolist() if len(self.values[measure]) > 1 else [0.0] * len(self.sigmas)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trajectory": self.schedule,
+            "sigmas": self.sigmas,
+            "samples": int(next(iter(self.values.values())).shape[0]),
+            "measures": {m: {"mean": self.mean(m), "std": self.std(m)} for m in self.values},
+        }
+
+
+def divergence_curve(pipe, small, calls: list[dict[str, Any]], guidance_scale: float,
+                     trajectory: str = "L100", progress=None, output_field: str = "frames",
+                     **router_options: Any) -> DivergenceCurve:
+    """Run ``pipe`` on every call's arguments along ``trajectory``, evaluating both models at every step."""
+    router = apply_flowblending_(pipe, small, trajectory, timing="off", **router_options)
+    batched = type(pipe).__name__.startswith(("LTX", "StableDiffusion"))
+    probe = DivergenceProbe(router, guidance_scale, batched_cfg=batched)
+    router.add_listener(probe)
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for kwargs in calls:
+                outputs.append(getattr(pipe(**replay(kwargs)), output_field))
+                if progress is not None:
+                    progress(1)
+    finally:
+        remove_flowblending_(pipe)
+    if not probe.runs:
+        raise RuntimeError("no run finished; nothing to analyse.")
+    steps = sorted(probe.runs[0])
+    measures = [m for m in probe.runs[0][steps[0]] if m != "sigma"]
+    values = {m: torch.cat([torch.stack([run[s][m] for s in steps], dim=1) for run in probe.runs]) for m in measures}
+    sigmas = [float(probe.runs[0][s]["sigma"][0]) for s in steps]
+    return DivergenceCurve(sigmas, values, trajectory, outputs)
+
