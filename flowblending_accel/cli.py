@@ -21,6 +21,8 @@ the same family the middle ("L40-S40-L20"). These commands plan, run and measure
 commands:
   demo          compare LLL, LSL, LSS, SLL, SSS on the embedded trained pair: report + grid (the main job)
   bench         baseline, +FlowBlending, +step reduction, +cache, +compile ... measured in one run
+  analyze       velocity divergence between the two models along the trajectory (and what predicts harm)
+  calibrate     choose stage boundaries automatically under a quality tolerance or FLOP budget
   plan          print which model runs each solver step for a schedule and a scheduler
   tiny          route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
   train-demo    train the embedded pair (resumable) or, with --classifier, its metrics classifier
@@ -71,10 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from .analysis.commands import add_analyze, add_calibrate
     from .bench.commands import add_bench
     from .demo.commands import add_demo, add_export, add_train
 
-    for add in (add_demo, add_bench, _add_plan, _add_tiny, add_train, add_export):
+    for add in (add_demo, add_bench, add_analyze, add_calibrate, _add_plan, _add_tiny, add_train, add_export):
         add(commands)
     return parser
 

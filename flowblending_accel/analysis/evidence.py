@@ -1,0 +1,76 @@
+"""Which divergence measure predicts where the small model hurts? Substitute it in windows and see.
+
+For each window of ``w`` consecutive steps, generate with the small model on that window only (large
+elsewhere) and measure the quality lost against the large-only output. A good proxy ranks the windows the
+way the measured loss does: we report Spearman's rank correlation between each measure's per-window sum and
+the measured loss. Cost: one generation of the calibration set per window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..api import apply_flowblending_, remove_flowblending_
+from .calibrate import schedule_from_models
+from .divergence import DivergenceCurve, replay
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+
+    def ranks(values: list[float]) -> torch.Tensor:
+        order = sorted(range(len(values)), key=lambda i: values[i])
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                result[order[k]] = (i + j) / 2
+            i = j + 1
+        return torch.tensor(result, dtype=torch.float64)
+
+    ra, rb = ranks(a), ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = (ra.norm() * rb.norm()).item()
+    return float((ra * rb).sum() / denominator) if denominator else float("nan")
+
+
+@dataclass
+class WindowEvidence:
+    window: int
+    starts: list[int]
+    loss: list[float]  # quality lost against large-only, per window
+    correlations: dict[str, float]  # measure -> Spearman rho with the loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def window_evidence(pipe, small, calls: list[dict[str, Any]], curve: DivergenceCurve, window: int,
+                    quality: Callable[[list, list], float], output_field: str = "frames", progress=None) -> WindowEvidence:
+    steps = len(curve.sigmas)
+    reference = quality(curve.outputs, curve.outputs)
+    starts, losses = list(range(0, steps, window)), []
+    for start in starts:
+        models = ["small" if start <= i < start + window else "large" for i in range(steps)]
+        apply_flowblending_(pipe, small, schedule_from_models(models), timing="off")
+        try:
+            with torch.inference_mode():
+                outputs = [getattr(pipe(**replay(kwargs)), output_field) for kwargs in calls]
+        finally:
+            remove_flowblending_(pipe)
+        losses.append(reference - quality(outputs, curve.outputs))
+        if progress is not None:
+            progress(len(calls))
+    correlations = {}
+    for measure in curve.values:
+        means = curve.mean(measure)
+        sums = [sum(means[s : s + window]) for s in starts]
+        correlations[measure] = spearman(sums, losses)
+    return WindowEvidence(window, starts, losses, correlations)

@@ -1,0 +1,47 @@
+"""Markdown for a calibration: the schedule found, the candidates verified, and the held-out comparison."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ci(entry: dict | None, digits: int = 3) -> str:
+    if not entry:
+        return "—"
+    return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
+
+
+def calibration_markdown(document: dict[str, Any]) -> str:
+    result, held = document["calibration"], document["held_out"]
+    lines = [
+        "# Calibrated FlowBlending schedule",
+        "",
+        f"- command: `{document['command']}`",
+        f"- result: **{result['schedule']}** — {result['message']}",
+        f"- predicted FLOPs vs large-only: {result['flop_ratio']:.3f} ({result['flops_fewer_than_large_only']:.1%} fewer);"
+        f" proxy: {result['measure']}; calibration quality {result['quality']} vs the reference schedule's "
+        f"{result['reference_quality']}",
+        "",
+        "Candidates verified on the calibration set (feature similarity to large-only, higher is better):",
+        "",
+        "| schedule | small steps | proxy cost | FLOPs vs LLL | quality |",
+        "|---|---|---|---|---|",
+    ]
+    for c in result["candidates"]:
+        lines.append(f"| {c['schedule']} | {c['small_steps']} | {c['proxy_cost']:.4f} | {c['flop_ratio']:.3f} | "
+                     f"{c['quality']:.4f} |")
+    lines += [
+        "",
+        f"Held-out evaluation: {len(held['prompts'])} prompts x {len(held['seeds'])} seeds the calibration never saw.",
+        "",
+        "| row | schedule | FLOPs vs LLL | feature similarity vs LLL | PSNR vs LLL | SSIM vs LLL | digit accuracy | motion accuracy |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in held["rows"].items():
+        lines.append(
+            f"| {name} | {row['schedule']} | {row['flops_vs_lll']:.3f} | {_ci(row['feature_similarity_vs_lll'])} | "
+            f"{_ci(row['psnr_vs_lll'], 2)} | {_ci(row['ssim_vs_lll'])} | {_ci(row['digit_accuracy'])} | "
+            f"{_ci(row['direction_accuracy'])} |"
+        )
+    lines += ["", "95 % intervals (normal for means, Wilson for accuracies).", "", "![divergence](divergence.png)", ""]
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+"""The demo pair's calibration set, its quality function, and the held-out evaluation of schedules.
+
+Calibration uses a few prompts and seeds; the held-out evaluation uses the other prompts and fresh seeds, so
+a calibrated schedule is judged on clips it never saw. Quality during calibration is feature similarity to
+the large-only clip from the same noise, in the demo classifier's feature space; the held-out report adds
+the semantic metrics (prompted digit and motion) and PSNR / SSIM.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..api import apply_flowblending_, remove_flowblending_
+from ..metrics.quality import psnr, ssim
+from .classifier import ClipClassifier
+from .data import all_prompts
+from .models import CALL_DEFAULTS
+from .scoring import classify, mean_interval
+
+
+def split_prompts(calibration: int = 12) -> tuple[list[str], list[str]]:
+    """Every third-ish prompt for calibration, the rest held out."""
+    prompts = all_prompts()
+    chosen = prompts[:: max(1, len(prompts) // calibration)][:calibration]
+    return chosen, [p for p in prompts if p not in chosen]
+
+
+def demo_calls(prompts: list[str], seeds: list[int], steps: int, guidance: float) -> list[dict[str, Any]]:
+    """One batched call per seed; each sample has its own generator (seed * 1000 + index)."""
+    return [
+        dict(prompt=prompts, negative_prompt=[""] * len(prompts), num_inference_steps=steps, guidance_scale=guidance,
+             output_type="np", generator=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(prompts))],
+             **CALL_DEFAULTS)
+        for seed in seeds
+    ]
+
+
+def as_clips(output) -> torch.Tensor:
+    """``(B, F, H, W, C)`` numpy frames in [0, 1] -> ``(B, C, F, H, W)`` tensor."""
+    return torch.from_numpy(np.asarray(output)).permute(0, 4, 1, 2, 3).float()
+
+
+def feature_quality(classifier: ClipClassifier):
+    """quality(outputs, reference): mean cosine similarity of classifier features, clip vs its reference."""
+
+    @torch.no_grad()
+    def quality(outputs: list, reference: list) -> float:
+        values = []
+        for out, ref in zip(outputs, reference, strict=True):
+            _, _, fa = classifier(as_clips(out) * 2 - 1)
+            _, _, fb = classifier(as_clips(ref) * 2 - 1)
+            values.append(F.cosine_similarity(fa, fb, dim=1))
+        return float(torch.cat(values).mean())
+
+    return quality
+
+
+def evaluate_schedules(pipe, small, classifier: ClipClassifier, schedules: dict[str, str], prompts: list[str],
+                       seeds: list[int], steps: int, guidance: float, flops_per_call: dict[str, int],
+                       progress=None) -> dict[str, dict[str, Any]]:
+    """Generate every schedule on the same held-out prompts and seeds; score against large-only (``LLL``)."""
+    outputs, calls = {}, {}
+    for name, schedule in {"LLL": "L100", **schedules}.items():
+        router = apply_flowblending_(pipe, small, schedule, timing="off")
+        try:
+            with torch.inference_mode():
+                outputs[name] = torch.cat([as_clips(pipe(**kwargs).frames) for kwargs in demo_calls(prompts, seeds, steps, guidance)])
+            calls[name] = router.last_run.calls_per_model
+        finally:
+            remove_flowblending_(pipe)
+        if progress is not None:
+            progress(1)
+    labels = [p for _ in seeds for p in prompts]
+    base_flops = _flops(calls["LLL"], flops_per_call)
+    rows = {}
+    for name in outputs:
+        clips, reference = outputs[name], outputs["LLL"]
+        semantic = classify(classifier, clips, labels)
+        features = semantic.pop("features")
+        _, _, reference_features = classifier(reference * 2 - 1)
+        rows[name] = {
+            "schedule": "L100" if name == "LLL" else schedules[name],
+            "samples": len(labels),
+            "flops_vs_lll": _flops(calls[name], flops_per_call) / base_flops,
+            "feature_similarity_vs_lll": mean_interval(F.cosine_similarity(features, reference_features.detach(), dim=1)),
+            "psnr_vs_lll": mean_interval(psnr(clips, reference)) if name != "LLL" else None,
+            "ssim_vs_lll": mean_interval(ssim(clips, reference)) if name != "LLL" else None,
+            **semantic,
+        }
+    return rows
+
+
+def _flops(calls: dict[str, int], per_call: dict[str, int]) -> float:
+    return float(sum(count * per_call[model] for model, count in calls.items()))
