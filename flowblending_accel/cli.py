@@ -23,6 +23,7 @@ commands:
   bench         baseline, +FlowBlending, +step reduction, +cache, +compile ... measured in one run
   analyze       velocity divergence between the two models along the trajectory (and what predicts harm)
   calibrate     choose stage boundaries automatically under a quality tolerance or FLOP budget
+  check         CI gate: fail a change that regresses routing, FLOPs, recompiles, caching or speedup
   plan          print which model runs each solver step for a schedule and a scheduler
   tiny          route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
   train-demo    train the embedded pair (resumable) or, with --classifier, its metrics classifier
@@ -75,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     from .analysis.commands import add_analyze, add_calibrate
     from .bench.commands import add_bench
+    from .check.commands import add_check
     from .demo.commands import add_demo, add_export, add_train
 
-    for add in (add_demo, add_bench, add_analyze, add_calibrate, _add_plan, _add_tiny, add_train, add_export):
+    for add in (add_demo, add_bench, add_analyze, add_calibrate, add_check, _add_plan, _add_tiny, add_train, add_export):
         add(commands)
     return parser
 

@@ -55,7 +55,7 @@ class RoutedDenoiser:
         run.last_step = step
         self._calls += 1
         fn = self.router.large if model == "large" else self.router._call_small
-        return self.router._execute(run, step, fn, (x, sigma), kwargs, iteration)
+        return self.router._execute(run, step, model, fn, (x, sigma), kwargs, iteration)
 
     def _capacity(self) -> int:
         return len(self.view.sigmas) * self.calls_per_iteration

@@ -154,7 +154,7 @@ class ModelRouter(ModelHook):
         run, step = self._prepare_call(args, kwargs)
         model = run.plan.model_of_step(step)
         fn = self.fn_ref.original_forward if model == "large" else self._call_small
-        return self._execute(run, step, fn, args, kwargs, getattr(run.scheduler, "step_index", None))
+        return self._execute(run, step, model, fn, args, kwargs, getattr(run.scheduler, "step_index", None))
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Reached from `maybe_free_model_hooks` at the end of every pipeline call.
@@ -276,9 +276,10 @@ class ModelRouter(ModelHook):
         with _hooks.cache_context(self.small, self.context._context):
             return self.small(*args, **kwargs)
 
-    def _execute(self, run: _Run, step: int, fn: Callable, args: tuple, kwargs: dict, iteration: int | None) -> Any:
+    def _execute(self, run: _Run, step: int, model: str, fn: Callable, args: tuple, kwargs: dict,
+                 iteration: int | None) -> Any:
         planned = run.plan.steps[step - run.plan.first_step]
-        record = CallRecord(step, planned.model, planned.stage, planned.timestep, planned.sigma, iteration)
+        record = CallRecord(step, model, planned.stage, planned.timestep, planned.sigma, iteration)
         timer = _Timer(run.timing)
         try:
             if self.count_flops:

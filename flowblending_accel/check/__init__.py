@@ -1,0 +1,1 @@
+"""`flowblending-accel check`: the CI performance-regression gate."""
