@@ -1,0 +1,94 @@
+"""Data parallel runs under ``torchrun`` and a guard that every rank routes identically.
+
+Data parallel: prompts and seeds are sharded across ranks (sample ``i`` on rank ``i % world``), each rank
+generates its share, results are gathered to every rank in the original order, router stats are summed,
+and only rank 0 writes reports. Context / sequence parallel (diffusers' ``enable_parallelism``, xDiT) split
+one sample across ranks; the router then must take the same decision on every rank, which it does by
+construction (it reads the scheduler's step index, identical everywhere); :class:`RankConsistency` checks
+it at every segment start and fails loudly if a rank ever disagrees.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_from_env(backend: str | None = None) -> DistContext:
+    """Join the process group torchrun describes (``WORLD_SIZE`` > 1); a single process gets rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return DistContext(dist.get_rank(), dist.get_world_size())
+
+
+def current() -> DistContext:
+    if dist.is_available() and dist.is_initialized():
+        return DistContext(dist.get_rank(), dist.get_world_size())
+    return DistContext()
+
+
+def shard(items: list[Any], context: DistContext) -> list[tuple[int, Any]]:
+    """``(index, item)`` pairs this rank handles: every ``world_size``-th item from ``rank``."""
+    return [(i, item) for i, item in enumerate(items) if i % context.world_size == context.rank]
+
+
+def gather_ordered(pairs: list[tuple[int, Any]], context: DistContext) -> list[Any]:
+    """All ranks' ``(index, result)`` pairs, merged back into index order, on every rank."""
+    if not context.active:
+        return [value for _, value in sorted(pairs, key=lambda p: p[0])]
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, pairs)
+    merged = [pair for part in gathered for pair in part]
+    return [value for _, value in sorted(merged, key=lambda p: p[0])]
+
+
+def sum_counts(counts: dict[str, float], context: DistContext) -> dict[str, float]:
+    """Per-model calls, steps, seconds or FLOPs summed over ranks (every rank gets the total)."""
+    if not context.active:
+        return dict(counts)
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, counts)
+    total: Counter = Counter()
+    for part in gathered:
+        total.update(part)
+    return dict(total)
+
+
+class RankConsistency:
+    """Router listener: at every segment start all ranks compare (step, model); a mismatch raises on all."""
+
+    def on_segment_start(self, router, model: str, step: int, after_switch: bool) -> None:
+        context = current()
+        if not context.active:
+            return
+        decisions: list[Any] = [None] * context.world_size
+        dist.all_gather_object(decisions, (step, model))
+        if len(set(decisions)) > 1:
+            raise RuntimeError(
+                f"ranks disagree on the routing at a segment start: {decisions}. Every rank must run the same "
+                "schedule and scheduler (context parallelism splits one sample across ranks)."
+            )

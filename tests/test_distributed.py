@@ -1,0 +1,87 @@
+"""Two CPU processes with the gloo backend: sharded generation equals one process; stats sum; routing agrees."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from flowblending_accel import apply_flowblending_
+from flowblending_accel.distributed import (
+    DistContext,
+    RankConsistency,
+    gather_ordered,
+    init_from_env,
+    shard,
+    sum_counts,
+)
+from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def _generate(seeds, schedule="L40-S40-L20", check_ranks=False):
+    large, small = tiny_wan_pair()
+    pipe = tiny_wan_pipeline(large)
+    router = apply_flowblending_(pipe, small, schedule)
+    if check_ranks:  # context-parallel style: every rank runs the same sample
+        router.add_listener(RankConsistency())
+    outputs, calls = [], {}
+    for index, seed in seeds:
+        outputs.append((index, pipe(**wan_call_kwargs(steps=6, seed=seed)).frames))
+        for model, count in router.last_run.calls_per_model.items():
+            calls[model] = calls.get(model, 0) + count
+    return outputs, calls
+
+
+def _worker(rank, world, init_file, result_file, mismatch):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    context = init_from_env()
+    try:
+        if mismatch:
+            schedule = "L40-S40-L20" if rank == 0 else "L20-S60-L20"
+            try:
+                _generate([(0, 0)], schedule, check_ranks=True)
+            except RuntimeError as error:
+                torch.save(str(error), f"{result_file}.{rank}")
+            return
+        outputs, calls = _generate(shard(SEEDS, context))
+        merged = gather_ordered(outputs, context)
+        totals = sum_counts(calls, context)
+        if context.is_main:
+            torch.save({"outputs": merged, "calls": totals}, result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(tmp_path, mismatch=False):
+    result = tmp_path / "result.pt"
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(result), mismatch), nprocs=2, join=True)
+    return result
+
+
+@pytest.mark.timeout(300)
+def test_two_processes_match_one(tmp_path):
+    single_outputs, single_calls = _generate(list(enumerate(SEEDS)))
+    result = torch.load(_spawn(tmp_path))
+    assert len(result["outputs"]) == len(SEEDS)
+    for (_, expected), got in zip(single_outputs, result["outputs"], strict=True):
+        assert torch.equal(expected, got)
+    assert result["calls"] == single_calls == {"large": 3 * 2 * 5, "small": 3 * 2 * 5}  # 6 steps: L2-S3-L1
+
+
+@pytest.mark.timeout(300)
+def test_ranks_disagreeing_on_routing_fail_loudly(tmp_path):
+    result = _spawn(tmp_path, mismatch=True)
+    for rank in (0, 1):
+        assert "ranks disagree on the routing" in torch.load(f"{result}.{rank}")
+
+
+def test_single_process_helpers():
+    context = DistContext()
+    assert shard(["a", "b", "c"], DistContext(1, 2)) == [(1, "b")]
+    assert gather_ordered([(1, "b"), (0, "a")], context) == ["a", "b"]
+    assert sum_counts({"large": 3}, context) == {"large": 3}
