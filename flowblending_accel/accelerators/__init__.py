@@ -16,17 +16,20 @@ from .caches import KINDS as CACHE_KINDS
 from .caches import DiffusersCache, calibrate_mag_ratios
 from .compile import RegionalCompile
 from .deepcache import DeepCacheUNets
+from .offload import OffloadInactive
 from .steps import StepReduction
 
 __all__ = [
-    "Accelerator", "AttentionBackend", "CacheDiT", "DeepCacheUNets", "DiffusersCache", "Pair", "RegionalCompile",
+    "Accelerator", "AttentionBackend", "CacheDiT", "DeepCacheUNets", "DiffusersCache", "OffloadInactive", "Pair",
+    "RegionalCompile",
     "Stack", "StepReduction", "TensorRTEngines", "apply_stack", "calibrate_mag_ratios", "parse_accelerator",
     "remove_stack",
 ]
 
 SPEC_HELP = (
     "dpm++:25 | unipc:20 | euler:30 | heun:25 (step reduction), fbc[:threshold] | taylorseer | pab | seacache | "
-    "magcache (diffusers caches), deepcache[:interval] (UNets), cache-dit, compile, attn:<backend>, tensorrt"
+    "magcache (diffusers caches), deepcache[:interval] (UNets), cache-dit, compile, attn:<backend>, tensorrt, "
+    "offload[:prefetch_steps] (inactive model on CPU)"
 )
 _STACK_ATTRIBUTE = "_flowblending_stack"
 
@@ -52,6 +55,8 @@ def parse_accelerator(spec: str | Accelerator) -> Accelerator:
         return AttentionBackend(value or "native")
     if name in ("tensorrt", "trt"):
         return TensorRTEngines()
+    if name == "offload":
+        return OffloadInactive(int(value) if value else 1)
     raise ValueError(f"accelerator {spec!r} is unknown; write one of: {SPEC_HELP}.")
 
 

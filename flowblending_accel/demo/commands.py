@@ -84,6 +84,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
         raise ValueError("--samples-per-prompt, --chunk-size and --steps must be at least 1.")
     command = "flowblending-accel " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "flowblending-accel demo"
     folder, rows = run_demo(settings, args.output, args.pair, args.threads, args.overwrite, command)
+    if not rows:  # a non-zero rank under torchrun: rank 0 writes and prints
+        return 0
     print((folder / "report.md").read_text())
     print(f"report, results.json and grid written to {folder}/")
     return 0

@@ -102,9 +102,12 @@ def _one_step(settings: DemoSettings) -> DemoSettings:
     return DemoSettings(steps=1, guidance_scale=settings.guidance_scale, prompts=settings.prompts)
 
 
-def run_comparison(pipe, small, settings: DemoSettings, progress=None) -> Generated:
-    """Generate every schedule chunk by chunk; a Ctrl-C keeps the chunks already done (``complete=False``)."""
-    samples = settings.samples()
+def run_comparison(pipe, small, settings: DemoSettings, progress=None, samples=None) -> Generated:
+    """Generate every schedule chunk by chunk; a Ctrl-C keeps the chunks already done (``complete=False``).
+
+    ``samples`` (default: all of ``settings``) lets a data-parallel rank generate only its share.
+    """
+    samples = samples if samples is not None else settings.samples()
     result = Generated(settings, samples)
     result.flops_per_sample_call = measure_flops(pipe, small, settings)
     router = apply_flowblending_(pipe, small, "L100")
@@ -137,6 +140,25 @@ def _run_chunk(pipe, router, name: str, chunk, settings: DemoSettings, result: G
     # Per-sample calls: one batched call serves every sample of the chunk.
     per_sample = {model: count * len(chunk) for model, count in router.last_run.calls_per_model.items()}
     result.calls.setdefault(name, []).append(per_sample)
+
+
+def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
+    """One :class:`Generated` from the ranks' shares (``(sample indices, result)``), in sample order."""
+    first = parts[0][1]
+    merged = Generated(first.settings, [], flops_per_sample_call=first.flops_per_sample_call,
+                       complete=all(part.complete for _, part in parts))
+    pairs = []
+    for indices, part in parts:
+        done = indices[: part.done]
+        pairs += [(i, part.samples[k], k, part) for k, i in enumerate(done)]
+        for name in part.seconds:
+            merged.seconds.setdefault(name, []).extend(part.seconds[name])
+            merged.calls.setdefault(name, []).extend(part.calls[name])
+    pairs.sort(key=lambda p: p[0])
+    merged.samples = [sample for _, sample, _, _ in pairs]
+    for name in first.settings.schedules:
+        merged.frames[name] = [torch.stack([part.stacked(name)[k] for _, _, k, part in pairs])] if pairs else []
+    return merged
 
 
 def _drop_unfinished_chunk(result: Generated) -> None:

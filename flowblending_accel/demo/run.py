@@ -8,11 +8,12 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import gather_ordered, init_from_env, shard
 from ..env import device_name, versions
 from ..files import free_output_folder
 from .classifier import load_classifier
 from .data import parse_prompt, reference_clips
-from .generate import DemoSettings, run_comparison
+from .generate import DemoSettings, merge_ranks, run_comparison
 from .models import CLASSIFIER_SUBFOLDER, SHIFT, default_pair_path, load_demo_pipeline
 from .report import write_outputs
 from .scoring import score
@@ -28,8 +29,14 @@ def run_demo(settings: DemoSettings, output: Path, pair: Path | None, threads: i
     folder = free_output_folder(output, overwrite)
     pipe, small = load_demo_pipeline(pair)
     classifier = load_classifier(Path(pair or default_pair_path()) / CLASSIFIER_SUBFOLDER)
-    with torch.inference_mode(), _progress(show_progress, len(settings.samples())) as advance:
-        generated = run_comparison(pipe, small, settings, progress=advance)
+    context = init_from_env()  # under torchrun: samples are sharded across ranks, rank 0 reports
+    mine = shard(settings.samples(), context)
+    with torch.inference_mode(), _progress(show_progress and context.is_main, len(mine)) as advance:
+        part = run_comparison(pipe, small, settings, progress=advance, samples=[sample for _, sample in mine])
+    parts = gather_ordered([(context.rank, ([i for i, _ in mine], part))], context)
+    generated = merge_ranks(parts) if context.active else part
+    if not context.is_main:
+        return folder, {}
     if generated.done == 0:
         raise KeyboardInterrupt("interrupted before the first chunk finished; nothing to report")
     rows = score(generated, classifier)
@@ -41,6 +48,7 @@ def run_demo(settings: DemoSettings, output: Path, pair: Path | None, threads: i
         "command": command,
         "device": device_name("cpu"),
         "threads": threads,
+        "ranks": context.world_size,
         "versions": versions(),
         "settings": {k: v for k, v in asdict(settings).items() if k != "prompts"},
         "samples": generated.done,

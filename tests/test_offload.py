@@ -1,0 +1,41 @@
+"""Memory mode 'offload': the inactive model leaves the device and comes back before its segment."""
+
+import torch
+
+from flowblending_accel.accelerators import OffloadInactive, apply_stack, remove_stack
+from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+
+
+def _record_moves(model, name, log, router_ref):
+    original = model.to
+
+    def to(*args, **kwargs):
+        router = router_ref[0]
+        log.append((name, str(args[0] if args else kwargs.get("device")), router._run.last_step if router and router._run else None))
+        return original(*args, **kwargs)
+
+    model.to = to
+
+
+def test_offload_moves_at_the_right_steps_and_keeps_outputs():
+    large, small = tiny_wan_pair()
+    pipe = tiny_wan_pipeline(large)
+    reference = pipe(**wan_call_kwargs(steps=10)).frames
+    offload = OffloadInactive(prefetch_steps=1)
+    log, router_ref = [], [None]
+    _record_moves(large, "large", log, router_ref)
+    _record_moves(small, "small", log, router_ref)
+    router, _ = apply_stack(pipe, small, "L100", [offload])
+    router_ref[0] = router
+    assert torch.equal(pipe(**wan_call_kwargs(steps=10)).frames, reference)  # all-large: bit-identical
+    router.set_schedule("L40-S40-L20")
+    log.clear()
+    pipe(**wan_call_kwargs(steps=10))
+    # Run start (no step yet): large stays, small leaves; during step 3 small is prefetched, and at the switch
+    # to step 4 the large leaves; the same at 7 -> 8; at run end the large (a pipeline component) is home.
+    assert [(name, step) for name, _, step in log] == [
+        ("large", -1), ("small", -1), ("small", 3), ("large", 3), ("large", 7), ("small", 7), ("large", None)
+    ]
+    assert [device for _, device, _ in log] == ["cpu"] * 7  # no accelerator here: every "move" is to the CPU
+    assert offload.counters()["switches"] == 2
+    remove_stack(pipe)
