@@ -66,6 +66,8 @@ def add_export(commands) -> None:
     export.add_argument("folder", type=Path)
     export.add_argument("--classifier", type=Path, default=None, help="classifier folder to ship alongside")
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    export.add_argument("--card-results", type=Path, default=None,
+                        help="demo results.json to quote in the model card (the card is always written)")
     export.set_defaults(run=run_export_command)
 
 
@@ -111,7 +113,20 @@ def run_train_command(args: argparse.Namespace) -> int:
 
 
 def run_export_command(args: argparse.Namespace) -> int:
+    import torch
+
+    from .card import write_card
     from .export import export_pair
 
-    print(export_pair(args.checkpoint, args.folder, args.classifier, use_ema=not args.raw))
+    folder = export_pair(args.checkpoint, args.folder, args.classifier, use_ema=not args.raw)
+    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    config = state["config"]
+    commands = {
+        "train": f"flowblending-accel train-demo --output {args.checkpoint.parent} --steps {config['steps']} "
+                 f"--threads {config['threads']} --seed {config['seed']}",
+        "export": "flowblending-accel " + shlex.join(sys.argv[1:]),
+        "classifier": "flowblending-accel train-demo --classifier --output runs/classifier --threads 2",
+    }
+    write_card(folder, args.checkpoint.parent / "log.jsonl", config, args.card_results, commands)
+    print(folder)
     return 0
