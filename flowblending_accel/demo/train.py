@@ -218,7 +218,7 @@ def train_pair(config: TrainConfig, output: Path, progress: bool = True, until: 
             if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
                 trainer.log.append({
                     "step": trainer.step, "train_loss": running, "seconds": time.time() - started,
-                    "resumed": resumed, "val_raw": trainer.validation_loss(False), "val_ema": trainer.validation_loss(True),
+                    "resumed": resumed, "threads": config.threads, "val_raw": trainer.validation_loss(False), "val_ema": trainer.validation_loss(True),
                 })
             if trainer.step % config.checkpoint_every == 0:
                 trainer.save()
