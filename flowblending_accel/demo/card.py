@@ -15,13 +15,14 @@ def _params(spec: dict[str, Any]) -> str:
     return f"{spec['num_layers']} blocks, width {width} ({spec['num_attention_heads']} heads x {spec['attention_head_dim']}), FFN {spec['ffn_dim']}"
 
 
-def _thread_history(log: list[dict[str, Any]]) -> str:
+def _history(log: list[dict[str, Any]], key: str, default: Any) -> str:
+    """``value from step N, ...`` for a setting recorded in the log (``default`` before it was recorded)."""
     spans, previous = [], None
     for row in log:
-        threads = row.get("threads", 1)  # rows logged before threads were recorded ran with 1
-        if threads != previous:
-            spans.append(f"{threads} from step {row['step']}")
-            previous = threads
+        value = row.get(key, default)
+        if value != previous:
+            spans.append(f"{value} (log rows from step {row['step']})")
+            previous = value
     return ", ".join(spans) or "unknown"
 
 
@@ -54,10 +55,12 @@ def model_card(log: list[dict[str, Any]], config: dict[str, Any], results: dict[
         f"{config.get('cond_dropout')}; AdamW lr {config.get('lr')} (warm-up {config.get('warmup_steps')}, cosine to "
         f"{config.get('final_lr_fraction')}x), batch {config.get('batch_size')}, EMA {config.get('ema_decay')} "
         "(shipped weights are the EMA).",
-        f"- steps: {last.get('step')} for both models, seed {config.get('seed')}; CPU threads per logged step: "
-        f"{_thread_history(log)} (thread count changes float summation order, not the recipe); "
+        f"- steps: {last.get('step')} for both models, seed {config.get('seed')}; training-timestep shift: "
+        f"{_history(log, 'timestep_shift', 1.0)}; CPU threads: {_history(log, 'threads', 1)} (thread count "
+        "changes float summation order, not the recipe); "
         f"{last.get('seconds', 0) / 3600:.1f} h in the final sitting's clock.",
-        f"- command: `{commands.get('train')}`; export: `{commands.get('export')}`",
+        "- commands, in order: " + "; then ".join(f"`{c}`" for c in commands.get("train", [])),
+        f"- export: `{commands.get('export')}`",
         "",
         "| step | val loss large (EMA) | val loss small (EMA) |",
         "|---|---|---|",

@@ -53,6 +53,8 @@ def add_train(commands) -> None:
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--until", type=int, default=None, help="end this sitting at this step (resume later)")
+    train.add_argument("--timestep-shift", type=float, default=1.0,
+                       help="shift training timesteps toward high noise (default 1.0: plain logit-normal)")
     train.add_argument("--classifier", action="store_true", help="train the metrics classifier into --output")
     train.set_defaults(run=run_train_command)
 
@@ -66,6 +68,8 @@ def add_export(commands) -> None:
     export.add_argument("folder", type=Path)
     export.add_argument("--classifier", type=Path, default=None, help="classifier folder to ship alongside")
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
+    export.add_argument("--train-command", action="append", default=None,
+                        help="a training command that produced the checkpoint, for the model card (repeatable)")
     export.add_argument("--card-results", type=Path, default=None,
                         help="demo results.json to quote in the model card (the card is always written)")
     export.set_defaults(run=run_export_command)
@@ -106,7 +110,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         return 0
     from .train import TrainConfig, train_pair
 
-    config = TrainConfig(steps=args.steps, threads=args.threads, seed=args.seed)
+    config = TrainConfig(steps=args.steps, threads=args.threads, seed=args.seed, timestep_shift=args.timestep_shift)
     trainer = train_pair(config, args.output, until=args.until)
     print(f"step {trainer.step}; checkpoint {trainer.checkpoint_path}")
     return 0
@@ -122,8 +126,10 @@ def run_export_command(args: argparse.Namespace) -> int:
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     config = state["config"]
     commands = {
-        "train": f"flowblending-accel train-demo --output {args.checkpoint.parent} --steps {config['steps']} "
-                 f"--threads {config['threads']} --seed {config['seed']}",
+        "train": args.train_command or [
+            f"flowblending-accel train-demo --output {args.checkpoint.parent} --steps {config['steps']} "
+            f"--threads {config['threads']} --seed {config['seed']} --timestep-shift {config.get('timestep_shift', 1.0)}"
+        ],
         "export": "flowblending-accel " + shlex.join(sys.argv[1:]),
         "classifier": "flowblending-accel train-demo --classifier --output runs/classifier --threads 2",
     }
