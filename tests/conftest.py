@@ -28,3 +28,4 @@ def ltx_pair():
 @pytest.fixture
 def unet_pair():
     return testing.tiny_unet_pair()
+

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from optional import needs_deepcache
+
 from flowblending_accel import flowblending_stats
 from flowblending_accel.testing import (
     ltx_call_kwargs,
@@ -65,6 +67,7 @@ def test_ltx_recipe(tmp_path):
     assert router.last_run.calls_per_model == LSL_10
 
 
+@needs_deepcache
 def test_sd_deepcache_recipe(tmp_path):
     large, small = tiny_unet_pair()
     pipeline, small_path = _save(tmp_path, tiny_sd_pipeline(large), small, denoiser="unet")

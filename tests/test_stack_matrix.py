@@ -4,6 +4,8 @@ across a switch (the first large step after the small segment recomputes every a
 import pytest
 import torch
 
+from optional import needs_cachedit, needs_deepcache
+
 from flowblending_accel.accelerators import (
     CacheDiT,
     DeepCacheUNets,
@@ -97,7 +99,9 @@ def _run_stack(name, solver, compiled):
     return first, second, trace, leftovers, calls, attention_modules
 
 
-CACHE_NAMES = ["fbc", "magcache", "taylorseer", "pab", "seacache", "cache-dit", "deepcache"]
+OPTIONAL = {"cache-dit": needs_cachedit, "deepcache": needs_deepcache}
+CACHE_NAMES = [pytest.param(name, marks=OPTIONAL.get(name, ()))
+               for name in ["fbc", "magcache", "taylorseer", "pab", "seacache", "cache-dit", "deepcache"]]
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpm++"])
@@ -116,7 +120,7 @@ def test_cache_with_router(name, solver):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("solver", ["euler", "dpm++"])
-@pytest.mark.parametrize("name", [n for n in CACHE_NAMES if n != "deepcache"])
+@pytest.mark.parametrize("name", [p for p in CACHE_NAMES if p.values[0] != "deepcache"])
 def test_cache_with_router_and_regional_compile(name, solver):
     eager = _run_stack(name, solver, False)[0]
     first, second, trace, *_ = _run_stack(name, solver, True)
@@ -124,6 +128,7 @@ def test_cache_with_router_and_regional_compile(name, solver):
     assert torch.allclose(first, eager, atol=1e-4, rtol=1e-4)  # compiled stack makes the same decisions
 
 
+@needs_deepcache
 def test_deepcache_rejects_compile_and_dits():
     pipe, small, *_ = _build("deepcache", "euler")
     with pytest.raises(ValueError, match="deepcache cannot be stacked with compile"):
