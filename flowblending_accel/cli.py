@@ -10,6 +10,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .schedulers import SCHEDULER_NAMES
@@ -47,6 +48,11 @@ def _add_plan(commands) -> None:
         help="FLOPs per step of each model, to print the FLOP share (e.g. 598.9 62.57 for Wan 14B/1.3B)",
     )
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--calibration", type=Path, default=None,
+        help="a calibrate result (calibration.json): carry its schedule to --scheduler/--shift/--steps on the "
+             "sigma axis and say whether a recalibration is advisable (exit 3 if so)",
+    )
     plan.set_defaults(run=run_plan)
 
 
@@ -88,11 +94,36 @@ def run_plan(args: argparse.Namespace) -> int:
     from .schedule import Schedule
     from .schedulers import make_scheduler
 
-    schedule = Schedule.parse(args.schedule, args.axis)
-    plan = schedule.plan(make_scheduler(args.scheduler, args.shift), args.steps)
+    scheduler = make_scheduler(args.scheduler, args.shift)
     flops = dict(zip(("large", "small"), args.flops, strict=True)) if args.flops else None
+    if args.calibration is not None:
+        return _plan_calibrated(args, scheduler, flops)
+    plan = Schedule.parse(args.schedule, args.axis).plan(scheduler, args.steps)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table(flops))
     return 0
+
+
+def _plan_calibrated(args: argparse.Namespace, scheduler, flops) -> int:
+    from .analysis.transfer import Grid, transfer
+    from .schedule import Schedule
+
+    try:
+        result = json.loads(args.calibration.read_text())["calibration"]
+        grid, schedule = Grid.from_dict(result["grid"]), Schedule.parse(result["schedule"])
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise SystemExit(f"--calibration {args.calibration}: not a calibrate result with a grid ({error}); "
+                         "rerun `flowblending-accel calibrate`.") from error
+    models = [schedule.stages[k].model for k in schedule.stages_for_step_count(len(grid.noise))]
+    carried = transfer(models, grid, scheduler, args.steps)
+    if args.json:
+        print(json.dumps({"schedule": str(carried.schedule), "axis": "sigma", "recalibrate": carried.recalibrate,
+                          "reasons": carried.reasons, "plan": carried.plan.to_dict()}, indent=2))
+    else:
+        print(f"calibrated {result['schedule']} on {grid.scheduler} (shift {grid.shift}, {len(grid.noise)} steps)"
+              f" -> {carried.schedule} on the sigma axis\n{carried.plan.table(flops)}")
+        print("recalibration advisable: " + "; ".join(carried.reasons) if carried.recalibrate else
+              "transfers: no coarser small-model steps than calibrated, same solver kind and noise range")
+    return 3 if carried.recalibrate else 0
 
 
 def run_tiny(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from optional import needs_deepcache
 
 from flowblending_accel import flowblending_stats

@@ -3,7 +3,6 @@ across a switch (the first large step after the small segment recomputes every a
 
 import pytest
 import torch
-
 from optional import needs_cachedit, needs_deepcache
 
 from flowblending_accel.accelerators import (

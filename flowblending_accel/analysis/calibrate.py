@@ -29,6 +29,7 @@ import torch
 from ..api import apply_flowblending_, remove_flowblending_
 from ..schedule import Schedule, Stage
 from .divergence import DivergenceCurve, divergence_curve, replay
+from .transfer import Grid, Transfer, sigma_schedule, transfer
 
 
 def schedule_from_models(models: list[str]) -> Schedule:
@@ -90,10 +91,27 @@ class Calibration:
     message: str
     curve: DivergenceCurve
     candidates: list[Candidate] = field(default_factory=list)
+    grid: Grid | None = None  # the solver grid calibrated on, for carrying the schedule elsewhere
+
+    @property
+    def models(self) -> list[str]:
+        schedule = Schedule.parse(self.schedule)
+        return [schedule.stages[k].model for k in schedule.stages_for_step_count(self.steps)]
+
+    @property
+    def sigma_schedule(self) -> str | None:
+        return str(sigma_schedule(self.models, self.grid.noise)) if self.grid else None
+
+    def transfer(self, scheduler: Any, num_inference_steps: int) -> Transfer:
+        """This schedule on another scheduler / step count (sigma axis), with recalibration advice."""
+        if self.grid is None:
+            raise ValueError("this calibration did not record its solver grid; rerun calibrate to transfer it.")
+        return transfer(self.models, self.grid, scheduler, num_inference_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schedule": self.schedule, "steps": self.steps, "flop_ratio": self.flop_ratio,
+            "schedule": self.schedule, "sigma_schedule": self.sigma_schedule,
+            "grid": self.grid.to_dict() if self.grid else None, "steps": self.steps, "flop_ratio": self.flop_ratio,
             "flops_fewer_than_large_only": 1 - self.flop_ratio, "quality": self.quality,
             "reference_quality": self.reference_quality, "measure": self.measure, "message": self.message,
             "candidates": [c.__dict__ for c in self.candidates], "curve": self.curve.to_dict(),
@@ -182,4 +200,5 @@ def _result(calibrator: Calibrator, best: Candidate | None, reference: float | N
         schedule=best.schedule if best else "L100", steps=n, flop_ratio=best.flop_ratio if best else 1.0,
         quality=best.quality if best else None, reference_quality=reference, measure=calibrator.measure,
         message=message, curve=calibrator.curve, candidates=list(calibrator.tried.values()),
+        grid=Grid.of(calibrator.pipe.scheduler, n),
     )

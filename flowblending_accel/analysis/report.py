@@ -21,6 +21,9 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         f"- predicted FLOPs vs large-only: {result['flop_ratio']:.3f} ({result['flops_fewer_than_large_only']:.1%} fewer);"
         f" proxy: {result['measure']}; calibration quality {result['quality']} vs the reference schedule's "
         f"{result['reference_quality']}",
+        f"- on the sigma axis: `{result.get('sigma_schedule')}` — carry it to another scheduler, shift or step count "
+        "with `flowblending-accel plan --calibration calibration.json --scheduler S --shift X --steps N`, which "
+        "also says when a recalibration is advisable",
         "",
         "Candidates verified on the calibration set (feature similarity to large-only, higher is better):",
         "",
