@@ -8,7 +8,9 @@ from flowblending_accel.analysis.calibrate import (
     calibrate_budget,
     calibrate_tolerance,
     schedule_from_models,
+    shifted,
 )
+from flowblending_accel.analysis.evidence import window_evidence
 from flowblending_accel.metrics import psnr
 from flowblending_accel.testing import tiny_wan_pipeline, tiny_wan_transformer, wan_call_kwargs
 
@@ -68,7 +70,7 @@ def test_calibrate_finds_the_band_where_small_differs():
     plan = result.schedule
     models = [p.model for p in __import__("flowblending_accel").Schedule.parse(plan).plan(pipe.scheduler, STEPS).steps]
     assert [i for i, m in enumerate(models) if m == "large"] == band_steps, (plan, band_steps)
-    assert result.quality >= 60.0 and result.flop_ratio < 0.7
+    assert result.quality["quality"] >= 60.0 and result.flop_ratio < 0.7
     assert result.candidates and all(c.quality is not None for c in result.candidates)
 
 
@@ -84,3 +86,38 @@ def test_budget_mode_keeps_the_band_on_large():
     result = calibrate_budget(calibrator, flop_budget=0.5)
     assert result.flop_ratio <= 0.5 and result.quality is not None
     assert result.to_dict()["flops_fewer_than_large_only"] >= 0.5
+
+
+def test_every_score_must_reach_its_tolerance():
+    large = tiny_wan_transformer()
+    pipe = tiny_wan_pipeline(large)
+    calls = [wan_call_kwargs(steps=STEPS, seed=s) for s in range(2)]
+
+    def two_scores(outputs, reference):
+        value = psnr_quality(outputs, reference)
+        return {"psnr": value, "psnr_again": value}
+
+    calibrator = Calibrator(pipe, Perturbed(large, (800, 960), 2.0), calls, 5.0, FLOPS, two_scores, strict=False)
+    assert len(calibrator.placements) == len(calibrator.curve.values)  # every measure proposes placements
+    assert calibrate_tolerance(calibrator, {"psnr": 60.0, "psnr_again": 60.0}).flop_ratio < 0.7
+    blocked = calibrate_tolerance(calibrator, {"psnr": 60.0, "psnr_again": 1e9})
+    assert blocked.schedule == "L100" and "psnr_again >= 1e+09" in blocked.message
+
+
+def test_window_evidence_ranks_the_perturbed_band_first():
+    calibrator, pipe = _calibrator(band=(800, 960), strength=2.0)
+
+    def closeness(outputs, reference):  # bounded at 0 for identical outputs, unlike PSNR
+        return {"neg_mse": -float(torch.stack([((o - r) ** 2).mean() for o, r in zip(outputs, reference, strict=True)]).mean())}
+
+    evidence = window_evidence(pipe, calibrator.small, calibrator.calls, calibrator.curve, 2, closeness,
+                               strict=False)
+    assert set(evidence.loss) == {"neg_mse"} and len(evidence.loss["neg_mse"]) == STEPS // 2
+    assert evidence.correlations["neg_mse"]["velocity_rel_l2"] > 0.5
+
+
+def test_shifted_moves_one_small_stage_by_one_step():
+    models = ["large", "small", "small", "large", "large", "small"]
+    moves = {"".join(m[0] for m in placement) for placement in shifted(models)}
+    assert moves == {"ssllls", "llssls", "lsslsl"}  # first stage earlier / later, last stage earlier
+    assert all(placement.count("small") == 3 for placement in shifted(models))

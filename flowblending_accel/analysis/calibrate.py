@@ -6,14 +6,18 @@ FLOP budget, with any number of stages.
 2. For every count ``m`` of small steps, dynamic programming finds the placement minimising ``sum c_i``
    over small steps with at most ``max_small_segments`` contiguous small stages (more stages, more
    switches; each switch restarts caches).
+   Every divergence measure proposes its own placement (they disagree: x0 divergence vanishes at low noise,
+   where the state perturbation peaks), unless one ``measure`` is chosen.
 3. Candidates are *verified*: generated on the calibration calls and scored against the large-only
-   outputs with ``quality(outputs, reference)`` (higher is better). Under a tolerance, a bisection over
-   ``m`` finds the most small steps whose verified quality stays above it; under a FLOP budget, the few
-   best-proxy candidates that fit are verified and the best kept. When no candidate with a single small
-   step passes, the answer is large-only, said plainly.
+   outputs with ``quality(outputs, reference)``, a float or a dict of named scores (higher is better; e.g.
+   feature similarity *and* SSIM, so a schedule cannot buy semantic fidelity with pixel detail). A candidate
+   passes when every score reaches its tolerance. Under a tolerance, a bisection over ``m`` finds the most
+   small steps for which some proposal passes; under a FLOP budget, the proposals for the few largest
+   budgets that fit are verified and the best (mean score) kept. When no candidate with a single small step
+   passes, the answer is large-only, said plainly.
 
 Cost: the analysis pass (~1 + small/large of one large-only generation) plus one generation per verified
-candidate (bisection: about log2(steps) of them).
+candidate (bisection: about log2(steps) rounds of at most one proposal per measure).
 """
 
 from __future__ import annotations
@@ -67,17 +71,29 @@ def best_placements(costs: list[float], max_small_segments: int = 2) -> dict[int
     return dict(sorted(result.items()))
 
 
+Scores = dict[str, float]
+
+
+def as_scores(value: float | Scores) -> Scores:
+    return dict(value) if isinstance(value, dict) else {"quality": float(value)}
+
+
+def passes(scores: Scores, tolerance: Scores) -> bool:
+    return all(scores[name] >= minimum - 1e-12 for name, minimum in tolerance.items())
+
+
 @dataclass
 class Candidate:
     schedule: str
     small_steps: int
     proxy_cost: float
     flop_ratio: float
-    quality: float | None = None
+    measure: str = ""  # the divergence measure that proposed it
+    quality: Scores | None = None
 
     @property
-    def passed(self) -> bool:
-        return self.quality is not None
+    def mean_quality(self) -> float:
+        return sum(self.quality.values()) / len(self.quality) if self.quality else float("-inf")
 
 
 @dataclass
@@ -85,8 +101,8 @@ class Calibration:
     schedule: str
     steps: int
     flop_ratio: float
-    quality: float | None
-    reference_quality: float | None
+    quality: Scores | None
+    reference_quality: Scores | None
     measure: str
     message: str
     curve: DivergenceCurve
@@ -122,27 +138,68 @@ class Calibrator:
     """Holds the calibration set and scores schedules on it (each verification is one generation)."""
 
     def __init__(self, pipe, small, calls: list[dict[str, Any]], guidance_scale: float,
-                 flops_per_call: dict[str, float], quality: Callable[[list, list], float],
-                 measure: str = "x0_cos", output_field: str = "frames", progress=None,
-                 **router_options: Any) -> None:
+                 flops_per_call: dict[str, float], quality: Callable[[list, list], float | Scores],
+                 measure: str | None = None, output_field: str = "frames", progress=None,
+                 sensitivity_window: int = 0, refine: bool = True, **router_options: Any) -> None:
         self.pipe, self.small, self.calls, self.router_options = pipe, small, calls, router_options
-        self.flops, self.quality_fn, self.measure, self.field = flops_per_call, quality, measure, output_field
-        self.progress = progress
+        self.flops, self.quality_fn, self.field = flops_per_call, quality, output_field
+        self.progress, self.refine = progress, refine
         self.curve = divergence_curve(pipe, small, calls, guidance_scale, output_field=output_field,
                                       progress=progress, **router_options)
-        if measure not in self.curve.values:
+        if measure is not None and measure not in self.curve.values:
             raise ValueError(f"measure={measure!r} is not available for this scheduler; use one of {sorted(self.curve.values)}.")
-        self.costs = self.curve.mean(measure)
-        self.placements = best_placements(self.costs)
+        self.measures = [measure] if measure else list(self.curve.values)
+        self.measure = measure or "+".join(self.measures)
+        self.costs = self.curve.mean(self.measures[0])
+        self.placements = {name: best_placements(self.curve.mean(name)) for name in self.measures}
+        self.evidence = None
+        if sensitivity_window and measure is None:
+            self.evidence = self._measure_sensitivity(sensitivity_window)
+        self.proposed: dict[int, list[Candidate]] = {}
         self.tried: dict[str, Candidate] = {}
+
+    def _measure_sensitivity(self, window: int):
+        """Run the small model on each ``window`` of steps and measure the quality lost (every score); the
+        per-step cost is the largest of the scores' losses, each as a share of its total, so placements that
+        keep *every* score are proposed (``measured_loss``)."""
+        from .evidence import window_evidence
+
+        evidence = window_evidence(self.pipe, self.small, self.calls, self.curve, window, self.quality_fn,
+                                   self.field, self.progress, **self.router_options)
+        shares = {name: [max(v, 0.0) / (sum(max(x, 0.0) for x in loss) or 1.0) for v in loss]
+                  for name, loss in evidence.loss.items()}
+        costs = [max(share[i // window] for share in shares.values()) / window for i in range(len(self.costs))]
+        self.placements["measured_loss"] = best_placements(costs)
+        return evidence
+
+    def models_of(self, schedule: str) -> list[str]:
+        return [step.model for step in Schedule.parse(schedule).plan(self.pipe.scheduler, len(self.costs)).steps]
+
+    def propose(self, schedule: str, by: str = "given") -> Candidate:
+        """Add a schedule of one's own (e.g. the hand-picked one) to the proposals for its small-step count."""
+        models = self.models_of(schedule)
+        m = models.count("small")
+        candidate = Candidate(str(schedule_from_models(models)), m, float("nan"), self.flop_ratio(m), by)
+        if candidate.schedule in self.tried:
+            return self.tried[candidate.schedule]
+        self.proposed.setdefault(m, []).append(candidate)
+        return candidate
 
     def flop_ratio(self, m: int) -> float:
         n = len(self.costs)
         return ((n - m) * self.flops["large"] + m * self.flops["small"]) / (n * self.flops["large"])
 
+    def candidates(self, m: int) -> list[Candidate]:
+        """One proposal per measure for ``m`` small steps (duplicates dropped)."""
+        proposals: dict[str, Candidate] = {c.schedule: c for c in self.proposed.get(m, [])}
+        for name, placements in self.placements.items():
+            cost, models = placements[m]
+            schedule = str(schedule_from_models(models))
+            proposals.setdefault(schedule, Candidate(schedule, m, cost, self.flop_ratio(m), name))
+        return list(proposals.values())
+
     def candidate(self, m: int) -> Candidate:
-        cost, models = self.placements[m]
-        return Candidate(str(schedule_from_models(models)), m, cost, self.flop_ratio(m))
+        return self.candidates(m)[0]
 
     def verify(self, candidate: Candidate) -> Candidate:
         if candidate.schedule in self.tried:
@@ -151,7 +208,7 @@ class Calibrator:
         self.tried[candidate.schedule] = candidate
         return candidate
 
-    def score(self, schedule: Schedule) -> float:
+    def score(self, schedule: Schedule) -> Scores:
         apply_flowblending_(self.pipe, self.small, schedule, timing="off", **self.router_options)
         try:
             with torch.inference_mode():
@@ -160,41 +217,91 @@ class Calibrator:
             remove_flowblending_(self.pipe)
         if self.progress is not None:
             self.progress(len(self.calls))
-        return float(self.quality_fn(outputs, self.curve.outputs))
+        return as_scores(self.quality_fn(outputs, self.curve.outputs))
+
+    def best_verified(self, m: int, tolerance: Scores | None = None) -> Candidate | None:
+        """The best-scoring proposal for ``m`` small steps (passing ``tolerance`` when given), or None."""
+        verified = [self.verify(c) for c in self.candidates(m)]
+        if tolerance is not None:
+            verified = [c for c in verified if passes(c.quality, tolerance)]
+        return max(verified, key=lambda c: c.mean_quality, default=None)
 
 
-def calibrate_tolerance(calibrator: Calibrator, tolerance: float, reference: float | None = None) -> Calibration:
-    """The most small steps whose verified quality is at least ``tolerance`` (bisection over m)."""
+def margin(scores: Scores, tolerance: Scores) -> float:
+    """How far the worst score is above its tolerance, relative to the tolerance (negative: fails)."""
+    return min((scores[name] - minimum) / (abs(minimum) or 1.0) for name, minimum in tolerance.items())
+
+
+def shifted(models: list[str]) -> list[list[str]]:
+    """Placements with one small stage moved a step earlier or later (same number of small steps)."""
+    n, result = len(models), []
+    starts = [i for i in range(n) if models[i] == "small" and (i == 0 or models[i - 1] == "large")]
+    for start in starts:
+        end = next((j for j in range(start, n) if models[j] == "large"), n)  # one past the stage
+        if start > 0:
+            result.append(models[: start - 1] + ["small"] * (end - start) + ["large"] + models[end:])
+        if end < n:
+            result.append(models[:start] + ["large"] + ["small"] * (end - start) + models[end + 1 :])
+    return result
+
+
+def refine(calibrator: Calibrator, m: int, tolerance: Scores, rounds: int = 3) -> Candidate | None:
+    """Hill-climb from the best-margin proposal for ``m`` small steps, moving one small stage a step at a
+    time, until a placement passes (verified) or no move helps. The proxies rank where the small model
+    hurts; this settles the boundary between scores that pull in opposite directions (e.g. semantic
+    fidelity wants more early large steps, pixel fidelity more late ones)."""
+    current = max((calibrator.verify(c) for c in calibrator.candidates(m)), key=lambda c: margin(c.quality, tolerance))
+    for _ in range(rounds):
+        if margin(current.quality, tolerance) >= -1e-12:
+            return current
+        neighbours = [calibrator.verify(calibrator.propose(str(schedule_from_models(models)), "refined"))
+                      for models in shifted(calibrator.models_of(current.schedule))]
+        best = max(neighbours, key=lambda c: margin(c.quality, tolerance), default=None)
+        if best is None or margin(best.quality, tolerance) <= margin(current.quality, tolerance):
+            return None
+        current = best
+    return current if margin(current.quality, tolerance) >= -1e-12 else None
+
+
+def calibrate_tolerance(calibrator: Calibrator, tolerance: float | Scores,
+                        reference: Scores | None = None) -> Calibration:
+    """The most small steps for which a proposal's verified scores all reach ``tolerance`` (bisection over m).
+    A float tolerance applies to every score."""
     n = len(calibrator.costs)
-    low, high, best = 0, n - 1, None  # invariant: quality(low) passes (m = 0 is large-only)
+    if not isinstance(tolerance, dict):
+        names = reference or as_scores(calibrator.quality_fn(calibrator.curve.outputs, calibrator.curve.outputs))
+        tolerance = {name: float(tolerance) for name in names}
+    low, high, best = 0, n - 1, None  # invariant: m = low passes (m = 0 is large-only)
     while low < high:
         m = (low + high + 1) // 2
-        candidate = calibrator.verify(calibrator.candidate(m))
-        if candidate.quality >= tolerance:
-            low, best = m, candidate
+        found = calibrator.best_verified(m, tolerance) or (refine(calibrator, m, tolerance) if calibrator.refine else None)
+        if found is not None:
+            low, best = m, found
         else:
             high = m - 1
+    wanted = ", ".join(f"{name} >= {value:.4g}" for name, value in tolerance.items())
     if best is None:
         return _result(calibrator, None, reference,
-                       f"no schedule with a small step keeps quality >= {tolerance:g}: keep the large model only "
+                       f"no schedule with a small step keeps {wanted}: keep the large model only "
                        "(no saving is possible for this pair at this tolerance).")
-    return _result(calibrator, best, reference, f"{best.small_steps} of {n} steps on the small model keep quality "
-                   f"{best.quality:.4g} >= {tolerance:g}.")
+    return _result(calibrator, best, reference,
+                   f"{best.small_steps} of {n} steps on the small model keep {wanted} (proposed by {best.measure}).")
 
 
-def calibrate_budget(calibrator: Calibrator, flop_budget: float, reference: float | None = None,
+def calibrate_budget(calibrator: Calibrator, flop_budget: float, reference: Scores | None = None,
                      verify: int = 3) -> Calibration:
-    """The best verified quality among the best-proxy candidates within ``flop_budget`` (fraction of LLL)."""
+    """The best verified quality (mean score) among the proposals for the ``verify`` least-saving step counts
+    within ``flop_budget`` (a fraction of large-only FLOPs)."""
     n = len(calibrator.costs)
-    fitting = [m for m in range(n + 1) if calibrator.flop_ratio(m) <= flop_budget + 1e-12 and m in calibrator.placements]
+    fitting = [m for m in range(n + 1) if calibrator.flop_ratio(m) <= flop_budget + 1e-12]
     if not fitting:
         return _result(calibrator, None, reference, f"no schedule fits a FLOP budget of {flop_budget:g} of large-only.")
-    candidates = [calibrator.verify(calibrator.candidate(m)) for m in fitting[:verify]]
-    best = max(candidates, key=lambda c: c.quality)
-    return _result(calibrator, best, reference, f"best verified quality within {flop_budget:.0%} of large-only FLOPs.")
+    best = max((calibrator.best_verified(m) for m in fitting[:verify]), key=lambda c: c.mean_quality)
+    return _result(calibrator, best, reference, f"best verified quality within {flop_budget:.0%} of large-only FLOPs "
+                   f"(proposed by {best.measure}).")
 
 
-def _result(calibrator: Calibrator, best: Candidate | None, reference: float | None, message: str) -> Calibration:
+def _result(calibrator: Calibrator, best: Candidate | None, reference: Scores | None, message: str) -> Calibration:
     n = len(calibrator.costs)
     return Calibration(
         schedule=best.schedule if best else "L100", steps=n, flop_ratio=best.flop_ratio if best else 1.0,

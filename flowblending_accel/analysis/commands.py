@@ -24,6 +24,8 @@ def _common(parser) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--output", type=Path, required=True, help="results folder")
+    parser.add_argument("--no-ssim", action="store_true",
+                        help="score quality by classifier-feature similarity alone (default: also SSIM to large-only)")
 
 
 def add_analyze(commands) -> None:
@@ -44,17 +46,25 @@ def add_analyze(commands) -> None:
 def add_calibrate(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate", help="choose stage boundaries automatically under a quality tolerance or FLOP budget",
-        description=("Find the schedule (any number of stages) with the fewest FLOPs whose verified quality is at "
-                     "least --tolerance (default: the quality of --match, e.g. L40-S40-L20, measured on the "
-                     "same calibration set), or the best one within --flop-budget. Then evaluate it against "
-                     "--match and large-only on held-out prompts and seeds."),
+        description=("Find the schedule (any number of stages) with the fewest FLOPs whose verified quality "
+                     "(feature similarity and SSIM to large-only) is at least --tolerance on every score "
+                     "(default: the scores of --match, e.g. L40-S40-L20, on the same calibration set), or the "
+                     "best one within --flop-budget. Every divergence measure proposes placements; generation "
+                     "verifies them. Then evaluate the result against --match and large-only on held-out "
+                     "prompts and seeds."),
     )
     _common(calibrate)
     goal = calibrate.add_mutually_exclusive_group()
-    goal.add_argument("--tolerance", type=float, default=None, help="minimum feature similarity to large-only")
+    goal.add_argument("--tolerance", nargs="+", default=None, metavar="SCORE=MIN",
+                      help="minimum scores vs large-only, e.g. feature_similarity=0.97 ssim=0.6 (a bare number applies "
+                           "to every score)")
     goal.add_argument("--flop-budget", type=float, default=None, help="maximum FLOPs as a fraction of large-only")
     calibrate.add_argument("--match", default="L40-S40-L20", help="hand-picked schedule to beat (default L40-S40-L20)")
-    calibrate.add_argument("--measure", choices=MEASURE_CHOICES, default="x0_cos", help="divergence proxy (default x0_cos)")
+    calibrate.add_argument("--measure", choices=MEASURE_CHOICES, default=None,
+                           help="propose placements from this divergence measure only (default: every measure)")
+    calibrate.add_argument("--sensitivity-window", type=int, default=2,
+                           help="also measure the quality lost with the small model on each window of this many "
+                                "steps and propose placements from it (0: divergence proxies only; default 2)")
     calibrate.add_argument("--holdout-seeds", type=int, default=4, help="held-out seeds per held-out prompt (default 4)")
     calibrate.set_defaults(run=run_calibrate)
 
@@ -73,7 +83,7 @@ def _setup(args):
     calibration, held_out = split_prompts(args.calibration_prompts)
     calls = demo_calls(calibration, list(range(args.seeds)), args.steps, args.guidance_scale)
     flops = measure_flops(pipe, small, DemoSettings(guidance_scale=args.guidance_scale, prompts=tuple(calibration)))
-    return pipe, small, classifier, calls, feature_quality(classifier), flops, held_out
+    return pipe, small, classifier, calls, feature_quality(classifier, pixel=not args.no_ssim), flops, held_out
 
 
 def _progress():
@@ -108,7 +118,6 @@ def run_analyze(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..demo.calibration import evaluate_schedules
     from ..files import write_atomic
-    from ..schedule import Schedule
     from .calibrate import Calibrator, calibrate_budget, calibrate_tolerance
     from .plots import divergence_plot
     from .report import calibration_markdown
@@ -118,19 +127,37 @@ def run_calibrate(args: argparse.Namespace) -> int:
         task = progress.add_task("calibrating", total=None)
         advance = lambda n: progress.advance(task, n)  # noqa: E731
         calibrator = Calibrator(pipe, small, calls, args.guidance_scale, flops, quality, measure=args.measure,
-                                progress=advance)
-        reference = calibrator.score(Schedule.parse(args.match))
+                                progress=advance, sensitivity_window=args.sensitivity_window)
+        reference = calibrator.verify(calibrator.propose(args.match)).quality
         if args.flop_budget is not None:
             result = calibrate_budget(calibrator, args.flop_budget, reference)
         else:
-            result = calibrate_tolerance(calibrator, args.tolerance if args.tolerance is not None else reference, reference)
+            result = calibrate_tolerance(calibrator, _tolerance(args.tolerance, reference), reference)
         seeds = [100 + s for s in range(args.holdout_seeds)]
         held = evaluate_schedules(pipe, small, classifier, {"match": args.match, "calibrated": result.schedule},
                                   held_out, seeds, args.steps, args.guidance_scale, flops, progress=advance)
     document = {"command": "flowblending-accel " + shlex.join(sys.argv[1:]), "calibration": result.to_dict(),
-                "held_out": {"prompts": held_out, "seeds": seeds, "rows": held}, "flops_per_call": flops}
+                "held_out": {"prompts": held_out, "seeds": seeds, "rows": held}, "flops_per_call": flops,
+                "sensitivity": calibrator.evidence.to_dict() if calibrator.evidence else None}
     write_atomic(args.output / "calibration.json", (json.dumps(document, indent=2, default=str) + "\n").encode())
     write_atomic(args.output / "calibration.md", calibration_markdown(document).encode())
-    write_atomic(args.output / "divergence.png", divergence_plot(result.curve, result.schedule, None, args.match))
+    write_atomic(args.output / "divergence.png", divergence_plot(result.curve, result.schedule, calibrator.evidence, args.match))
     print((args.output / "calibration.md").read_text())
     return 0
+
+
+def _tolerance(values: list[str] | None, reference: dict[str, float]) -> float | dict[str, float]:
+    """``--tolerance``: None -> the reference scores; one bare number -> every score; else SCORE=MIN pairs."""
+    if values is None:
+        return reference
+    try:
+        if len(values) == 1 and "=" not in values[0]:
+            return float(values[0])
+        pairs = dict(value.split("=", 1) for value in values)
+        tolerance = {name: float(minimum) for name, minimum in pairs.items()}
+    except ValueError as error:
+        raise SystemExit(f"--tolerance {' '.join(values)}: write SCORE=MIN pairs or one number ({error}).") from error
+    unknown = sorted(set(tolerance) - set(reference))
+    if unknown:
+        raise SystemExit(f"--tolerance: unknown score {', '.join(unknown)}; scores here are {', '.join(reference)}.")
+    return tolerance

@@ -1,9 +1,11 @@
 """Which divergence measure predicts where the small model hurts? Substitute it in windows and see.
 
 For each window of ``w`` consecutive steps, generate with the small model on that window only (large
-elsewhere) and measure the quality lost against the large-only output. A good proxy ranks the windows the
-way the measured loss does: we report Spearman's rank correlation between each measure's per-window sum and
-the measured loss. Cost: one generation of the calibration set per window.
+elsewhere) and measure the quality lost against the large-only output, for every score the quality function
+returns (e.g. feature similarity and SSIM: they need not agree on where the small model hurts). A good proxy
+ranks the windows the way the measured loss does: we report Spearman's rank correlation between each
+measure's per-window sum and each score's measured loss. Cost: one generation of the calibration set per
+window.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import torch
 
 from ..api import apply_flowblending_, remove_flowblending_
-from .calibrate import schedule_from_models
+from .calibrate import Scores, as_scores, schedule_from_models
 from .divergence import DivergenceCurve, replay
 
 
@@ -45,32 +47,33 @@ def spearman(a: list[float], b: list[float]) -> float:
 class WindowEvidence:
     window: int
     starts: list[int]
-    loss: list[float]  # quality lost against large-only, per window
-    correlations: dict[str, float]  # measure -> Spearman rho with the loss
+    loss: dict[str, list[float]]  # score -> quality lost against large-only, per window
+    correlations: dict[str, dict[str, float]]  # score -> measure -> Spearman rho with that score's loss
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
 
 
 def window_evidence(pipe, small, calls: list[dict[str, Any]], curve: DivergenceCurve, window: int,
-                    quality: Callable[[list, list], float], output_field: str = "frames", progress=None) -> WindowEvidence:
+                    quality: Callable[[list, list], float | Scores], output_field: str = "frames", progress=None,
+                    **router_options: Any) -> WindowEvidence:
     steps = len(curve.sigmas)
-    reference = quality(curve.outputs, curve.outputs)
-    starts, losses = list(range(0, steps, window)), []
+    reference = as_scores(quality(curve.outputs, curve.outputs))
+    starts, losses = list(range(0, steps, window)), {name: [] for name in reference}
     for start in starts:
         models = ["small" if start <= i < start + window else "large" for i in range(steps)]
-        apply_flowblending_(pipe, small, schedule_from_models(models), timing="off")
+        apply_flowblending_(pipe, small, schedule_from_models(models), timing="off", **router_options)
         try:
             with torch.inference_mode():
                 outputs = [getattr(pipe(**replay(kwargs)), output_field) for kwargs in calls]
         finally:
             remove_flowblending_(pipe)
-        losses.append(reference - quality(outputs, curve.outputs))
+        scores = as_scores(quality(outputs, curve.outputs))
+        for name in reference:
+            losses[name].append(reference[name] - scores[name])
         if progress is not None:
             progress(len(calls))
-    correlations = {}
-    for measure in curve.values:
-        means = curve.mean(measure)
-        sums = [sum(means[s : s + window]) for s in starts]
-        correlations[measure] = spearman(sums, losses)
+    sums = {measure: [sum(curve.mean(measure)[s : s + window]) for s in starts] for measure in curve.values}
+    correlations = {name: {measure: spearman(sums[measure], loss) for measure in curve.values}
+                    for name, loss in losses.items()}
     return WindowEvidence(window, starts, losses, correlations)

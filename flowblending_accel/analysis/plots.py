@@ -30,10 +30,13 @@ def divergence_plot(curve: DivergenceCurve, overlay: str | None, evidence=None, 
         axis.plot(steps, mean / scale, marker="o", markersize=3, label=f"{measure} (÷{scale:.3g})")
         axis.fill_between(steps, (mean - std) / scale, (mean + std) / scale, alpha=0.12)
     if evidence is not None:
-        loss = np.array(evidence.loss)
-        centres = np.array(evidence.starts) + (evidence.window - 1) / 2
-        axis.bar(centres, loss / max(loss.max(), 1e-12), width=evidence.window * 0.9, alpha=0.25, color="black",
-                 label=f"measured loss, small on a {evidence.window}-step window")
+        count = len(evidence.loss)
+        for k, (name, values) in enumerate(evidence.loss.items()):
+            loss = np.array(values)
+            centres = np.array(evidence.starts) + (evidence.window - 1) / 2 + (k - (count - 1) / 2) * 0.9 * evidence.window / count
+            axis.bar(centres, loss / max(loss.max(), 1e-12), width=evidence.window * 0.9 / count, alpha=0.3,
+                     color=["black", "tab:purple", "tab:brown"][k % 3],
+                     label=f"measured {name} loss, small on a {evidence.window}-step window")
     for schedule, colour, offset in ((overlay, "tab:green", 0.0), (second, "tab:red", 0.5)):
         if schedule:
             for i in _small_steps(schedule, len(steps)):

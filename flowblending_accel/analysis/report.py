@@ -11,6 +11,10 @@ def _ci(entry: dict | None, digits: int = 3) -> str:
     return f"{entry['mean']:.{digits}f} [{entry['low']:.{digits}f}, {entry['high']:.{digits}f}]"
 
 
+def _scores(scores: dict[str, float] | None) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in scores.items()) if scores else "—"
+
+
 def calibration_markdown(document: dict[str, Any]) -> str:
     result, held = document["calibration"], document["held_out"]
     lines = [
@@ -19,20 +23,20 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         f"- command: `{document['command']}`",
         f"- result: **{result['schedule']}** — {result['message']}",
         f"- predicted FLOPs vs large-only: {result['flop_ratio']:.3f} ({result['flops_fewer_than_large_only']:.1%} fewer);"
-        f" proxy: {result['measure']}; calibration quality {result['quality']} vs the reference schedule's "
-        f"{result['reference_quality']}",
+        f" proposals from: {result['measure']}; calibration scores {_scores(result['quality'])} vs the reference "
+        f"schedule's {_scores(result['reference_quality'])}",
         f"- on the sigma axis: `{result.get('sigma_schedule')}` — carry it to another scheduler, shift or step count "
         "with `flowblending-accel plan --calibration calibration.json --scheduler S --shift X --steps N`, which "
         "also says when a recalibration is advisable",
         "",
-        "Candidates verified on the calibration set (feature similarity to large-only, higher is better):",
+        "Candidates verified on the calibration set (scores vs large-only, higher is better):",
         "",
-        "| schedule | small steps | proxy cost | FLOPs vs LLL | quality |",
-        "|---|---|---|---|---|",
+        "| schedule | small steps | proposed by | proxy cost | FLOPs vs LLL | scores |",
+        "|---|---|---|---|---|---|",
     ]
-    for c in result["candidates"]:
-        lines.append(f"| {c['schedule']} | {c['small_steps']} | {c['proxy_cost']:.4f} | {c['flop_ratio']:.3f} | "
-                     f"{c['quality']:.4f} |")
+    for c in sorted(result["candidates"], key=lambda c: (c["small_steps"], c["schedule"])):
+        lines.append(f"| {c['schedule']} | {c['small_steps']} | {c['measure']} | {c['proxy_cost']:.4f} | "
+                     f"{c['flop_ratio']:.3f} | {_scores(c['quality'])} |")
     lines += [
         "",
         f"Held-out evaluation: {len(held['prompts'])} prompts x {len(held['seeds'])} seeds the calibration never saw.",

@@ -44,17 +44,22 @@ def as_clips(output) -> torch.Tensor:
     return torch.from_numpy(np.asarray(output)).permute(0, 4, 1, 2, 3).float()
 
 
-def feature_quality(classifier: ClipClassifier):
-    """quality(outputs, reference): mean cosine similarity of classifier features, clip vs its reference."""
+def feature_quality(classifier: ClipClassifier, pixel: bool = True):
+    """quality(outputs, reference): mean cosine similarity of classifier features, clip vs its reference
+    (what the clip shows), and with ``pixel`` also the mean SSIM (how faithfully it draws it). Calibration
+    needs both: the classifier is blind to the fine noise a small model leaves when it finishes a clip."""
 
     @torch.no_grad()
-    def quality(outputs: list, reference: list) -> float:
-        values = []
+    def quality(outputs: list, reference: list) -> dict[str, float]:
+        features, structure = [], []
         for out, ref in zip(outputs, reference, strict=True):
-            _, _, fa = classifier(as_clips(out) * 2 - 1)
-            _, _, fb = classifier(as_clips(ref) * 2 - 1)
-            values.append(F.cosine_similarity(fa, fb, dim=1))
-        return float(torch.cat(values).mean())
+            a, b = as_clips(out), as_clips(ref)
+            features.append(F.cosine_similarity(classifier(a * 2 - 1)[2], classifier(b * 2 - 1)[2], dim=1))
+            structure.append(ssim(a, b))
+        scores = {"feature_similarity": float(torch.cat(features).mean())}
+        if pixel:
+            scores["ssim"] = float(torch.cat(structure).mean())
+        return scores
 
     return quality
 
