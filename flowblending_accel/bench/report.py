@@ -73,6 +73,14 @@ def markdown(table: list[dict[str, Any]], skipped: list[dict[str, str]], context
         "time-ideal (cache hits make calls cheaper, so cached rows can exceed 1). FLOPs are counted per call with",
         "torch.utils.flop_counter in an eager pass, attention included; a FLOP ratio is not a speedup.",
     ]
+    counters = [f"- {row['label']}: " + "; ".join(f"{kind} " + ", ".join(f"{k} {v:.3g}" for k, v in values.items())
+                                                 for kind, values in row["counters"].items())
+                for row in table if row.get("counters")]
+    if counters:
+        lines += ["", "Accelerator counters (per run; exposed_switch_seconds: the wait for a prefetched model):",
+                  *counters]
+    if not any(row["peak_memory_bytes"] for row in table):
+        lines += ["", "Peak memory is CUDA's max_memory_allocated; on a CPU run it is not measured (—)."]
     if skipped:
         lines += ["", "Rows not run here:", *[f"- {s['row']}: {s['reason']}" for s in skipped]]
     return "\n".join(lines) + "\n"

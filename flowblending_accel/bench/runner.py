@@ -19,6 +19,7 @@ import torch
 
 from ..accelerators import apply_stack, parse_accelerator, remove_stack
 from ..accelerators.compile import dynamo_counts
+from ..meter import AttentionMeter
 
 PROBE = "small only (probe)"
 
@@ -106,10 +107,15 @@ def _run_row(target, row: Row, measurement: RowMeasurement, timed: bool, seed: i
 def _flop_pass(target, row: Row, measurement: RowMeasurement, seed: int) -> None:
     eager = [spec for spec in row.stack if parse_accelerator(spec).stage not in ("compile", "engine")]
     router, stack = apply_stack(target.pipe, target.small, row.schedule, eager, count_flops=True, timing="off")
+    meter = AttentionMeter(router, {"large": router.large, "small": target.small})
+    router.add_listener(meter)
     try:
         target.pipe(**{**target.call_kwargs(seed), **stack.call_kwargs()})
         measurement.flops = router.last_run.flops_per_model
+        if any(parse_accelerator(spec).stage == "cache" for spec in eager):
+            measurement.counters["attention"] = meter.summary()
     finally:
+        meter.remove()
         remove_stack(target.pipe)
 
 

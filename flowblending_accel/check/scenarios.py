@@ -18,6 +18,7 @@ import torch
 
 from ..accelerators import apply_stack, remove_stack
 from ..accelerators.compile import dynamo_counts
+from ..meter import AttentionMeter
 
 
 @dataclass(frozen=True)
@@ -57,47 +58,6 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-class _WorkMeter:
-    """Counts attention computes per call (a ``to_q`` projection runs only when attention really computes)."""
-
-    def __init__(self, router, models: dict[str, torch.nn.Module]) -> None:
-        self.router, self.handles, self.modules = router, [], {}
-        self.calls: list[list] = []  # [model, step, attention computes, segment start?]
-        for name, model in models.items():
-            projections = [m for n, m in model.named_modules() if n.endswith("to_q")]
-            self.modules[name] = len(projections)
-            for module in projections:
-                self.handles.append(module.register_forward_pre_hook(self._computed))
-
-    def on_segment_start(self, router, model, step, after_switch) -> None:
-        self._segment_start = True
-
-    def on_call(self, router, record, args, kwargs, output) -> None:
-        pending = self._pending or 0
-        self.calls.append([record.model, record.step, pending, getattr(self, "_segment_start", False)])
-        self._segment_start, self._pending = False, 0
-
-    _pending = 0
-
-    def _computed(self, *_):
-        self._pending = (self._pending or 0) + 1
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-    def summary(self) -> dict[str, float]:
-        result = {}
-        for name, count in self.modules.items():
-            mine = [c for c in self.calls if c[0] == name]
-            if mine and count:
-                result[f"attention_skipped.{name}"] = 1 - sum(c[2] for c in mine) / (len(mine) * count)
-        starts = [c for c in self.calls if c[3]]
-        full = [c for c in starts if c[2] == self.modules[c[0]]]
-        result["segment_starts_full_compute"] = len(full) / len(starts) if starts else 1.0
-        return result
-
-
 def trace_hash(trace: list[tuple[int, str]]) -> str:
     return hashlib.sha256(repr(trace).encode()).hexdigest()[:16]
 
@@ -114,7 +74,7 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
                 inject()
             before = dynamo_counts()
             compiled = any(a.kind == "compile" for a in stack.accelerators)
-            meter = None if compiled else _WorkMeter(router, {"large": pipe.transformer, "small": small})
+            meter = None if compiled else AttentionMeter(router, {"large": pipe.transformer, "small": small})
             if meter is not None:
                 router.add_listener(meter)
             getattr(pipe(**call_kwargs()), field)
