@@ -33,6 +33,9 @@ def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
     assert rows["+FlowBlending L40-S40-L20"]["calls"] == {"large": 12, "small": 8}
     assert rows["+dpm++:6"]["steps"] == 6 and rows["+fbc:0.2"]["stack"] == ["dpm++:6", "fbc:0.2"]
     assert rows["+FlowBlending L40-S40-L20"]["flop_ratio"] > 1.0
+    attention = rows["+fbc:0.2"]["counters"]["attention"]  # cache hits, counted from attention computes
+    assert 0.0 <= attention["attention_skipped.large"] <= 1.0 and attention["segment_starts_full_compute"] == 1.0
+    assert "attention" not in rows["+dpm++:6"]["counters"]
     assert all(len(row["seconds"]["all"]) == 2 for row in document["rows"])
     bigger = json.loads((tmp_path / "bench" / "bench-bigger-is-better.json").read_text())
     assert {entry["unit"] for entry in bigger} == {"x"} and len(bigger) == 4
