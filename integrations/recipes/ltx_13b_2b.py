@@ -1,5 +1,10 @@
 """LTX-Video 13B + 2B (same 128-channel latent space and caption width), or with --distilled a step-distilled
 2B in the small slot: the paper's LDL. LTX batches CFG into one call per step, so each step is one call.
+
+Lightricks publishes its step-distilled 2B as a single-file checkpoint, not a diffusers folder: convert it
+once (``LTXVideoTransformer3DModel.from_single_file(path).save_pretrained(folder + "/transformer")``) and pass
+the folder with ``--distilled FOLDER``. The small stage still receives the pipeline's CFG batch: running a
+distilled model guidance-free inside a guided run is not implemented.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from _common import parser, report  # noqa: E402
 
 from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
-PIPELINE, SMALL, DISTILLED = "Lightricks/LTX-Video-0.9.7-dev", "Lightricks/LTX-Video-0.9.5", "Lightricks/LTX-Video-0.9.7-distilled"
+PIPELINE, SMALL = "Lightricks/LTX-Video-0.9.7-dev", "Lightricks/LTX-Video-0.9.5"
 
 
 def build(pipeline=PIPELINE, small=SMALL, schedule="L40-S40-L20", stack=(), device="cuda", dtype=torch.bfloat16,
@@ -29,9 +34,11 @@ def build(pipeline=PIPELINE, small=SMALL, schedule="L40-S40-L20", stack=(), devi
 
 def main(argv=None) -> None:
     p = parser(__doc__, PIPELINE, SMALL)
-    p.add_argument("--distilled", action="store_true", help=f"use the step-distilled small model ({DISTILLED})")
+    p.add_argument("--distilled", metavar="FOLDER", default=None,
+                   help="a step-distilled 2B converted to a diffusers folder (with a transformer/ subfolder) for the "
+                        "small slot: the paper's LDL")
     args = p.parse_args(argv)
-    small = DISTILLED if args.distilled and args.small == SMALL else args.small
+    small = args.distilled or args.small
     pipe, _ = build(args.pipeline, small, args.schedule, args.stack, args.device, getattr(torch, args.dtype))
     video = pipe(args.prompt, height=352, width=608, num_frames=61, num_inference_steps=args.steps).frames[0]
     from diffusers.utils import export_to_video
