@@ -28,6 +28,8 @@ class FlowBlendingConfig:
         timing: ``"auto"``, ``"host"``, ``"cuda"`` or ``"off"`` (see :class:`ModelRouter`).
         reset_on_switch: reset the target model's caches on every switch.
         strict: require the small model to be of the large model's class where the family expects it.
+        small_guidance: ``"on"`` or ``"off"`` (guidance-free small stage for a distilled small model; Wan-style
+            pipelines with one call per CFG branch only). See :class:`ModelRouter`.
     """
 
     schedule: str | Schedule = "L40-S40-L20"
@@ -37,6 +39,7 @@ class FlowBlendingConfig:
     timing: str = "auto"
     reset_on_switch: bool = True
     strict: bool = True
+    small_guidance: str = "on"
 
 
 def apply_flowblending_(
@@ -68,6 +71,11 @@ def apply_flowblending_(
         raise ValueError("FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first.")
     if getattr(pipe, "scheduler", None) is None or not hasattr(pipe.scheduler, "set_timesteps"):
         raise ValueError("pipe.scheduler is missing or not a diffusers scheduler; the router reads its step grid.")
+    if config.small_guidance == "off" and not family.separate_cfg_calls:
+        raise ValueError(
+            f"small_guidance='off' needs a pipeline that makes one denoiser call per CFG branch (Wan); the "
+            f"{family.name} family batches CFG into one call. Use small_guidance='on' (the default)."
+        )
     for name in names:
         large = getattr(pipe, name)
         check_pair(large, smalls[name], family, f"pipe.{name}", strict=config.strict)
@@ -154,6 +162,7 @@ def _attach(pipe: Any, name: str, small: Any, schedule: Schedule, family: Family
         count_flops=config.count_flops,
         timing=config.timing,
         reset_on_switch=config.reset_on_switch,
+        small_guidance=config.small_guidance,
     )
     # Registered last so the router is outermost: the large model's own cache hooks never see calls that
     # belong to the small model.

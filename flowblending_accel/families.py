@@ -26,6 +26,8 @@ class Family:
             conditioning widths); hidden size, depth and heads may differ.
         timestep_arg: keyword name and positional index of the timestep argument.
         same_class: require the small model to be of the large model's class.
+        separate_cfg_calls: the pipeline makes one denoiser call per CFG branch, conditional first (Wan), so
+            a guidance-free small stage can skip the unconditional call.
         note: one line on the family's calling convention, for humans.
     """
 
@@ -35,6 +37,7 @@ class Family:
     shared_config: tuple[str, ...]
     timestep_arg: tuple[str, int] = ("timestep", 1)
     same_class: bool = True
+    separate_cfg_calls: bool = False
     note: str = ""
 
     def matches(self, pipe: Any) -> bool:
@@ -123,6 +126,7 @@ def _default_families() -> list[Family]:
             pipeline_pattern=r"Wan\w*Pipeline",
             denoisers=("transformer", "transformer_2"),
             shared_config=("in_channels", "out_channels", "patch_size", "text_dim", "image_dim", "pos_embed_seq_len"),
+            separate_cfg_calls=True,
             note="keyword call; split CFG (two calls per step); Wan 2.2 routes inside each expert",
         ),
         Family(

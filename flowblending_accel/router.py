@@ -55,6 +55,7 @@ class _Run:
     timing: str = "off"
     last_step: int = -1
     current_model: str | None = None
+    conditional: tuple[Any, Any] | None = None  # ((step, iteration), output) of the last small call
 
 
 class ModelRouter(ModelHook):
@@ -71,6 +72,10 @@ class ModelRouter(ModelHook):
         timing: ``"auto"`` (CUDA events on a GPU, host clock otherwise), ``"host"``, ``"cuda"`` or ``"off"``.
         reset_on_switch: reset the target model's cache state on every switch (leave on; off only to
             demonstrate stale-cache reuse).
+        small_guidance: ``"on"`` (default) or ``"off"``: run the small stage guidance-free, as a step- or
+            guidance-distilled small model expects (the paper's LDL). Only for pipelines that make one call
+            per CFG branch, conditional first (Wan): the second call of a small step returns the first
+            call's output, so ``uncond + g * (cond - uncond)`` is exactly ``cond`` and half the small calls go.
         history: how many finished runs to keep in :attr:`runs`.
     """
 
@@ -88,11 +93,15 @@ class ModelRouter(ModelHook):
         count_flops: bool = False,
         timing: str = "auto",
         reset_on_switch: bool = True,
+        small_guidance: str = "on",
         history: int = 8,
     ) -> None:
         super().__init__()
         if timing not in TIMINGS:
             raise ValueError(f"timing={timing!r} is not one of {TIMINGS}.")
+        if small_guidance not in ("on", "off"):
+            raise ValueError(f"small_guidance={small_guidance!r} must be 'on' or 'off'.")
+        self.small_guidance = small_guidance
         self.small = small
         self.large = large
         self.schedule = Schedule.coerce(schedule, axis)
@@ -154,7 +163,16 @@ class ModelRouter(ModelHook):
         run, step = self._prepare_call(args, kwargs)
         model = run.plan.model_of_step(step)
         fn = self.fn_ref.original_forward if model == "large" else self._call_small
-        return self._execute(run, step, model, fn, args, kwargs, getattr(run.scheduler, "step_index", None))
+        iteration = getattr(run.scheduler, "step_index", None)
+        if model == "small" and self.small_guidance == "off":
+            key = (step, iteration)
+            if run.conditional is not None and run.conditional[0] == key:
+                run.stats.skipped_uncond_calls += 1
+                return run.conditional[1]
+            output = self._execute(run, step, model, fn, args, kwargs, iteration)
+            run.conditional = (key, output)
+            return output
+        return self._execute(run, step, model, fn, args, kwargs, iteration)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Reached from `maybe_free_model_hooks` at the end of every pipeline call.

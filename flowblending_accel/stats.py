@@ -34,6 +34,7 @@ class RunStats:
     finished: bool = False
     aborted: bool = False
     error: str | None = None
+    skipped_uncond_calls: int = 0  # unconditional calls answered with the conditional output (small_guidance="off")
     _pending_events: list[tuple[int, Any, Any]] = field(default_factory=list, repr=False)
 
     # -------------------------------------------------------------------------------------- recording
@@ -145,6 +146,7 @@ def merge_runs(runs: list[RunStats]) -> RunStats:
         finished=all(run.finished for run in runs),
         aborted=any(run.aborted for run in runs),
         error=next((run.error for run in runs if run.error), None),
+        skipped_uncond_calls=sum(run.skipped_uncond_calls for run in runs),
     )
     for run in runs:
         run.resolve_timings()

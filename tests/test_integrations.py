@@ -49,6 +49,14 @@ def test_wan21_recipe(tmp_path):
     assert router.last_run.steps_per_model == LSL_10
 
 
+def test_wan21_recipe_guidance_free_small_stage(tmp_path):
+    large, small = tiny_wan_pair()
+    pipeline, small_path = _save(tmp_path, tiny_wan_pipeline(large), small)
+    pipe, router = recipe("wan21_14b_1p3b").build(pipeline, small_path, small_guidance="off", **CPU)
+    pipe(**wan_call_kwargs(steps=10))
+    assert router.last_run.calls_per_model == {"large": 12, "small": 4}  # one call per small step
+
+
 def test_wan22_recipe_routes_both_experts(tmp_path):
     high, small = tiny_wan_pair()
     low, _ = tiny_wan_pair(seed=5)

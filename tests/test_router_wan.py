@@ -133,3 +133,26 @@ def test_plan_preview_matches_the_run(wan_pipe, wan_pair):
     plan = router.plan(13)
     run(wan_pipe, steps=13)
     assert router.last_run.trace == [(p.step, p.model) for p in plan.steps]
+
+
+def test_guidance_free_small_stage_skips_the_uncond_call(wan_pipe, wan_pair):
+    """small_guidance='off' (the paper's LDL with a distilled small model): small steps make one call, and a
+    small-only run equals the same run without CFG, bit for bit."""
+    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", small_guidance="off")
+    run(wan_pipe, steps=10)
+    assert router.last_run.calls_per_model == {"large": 12, "small": 4}
+    assert router.last_run.skipped_uncond_calls == 4
+    router.set_schedule("S100")
+    guided = run(wan_pipe, steps=10, guidance_scale=5.0)
+    assert router.last_run.calls_per_model == {"small": 10}
+    remove_flowblending_(wan_pipe)
+    apply_flowblending_(wan_pipe, wan_pair[1], "S100")
+    assert torch.equal(guided, run(wan_pipe, steps=10, guidance_scale=1.0))
+    remove_flowblending_(wan_pipe)
+
+
+def test_guidance_free_small_stage_needs_split_cfg(ltx_pair):
+    from flowblending_accel.testing import tiny_ltx_pipeline
+
+    with pytest.raises(ValueError, match="small_guidance='off' needs a pipeline that makes one denoiser call per CFG"):
+        apply_flowblending_(tiny_ltx_pipeline(ltx_pair[0]), ltx_pair[1], "LSL", small_guidance="off")

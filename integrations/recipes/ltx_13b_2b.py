@@ -3,8 +3,9 @@
 
 Lightricks publishes its step-distilled 2B as a single-file checkpoint, not a diffusers folder: convert it
 once (``LTXVideoTransformer3DModel.from_single_file(path).save_pretrained(folder + "/transformer")``) and pass
-the folder with ``--distilled FOLDER``. The small stage still receives the pipeline's CFG batch: running a
-distilled model guidance-free inside a guided run is not implemented.
+the folder with ``--distilled FOLDER``. The small stage still receives the pipeline's CFG batch: LTX batches
+both CFG branches into one call, and the router's guidance-free small stage (``small_guidance="off"``) works
+only for pipelines with one call per branch (Wan).
 """
 
 from __future__ import annotations
