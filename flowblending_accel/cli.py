@@ -113,8 +113,7 @@ def _plan_calibrated(args: argparse.Namespace, scheduler, flops) -> int:
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise SystemExit(f"--calibration {args.calibration}: not a calibrate result with a grid ({error}); "
                          "rerun `flowblending-accel calibrate`.") from error
-    models = [schedule.stages[k].model for k in schedule.stages_for_step_count(len(grid.noise))]
-    carried = transfer(models, grid, scheduler, args.steps)
+    carried = transfer(schedule.models_for_step_count(len(grid.noise)), grid, scheduler, args.steps)
     if args.json:
         print(json.dumps({"schedule": str(carried.schedule), "axis": "sigma", "recalibrate": carried.recalibrate,
                           "reasons": carried.reasons, "plan": carried.plan.to_dict()}, indent=2))

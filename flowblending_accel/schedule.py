@@ -129,6 +129,10 @@ class Schedule:
         starts = [0] + [_round_half_up(end * num_steps) for end in self.boundaries]
         return [k for k in range(len(self.stages)) for _ in range(starts[k], starts[k + 1])]
 
+    def models_for_step_count(self, num_steps: int) -> list[str]:
+        """The model (``"large"`` / ``"small"``) of each of ``num_steps`` solver steps on the ``step`` axis."""
+        return [self.stages[k].model for k in self.stages_for_step_count(num_steps)]
+
     def stage_at_progress(self, progress: float) -> int:
         """Stage index owning ``progress`` in [0, 1] on the ``sigma`` axis (half-open stage intervals)."""
         for k, end in enumerate(self.boundaries):

@@ -111,8 +111,7 @@ class Calibration:
 
     @property
     def models(self) -> list[str]:
-        schedule = Schedule.parse(self.schedule)
-        return [schedule.stages[k].model for k in schedule.stages_for_step_count(self.steps)]
+        return Schedule.parse(self.schedule).models_for_step_count(self.steps)
 
     @property
     def sigma_schedule(self) -> str | None:
@@ -197,9 +196,6 @@ class Calibrator:
             schedule = str(schedule_from_models(models))
             proposals.setdefault(schedule, Candidate(schedule, m, cost, self.flop_ratio(m), name))
         return list(proposals.values())
-
-    def candidate(self, m: int) -> Candidate:
-        return self.candidates(m)[0]
 
     def verify(self, candidate: Candidate) -> Candidate:
         if candidate.schedule in self.tried:

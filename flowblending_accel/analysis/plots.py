@@ -11,9 +11,7 @@ from .divergence import DivergenceCurve
 
 
 def _small_steps(schedule: str, steps: int) -> list[int]:
-    parsed = Schedule.parse(schedule)
-    stages = parsed.stages_for_step_count(steps)
-    return [i for i, k in enumerate(stages) if parsed.stages[k].model == "small"]
+    return [i for i, model in enumerate(Schedule.parse(schedule).models_for_step_count(steps)) if model == "small"]
 
 
 def divergence_plot(curve: DivergenceCurve, overlay: str | None, evidence=None, second: str | None = None) -> bytes:

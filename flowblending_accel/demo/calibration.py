@@ -55,7 +55,8 @@ def feature_quality(classifier: ClipClassifier, pixel: bool = True):
         for out, ref in zip(outputs, reference, strict=True):
             a, b = as_clips(out), as_clips(ref)
             features.append(F.cosine_similarity(classifier(a * 2 - 1)[2], classifier(b * 2 - 1)[2], dim=1))
-            structure.append(ssim(a, b))
+            if pixel:
+                structure.append(ssim(a, b))
         scores = {"feature_similarity": float(torch.cat(features).mean())}
         if pixel:
             scores["ssim"] = float(torch.cat(structure).mean())
