@@ -106,16 +106,20 @@ def _run_row(target, row: Row, measurement: RowMeasurement, timed: bool, seed: i
 
 def _flop_pass(target, row: Row, measurement: RowMeasurement, seed: int) -> None:
     eager = [spec for spec in row.stack if parse_accelerator(spec).stage not in ("compile", "engine")]
+    cached = any(parse_accelerator(spec).stage == "cache" for spec in eager)
     router, stack = apply_stack(target.pipe, target.small, row.schedule, eager, count_flops=True, timing="off")
-    meter = AttentionMeter(router, {"large": router.large, "small": target.small})
-    router.add_listener(meter)
+    # Cache hits are counted only where a cache runs: the meter's hooks are not free.
+    meter = AttentionMeter(router, {"large": router.large, "small": target.small}) if cached else None
+    if meter is not None:
+        router.add_listener(meter)
     try:
         target.pipe(**{**target.call_kwargs(seed), **stack.call_kwargs()})
         measurement.flops = router.last_run.flops_per_model
-        if any(parse_accelerator(spec).stage == "cache" for spec in eager):
+        if meter is not None:
             measurement.counters["attention"] = meter.summary()
     finally:
-        meter.remove()
+        if meter is not None:
+            meter.remove()
         remove_stack(target.pipe)
 
 
