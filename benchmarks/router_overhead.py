@@ -4,7 +4,8 @@ The two variants run interleaved (A B A B ...) on the same tiny Wan pipeline, sa
 the overhead per call is the median of the paired differences divided by the calls per run. Both outputs
 are checked bit-identical, so the comparison is of the same computation.
 
-    python benchmarks/router_overhead.py --repeats 40 --steps 20 --output benchmarks/results/router_overhead_cpu
+    python benchmarks/router_overhead.py --repeats 40 --steps 20 \\
+        --output benchmarks/results/router_overhead_cpu
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from flowblending_accel import apply_flowblending_, remove_flowblending_
-from flowblending_accel.env import device_name, versions
+from flowblending_accel import flowblending
+from flowblending_accel.support.env import device_name, versions
 from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
@@ -59,7 +60,7 @@ def measure_isolated(repeats: int, steps: int) -> dict:
     from diffusers.hooks.hooks import ModelHook
 
     from flowblending_accel import ModelRouter
-    from flowblending_accel._hooks import register_outermost, remove
+    from flowblending_accel.hooks import register_outermost, remove
 
     class PassThrough(ModelHook):
         def new_forward(self, module, *args, **kwargs):
@@ -97,14 +98,12 @@ def measure(repeats: int, steps: int, threads: int) -> dict:
     with torch.inference_mode():
         for _ in range(3):  # warm-up both variants
             _timed_run(pipe, steps)
-            apply_flowblending_(pipe, small, "L100")
-            _timed_run(pipe, steps)
-            remove_flowblending_(pipe)
+            with flowblending(pipe, small, "L100"):
+                _timed_run(pipe, steps)
         for _ in range(repeats):
             seconds_plain, reference = _timed_run(pipe, steps)
-            apply_flowblending_(pipe, small, "L100")
-            seconds_routed, frames = _timed_run(pipe, steps)
-            remove_flowblending_(pipe)
+            with flowblending(pipe, small, "L100"):
+                seconds_routed, frames = _timed_run(pipe, steps)
             if not torch.equal(frames, reference):
                 raise AssertionError("routed all-large output differs from the unwrapped pipeline")
             plain.append(seconds_plain)
@@ -118,7 +117,10 @@ def measure(repeats: int, steps: int, threads: int) -> dict:
         "calls_per_run": calls_per_run,
         "repeats": repeats,
         "torch_threads": threads,
-        "median_run_seconds": {"unwrapped": statistics.median(plain), "routed_all_large": statistics.median(routed)},
+        "median_run_seconds": {
+            "unwrapped": statistics.median(plain),
+            "routed_all_large": statistics.median(routed),
+        },
         "median_call_seconds_unwrapped": statistics.median(plain) / calls_per_run,
         "overhead_per_call_seconds": {
             "median": statistics.median(diffs) / calls_per_run,
@@ -143,7 +145,8 @@ def _markdown(result: dict, command: str) -> str:
             "",
             f"- device: {result['device']} ({result['torch_threads']} torch threads)",
             f"- versions: {result['versions']}",
-            f"- pipeline: {result['pipeline']}, {result['steps']} steps, {result['calls_per_run']} calls per run",
+            f"- pipeline: {result['pipeline']}, {result['steps']} steps, "
+            f"{result['calls_per_run']} calls per run",
             f"- command: `{command}`",
             "",
             "| variant | median run (s) |",
@@ -152,15 +155,18 @@ def _markdown(result: dict, command: str) -> str:
             f"| routed, all-large (L100) | {result['median_run_seconds']['routed_all_large']:.4f} |",
             "",
             f"Overhead per call: median {overhead['median'] * 1e6:.1f} µs (IQR {overhead['q1'] * 1e6:.1f} .. "
-            f"{overhead['q3'] * 1e6:.1f} µs) over {result['repeats']} interleaved pairs; a tiny-model call takes "
-            f"{result['median_call_seconds_unwrapped'] * 1e6:.0f} µs, so this is "
+            f"{overhead['q3'] * 1e6:.1f} µs) over {result['repeats']} interleaved pairs; "
+            f"a tiny-model call takes {result['median_call_seconds_unwrapped'] * 1e6:.0f} µs, so this is "
             f"{result['overhead_fraction_of_run']:.1%} of the run. Outputs bit-identical.",
             "",
-            "The pipeline-level difference is within this machine's run-to-run noise, so the router's own cost is",
-            "also timed in isolation: a scheduler loop (FlowMatch Euler, CFG as two calls, L40-S40-L20) over a",
+            "The pipeline-level difference is within this machine's run-to-run noise, "
+            "so the router's own cost is",
+            "also timed in isolation: a scheduler loop (FlowMatch Euler, CFG as two calls, L40-S40-L20) "
+            "over a",
             "denoiser that does no work, hooked vs not, interleaved "
             f"({result['repeats'] * 5} pairs): median {isolated['median'] * 1e6:.1f} µs per call "
-            f"(IQR {isolated['q1'] * 1e6:.1f} .. {isolated['q3'] * 1e6:.1f} µs), of which a do-nothing diffusers",
+            f"(IQR {isolated['q1'] * 1e6:.1f} .. {isolated['q3'] * 1e6:.1f} µs), "
+            "of which a do-nothing diffusers",
             f"hook already costs {dispatch['median'] * 1e6:.1f} µs (IQR {dispatch['q1'] * 1e6:.1f} .. "
             f"{dispatch['q3'] * 1e6:.1f} µs): diffusers' hook dispatch, paid by every cache hook too.",
             "",
@@ -169,7 +175,9 @@ def _markdown(result: dict, command: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 keeps timings steadier)")
@@ -177,7 +185,8 @@ def main() -> None:
     args = parser.parse_args()
     result = measure(args.repeats, args.steps, args.threads)
     command = (
-        f"python benchmarks/router_overhead.py --repeats {args.repeats} --steps {args.steps} --threads {args.threads}"
+        f"python benchmarks/router_overhead.py --repeats {args.repeats} --steps {args.steps} "
+        f"--threads {args.threads}"
     )
     report = _markdown(result, command)
     print(report)

@@ -1,7 +1,9 @@
 """flowblending-accel: FlowBlending (large-small-large stage-aware sampling) for diffusers pipelines.
 
-Public names are imported lazily (PEP 562), so ``flowblending-accel --help`` does not pay for importing
-diffusers and torch.
+``import flowblending_accel`` gives the core library only: schedules and plans, the router, its run
+session and listeners, the families registry and the verbs. Accelerators, metrics and the tools (bench,
+check, analysis, demo, cli) are subpackages on top of it. Public names are imported lazily (PEP 562), so
+``flowblending-accel --help`` does not pay for importing diffusers and torch.
 """
 
 from importlib import import_module
@@ -11,20 +13,24 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "FlowBlendingConfig": "api",
     "apply_flowblending_": "api",
+    "flowblending": "api",
     "flowblending_routers": "api",
     "flowblending_stats": "api",
     "remove_flowblending_": "api",
     "Family": "families",
     "family_for": "families",
     "register_family": "families",
+    "CallEvent": "listeners",
+    "RouterListener": "listeners",
+    "SegmentStart": "listeners",
     "Plan": "plan",
     "ModelRouter": "router",
     "Schedule": "schedule",
     "Stage": "schedule",
+    "RunSession": "session",
     "SolverView": "solver",
+    "CallRecord": "stats",
     "RunStats": "stats",
-    # The demo pipeline's VAE: diffusers loads components by top-level package name.
-    "PixelShuffleVAE": "demo.pixel_vae",
 }
 
 __all__ = sorted(_EXPORTS)

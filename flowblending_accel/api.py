@@ -1,16 +1,20 @@
-"""The verbs: ``apply_flowblending_(pipe, small, ...)`` and ``remove_flowblending_(pipe)`` (in place)."""
+"""The verbs: ``apply_flowblending_(pipe, small, ...)``, ``remove_flowblending_(pipe)`` (in place), and the
+``with flowblending(pipe, small, ...) as router:`` block that applies, runs and always removes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 
-from . import _hooks
-from .families import Family, check_pair, family_for
-from .router import ROUTER_HOOK_NAME, ModelRouter, check_placement
-from .schedule import Schedule
+from . import hooks
+from .compat import check_pair, check_placement
+from .families import Family, family_for
+from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
+from .schedule import AXES, Schedule
 from .stats import RunStats, merge_runs
 
 
@@ -19,7 +23,7 @@ class FlowBlendingConfig:
     """Everything ``apply_flowblending_`` takes besides the pipeline and the small model.
 
     Args:
-        schedule: stage string (``"L40-S40-L20"``) or :class:`Schedule`.
+        schedule: stage string (``"L40-S40-L20"``) or :class:`Schedule`; stored parsed.
         axis: ``"step"`` (fraction of solver steps, the paper's) or ``"sigma"`` (fraction of the noise
             range); ``None`` keeps the schedule's own axis (``step`` for strings).
         denoisers: pipeline attributes to route (e.g. ``("transformer", "transformer_2")`` for Wan 2.2);
@@ -28,8 +32,8 @@ class FlowBlendingConfig:
         timing: ``"auto"``, ``"host"``, ``"cuda"`` or ``"off"`` (see :class:`ModelRouter`).
         reset_on_switch: reset the target model's caches on every switch.
         strict: require the small model to be of the large model's class where the family expects it.
-        small_guidance: ``"on"`` or ``"off"`` (guidance-free small stage for a distilled small model; Wan-style
-            pipelines with one call per CFG branch only). See :class:`ModelRouter`.
+        small_guidance: ``"on"`` or ``"off"`` (guidance-free small stage for a distilled small model;
+            Wan-style pipelines with one call per CFG branch only). See :class:`ModelRouter`.
     """
 
     schedule: str | Schedule = "L40-S40-L20"
@@ -40,6 +44,45 @@ class FlowBlendingConfig:
     reset_on_switch: bool = True
     strict: bool = True
     small_guidance: str = "on"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schedule, str | Schedule):
+            raise TypeError(
+                f"FlowBlendingConfig.schedule must be a string like 'L40-S40-L20' or a Schedule, "
+                f"got {type(self.schedule).__name__}."
+            )
+        if self.axis is not None and self.axis not in AXES:
+            raise ValueError(f"FlowBlendingConfig.axis={self.axis!r} is not supported; use one of {AXES}.")
+        object.__setattr__(self, "schedule", Schedule.coerce(self.schedule, self.axis))
+        if isinstance(self.denoisers, str):
+            object.__setattr__(self, "denoisers", (self.denoisers,))
+        if self.denoisers is not None and not all(isinstance(name, str) for name in self.denoisers):
+            raise TypeError(f"FlowBlendingConfig.denoisers={self.denoisers!r} must name pipeline attributes.")
+        if self.timing not in TIMINGS:
+            raise ValueError(f"FlowBlendingConfig.timing={self.timing!r} is not one of {TIMINGS}.")
+        if self.small_guidance not in ("on", "off"):
+            raise ValueError(
+                f"FlowBlendingConfig.small_guidance={self.small_guidance!r} must be 'on' or 'off'."
+            )
+
+    @classmethod
+    def from_options(
+        cls, schedule: Any = "L40-S40-L20", axis: str | None = None, **options: Any
+    ) -> FlowBlendingConfig:
+        """A config from ``apply_flowblending_``'s arguments; an unknown option names the known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"apply_flowblending_ got unknown option(s) {unknown}; known: {sorted(known)}.")
+        if isinstance(schedule, FlowBlendingConfig):
+            config = replace(schedule, **options)
+            return config if axis is None else replace(config, axis=axis)
+        if not isinstance(schedule, str | Schedule):
+            raise TypeError(
+                f"schedule must be a string like 'L40-S40-L20', a Schedule or a FlowBlendingConfig, "
+                f"got {type(schedule).__name__}."
+            )
+        return cls(schedule=schedule, axis=axis, **options)
 
 
 def apply_flowblending_(
@@ -62,15 +105,18 @@ def apply_flowblending_(
         print(router.last_run.table())
         remove_flowblending_(pipe)
     """
-    config = _config_from(schedule, axis, options)
-    parsed = Schedule.coerce(config.schedule, config.axis)
+    config = FlowBlendingConfig.from_options(schedule, axis, **options)
     family = family_for(pipe)
-    names = _denoisers_to_route(pipe, family, config.denoisers)
-    smalls = _small_per_denoiser(small, names)
+    names = routed_denoisers(pipe, family, config.denoisers)
+    smalls = small_per_denoiser(small, names)
     if flowblending_routers(pipe):
-        raise ValueError("FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first.")
+        raise ValueError(
+            "FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first."
+        )
     if getattr(pipe, "scheduler", None) is None or not hasattr(pipe.scheduler, "set_timesteps"):
-        raise ValueError("pipe.scheduler is missing or not a diffusers scheduler; the router reads its step grid.")
+        raise ValueError(
+            "pipe.scheduler is missing or not a diffusers scheduler; the router reads its step grid."
+        )
     if config.small_guidance == "off" and not family.separate_cfg_calls:
         raise ValueError(
             f"small_guidance='off' needs a pipeline that makes one denoiser call per CFG branch (Wan); the "
@@ -79,9 +125,9 @@ def apply_flowblending_(
     for name in names:
         large = getattr(pipe, name)
         check_pair(large, smalls[name], family, f"pipe.{name}", strict=config.strict)
-        if "small" in parsed.models:
+        if "small" in config.schedule.models:
             check_placement(large, smalls[name])
-    routers = [_attach(pipe, name, smalls[name], parsed, family, config) for name in names]
+    routers = [_attach(pipe, name, smalls[name], family, config) for name in names]
     return routers[0]
 
 
@@ -93,9 +139,30 @@ def remove_flowblending_(pipe: Any) -> list[ModelRouter]:
     removed = []
     for module, router in routed:
         router.reset_state(module)
-        _hooks.remove(module, ROUTER_HOOK_NAME)
+        hooks.remove(module, ROUTER_HOOK_NAME)
         removed.append(router)
     return removed
+
+
+@contextmanager
+def flowblending(
+    pipe: Any,
+    small: torch.nn.Module | dict[str, torch.nn.Module],
+    schedule: str | Schedule | FlowBlendingConfig = "L40-S40-L20",
+    axis: str | None = None,
+    **options: Any,
+) -> Iterator[ModelRouter]:
+    """``apply_flowblending_`` for the block, ``remove_flowblending_`` after it, even when it raises::
+
+    with flowblending(pipe, small, "L40-S40-L20") as router:
+        video = pipe(prompt).frames[0]
+    print(router.last_run.table())
+    """
+    router = apply_flowblending_(pipe, small, schedule, axis, **options)
+    try:
+        yield router
+    finally:
+        remove_flowblending_(pipe)
 
 
 def flowblending_routers(pipe: Any) -> list[ModelRouter]:
@@ -109,28 +176,10 @@ def flowblending_stats(pipe: Any) -> RunStats | None:
     return merge_runs(runs) if runs else None
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _config_from(schedule: Any, axis: str | None, options: dict[str, Any]) -> FlowBlendingConfig:
-    known = {f.name for f in fields(FlowBlendingConfig)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"apply_flowblending_ got unknown option(s) {unknown}; known: {sorted(known)}.")
-    if isinstance(schedule, FlowBlendingConfig):
-        config = replace(schedule, **options)
-        return config if axis is None else replace(config, axis=axis)
-    if not isinstance(schedule, str | Schedule):
-        raise TypeError(
-            f"schedule must be a string like 'L40-S40-L20', a Schedule or a FlowBlendingConfig, "
-            f"got {type(schedule).__name__}."
-        )
-    return FlowBlendingConfig(schedule=schedule, axis=axis, **options)
-
-
-def _denoisers_to_route(pipe: Any, family: Family, requested: tuple[str, ...] | None) -> list[str]:
+def routed_denoisers(pipe: Any, family: Family, requested: tuple[str, ...] | None = None) -> list[str]:
+    """The pipeline attributes FlowBlending routes: ``requested``, or every denoiser of the family present."""
     if requested is None:
         return family.present_denoisers(pipe)
-    if isinstance(requested, str):
-        requested = (requested,)
     for name in requested:
         if not isinstance(getattr(pipe, name, None), torch.nn.Module):
             raise ValueError(
@@ -140,23 +189,24 @@ def _denoisers_to_route(pipe: Any, family: Family, requested: tuple[str, ...] | 
     return list(requested)
 
 
-def _small_per_denoiser(small: Any, names: list[str]) -> dict[str, Any]:
+def small_per_denoiser(small: Any, names: list[str]) -> dict[str, Any]:
+    """``{attribute: small model}``: one model for every routed denoiser, or the dict given (checked)."""
     if not isinstance(small, dict):
         return dict.fromkeys(names, small)
     missing = [name for name in names if name not in small]
     extra = sorted(set(small) - set(names))
     if missing or extra:
         raise ValueError(
-            f"small is a dict with keys {sorted(small)}, but the routed denoisers are {names}: give one small "
-            "model per routed denoiser (or pass denoisers=... to route fewer)."
+            f"small is a dict with keys {sorted(small)}, but the routed denoisers are {names}: "
+            "give one small model per routed denoiser (or pass denoisers=... to route fewer)."
         )
     return small
 
 
-def _attach(pipe: Any, name: str, small: Any, schedule: Schedule, family: Family, config) -> ModelRouter:
+def _attach(pipe: Any, name: str, small: Any, family: Family, config: FlowBlendingConfig) -> ModelRouter:
     router = ModelRouter(
         small,
-        schedule,
+        config.schedule,
         scheduler=lambda: pipe.scheduler,
         timestep_arg=family.timestep_arg,
         count_flops=config.count_flops,
@@ -166,7 +216,7 @@ def _attach(pipe: Any, name: str, small: Any, schedule: Schedule, family: Family
     )
     # Registered last so the router is outermost: the large model's own cache hooks never see calls that
     # belong to the small model.
-    _hooks.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
+    hooks.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
     return router
 
 
@@ -174,5 +224,5 @@ def _routed_components(pipe: Any) -> list[tuple[torch.nn.Module, ModelRouter]]:
     found = []
     for module in getattr(pipe, "components", {}).values():
         if isinstance(module, torch.nn.Module):
-            found.extend((module, hook) for _, hook in _hooks.hooks_of_type(module, ModelRouter))
+            found.extend((module, hook) for _, hook in hooks.hooks_of_type(module, ModelRouter))
     return found

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from .listeners import RouterListener, SegmentStart
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -78,17 +80,18 @@ def sum_counts(counts: dict[str, float], context: DistContext) -> dict[str, floa
     return dict(total)
 
 
-class RankConsistency:
+class RankConsistency(RouterListener):
     """Router listener: at every segment start all ranks compare (step, model); a mismatch raises on all."""
 
-    def on_segment_start(self, router, model: str, step: int, after_switch: bool) -> None:
+    def on_segment_start(self, router: Any, segment: SegmentStart) -> None:
         context = current()
         if not context.active:
             return
         decisions: list[Any] = [None] * context.world_size
-        dist.all_gather_object(decisions, (step, model))
+        dist.all_gather_object(decisions, (segment.step, segment.model))
         if len(set(decisions)) > 1:
             raise RuntimeError(
-                f"ranks disagree on the routing at a segment start: {decisions}. Every rank must run the same "
-                "schedule and scheduler (context parallelism splits one sample across ranks)."
+                f"ranks disagree on the routing at a segment start: {decisions}. "
+                "Every rank must run the same schedule and scheduler "
+                "(context parallelism splits one sample across ranks)."
             )

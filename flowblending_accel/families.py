@@ -1,5 +1,10 @@
-"""Pipeline families: where a pipeline keeps its denoiser, how it passes the timestep, and what a small
-model must share with the large one to be a drop-in for some of its steps.
+"""Pipeline families: the one registry of how a pipeline family keeps and calls its denoiser(s).
+
+Everything the library needs to know about a pipeline comes from here and nowhere else: which attributes hold
+a denoiser (Wan 2.2 has two), which are UNets, how the timestep is passed, how classifier-free guidance is
+called (one batched call, or one call per branch), which solver kind the family samples with, where the
+output lives, which blocks hold the attention a feature cache hooks, and which config fields a small model
+must share with the large one to stand in for some of its steps.
 
 An open registry: :func:`register_family` adds one (first match wins, the generic family is last).
 Matching is by pipeline class name over the class's MRO, so subclasses of a known pipeline match too.
@@ -28,6 +33,13 @@ class Family:
         same_class: require the small model to be of the large model's class.
         separate_cfg_calls: the pipeline makes one denoiser call per CFG branch, conditional first (Wan), so
             a guidance-free small stage can skip the unconditional call.
+        batched_cfg: the pipeline stacks ``[uncond, cond]`` in the batch of one call (LTX, SD).
+        unets: which of ``denoisers`` are UNets (DeepCache works on those only); the rest are transformers.
+        solver_kind: ``"flow"`` (flow matching) or ``"vp"`` (epsilon / v prediction): what the family's
+            checkpoints are sampled with, and so which step-reduction solvers fit it.
+        output_field: the attribute of the pipeline's output holding the result (``frames`` or ``images``).
+        attention_blocks: regex of the self-attention modules a feature cache such as TaylorSeer hooks
+            (``None``: the cache's own default).
         note: one line on the family's calling convention, for humans.
     """
 
@@ -38,7 +50,26 @@ class Family:
     timestep_arg: tuple[str, int] = ("timestep", 1)
     same_class: bool = True
     separate_cfg_calls: bool = False
+    batched_cfg: bool = False
+    unets: tuple[str, ...] = ()
+    solver_kind: str = "flow"
+    output_field: str = "images"
+    attention_blocks: str | None = None
     note: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.denoisers:
+            raise ValueError(f"Family {self.name!r}: denoisers must name at least one pipeline attribute.")
+        if self.solver_kind not in ("flow", "vp"):
+            raise ValueError(
+                f"Family {self.name!r}: solver_kind={self.solver_kind!r} must be 'flow' or 'vp'."
+            )
+        if self.separate_cfg_calls and self.batched_cfg:
+            raise ValueError(f"Family {self.name!r}: CFG is either batched or one call per branch, not both.")
+        if not set(self.unets) <= set(self.denoisers):
+            raise ValueError(
+                f"Family {self.name!r}: unets={self.unets} must be among denoisers={self.denoisers}."
+            )
 
     def matches(self, pipe: Any) -> bool:
         names = [cls.__name__ for cls in type(pipe).__mro__]
@@ -46,6 +77,9 @@ class Family:
 
     def present_denoisers(self, pipe: Any) -> list[str]:
         return [name for name in self.denoisers if isinstance(getattr(pipe, name, None), torch.nn.Module)]
+
+    def is_unet(self, attribute: str) -> bool:
+        return attribute in self.unets
 
 
 _FAMILIES: list[Family] = []
@@ -78,55 +112,23 @@ def family_for(pipe: Any) -> Family:
     )
 
 
-def check_pair(large: torch.nn.Module, small: Any, family: Family, where: str, strict: bool = True) -> None:
-    """Raise a clear error when ``small`` cannot stand in for ``large`` (``where`` names the attribute)."""
-    if small is large:
-        raise ValueError(f"small is the same module as {where}; pass a separate, smaller model.")
-    if not callable(small):
-        raise TypeError(f"small must be a torch module (or callable denoiser), got {type(small).__name__}.")
-    large_core, small_core = _unwrap(large), _unwrap(small)
-    if strict and family.same_class and type(small_core) is not type(large_core):
-        raise TypeError(
-            f"small is a {type(small_core).__name__} but {where} is a {type(large_core).__name__}: the "
-            f"{family.name} family needs a small model of the same class. Pass strict=False to skip this check "
-            "for a wrapper with the same call signature."
-        )
-    large_config, small_config = _config(large_core), _config(small_core)
-    if large_config is None or small_config is None:
-        return
-    for field in family.shared_config:
-        if field not in large_config:
-            continue
-        mine, theirs = _normalise(large_config.get(field)), _normalise(small_config.get(field))
-        if mine != theirs:
-            raise ValueError(
-                f"small.config.{field}={theirs!r} but {where}.config.{field}={mine!r}: a small model must "
-                f"share {', '.join(family.shared_config)} with the large one (same latent space and "
-                "conditioning); pick the small model of the same family and version."
-            )
-
-
-def _unwrap(module: Any) -> Any:
-    return getattr(module, "_orig_mod", module)  # torch.compile'd modules wrap the original
-
-
-def _config(module: Any) -> dict | None:
-    config = getattr(module, "config", None)
-    return dict(config) if config is not None else None
-
-
-def _normalise(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def _default_families() -> list[Family]:
     return [
         Family(
             name="wan",
             pipeline_pattern=r"Wan\w*Pipeline",
             denoisers=("transformer", "transformer_2"),
-            shared_config=("in_channels", "out_channels", "patch_size", "text_dim", "image_dim", "pos_embed_seq_len"),
+            shared_config=(
+                "in_channels",
+                "out_channels",
+                "patch_size",
+                "text_dim",
+                "image_dim",
+                "pos_embed_seq_len",
+            ),
             separate_cfg_calls=True,
+            output_field="frames",
+            attention_blocks=r"blocks\.\d+\.attn1",
             note="keyword call; split CFG (two calls per step); Wan 2.2 routes inside each expert",
         ),
         Family(
@@ -134,6 +136,9 @@ def _default_families() -> list[Family]:
             pipeline_pattern=r"LTX\w*Pipeline",
             denoisers=("transformer",),
             shared_config=("in_channels", "out_channels", "patch_size", "patch_size_t", "caption_channels"),
+            batched_cfg=True,
+            output_field="frames",
+            attention_blocks=r"transformer_blocks\.\d+\.attn1",
             note="keyword call; batched CFG; per-token timesteps (conditioning tokens at 0) in i2v/condition",
         ),
         Family(
@@ -141,9 +146,17 @@ def _default_families() -> list[Family]:
             pipeline_pattern=r"StableDiffusion\w*Pipeline|\w*XL\w*Pipeline|LatentConsistency\w*Pipeline",
             denoisers=("unet",),
             shared_config=(
-                "in_channels", "out_channels", "cross_attention_dim", "addition_embed_type",
-                "projection_class_embeddings_input_dim", "time_cond_proj_dim", "class_embed_type",
+                "in_channels",
+                "out_channels",
+                "cross_attention_dim",
+                "addition_embed_type",
+                "projection_class_embeddings_input_dim",
+                "time_cond_proj_dim",
+                "class_embed_type",
             ),
+            batched_cfg=True,
+            unets=("unet",),
+            solver_kind="vp",
             note="UNet called with the timestep positionally: unet(latents, t, encoder_hidden_states=...)",
         ),
         Family(
@@ -151,10 +164,18 @@ def _default_families() -> list[Family]:
             pipeline_pattern=r".*Pipeline\w*|.*",
             denoisers=("transformer", "transformer_2", "unet"),
             shared_config=(
-                "in_channels", "out_channels", "patch_size", "patch_size_t", "text_dim", "caption_channels",
-                "joint_attention_dim", "pooled_projection_dim", "guidance_embeds",
+                "in_channels",
+                "out_channels",
+                "patch_size",
+                "patch_size_t",
+                "text_dim",
+                "caption_channels",
+                "joint_attention_dim",
+                "pooled_projection_dim",
+                "guidance_embeds",
             ),
             same_class=False,
+            unets=("unet",),
             note="any pipeline whose denoiser is a module called with a `timestep` argument",
         ),
     ]

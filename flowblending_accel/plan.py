@@ -32,7 +32,9 @@ class Plan:
     def build(cls, schedule: Schedule, view: SolverView, first_step: int = 0) -> Plan:
         run_steps = list(range(first_step, view.num_steps))
         if not run_steps:
-            raise ValueError(f"first_step={first_step} is past the scheduler's {view.num_steps} solver steps.")
+            raise ValueError(
+                f"first_step={first_step} is past the scheduler's {view.num_steps} solver steps."
+            )
         if schedule.axis == "step":
             stages = schedule.stages_for_step_count(len(run_steps))
         else:
@@ -50,12 +52,23 @@ class Plan:
         )
         return cls(schedule, view, planned, first_step)
 
-    # ------------------------------------------------------------------------------------------ queries
-    def model_of_step(self, step: int) -> str:
-        return self.steps[step - self.first_step].model
+    @classmethod
+    def for_scheduler(
+        cls, schedule: Schedule, scheduler: Any, num_inference_steps: int, **set_timesteps_kwargs: Any
+    ) -> Plan:
+        """The table ``schedule`` will follow on ``scheduler`` at ``num_inference_steps`` (a copy is used)."""
+        return cls.build(
+            schedule, SolverView.for_steps(scheduler, num_inference_steps, **set_timesteps_kwargs)
+        )
 
-    def stage_of_step(self, step: int) -> int:
-        return self.steps[step - self.first_step].stage
+    # ------------------------------------------------------------------------------------------ queries
+    def at(self, step: int) -> PlannedStep:
+        """The planned step ``step`` (a solver step index of the whole grid, not of this run)."""
+        return self.steps[step - self.first_step]
+
+    def segment_of(self, step: int) -> tuple[str, int, int]:
+        """The ``(model, first_step, last_step)`` segment holding ``step``."""
+        return next(segment for segment in self.segments() if segment[1] <= step <= segment[2])
 
     def step_counts(self) -> dict[str, int]:
         """Solver steps per model (every model of the schedule is listed, possibly with 0)."""
@@ -71,7 +84,8 @@ class Plan:
         return counts
 
     def segments(self) -> list[tuple[str, int, int]]:
-        """Maximal runs of one model as ``(model, first_step, last_step)``: the switches happen between them."""
+        """Maximal runs of one model as ``(model, first_step, last_step)``: the switches happen between
+        them."""
         segments: list[tuple[str, int, int]] = []
         for planned in self.steps:
             if segments and segments[-1][0] == planned.model:
@@ -101,13 +115,16 @@ class Plan:
         header = f"{'step':>4}  {'timestep':>9}  {'sigma':>9}  {'noise':>6}  {'stage':>5}  model"
         lines = [
             f"schedule {self.schedule} (axis={self.schedule.axis}) on {self.view.scheduler_name}, "
-            f"{len(self.steps)} solver steps ({len(self.view.timesteps)} loop iterations, order {self.view.order})",
+            f"{len(self.steps)} solver steps ({len(self.view.timesteps)} loop iterations, "
+            f"order {self.view.order})",
             header,
             "-" * len(header),
         ]
         for p in self.steps:
             stage = f"{p.stage + 1}:{self.schedule.stages[p.stage].letter}"
-            lines.append(f"{p.step:>4}  {p.timestep:>9.3f}  {p.sigma:>9.4f}  {p.noise:>6.4f}  {stage:>5}  {p.model}")
+            lines.append(
+                f"{p.step:>4}  {p.timestep:>9.3f}  {p.sigma:>9.4f}  {p.noise:>6.4f}  {stage:>5}  {p.model}"
+            )
         counts = ", ".join(f"{model} {n}" for model, n in self.step_counts().items())
         lines.append(f"steps per model: {counts}; stage sizes: {self.stage_step_counts()}")
         if flops_per_step:

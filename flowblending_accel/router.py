@@ -12,9 +12,11 @@ module's identity, class, config, LoRA loading and ``save_pretrained`` alone. Pe
 4. on a switch, resets the cache state of the model it switches *to* (and puts the pipeline's cache context
    back, since a bare reset wipes it);
 5. calls the large model's original forward chain, or the small model inside the same cache context;
-6. records the call (step, timestep, sigma, model, time, optionally FLOPs).
+6. records the call (step, timestep, sigma, model, time, optionally FLOPs) and tells its listeners.
 
-Both models are reset at the start and at the end of every run, and when a call raises.
+Both models are reset at the start and at the end of every run, and when a call raises. The same run
+control (:meth:`ModelRouter.start_run`, :meth:`~ModelRouter.enter_step`, :meth:`~ModelRouter.call`,
+:meth:`~ModelRouter.end_run`) drives k-diffusion samplers through :meth:`ModelRouter.as_denoiser`.
 """
 
 from __future__ import annotations
@@ -22,21 +24,25 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManager
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import _hooks
+from . import hooks
+from .compat import check_placement, device_of
+from .denoiser import RoutedDenoiser
+from .listeners import CallEvent, RouterListener, SegmentStart, listens_to_calls
 from .plan import Plan
 from .schedule import Schedule
+from .session import RunSession
 from .solver import SolverView
 from .stats import CallRecord, RunStats
 
 ROUTER_HOOK_NAME = "flowblending_router"
 TIMINGS = ("auto", "host", "cuda", "off")
+MODELS = ("large", "small")
 
 
 class _ContextOnly(BaseState):
@@ -44,18 +50,6 @@ class _ContextOnly(BaseState):
 
     def reset(self, *args, **kwargs) -> None:
         pass
-
-
-@dataclass
-class _Run:
-    plan: Plan
-    stats: RunStats
-    scheduler: Any
-    timesteps: Any  # the scheduler's timesteps tensor of this run; a new one means a new run
-    timing: str = "off"
-    last_step: int = -1
-    current_model: str | None = None
-    conditional: tuple[Any, Any] | None = None  # ((step, iteration), output) of the last small call
 
 
 class ModelRouter(ModelHook):
@@ -67,6 +61,8 @@ class ModelRouter(ModelHook):
         axis: ``"step"`` or ``"sigma"``; overrides the schedule's axis when given.
         scheduler: the pipeline's scheduler, or a zero-argument callable returning it (read on every run,
             so swapping ``pipe.scheduler`` later is picked up).
+        large: the large denoiser, for use without a pipeline (:meth:`as_denoiser`); set by the hook
+            otherwise.
         timestep_arg: keyword name and positional index of the timestep (UNets take it positionally).
         count_flops: count FLOPs of every call with ``torch.utils.flop_counter`` (slows the run).
         timing: ``"auto"`` (CUDA events on a GPU, host clock otherwise), ``"host"``, ``"cuda"`` or ``"off"``.
@@ -75,7 +71,8 @@ class ModelRouter(ModelHook):
         small_guidance: ``"on"`` (default) or ``"off"``: run the small stage guidance-free, as a step- or
             guidance-distilled small model expects (the paper's LDL). Only for pipelines that make one call
             per CFG branch, conditional first (Wan): the second call of a small step returns the first
-            call's output, so ``uncond + g * (cond - uncond)`` is exactly ``cond`` and half the small calls go.
+            call's output, so ``uncond + g * (cond - uncond)`` is exactly ``cond`` and half the small calls
+            go.
         history: how many finished runs to keep in :attr:`runs`.
     """
 
@@ -101,45 +98,60 @@ class ModelRouter(ModelHook):
             raise ValueError(f"timing={timing!r} is not one of {TIMINGS}.")
         if small_guidance not in ("on", "off"):
             raise ValueError(f"small_guidance={small_guidance!r} must be 'on' or 'off'.")
-        self.small_guidance = small_guidance
-        self.small = small
-        self.large = large
+        self.small, self.large = small, large
         self.schedule = Schedule.coerce(schedule, axis)
         self.timestep_arg = timestep_arg
-        self.count_flops = count_flops
-        self.timing = timing
-        self.reset_on_switch = reset_on_switch
-        self.context = StateManager(_ContextOnly)
-        self.runs: deque[RunStats] = deque(maxlen=history)
+        self.count_flops, self.timing = count_flops, timing
+        self.reset_on_switch, self.small_guidance = reset_on_switch, small_guidance
+        self.context = StateManager(_ContextOnly)  # receives the pipeline's cache context
+        self._runs: deque[RunStats] = deque(maxlen=history)
         self._scheduler_source = scheduler
-        self._run: _Run | None = None
-        self.listeners: list[Any] = []
+        self._session: RunSession | None = None
+        self._listeners: list[RouterListener] = []
         self._call_listeners = False
 
-    # ------------------------------------------------------------------------------------ public state
+    # ------------------------------------------------------------------------------- read-only state
+    @property
+    def session(self) -> RunSession | None:
+        """The run in progress (``None`` between runs)."""
+        return self._session
+
     @property
     def last_run(self) -> RunStats | None:
         """Stats of the run in progress, else of the most recent one."""
-        if self._run is not None:
-            return self._run.stats
-        return self.runs[-1] if self.runs else None
+        if self._session is not None:
+            return self._session.stats
+        return self._runs[-1] if self._runs else None
+
+    @property
+    def runs(self) -> tuple[RunStats, ...]:
+        """Stats of the finished (or aborted) runs kept, oldest first."""
+        return tuple(self._runs)
+
+    @property
+    def listeners(self) -> tuple[RouterListener, ...]:
+        return tuple(self._listeners)
+
+    @property
+    def cache_context(self) -> CacheContext | None:
+        """The pipeline's cache context of the current call (``None`` outside one)."""
+        return hooks.current_context(self.context)
 
     @property
     def scheduler(self) -> Any:
         source = self._scheduler_source
         return source() if callable(source) and not hasattr(source, "set_timesteps") else source
 
-    def as_denoiser(self, sigmas: Any, *, order: int = 1, calls_per_iteration: int = 1, sigma_kind: str = "flow"):
-        """A k-diffusion style ``model(x, sigma, **kw)`` callable routing between ``large`` and ``small``.
+    def model(self, name: str) -> Any:
+        """The ``"large"`` or ``"small"`` module (or callable)."""
+        if name not in MODELS:
+            raise ValueError(f"model name {name!r} must be 'large' or 'small'.")
+        return self.large if name == "large" else self.small
 
-        ``sigmas`` is the sampler's schedule (with its final 0), ``order`` 2 for Heun-type samplers (a
-        corrector call per step), ``calls_per_iteration`` 2 when CFG calls the denoiser twice per evaluation,
-        ``sigma_kind`` ``"flow"`` (noise level in [0, 1]) or ``"ve"`` (k-diffusion / EDM sigma).
-        """
-        from .denoiser import RoutedDenoiser
+    def __repr__(self) -> str:
+        return f"ModelRouter(schedule={self.schedule}, axis={self.schedule.axis})"
 
-        return RoutedDenoiser(self, sigmas, order=order, calls_per_iteration=calls_per_iteration, sigma_kind=sigma_kind)
-
+    # ----------------------------------------------------------------------------------- configuration
     def set_schedule(self, schedule: str | Schedule, axis: str | None = None) -> None:
         """Use ``schedule`` from the next run on (the run in progress, if any, keeps its plan)."""
         parsed = Schedule.coerce(schedule, axis)
@@ -149,10 +161,96 @@ class ModelRouter(ModelHook):
 
     def plan(self, num_inference_steps: int, **set_timesteps_kwargs: Any) -> Plan:
         """The model table the next run will follow at ``num_inference_steps`` on the current scheduler."""
-        return self.schedule.plan(self.scheduler, num_inference_steps, **set_timesteps_kwargs)
+        return Plan.for_scheduler(self.schedule, self.scheduler, num_inference_steps, **set_timesteps_kwargs)
 
-    def __repr__(self) -> str:
-        return f"ModelRouter(schedule={self.schedule}, axis={self.schedule.axis})"
+    def add_listener(self, listener: RouterListener) -> None:
+        """Tell ``listener`` about every run, segment and call from now on (see :mod:`.listeners`)."""
+        if not isinstance(listener, RouterListener):
+            raise TypeError(
+                "listener must be a flowblending_accel.listeners.RouterListener, "
+                f"got {type(listener).__name__}: "
+                "subclass RouterListener and override the events you need."
+            )
+        self._listeners.append(listener)
+        self._call_listeners = any(map(listens_to_calls, self._listeners))
+
+    def remove_listener(self, listener: RouterListener) -> None:
+        self._listeners.remove(listener)
+        self._call_listeners = any(map(listens_to_calls, self._listeners))
+
+    def as_denoiser(
+        self, sigmas: Any, *, order: int = 1, calls_per_iteration: int = 1, sigma_kind: str = "flow"
+    ) -> RoutedDenoiser:
+        """A k-diffusion style ``model(x, sigma, **kw)`` callable routing between ``large`` and ``small``.
+
+        ``sigmas`` is the sampler's schedule (with its final 0), ``order`` 2 for Heun-type samplers (a
+        corrector call per step), ``calls_per_iteration`` 2 when CFG calls the denoiser twice per evaluation,
+        ``sigma_kind`` ``"flow"`` (noise level in [0, 1]) or ``"ve"`` (k-diffusion / EDM sigma).
+        """
+        return RoutedDenoiser(
+            self, sigmas, order=order, calls_per_iteration=calls_per_iteration, sigma_kind=sigma_kind
+        )
+
+    # ------------------------------------------------------------------------------------- run control
+    def start_run(self, plan: Plan, scheduler: Any = None) -> RunSession:
+        """End any open run, reset both models' caches, and start a run following ``plan``."""
+        self.end_run()
+        if "small" in plan.schedule.models:
+            check_placement(self.large, self.small)
+        self._reset_model("small")
+        self._reset_model("large")
+        self._session = RunSession.start(plan, scheduler, self._timing_mode())
+        self._notify("on_run_start", self._session)
+        return self._session
+
+    def enter_step(self, step: int) -> str:
+        """Move the open run to solver ``step``; on a new segment reset the model switched to and tell
+        the listeners. Returns the step's model."""
+        session = self._require_session()
+        was_active = session.active_model
+        model, starts_segment = session.enter(step)
+        if starts_segment:
+            if was_active is not None and self.reset_on_switch:
+                self._reset_model(model)
+            _, first, last = session.plan.segment_of(step)
+            self._notify("on_segment_start", SegmentStart(model, step, first, last, was_active is not None))
+        return model
+
+    def call(self, model: str, step: int, iteration: int | None, args: tuple, kwargs: dict) -> Any:
+        """Run ``model`` on one denoiser call of the open run, recorded and timed; on an exception the run
+        is aborted and both models reset before it propagates."""
+        session = self._require_session()
+        if model == "small" and self.small_guidance == "off":
+            key = (step, iteration)
+            if session.conditional is not None and session.conditional[0] == key:
+                session.stats.skipped_uncond_calls += 1
+                return session.conditional[1]
+            output = self._recorded(session, step, model, iteration, args, kwargs)
+            session.conditional = (key, output)
+            return output
+        return self._recorded(session, step, model, iteration, args, kwargs)
+
+    def call_model(self, model: str, *args: Any, **kwargs: Any) -> Any:
+        """Call ``model`` directly, unrecorded: the large model's forward chain under this hook (its caches,
+        compiled blocks) or the small model inside the pipeline's cache context. For probes that evaluate
+        the other model on the same inputs."""
+        if model == "small":
+            with hooks.cache_context(self.small, self.cache_context):
+                return self.small(*args, **kwargs)
+        if self.fn_ref is not None:
+            return self.fn_ref.original_forward(*args, **kwargs)
+        return self.model(model)(*args, **kwargs)
+
+    def end_run(self, error: BaseException | None = None) -> RunStats | None:
+        """Close the open run (finished, or aborted with ``error``) and keep its stats; a no-op without
+        one."""
+        session, self._session = self._session, None
+        if session is None:
+            return None
+        stats = session.close(error)
+        self._runs.append(stats)
+        self._notify("on_run_end", stats)
+        return stats
 
     # ------------------------------------------------------------------------------- hook interface
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -160,121 +258,62 @@ class ModelRouter(ModelHook):
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        run, step = self._prepare_call(args, kwargs)
-        model = run.plan.model_of_step(step)
-        fn = self.fn_ref.original_forward if model == "large" else self._call_small
-        iteration = getattr(run.scheduler, "step_index", None)
-        if model == "small" and self.small_guidance == "off":
-            key = (step, iteration)
-            if run.conditional is not None and run.conditional[0] == key:
-                run.stats.skipped_uncond_calls += 1
-                return run.conditional[1]
-            output = self._execute(run, step, model, fn, args, kwargs, iteration)
-            run.conditional = (key, output)
-            return output
-        return self._execute(run, step, model, fn, args, kwargs, iteration)
+        scheduler = self._require_scheduler()
+        session = self._session
+        if session is None or not session.is_current_for(scheduler):
+            session = self._start_pipeline_run(scheduler)
+        step = self._locate(scheduler, session.plan.view, args, kwargs)
+        if step < session.last_step:  # the same grid walked again: a custom loop starting over
+            session = self._start_pipeline_run(scheduler)
+        model = self.enter_step(step)
+        return self.call(model, step, getattr(scheduler, "step_index", None), args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Reached from `maybe_free_model_hooks` at the end of every pipeline call.
-        self._close_run()
-        _hooks.reset_cache_state(self.small)
+        self.end_run()
+        hooks.reset_cache_state(self.small)
         self.context.reset()
         return module
 
-    # ------------------------------------------------------------------------------------ run control
-    def _prepare_call(self, args: tuple, kwargs: dict) -> tuple[_Run, int]:
+    # ------------------------------------------------------------------------------------------ helpers
+    def _require_session(self) -> RunSession:
+        if self._session is None:
+            raise RuntimeError(
+                "no run is open: call start_run(plan) first (the pipeline hook does this itself)."
+            )
+        return self._session
+
+    def _require_scheduler(self) -> Any:
         scheduler = self.scheduler
         if scheduler is None:
             raise ValueError(
                 "ModelRouter has no scheduler: pass `scheduler=pipe.scheduler` (or use apply_flowblending_)."
             )
-        run = self._run
-        if run is None or run.scheduler is not scheduler or run.timesteps is not scheduler.timesteps:
-            run = self._start_run(scheduler)
-        step = self._locate(scheduler, run.plan.view, args, kwargs)
-        if step < run.last_step:  # the same grid walked again: a custom loop starting over
-            run = self._start_run(scheduler)
-        if step < run.plan.first_step:
-            raise RuntimeError(f"solver step {step} precedes this run's first step {run.plan.first_step}.")
-        model = run.plan.model_of_step(step)
-        self._enter_model(run, model, step)
-        run.last_step = step
-        return run, step
+        return scheduler
 
-    def _enter_model(self, run: _Run, model: str, step: int) -> None:
-        """Switch bookkeeping shared by the hook and the k-diffusion path: reset, then tell listeners."""
-        if model == run.current_model:
-            return
-        switching = run.current_model is not None
-        if switching and self.reset_on_switch:
-            self._reset_model(model)
-        run.current_model = model
-        self._notify("on_segment_start", model, step, switching)
-
-    def add_listener(self, listener: Any) -> None:
-        """Register an object told about runs and segments (accelerators use this to keep caches right).
-
-        Any of these methods is called when present: ``on_run_start(router, plan)``,
-        ``on_segment_start(router, model, step, after_switch)``, ``on_call(router, record, args, kwargs,
-        output)`` after every denoiser call, and ``on_run_end(router, stats)``.
-        """
-        self.listeners.append(listener)
-        self._call_listeners = any(hasattr(item, "on_call") for item in self.listeners)
-
-    def remove_listener(self, listener: Any) -> None:
-        self.listeners.remove(listener)
-        self._call_listeners = any(hasattr(item, "on_call") for item in self.listeners)
+    def _start_pipeline_run(self, scheduler: Any) -> RunSession:
+        view = SolverView.from_scheduler(scheduler)
+        return self.start_run(Plan.build(self.schedule, view, view.first_step_of(scheduler)), scheduler)
 
     def _notify(self, event: str, *args: Any) -> None:
-        for listener in self.listeners:
-            handler = getattr(listener, event, None)
-            if handler is not None:
-                handler(self, *args)
-
-    def _start_run(self, scheduler: Any) -> _Run:
-        self._close_run()
-        view = SolverView.from_scheduler(scheduler)
-        plan = Plan.build(self.schedule, view, _first_step(scheduler, view))
-        if "small" in self.schedule.models:
-            check_placement(self.large, self.small)
-        stats = RunStats(
-            schedule=str(self.schedule),
-            axis=self.schedule.axis,
-            scheduler=view.scheduler_name,
-            num_steps=len(plan.steps),
-            planned_steps=plan.step_counts(),
-        )
-        self._reset_model("small")
-        self._reset_model("large")
-        self._run = _Run(plan, stats, scheduler, scheduler.timesteps, self._timing_mode())
-        self._notify("on_run_start", plan)
-        return self._run
-
-    def _close_run(self, error: BaseException | None = None) -> None:
-        run, self._run = self._run, None
-        if run is None:
-            return
-        run.stats.finished = error is None and run.last_step == run.plan.view.num_steps - 1
-        run.stats.aborted = not run.stats.finished
-        if error is not None:
-            run.stats.error = f"{type(error).__name__}: {error}"
-        self.runs.append(run.stats)
-        self._notify("on_run_end", run.stats)
+        for listener in self._listeners:
+            getattr(listener, event)(self, *args)
 
     def _reset_model(self, model: str) -> None:
         if model == "small":
-            _hooks.reset_cache_state(self.small)
+            hooks.reset_cache_state(self.small)
         elif isinstance(self.large, torch.nn.Module):
-            _hooks.reset_cache_state(self.large, self.context._context, skip=[self])
+            hooks.reset_cache_state(self.large, self.cache_context, skip=[self])
 
-    # ---------------------------------------------------------------------------------------- lookup
     def _locate(self, scheduler: Any, view: SolverView, args: tuple, kwargs: dict) -> int:
         iteration = getattr(scheduler, "step_index", None)
         if iteration is None and hasattr(scheduler, "step_index"):
             iteration = getattr(scheduler, "begin_index", None)
         if iteration is not None:
             if iteration >= len(view.step_of_iteration):
-                raise RuntimeError(f"scheduler.step_index={iteration} is past its {len(view.timesteps)} timesteps.")
+                raise RuntimeError(
+                    f"scheduler.step_index={iteration} is past its {len(view.timesteps)} timesteps."
+                )
             return view.step_of_iteration[iteration]
         return view.step_for_timestep(self._timestep_value(args, kwargs))
 
@@ -289,50 +328,38 @@ class ModelRouter(ModelHook):
         # Per-token timesteps give conditioning tokens 0, so the step's timestep is the largest entry.
         return float(value.max()) if isinstance(value, torch.Tensor) else float(value)
 
-    # ------------------------------------------------------------------------------------- execution
-    def _call_small(self, *args: Any, **kwargs: Any) -> Any:
-        with _hooks.cache_context(self.small, self.context._context):
-            return self.small(*args, **kwargs)
-
-    def _execute(self, run: _Run, step: int, model: str, fn: Callable, args: tuple, kwargs: dict,
-                 iteration: int | None) -> Any:
-        planned = run.plan.steps[step - run.plan.first_step]
+    def _recorded(
+        self, session: RunSession, step: int, model: str, iteration: int | None, args: tuple, kwargs: dict
+    ) -> Any:
+        planned = session.plan.at(step)
         record = CallRecord(step, model, planned.stage, planned.timestep, planned.sigma, iteration)
-        timer = _Timer(run.timing)
+        timer = _Timer(session.timing)
         try:
             if self.count_flops:
                 with FlopCounterMode(display=False) as counter:
-                    output = fn(*args, **kwargs)
+                    output = self.call_model(model, *args, **kwargs)
                 record.flops = counter.get_total_flops()
             else:
-                output = fn(*args, **kwargs)
+                output = self.call_model(model, *args, **kwargs)
         except BaseException as error:
             self._abort(error)
             raise
-        events = timer.stop(record)
-        run.stats.add(record, events)
+        session.stats.add(record, timer.stop(record))
         if self._call_listeners:
-            self._notify("on_call", record, args, kwargs, output)
+            self._notify("on_call", CallEvent(record, args, kwargs, output))
         return output
 
     def _abort(self, error: BaseException) -> None:
         # Leave both models reusable: no half-written cache state survives into the next run.
-        self._close_run(error)
+        self.end_run(error)
         self._reset_model("small")
         self._reset_model("large")
 
     def _timing_mode(self) -> str:
         if self.timing == "auto":
-            device = _device_of(self.large)
+            device = device_of(self.large)
             return "cuda" if device is not None and device.type == "cuda" else "host"
         return self.timing
-
-
-def _first_step(scheduler: Any, view: SolverView) -> int:
-    # img2img / video2video pipelines start part-way down the grid and say so with `set_begin_index`; a
-    # router on Wan 2.2's second expert first sees a later step, but the run itself still starts at 0.
-    begin = getattr(scheduler, "begin_index", None)
-    return view.step_of_iteration[begin] if begin is not None and begin < len(view.step_of_iteration) else 0
 
 
 class _Timer:
@@ -354,38 +381,3 @@ class _Timer:
         if self.mode == "host":
             record.seconds = time.perf_counter() - self.start
         return None
-
-
-def _device_of(module: Any) -> torch.device | None:
-    if isinstance(module, torch.nn.Module):
-        for parameter in module.parameters():
-            return parameter.device
-    return None
-
-
-def _dtype_of(module: Any) -> torch.dtype | None:
-    if isinstance(module, torch.nn.Module):
-        for parameter in module.parameters():
-            if parameter.is_floating_point():
-                return parameter.dtype
-    return None
-
-
-def check_placement(large: Any, small: Any) -> None:
-    """Fail before denoising when the pair sits on different devices or dtypes."""
-    if not (isinstance(large, torch.nn.Module) and isinstance(small, torch.nn.Module)):
-        return
-    if hasattr(large, "_hf_hook") or hasattr(small, "_hf_hook"):
-        return  # accelerate offload moves weights per call; placement is its business
-    large_device, small_device = _device_of(large), _device_of(small)
-    if None not in (large_device, small_device) and large_device != small_device:
-        raise ValueError(
-            f"small model is on {small_device} but the large model is on {large_device}: "
-            f"call `small.to('{large_device}')` (pipe.to() moves only the pipeline's own components)."
-        )
-    large_dtype, small_dtype = _dtype_of(large), _dtype_of(small)
-    if None not in (large_dtype, small_dtype) and large_dtype != small_dtype:
-        raise ValueError(
-            f"small model dtype is {small_dtype} but the large model's is {large_dtype}: the pipeline casts "
-            f"inputs to the large model's dtype, so call `small.to(dtype={large_dtype})`."
-        )

@@ -43,6 +43,12 @@ class Stage:
     model: str
     share: Fraction
 
+    def __post_init__(self) -> None:
+        if self.model not in LETTER_OF_MODEL:
+            raise ValueError(f"Stage.model={self.model!r} must be 'large' or 'small'.")
+        if not 0 < self.share <= 1:
+            raise ValueError(f"Stage.share={self.share} must be a fraction in (0, 1].")
+
     @property
     def letter(self) -> str:
         return LETTER_OF_MODEL[self.model]
@@ -101,9 +107,17 @@ class Schedule:
         return cls.parse(schedule, axis or "step")
 
     @classmethod
-    def single(cls, model: str, axis: str = "step") -> Schedule:
-        """The one-model schedule (``"L100"`` / ``"S100"``)."""
-        return cls((Stage(model, Fraction(1)),), axis)
+    def from_models(cls, models: list[str]) -> Schedule:
+        """The step-axis schedule running ``models[i]`` at step ``i`` (exact shares ``count / N``)."""
+        if not models:
+            raise ValueError("from_models needs at least one step's model.")
+        runs: list[list] = []
+        for model in models:
+            if runs and runs[-1][0] == model:
+                runs[-1][1] += 1
+            else:
+                runs.append([model, 1])
+        return cls(tuple(Stage(model, Fraction(count, len(models))) for model, count in runs))
 
     # ------------------------------------------------------------------------------------------ queries
     def __str__(self) -> str:
@@ -130,7 +144,8 @@ class Schedule:
         return [k for k in range(len(self.stages)) for _ in range(starts[k], starts[k + 1])]
 
     def models_for_step_count(self, num_steps: int) -> list[str]:
-        """The model (``"large"`` / ``"small"``) of each of ``num_steps`` solver steps on the ``step`` axis."""
+        """The model (``"large"`` / ``"small"``) of each of ``num_steps`` solver steps on the ``step``
+        axis."""
         return [self.stages[k].model for k in self.stages_for_step_count(num_steps)]
 
     def stage_at_progress(self, progress: float) -> int:
@@ -140,20 +155,14 @@ class Schedule:
                 return k
         return len(self.stages) - 1
 
-    def plan(self, scheduler: Any, num_inference_steps: int, **set_timesteps_kwargs: Any):
-        """The per-solver-step model table for ``scheduler`` at ``num_inference_steps`` (a copy is used)."""
-        from .plan import Plan
-        from .solver import SolverView
-
-        view = SolverView.for_steps(scheduler, num_inference_steps, **set_timesteps_kwargs)
-        return Plan.build(self, view)
-
     # --------------------------------------------------------------------------------- serialisation
     def to_dict(self) -> dict[str, Any]:
         return {
             "schedule": str(self),
             "axis": self.axis,
-            "stages": [{"model": s.model, "share": [s.share.numerator, s.share.denominator]} for s in self.stages],
+            "stages": [
+                {"model": s.model, "share": [s.share.numerator, s.share.denominator]} for s in self.stages
+            ],
         }
 
     @classmethod

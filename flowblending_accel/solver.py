@@ -59,6 +59,15 @@ class SolverView:
     def step_noise(self, step: int) -> float:
         return self.noise[self.first_iteration(step)]
 
+    def first_step_of(self, scheduler: Any) -> int:
+        """The solver step a run on ``scheduler`` starts at: img2img / video2video pipelines start part-way
+        down the grid and say so with ``set_begin_index``. (A router on Wan 2.2's second expert first sees a
+        later step, but the run itself still starts at 0.)"""
+        begin = getattr(scheduler, "begin_index", None)
+        return (
+            self.step_of_iteration[begin] if begin is not None and begin < len(self.step_of_iteration) else 0
+        )
+
     def step_for_timestep(self, timestep: float, after_step: int = 0) -> int:
         """Solver step whose timestep is nearest to ``timestep``, searching from ``after_step`` on.
 
@@ -100,7 +109,9 @@ class SolverView:
             order=order,
             kind=kind,
             scheduler_name=type(scheduler).__name__,
-            num_train_timesteps=int(getattr(scheduler, "config", {}).get("num_train_timesteps", 1000) or 1000),
+            num_train_timesteps=int(
+                getattr(scheduler, "config", {}).get("num_train_timesteps", 1000) or 1000
+            ),
         )
 
     @classmethod
@@ -111,12 +122,16 @@ class SolverView:
         ``sigmas[i + 1]``, i.e. iterations ``s0, s1, s1, s2, s2, ...`` like diffusers' Heun scheduler.
         """
         if sigma_kind not in ("flow", "ve"):
-            raise ValueError(f"sigma_kind={sigma_kind!r} must be 'flow' (noise level in [0, 1]) or 've' (EDM sigma).")
+            raise ValueError(
+                f"sigma_kind={sigma_kind!r} must be 'flow' (noise level in [0, 1]) or 've' (EDM sigma)."
+            )
         if order not in (1, 2):
             raise ValueError(f"order={order} must be 1 (Euler, DPM++ ...) or 2 (Heun-type samplers).")
         values = torch.as_tensor(sigmas).detach().cpu().double().tolist()
         if len(values) < 2:
-            raise ValueError("sigmas must hold at least one step and the final sigma (k-diffusion convention).")
+            raise ValueError(
+                "sigmas must hold at least one step and the final sigma (k-diffusion convention)."
+            )
         evaluated = values[:-1]
         if order == 2:
             evaluated = [evaluated[0]]

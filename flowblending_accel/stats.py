@@ -34,7 +34,9 @@ class RunStats:
     finished: bool = False
     aborted: bool = False
     error: str | None = None
-    skipped_uncond_calls: int = 0  # unconditional calls answered with the conditional output (small_guidance="off")
+    skipped_uncond_calls: int = (
+        0  # unconditional calls answered with the conditional output (small_guidance="off")
+    )
     _pending_events: list[tuple[int, Any, Any]] = field(default_factory=list, repr=False)
 
     # -------------------------------------------------------------------------------------- recording
@@ -104,7 +106,9 @@ class RunStats:
         """A short human summary: per model steps, calls, time and (when counted) FLOPs."""
         seconds, flops = self.seconds_per_model, self.flops_per_model
         state = "aborted" if self.aborted else ("finished" if self.finished else "in progress")
-        header = f"{'model':<6} {'steps':>5} {'calls':>5} {'seconds':>9}" + (f" {'GFLOPs':>10}" if flops else "")
+        header = f"{'model':<6} {'steps':>5} {'calls':>5} {'seconds':>9}" + (
+            f" {'GFLOPs':>10}" if flops else ""
+        )
         lines = [
             f"run {state}: schedule {self.schedule} (axis={self.axis}) on {self.scheduler}, "
             f"{self.num_steps} solver steps, {self.switches} switches",
@@ -112,7 +116,10 @@ class RunStats:
         ]
         for model in sorted(set(self.planned_steps) | set(self.calls_per_model)):
             secs = f"{seconds[model]:9.4f}" if model in seconds else f"{'-':>9}"
-            line = f"{model:<6} {self.steps_per_model.get(model, 0):>5} {self.calls_per_model.get(model, 0):>5} {secs}"
+            line = (
+                f"{model:<6} {self.steps_per_model.get(model, 0):>5} "
+                f"{self.calls_per_model.get(model, 0):>5} {secs}"
+            )
             if flops:
                 line += f" {flops.get(model, 0) / 1e9:10.3f}"
             lines.append(line)

@@ -28,4 +28,3 @@ def ltx_pair():
 @pytest.fixture
 def unet_pair():
     return testing.tiny_unet_pair()
-

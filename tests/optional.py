@@ -6,8 +6,10 @@ import pytest
 
 
 def _missing(module: str, extra: str):
-    return pytest.mark.skipif(importlib.util.find_spec(module) is None,
-                              reason=f"{module} not installed: pip install flowblending-accel[{extra}]")
+    return pytest.mark.skipif(
+        importlib.util.find_spec(module) is None,
+        reason=f"{module} not installed: pip install flowblending-accel[{extra}]",
+    )
 
 
 needs_deepcache = _missing("DeepCache", "deepcache")

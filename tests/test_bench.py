@@ -6,11 +6,13 @@ import pytest
 
 from flowblending_accel.accelerators import (
     AttentionBackend,
-    DiffusersCache,
-    Pair,
+    FirstBlockCache,
+    MagCache,
+    PyramidAttentionBroadcast,
     Stack,
+    StackTarget,
     StepReduction,
-    TensorRTEngines,
+    TensorRT,
     apply_stack,
     parse_accelerator,
     remove_stack,
@@ -20,9 +22,31 @@ from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_cal
 
 
 def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
-    args = ["bench", "--random-weights", "tiny-wan", "--dtype", "float32", "--height", "16", "--width", "16",
-            "--frames", "5", "--steps", "10", "--stack", "dpm++:6", "tensorrt", "fbc:0.2", "--repeats", "2",
-            "--threads", "1", "--output", str(tmp_path / "bench")]
+    args = [
+        "bench",
+        "--random-weights",
+        "tiny-wan",
+        "--dtype",
+        "float32",
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--frames",
+        "5",
+        "--steps",
+        "10",
+        "--stack",
+        "dpm++:6",
+        "tensorrt",
+        "fbc:0.2",
+        "--repeats",
+        "2",
+        "--threads",
+        "1",
+        "--output",
+        str(tmp_path / "bench"),
+    ]
     assert main(args) == 0
     document = json.loads((tmp_path / "bench" / "bench.json").read_text())
     labels = [row["label"] for row in document["rows"]]
@@ -34,7 +58,9 @@ def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
     assert rows["+dpm++:6"]["steps"] == 6 and rows["+fbc:0.2"]["stack"] == ["dpm++:6", "fbc:0.2"]
     assert rows["+FlowBlending L40-S40-L20"]["flop_ratio"] > 1.0
     attention = rows["+fbc:0.2"]["counters"]["attention"]  # cache hits, counted from attention computes
-    assert 0.0 <= attention["attention_skipped.large"] <= 1.0 and attention["segment_starts_full_compute"] == 1.0
+    assert (
+        0.0 <= attention["attention_skipped.large"] <= 1.0 and attention["segment_starts_full_compute"] == 1.0
+    )
     assert "attention" not in rows["+dpm++:6"]["counters"]
     assert all(len(row["seconds"]["all"]) == 2 for row in document["rows"])
     bigger = json.loads((tmp_path / "bench" / "bench-bigger-is-better.json").read_text())
@@ -51,24 +77,26 @@ def test_bench_rejects_a_typo_before_building_anything(capsys):
 @pytest.mark.parametrize(
     "accelerators, message",
     [
-        ([TensorRTEngines()], "need a CUDA GPU"),
+        ([TensorRT()], "needs a CUDA GPU"),
         ([AttentionBackend("flash")], "needs the `flash_attn` package|runs on CUDA only"),
         ([StepReduction("ddim", 10)], "does not fit this pipeline's flow-matching scheduler"),
-        ([DiffusersCache("fbc"), DiffusersCache("pab")], "several feature caches"),
+        ([FirstBlockCache(), PyramidAttentionBroadcast()], "several feature caches"),
     ],
 )
 def test_stack_refusals_name_the_reason(accelerators, message):
     pipe = tiny_wan_pipeline()
     with pytest.raises(ValueError, match=message):
-        Stack(accelerators).validate(Pair(pipe, tiny_wan_pair()[1]))
+        Stack.of(accelerators).validate(StackTarget.of(pipe, tiny_wan_pair()[1]))
 
 
 def test_parse_and_magcache_needs_ratios():
-    assert isinstance(parse_accelerator("unipc:12"), StepReduction) and parse_accelerator("unipc:12").steps == 12
+    assert (
+        isinstance(parse_accelerator("unipc:12"), StepReduction) and parse_accelerator("unipc:12").steps == 12
+    )
     with pytest.raises(ValueError, match="mag_ratios per model"):
-        DiffusersCache("magcache")
-    with pytest.raises(ValueError, match="cache kind 'teacache' is unknown"):
-        DiffusersCache("teacache")
+        MagCache()
+    with pytest.raises(ValueError, match="accelerator 'teacache' is unknown"):
+        parse_accelerator("teacache")
 
 
 def test_stack_remove_restores_the_pipeline():
@@ -90,4 +118,8 @@ def test_failed_apply_undoes_what_was_done():
     scheduler = pipe.scheduler
     with pytest.raises(TypeError):
         apply_stack(pipe, small, "L40-S40-L20", ["unipc:6", "fbc:0.1"], not_an_option=True)
-    assert pipe.scheduler is scheduler and large._cache_config is None and not hasattr(pipe, "_flowblending_stack")
+    assert (
+        pipe.scheduler is scheduler
+        and large._cache_config is None
+        and not hasattr(pipe, "_flowblending_stack")
+    )

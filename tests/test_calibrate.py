@@ -2,12 +2,12 @@
 
 import torch
 
+from flowblending_accel import Plan, Schedule
 from flowblending_accel.analysis.calibrate import (
     Calibrator,
     best_placements,
     calibrate_budget,
     calibrate_tolerance,
-    schedule_from_models,
     shifted,
 )
 from flowblending_accel.analysis.evidence import window_evidence
@@ -19,7 +19,8 @@ FLOPS = {"large": 10.0, "small": 1.0}
 
 
 class Perturbed(torch.nn.Module):
-    """The large model itself, plus a fixed perturbation at timesteps inside ``band`` (on the 0..1000 scale)."""
+    """The large model itself, plus a fixed perturbation at timesteps inside ``band`` (on the 0..1000
+    scale)."""
 
     def __init__(self, large, band, strength):
         super().__init__()
@@ -37,15 +38,25 @@ class Perturbed(torch.nn.Module):
 
 
 def psnr_quality(outputs, reference):
-    return float(torch.stack([psnr(o, r, data_range=8.0) for o, r in zip(outputs, reference, strict=True)]).mean())
+    return float(
+        torch.stack([psnr(o, r, data_range=8.0) for o, r in zip(outputs, reference, strict=True)]).mean()
+    )
 
 
 def _calibrator(band, strength):
     large = tiny_wan_transformer()
     pipe = tiny_wan_pipeline(large)
     calls = [wan_call_kwargs(steps=STEPS, seed=s) for s in range(2)]
-    return Calibrator(pipe, Perturbed(large, band, strength), calls, 5.0, FLOPS, psnr_quality,
-                      measure="velocity_rel_l2", strict=False), pipe
+    return Calibrator(
+        pipe,
+        Perturbed(large, band, strength),
+        calls,
+        5.0,
+        FLOPS,
+        psnr_quality,
+        measure="velocity_rel_l2",
+        strict=False,
+    ), pipe
 
 
 def test_dp_finds_cheapest_placements():
@@ -56,7 +67,7 @@ def test_dp_finds_cheapest_placements():
     assert cost == 5 and [i for i, m in enumerate(models) if m == "small"] == [1, 2, 5, 6, 7]
     one_segment = best_placements(costs, max_small_segments=1)[5]
     assert one_segment[0] > cost  # a single contiguous stage must take a costlier step
-    assert str(schedule_from_models(models)) == "L10-S20-L20-S30-L20"
+    assert str(Schedule.from_models(models)) == "L10-S20-L20-S30-L20"
 
 
 def test_calibrate_finds_the_band_where_small_differs():
@@ -68,7 +79,7 @@ def test_calibrate_finds_the_band_where_small_differs():
     assert all(costs[i] < 1e-5 for i in range(STEPS) if i not in band_steps)
     result = calibrate_tolerance(calibrator, tolerance=60.0)
     plan = result.schedule
-    models = [p.model for p in __import__("flowblending_accel").Schedule.parse(plan).plan(pipe.scheduler, STEPS).steps]
+    models = [p.model for p in Plan.for_scheduler(Schedule.parse(plan), pipe.scheduler, STEPS).steps]
     assert [i for i, m in enumerate(models) if m == "large"] == band_steps, (plan, band_steps)
     assert result.quality["quality"] >= 60.0 and result.flop_ratio < 0.7
     assert result.candidates and all(c.quality is not None for c in result.candidates)
@@ -97,7 +108,9 @@ def test_every_score_must_reach_its_tolerance():
         value = psnr_quality(outputs, reference)
         return {"psnr": value, "psnr_again": value}
 
-    calibrator = Calibrator(pipe, Perturbed(large, (800, 960), 2.0), calls, 5.0, FLOPS, two_scores, strict=False)
+    calibrator = Calibrator(
+        pipe, Perturbed(large, (800, 960), 2.0), calls, 5.0, FLOPS, two_scores, strict=False
+    )
     assert len(calibrator.placements) == len(calibrator.curve.values)  # every measure proposes placements
     assert calibrate_tolerance(calibrator, {"psnr": 60.0, "psnr_again": 60.0}).flop_ratio < 0.7
     blocked = calibrate_tolerance(calibrator, {"psnr": 60.0, "psnr_again": 1e9})
@@ -108,10 +121,15 @@ def test_window_evidence_ranks_the_perturbed_band_first():
     calibrator, pipe = _calibrator(band=(800, 960), strength=2.0)
 
     def closeness(outputs, reference):  # bounded at 0 for identical outputs, unlike PSNR
-        return {"neg_mse": -float(torch.stack([((o - r) ** 2).mean() for o, r in zip(outputs, reference, strict=True)]).mean())}
+        return {
+            "neg_mse": -float(
+                torch.stack([((o - r) ** 2).mean() for o, r in zip(outputs, reference, strict=True)]).mean()
+            )
+        }
 
-    evidence = window_evidence(pipe, calibrator.small, calibrator.calls, calibrator.curve, 2, closeness,
-                               strict=False)
+    evidence = window_evidence(
+        pipe, calibrator.small, calibrator.calls, calibrator.curve, 2, closeness, strict=False
+    )
     assert set(evidence.loss) == {"neg_mse"} and len(evidence.loss["neg_mse"]) == STEPS // 2
     assert evidence.correlations["neg_mse"]["velocity_rel_l2"] > 0.5
 

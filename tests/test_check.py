@@ -1,5 +1,7 @@
 """The CI gate: injected regressions fail naming the metric and both values; wins need --update."""
 
+from dataclasses import replace
+
 import pytest
 
 from flowblending_accel.check.gate import Expectation, compare, read_expected, updated_rows
@@ -16,8 +18,20 @@ def expected_file(tmp_path_factory):
 
 def test_clean_run_passes_and_writes_outputs(expected_file, tmp_path):
     summary, bench = tmp_path / "summary.md", tmp_path / "bench.json"
-    assert main(["check", "--expected", str(expected_file), "--summary", str(summary),
-                 "--benchmark-json", str(bench)]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "--expected",
+                str(expected_file),
+                "--summary",
+                str(summary),
+                "--benchmark-json",
+                str(bench),
+            ]
+        )
+        == 0
+    )
     assert "26 of 26 metrics within their margins" in summary.read_text()
     assert '"name": "tiny-lsl calls.large"' in bench.read_text()
 
@@ -25,8 +39,14 @@ def test_clean_run_passes_and_writes_outputs(expected_file, tmp_path):
 def test_extra_large_step_is_a_regression(expected_file, monkeypatch, capsys):
     from flowblending_accel import plan
 
-    original = plan.Plan.model_of_step
-    monkeypatch.setattr(plan.Plan, "model_of_step", lambda self, step: "large" if step == 4 else original(self, step))
+    original = plan.Plan.build
+
+    def one_more_large_step(cls, schedule, view, first_step=0):
+        built = original(schedule, view, first_step)
+        steps = tuple(replace(p, model="large") if p.step == 4 else p for p in built.steps)
+        return replace(built, steps=steps)
+
+    monkeypatch.setattr(plan.Plan, "build", classmethod(one_more_large_step))
     assert main(["check", "--expected", str(expected_file), "--scenario", "tiny-lsl"]) == 1
     err = capsys.readouterr().err
     assert "tiny-lsl calls.large: expected 12 ± 0.0, got 14 — REGRESSION" in err
@@ -36,20 +56,25 @@ def test_extra_large_step_is_a_regression(expected_file, monkeypatch, capsys):
 def test_cache_reset_on_switch_disabled_is_a_regression(expected_file, monkeypatch, capsys):
     from flowblending_accel import router
 
-    def enter_without_reset(self, run, model, step):
-        if model != run.current_model:
-            run.current_model = model
-            self._notify("on_segment_start", model, step, True)
+    original = router.ModelRouter.enter_step
 
-    monkeypatch.setattr(router.ModelRouter, "_enter_model", enter_without_reset)
+    def enter_without_reset(self, step):
+        self.reset_on_switch = False
+        return original(self, step)
+
+    monkeypatch.setattr(router.ModelRouter, "enter_step", enter_without_reset)
     assert main(["check", "--expected", str(expected_file), "--scenario", "tiny-fbc"]) == 1
     err = capsys.readouterr().err
-    assert "tiny-fbc segment_starts_full_compute: expected 1.0 ± 0.02, got 0.666" in err and "REGRESSION" in err
+    assert (
+        "tiny-fbc segment_starts_full_compute: expected 1.0 ± 0.02, got 0.666" in err and "REGRESSION" in err
+    )
 
 
 def test_improvement_without_update_fails_then_update_passes(tmp_path, expected_file, capsys):
     worse = tmp_path / "expected.csv"
-    worse.write_text(expected_file.read_text().replace("tiny-lsl,calls.large,12,0.0", "tiny-lsl,calls.large,14,0.0"))
+    worse.write_text(
+        expected_file.read_text().replace("tiny-lsl,calls.large,12,0.0", "tiny-lsl,calls.large,14,0.0")
+    )
     assert main(["check", "--expected", str(worse), "--scenario", "tiny-lsl"]) == 3
     assert "expected 14 ± 0.0, got 12 — IMPROVEMENT (update the expected file)" in capsys.readouterr().err
     assert main(["check", "--expected", str(worse), "--scenario", "tiny-lsl", "--update"]) == 0
@@ -58,8 +83,13 @@ def test_improvement_without_update_fails_then_update_passes(tmp_path, expected_
 
 
 def test_update_moves_values_only_beyond_a_third_of_the_margin():
-    rows = [Expectation("s", "attention_skipped.large", 0.40, 0.03), Expectation("s", "attention_skipped.small", 0.40, 0.03)]
-    measured = {"s": {"attention_skipped.large": 0.405, "attention_skipped.small": 0.4234567, "calls.large": 3}}
+    rows = [
+        Expectation("s", "attention_skipped.large", 0.40, 0.03),
+        Expectation("s", "attention_skipped.small", 0.40, 0.03),
+    ]
+    measured = {
+        "s": {"attention_skipped.large": 0.405, "attention_skipped.small": 0.4234567, "calls.large": 3}
+    }
     new = {(r.scenario, r.metric): r for r in updated_rows(rows, measured)}
     assert new["s", "attention_skipped.large"].expected == 0.40  # within a third: unchanged, no churn
     assert new["s", "attention_skipped.small"].expected == 0.4235  # moved, rounded
@@ -72,7 +102,7 @@ def test_bad_expected_file_is_a_usage_error(tmp_path, capsys):
     assert main(["check", "--expected", str(bad)]) == 2
     assert "columns are scenario,metric,expected,margin" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown scenario"):
-        from flowblending_accel.check.commands import _scenarios
+        from flowblending_accel.cli.check import _scenarios
 
         _scenarios(type("A", (), {"scenario": ["nope"], "expected": bad})(), [])
 

@@ -15,7 +15,10 @@ def test_help_reads_like_the_readme(capsys):
 
 
 def test_plan_table_and_json(capsys):
-    assert main(["plan", "L40-S40-L20", "--steps", "50", "--scheduler", "dpm++", "--flops", "598.9", "62.57"]) == 0
+    assert (
+        main(["plan", "L40-S40-L20", "--steps", "50", "--scheduler", "dpm++", "--flops", "598.9", "62.57"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "steps per model: large 30, small 20; stage sizes: [20, 20, 10]" in out
     assert "FLOPs vs large-only: 0.642" in out

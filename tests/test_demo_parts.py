@@ -25,15 +25,19 @@ def test_dataset_is_deterministic_per_seed_and_shaped():
     assert torch.equal(a.clips, b.clips) and a.prompts == b.prompts
     assert a.clips.shape == (6, 1, FRAMES, CANVAS, CANVAS)
     assert a.clips.min() >= -1 and a.clips.max() <= 1
-    assert len(load_bitmaps("train").labels) + len(load_bitmaps("test").labels) == len(load_bitmaps("all").labels)
+    assert len(load_bitmaps("train").labels) + len(load_bitmaps("test").labels) == len(
+        load_bitmaps("all").labels
+    )
 
 
 def test_motion_is_as_prompted():
     clips = reference_clips(["a 1 moving right", "a 1 moving up"], seed=0).clips
+
     def centre(frame):
         weights = (frame + 1).clamp_min(0)
         ys, xs = torch.meshgrid(torch.arange(CANVAS), torch.arange(CANVAS), indexing="ij")
         return (weights * xs).sum() / weights.sum(), (weights * ys).sum() / weights.sum()
+
     (x0, _), (x1, _) = centre(clips[0, 0, 0]), centre(clips[0, 0, -1])
     (_, y0), (_, y1) = centre(clips[1, 0, 0]), centre(clips[1, 0, -1])
     assert x1 - x0 == pytest.approx(16, abs=0.5) and y0 - y1 == pytest.approx(16, abs=0.5)
@@ -70,7 +74,9 @@ def short_training(tmp_path_factory):
     from flowblending_accel.demo.train import TrainConfig, train_pair
 
     folder = tmp_path_factory.mktemp("train")
-    config = TrainConfig(steps=12, batch_size=8, lr=2e-3, warmup_steps=1, eval_every=12, checkpoint_every=6, threads=1)
+    config = TrainConfig(
+        steps=12, batch_size=8, lr=2e-3, warmup_steps=1, eval_every=12, checkpoint_every=6, threads=1
+    )
     trainer = train_pair(config, folder, progress=False)
     return trainer, config, folder
 
@@ -104,6 +110,12 @@ def test_export_and_reload(short_training, tmp_path):
     export_pair(folder / "checkpoint.pt", tmp_path / "pair")
     pipe, small = load_demo_pipeline(tmp_path / "pair")
     assert type(pipe.vae).__name__ == "PixelShuffleVAE" and small.config.num_layers == 3
-    frames = pipe("a 2 moving up", num_inference_steps=2, guidance_scale=1.0, output_type="np",
-                  generator=torch.Generator().manual_seed(0), **CALL_DEFAULTS).frames
+    frames = pipe(
+        "a 2 moving up",
+        num_inference_steps=2,
+        guidance_scale=1.0,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+        **CALL_DEFAULTS,
+    ).frames
     assert frames.shape == (1, FRAMES, CANVAS, CANVAS, 1)

@@ -27,8 +27,12 @@ def test_shipped_pair_shapes_and_capacity_gap(shipped):
     pipe, small = shipped
     large = pipe.transformer
     assert large.config.in_channels == small.config.in_channels == 32
-    kwargs = dict(hidden_states=torch.randn(1, 32, 5, 8, 8), timestep=torch.tensor([500.0]),
-                  encoder_hidden_states=torch.randn(1, 8, 64), return_dict=False)
+    kwargs = dict(
+        hidden_states=torch.randn(1, 32, 5, 8, 8),
+        timestep=torch.tensor([500.0]),
+        encoder_hidden_states=torch.randn(1, 8, 64),
+        return_dict=False,
+    )
     assert large(**kwargs)[0].shape == (1, 32, 5, 8, 8)
     assert call_flops(large, kwargs=kwargs) >= 8 * call_flops(small, kwargs=kwargs)
 
@@ -37,8 +41,14 @@ def test_shipped_pipeline_is_deterministic_per_seed(shipped):
     pipe, _ = shipped
 
     def generate(seed):
-        return pipe("a 4 moving right", num_inference_steps=4, guidance_scale=3.0, output_type="np",
-                    generator=torch.Generator().manual_seed(seed), **CALL_DEFAULTS).frames
+        return pipe(
+            "a 4 moving right",
+            num_inference_steps=4,
+            guidance_scale=3.0,
+            output_type="np",
+            generator=torch.Generator().manual_seed(seed),
+            **CALL_DEFAULTS,
+        ).frames
 
     first, again, other = generate(0), generate(0), generate(1)
     assert first.shape == (1, 9, 32, 32, 1) and first.min() >= 0 and first.max() <= 1
@@ -48,8 +58,20 @@ def test_shipped_pipeline_is_deterministic_per_seed(shipped):
 def test_demo_command_writes_report_and_never_overwrites(tmp_path, capsys):
     from flowblending_accel.cli import main
 
-    args = ["demo", "--output", str(tmp_path / "demo"), "--prompts", "a 3 moving right", "a 7 moving left",
-            "--steps", "4", "--chunk-size", "1", "--threads", "1"]
+    args = [
+        "demo",
+        "--output",
+        str(tmp_path / "demo"),
+        "--prompts",
+        "a 3 moving right",
+        "a 7 moving left",
+        "--steps",
+        "4",
+        "--chunk-size",
+        "1",
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     assert main(args) == 0
     for folder in (tmp_path / "demo", tmp_path / "demo-2"):

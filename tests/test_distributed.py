@@ -1,4 +1,5 @@
-"""Two CPU processes with the gloo backend: sharded generation equals one process; stats sum; routing agrees."""
+"""Two CPU processes with the gloo backend: sharded generation equals one process; stats sum; routing
+agrees."""
 
 import os
 

@@ -10,7 +10,7 @@ from flowblending_accel import (
     flowblending_routers,
     remove_flowblending_,
 )
-from flowblending_accel._hooks import stateful_hooks
+from flowblending_accel.hooks import cached_states
 from flowblending_accel.testing import (
     tiny_ltx_transformer,
     tiny_wan_pair,
@@ -37,13 +37,29 @@ def _wan_small(**overrides):
 @pytest.mark.parametrize(
     "small, error, message",
     [
-        (lambda: _wan_small(in_channels=8), ValueError, r"small.config.in_channels=8 but pipe.transformer.config.in_channels=16"),
+        (
+            lambda: _wan_small(in_channels=8),
+            ValueError,
+            r"small.config.in_channels=8 but pipe.transformer.config.in_channels=16",
+        ),
         (lambda: _wan_small(out_channels=8), ValueError, r"config.out_channels"),
         (lambda: _wan_small(patch_size=(1, 4, 4)), ValueError, r"config.patch_size"),
         (lambda: _wan_small(text_dim=64), ValueError, r"config.text_dim"),
-        (lambda: tiny_ltx_transformer(), TypeError, r"small is a LTXVideoTransformer3DModel but pipe.transformer"),
-        (lambda: tiny_wan_transformer(2, 2).to(torch.float64), ValueError, r"small model dtype is torch.float64"),
-        (lambda: tiny_wan_transformer(2, 2).to("meta"), ValueError, r"small model is on meta .*`small.to\('cpu'\)`"),
+        (
+            lambda: tiny_ltx_transformer(),
+            TypeError,
+            r"small is a LTXVideoTransformer3DModel but pipe.transformer",
+        ),
+        (
+            lambda: tiny_wan_transformer(2, 2).to(torch.float64),
+            ValueError,
+            r"small model dtype is torch.float64",
+        ),
+        (
+            lambda: tiny_wan_transformer(2, 2).to("meta"),
+            ValueError,
+            r"small model is on meta .*`small.to\('cpu'\)`",
+        ),
         (lambda: "not a model", TypeError, r"small must be a torch module"),
     ],
     ids=["in_channels", "out_channels", "patch_size", "text_dim", "class", "dtype", "device", "type"],
@@ -99,7 +115,9 @@ def test_applied_twice_and_removed_twice():
 
 def test_config_object_form():
     pipe = tiny_wan_pipeline()
-    router = apply_flowblending_(pipe, tiny_wan_transformer(2, 2), FlowBlendingConfig("L50-S50", axis="sigma"))
+    router = apply_flowblending_(
+        pipe, tiny_wan_transformer(2, 2), FlowBlendingConfig("L50-S50", axis="sigma")
+    )
     assert str(router.schedule) == "L50-S50" and router.schedule.axis == "sigma"
 
 
@@ -117,8 +135,7 @@ def test_small_moved_after_apply_is_caught_at_run_start():
 
 
 def _states(module):
-    return sum(len(m._state_cache) for _, hook in stateful_hooks(module) for m in vars(hook).values()
-               if hasattr(m, "_state_cache"))
+    return cached_states(module)
 
 
 def test_exception_in_small_mid_run_leaves_everything_reusable():
@@ -142,7 +159,7 @@ def test_exception_in_small_mid_run_leaves_everything_reusable():
     handle.remove()
 
     failed = router.runs[-1]
-    assert failed.aborted and "injected failure" in failed.error and router._run is None
+    assert failed.aborted and "injected failure" in failed.error and router.session is None
     assert _states(large) == 0 and _states(small) == 0
     assert torch.equal(pipe(**wan_call_kwargs(steps=10)).frames, fresh)
     assert router.last_run.finished

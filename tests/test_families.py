@@ -53,7 +53,9 @@ def test_ltx_image_to_video_per_token_timesteps(ltx_pair):
     large, small = ltx_pair
     pipe = tiny_ltx_pipeline(large, pipeline_class=LTXImageToVideoPipeline)
     seen = []
-    large.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["timestep"].shape)), with_kwargs=True)
+    large.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(tuple(kw["timestep"].shape)), with_kwargs=True
+    )
     router = apply_flowblending_(pipe, small, "L40-S40-L20")
     pipe(image=_image(), **ltx_call_kwargs(steps=10))
     assert seen and all(len(shape) == 2 for shape in seen)  # (2B, seq): conditioning tokens at 0
@@ -64,7 +66,9 @@ def test_ltx_condition_pipeline(ltx_pair):
     from diffusers import LTXConditionPipeline
 
     large, small = ltx_pair
-    pipe = tiny_ltx_pipeline(large, scheduler=FlowMatchEulerDiscreteScheduler(), pipeline_class=LTXConditionPipeline)
+    pipe = tiny_ltx_pipeline(
+        large, scheduler=FlowMatchEulerDiscreteScheduler(), pipeline_class=LTXConditionPipeline
+    )
     router = apply_flowblending_(pipe, small, "L40-S40-L20")
     kwargs = ltx_call_kwargs(steps=10)
     pipe(image=_image(), **kwargs)
@@ -76,7 +80,11 @@ def test_ltx_condition_pipeline(ltx_pair):
 # -------------------------------------------------------------------------------------------------- SD
 @pytest.mark.parametrize(
     "scheduler",
-    [lambda: DDIMScheduler(steps_offset=1, clip_sample=False), DPMSolverMultistepScheduler, EulerDiscreteScheduler],
+    [
+        lambda: DDIMScheduler(steps_offset=1, clip_sample=False),
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+    ],
     ids=["ddim", "dpm++", "euler"],
 )
 def test_sd_unet_positional_timestep(unet_pair, scheduler):
@@ -157,12 +165,18 @@ def test_wan_i2v_expand_timesteps_per_token():
     large, small = tiny_wan_pair()
     vae = tiny_wan_pipeline(large).vae
     pipe = WanImageToVideoPipeline(
-        tokenizer=None, text_encoder=None, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
-        transformer=large, expand_timesteps=True,
+        tokenizer=None,
+        text_encoder=None,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        transformer=large,
+        expand_timesteps=True,
     )
     pipe.set_progress_bar_config(disable=True)
     shapes = []
-    large.register_forward_pre_hook(lambda m, a, kw: shapes.append(tuple(kw["timestep"].shape)), with_kwargs=True)
+    large.register_forward_pre_hook(
+        lambda m, a, kw: shapes.append(tuple(kw["timestep"].shape)), with_kwargs=True
+    )
     router = apply_flowblending_(pipe, small, "L40-S40-L20")
     pipe(image=_image(16), **wan_call_kwargs(steps=10))
     assert all(len(s) == 2 for s in shapes)

@@ -36,7 +36,9 @@ def _save(tmp_path, pipe, small, denoiser="transformer"):
     return str(tmp_path / "pipeline"), str(tmp_path / "small")
 
 
-CPU = dict(device="cpu", dtype=torch.float32, tokenizer=None, text_encoder=None)  # tiny folders: embeddings in
+CPU = dict(
+    device="cpu", dtype=torch.float32, tokenizer=None, text_encoder=None
+)  # tiny folders: embeddings in
 LSL_10 = {"large": 6, "small": 4}
 
 
@@ -60,7 +62,9 @@ def test_wan21_recipe_guidance_free_small_stage(tmp_path):
 def test_wan22_recipe_routes_both_experts(tmp_path):
     high, small = tiny_wan_pair()
     low, _ = tiny_wan_pair(seed=5)
-    pipeline, small_path = _save(tmp_path, tiny_wan_pipeline(high, transformer_2=low, boundary_ratio=0.7), small)
+    pipeline, small_path = _save(
+        tmp_path, tiny_wan_pipeline(high, transformer_2=low, boundary_ratio=0.7), small
+    )
     pipe, _ = recipe("wan22_a14b_small").build(pipeline, small_path, **CPU)
     pipe(**wan_call_kwargs(steps=10))
     assert flowblending_stats(pipe).steps_per_model == LSL_10
@@ -78,7 +82,9 @@ def test_ltx_recipe(tmp_path):
 def test_sd_deepcache_recipe(tmp_path):
     large, small = tiny_unet_pair()
     pipeline, small_path = _save(tmp_path, tiny_sd_pipeline(large), small, denoiser="unet")
-    pipe, router = recipe("sd15_bksdm_deepcache").build(pipeline, small_path, cache_interval=2, feature_extractor=None, **CPU)
+    pipe, router = recipe("sd15_bksdm_deepcache").build(
+        pipeline, small_path, cache_interval=2, feature_extractor=None, **CPU
+    )
     first = pipe(**sd_call_kwargs(steps=10)).images
     second = pipe(**sd_call_kwargs(steps=10)).images
     assert torch.equal(first, second) and router.last_run.calls_per_model == LSL_10

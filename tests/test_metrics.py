@@ -90,11 +90,27 @@ def test_extractors_skip_cleanly_without_weights(monkeypatch):
 def test_dino_and_clip_load_from_local_folders(tmp_path, clips):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
 
-    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
-                             image_size=28, patch_size=14)).save_pretrained(tmp_path / "dino")
-    CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                                   num_attention_heads=2, image_size=28, patch_size=14,
-                                                   projection_dim=16)).save_pretrained(tmp_path / "clip")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=37,
+            image_size=28,
+            patch_size=14,
+        )
+    ).save_pretrained(tmp_path / "dino")
+    CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            projection_dim=16,
+        )
+    ).save_pretrained(tmp_path / "clip")
     base, corrupted = clips
     for name, dim in (("dino", 32), ("clip", 16)):
         extractor = load_extractor(name, str(tmp_path / name))

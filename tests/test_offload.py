@@ -11,7 +11,13 @@ def _record_moves(model, name, log, router_ref):
 
     def to(*args, **kwargs):
         router = router_ref[0]
-        log.append((name, str(args[0] if args else kwargs.get("device")), router._run.last_step if router and router._run else None))
+        log.append(
+            (
+                name,
+                str(args[0] if args else kwargs.get("device")),
+                router.session.last_step if router and router.session else None,
+            )
+        )
         return original(*args, **kwargs)
 
     model.to = to
@@ -25,17 +31,24 @@ def test_offload_moves_at_the_right_steps_and_keeps_outputs():
     log, router_ref = [], [None]
     _record_moves(large, "large", log, router_ref)
     _record_moves(small, "small", log, router_ref)
-    router, _ = apply_stack(pipe, small, "L100", [offload])
+    router, stack = apply_stack(pipe, small, "L100", [offload])
     router_ref[0] = router
     assert torch.equal(pipe(**wan_call_kwargs(steps=10)).frames, reference)  # all-large: bit-identical
     router.set_schedule("L40-S40-L20")
     log.clear()
     pipe(**wan_call_kwargs(steps=10))
     # Run start (no step yet): large stays, small leaves; during step 3 small is prefetched, and at the switch
-    # to step 4 the large leaves; the same at 7 -> 8; at run end the large (a pipeline component) is home.
+    # to step 4 (the session is at step 4) the large leaves; the same at 7 -> 8; at run end the large (a
+    # pipeline component) is home.
     assert [(name, step) for name, _, step in log] == [
-        ("large", -1), ("small", -1), ("small", 3), ("large", 3), ("large", 7), ("small", 7), ("large", None)
+        ("large", -1),
+        ("small", -1),
+        ("small", 3),
+        ("large", 4),
+        ("large", 7),
+        ("small", 8),
+        ("large", None),
     ]
     assert [device for _, device, _ in log] == ["cpu"] * 7  # no accelerator here: every "move" is to the CPU
-    assert offload.counters()["switches"] == 2
+    assert stack.counters()["offload"]["switches"] == 2
     remove_stack(pipe)

@@ -5,14 +5,14 @@ import torch
 from diffusers import FirstBlockCacheConfig
 
 from flowblending_accel import apply_flowblending_, remove_flowblending_
-from flowblending_accel._hooks import stateful_hooks
+from flowblending_accel.hooks import cached_states
 from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
 def _tail_compute_steps(pipe, model, router):
     """Solver steps at which ``model``'s last block really computed (its FFN ran)."""
     steps = []
-    model.blocks[-1].ffn.register_forward_pre_hook(lambda *_: steps.append(router._run.last_step))
+    model.blocks[-1].ffn.register_forward_pre_hook(lambda *_: steps.append(router.session.last_step))
     return steps
 
 
@@ -25,8 +25,7 @@ def _cached_pair(threshold):
 
 
 def _states(module):
-    return sum(len(m._state_cache) for _, hook in stateful_hooks(module) for m in vars(hook).values()
-               if hasattr(m, "_state_cache"))
+    return cached_states(module)
 
 
 def test_first_block_cache_on_both_models_runs_and_is_reset(wan_pair):

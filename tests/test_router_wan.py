@@ -16,8 +16,12 @@ from flowblending_accel.testing import tiny_wan_pipeline, wan_call_kwargs
 
 SCHEDULERS = {
     "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=5.0),
-    "unipc": lambda: UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
-    "dpm++": lambda: DPMSolverMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0),
+    "unipc": lambda: UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+    ),
+    "dpm++": lambda: DPMSolverMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+    ),
     "heun": lambda: FlowMatchHeunDiscreteScheduler(shift=5.0),
     "dpm++2s": lambda: make_scheduler("dpm++2s"),
 }
@@ -104,7 +108,9 @@ def test_stats_record_timesteps_sigmas_and_time(wan_pipe, wan_pair):
     wan_pipe.scheduler.set_timesteps(10)
     assert [c.timestep for c in stats.calls[0::2]] == pytest.approx(wan_pipe.scheduler.timesteps.tolist())
     assert [c.sigma for c in stats.calls[0::2]] == pytest.approx(wan_pipe.scheduler.sigmas[:10].tolist())
-    assert set(stats.seconds_per_model) == {"large", "small"} and all(v > 0 for v in stats.seconds_per_model.values())
+    assert set(stats.seconds_per_model) == {"large", "small"} and all(
+        v > 0 for v in stats.seconds_per_model.values()
+    )
     flops = stats.flops_per_model
     assert flops["large"] / 12 > flops["small"] / 8 > 0  # per call, the large model costs more
     assert set(stats.seconds_per_stage) == {0, 1, 2}
@@ -154,5 +160,7 @@ def test_guidance_free_small_stage_skips_the_uncond_call(wan_pipe, wan_pair):
 def test_guidance_free_small_stage_needs_split_cfg(ltx_pair):
     from flowblending_accel.testing import tiny_ltx_pipeline
 
-    with pytest.raises(ValueError, match="small_guidance='off' needs a pipeline that makes one denoiser call per CFG"):
+    with pytest.raises(
+        ValueError, match="small_guidance='off' needs a pipeline that makes one denoiser call per CFG"
+    ):
         apply_flowblending_(tiny_ltx_pipeline(ltx_pair[0]), ltx_pair[1], "LSL", small_guidance="off")

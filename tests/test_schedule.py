@@ -8,7 +8,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from flowblending_accel import Schedule
+from flowblending_accel import Plan, Schedule
 
 
 def test_parse_paper_setting():
@@ -93,13 +93,13 @@ def test_exact_half_rounds_up():
     ids=["euler", "heun", "unipc", "dpm++"],
 )
 def test_plan_paper_split_at_50_steps(scheduler):
-    plan = Schedule.parse("L40-S40-L20").plan(scheduler, 50)
+    plan = Plan.for_scheduler(Schedule.parse("L40-S40-L20"), scheduler, 50)
     assert plan.step_counts() == {"large": 30, "small": 20}
     assert plan.segments() == [("large", 0, 19), ("small", 20, 39), ("large", 40, 49)]
 
 
 def test_plan_table_and_flop_share():
-    plan = Schedule.parse("L40-S40-L20").plan(FlowMatchEulerDiscreteScheduler(shift=5.0), 10)
+    plan = Plan.for_scheduler(Schedule.parse("L40-S40-L20"), FlowMatchEulerDiscreteScheduler(shift=5.0), 10)
     table = plan.table({"large": 10.0, "small": 1.0})
     assert "steps per model: large 6, small 4" in table
     assert plan.flop_ratio({"large": 10.0, "small": 1.0}) == pytest.approx((6 * 10 + 4) / 100)
@@ -113,7 +113,7 @@ def test_sigma_axis_keeps_noise_layout_across_step_counts():
     schedule = Schedule.parse("L40-S40-L20", axis="sigma")
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     for steps in (10, 25, 50):
-        plan = schedule.plan(scheduler, steps)
+        plan = Plan.for_scheduler(schedule, scheduler, steps)
         for planned in plan.steps:
             progress = 1 - planned.noise
             expected = "small" if 0.4 - 1e-9 <= progress < 0.8 - 1e-9 else "large"
@@ -124,5 +124,5 @@ def test_plan_does_not_touch_the_scheduler():
     scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
     scheduler.set_timesteps(7)
     before = scheduler.timesteps.clone()
-    Schedule.parse("LSL").plan(scheduler, 50)
+    Plan.for_scheduler(Schedule.parse("LSL"), scheduler, 50)
     assert scheduler.timesteps.tolist() == before.tolist()

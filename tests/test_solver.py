@@ -34,7 +34,9 @@ def test_pndm_warmup_repeat_is_one_step():
 
 
 def test_unipc_flow_sigma_comes_from_scheduler_not_t_over_1000():
-    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
     v = view(scheduler, 10)
     probe = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
     probe.set_timesteps(10)

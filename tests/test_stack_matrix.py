@@ -7,10 +7,14 @@ from optional import needs_cachedit, needs_deepcache
 
 from flowblending_accel.accelerators import (
     CacheDiT,
-    DeepCacheUNets,
-    DiffusersCache,
+    DeepCache,
+    FirstBlockCache,
+    MagCache,
+    PyramidAttentionBroadcast,
     RegionalCompile,
+    SeaCache,
     StepReduction,
+    TaylorSeer,
     apply_stack,
     calibrate_mag_ratios,
     remove_stack,
@@ -33,17 +37,25 @@ RESUME_STEP = 8  # first large step after the small segment
 def _cache(name, pipe, small, kwargs):
     if name == "magcache":
         ratios = calibrate_mag_ratios(pipe, small, kwargs)
-        return DiffusersCache("magcache", mag_ratios=ratios, num_inference_steps=STEPS, threshold=100.0,
-                              max_skip_steps=100, retention_ratio=0.1)
+        return MagCache(
+            mag_ratios=ratios,
+            options=dict(num_inference_steps=STEPS, threshold=100.0, max_skip_steps=100, retention_ratio=0.1),
+        )
     return {
-        "fbc": lambda: DiffusersCache("fbc", threshold=0.5),
-        "taylorseer": lambda: DiffusersCache("taylorseer", cache_interval=50, disable_cache_before_step=1),
-        "pab": lambda: DiffusersCache("pab", spatial_attention_block_skip_range=3,
-                                      spatial_attention_timestep_skip_range=(0, 1000)),
-        "seacache": lambda: DiffusersCache("seacache", threshold=0.5),
-        "cache-dit": lambda: CacheDiT(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=1,
-                                      residual_diff_threshold=0.5),
-        "deepcache": lambda: DeepCacheUNets(cache_interval=3),
+        "fbc": lambda: FirstBlockCache(threshold=0.5),
+        "taylorseer": lambda: TaylorSeer(options=dict(cache_interval=50, disable_cache_before_step=1)),
+        "pab": lambda: PyramidAttentionBroadcast(
+            options=dict(
+                spatial_attention_block_skip_range=3, spatial_attention_timestep_skip_range=(0, 1000)
+            )
+        ),
+        "seacache": lambda: SeaCache(options=dict(threshold=0.5)),
+        "cache-dit": lambda: CacheDiT(
+            options=dict(
+                Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=1, residual_diff_threshold=0.5
+            )
+        ),
+        "deepcache": lambda: DeepCache(interval=3),
     }[name]()
 
 
@@ -62,9 +74,11 @@ def _attention_calls(model, router):
     """Per denoiser call of ``model``: the solver step and how many attention modules really computed."""
     calls = []
     model.register_forward_pre_hook(lambda *_: calls.append([None, 0]))
+
     def computed(*_):
-        calls[-1][0] = router._run.last_step
+        calls[-1][0] = router.session.last_step
         calls[-1][1] += 1
+
     for name, module in model.named_modules():
         if name.endswith("to_q"):
             module.register_forward_pre_hook(computed)
@@ -73,14 +87,16 @@ def _attention_calls(model, router):
 
 
 def _stateful_leftovers(model):
-    from flowblending_accel._hooks import stateful_hooks
+    from flowblending_accel.hooks import cached_states
 
-    return sum(len(v._state_cache) for _, h in stateful_hooks(model) for v in vars(h).values() if hasattr(v, "_state_cache"))
+    return cached_states(model)
 
 
 def _run_stack(name, solver, compiled):
     pipe, small, kwargs, reduce, field = _build(name, solver)
-    kwargs_fn = (lambda: sd_call_kwargs(steps=STEPS)) if field == "images" else (lambda: wan_call_kwargs(steps=STEPS))
+    kwargs_fn = (
+        (lambda: sd_call_kwargs(steps=STEPS)) if field == "images" else (lambda: wan_call_kwargs(steps=STEPS))
+    )
     large = pipe.unet if field == "images" else pipe.transformer
     cache = _cache(name, pipe, small, kwargs)
     stack = [reduce, cache] + ([RegionalCompile()] if compiled else [])
@@ -99,8 +115,10 @@ def _run_stack(name, solver, compiled):
 
 
 OPTIONAL = {"cache-dit": needs_cachedit, "deepcache": needs_deepcache}
-CACHE_NAMES = [pytest.param(name, marks=OPTIONAL.get(name, ()))
-               for name in ["fbc", "magcache", "taylorseer", "pab", "seacache", "cache-dit", "deepcache"]]
+CACHE_NAMES = [
+    pytest.param(name, marks=OPTIONAL.get(name, ()))
+    for name in ["fbc", "magcache", "taylorseer", "pab", "seacache", "cache-dit", "deepcache"]
+]
 
 
 @pytest.mark.parametrize("solver", ["euler", "dpm++"])
@@ -131,8 +149,8 @@ def test_cache_with_router_and_regional_compile(name, solver):
 def test_deepcache_rejects_compile_and_dits():
     pipe, small, *_ = _build("deepcache", "euler")
     with pytest.raises(ValueError, match="deepcache cannot be stacked with compile"):
-        apply_stack(pipe, small, "LSL", [DeepCacheUNets(), RegionalCompile()])
+        apply_stack(pipe, small, "LSL", [DeepCache(), RegionalCompile()])
     wan = tiny_wan_pipeline()
     with pytest.raises(ValueError, match="DeepCache works on UNets only"):
-        apply_stack(wan, tiny_wan_pair()[1], "LSL", [DeepCacheUNets()])
+        apply_stack(wan, tiny_wan_pair()[1], "LSL", [DeepCache()])
     assert not hasattr(wan, "_flowblending_stack")

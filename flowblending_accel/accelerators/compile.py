@@ -1,9 +1,14 @@
-"""Regional ``torch.compile`` of both models (diffusers' ``compile_repeated_blocks``), with recompile counts.
+"""Regional ``torch.compile`` of both models (diffusers' ``compile_repeated_blocks``), with graph counts.
 
 The router stays eager, outside every compiled region, so routing never guards or recompiles. Two widths
-sharing one block class compile one graph each (one recompile on the first switch, none after). Caches that
-decide in ``torch.compiler.disable``d Python cannot sit inside a ``fullgraph`` region, so ``fullgraph`` is
-turned off when the stack has a cache.
+sharing one block class compile one graph each (a second graph on the first switch, none after). Caches
+that decide in ``torch.compiler.disable``d Python cannot sit inside a ``fullgraph`` region, so ``fullgraph``
+is turned off when the stack has a cache.
+
+Counting: dynamo's graph counter is process-wide, so the accelerator adds up the graphs compiled *during
+the runs it is applied to* (a router listener) and splits them at :meth:`mark_warm`: graphs before it are
+the warm-up's compiles, graphs after it are recompiles. Dynamo's cache survives a remove and re-apply of
+the same blocks, so only the first application in a process compiles.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .base import Accelerator, Pair
+from .runtime import Accelerator, StackTarget
 
 
 def dynamo_counts() -> dict[str, int]:
@@ -24,52 +29,74 @@ def dynamo_counts() -> dict[str, int]:
     }
 
 
-class RegionalCompile(Accelerator):
-    kind = "compile"
-    stage = "compile"
-    exclusive_with = ("tensorrt",)
+def uncompile(model: torch.nn.Module) -> None:
+    """Put every block ``nn.Module.compile`` wrapped back to eager."""
+    for block in model.modules():
+        if getattr(block, "_compiled_call_impl", None) is not None:
+            block._compiled_call_impl = None
 
-    def __init__(self, fullgraph: bool | None = None, mode: str | None = None) -> None:
-        self.fullgraph, self.mode = fullgraph, mode
+
+class RegionalCompileAccelerator(Accelerator):
+    def __init__(self, config) -> None:
+        super().__init__(config)
         self._compiled: list[torch.nn.Module] = []
-        self._baseline = dynamo_counts()
-        self._after_warmup: dict[str, int] | None = None
+        self._counts = {"warmup": {"graphs": 0, "graph_breaks": 0}, "after": {"graphs": 0, "graph_breaks": 0}}
+        self._warm = False
+        self._run_start: dict[str, int] | None = None
+        self._open_runs = 0  # Wan 2.2: one router per expert, their runs overlap
+        self._fullgraph: bool | None = config.fullgraph
 
-    def check(self, pair: Pair, others: list[Accelerator]) -> None:
-        for name, model in pair.models().items():
+    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+        for label, model in target.models().items():
             if not getattr(model, "_repeated_blocks", None):
-                raise ValueError(f"compile: the {name} model ({type(model).__name__}) declares no repeated blocks.")
-        if self.fullgraph and any(a.stage == "cache" for a in others):
-            raise ValueError("compile: fullgraph=True cannot include cache hooks (they run torch.compiler.disable'd "
-                             "Python); leave fullgraph unset.")
-        self._cached = any(a.stage == "cache" for a in others)
+                raise ValueError(
+                    f"compile: the {label} model ({type(model).__name__}) declares no repeated blocks."
+                )
+        cached = any(a.kind == "cache" for a in others)
+        if self.config.fullgraph and cached:
+            raise ValueError(
+                "compile: fullgraph=True cannot include cache hooks (they run torch.compiler.disable'd "
+                "Python); leave fullgraph unset."
+            )
+        self._fullgraph = self.config.fullgraph if self.config.fullgraph is not None else not cached
 
-    def apply(self, pair: Pair) -> None:
-        fullgraph = self.fullgraph if self.fullgraph is not None else not getattr(self, "_cached", False)
-        for model in pair.models().values():
-            model.compile_repeated_blocks(fullgraph=fullgraph, dynamic=False, mode=self.mode)
+    def apply(self, target: StackTarget) -> None:
+        for model in target.models().values():
+            model.compile_repeated_blocks(fullgraph=self._fullgraph, dynamic=False, mode=self.config.mode)
             self._compiled.append(model)
-        self._fullgraph = fullgraph
-        self._baseline = dynamo_counts()
 
-    def remove(self, pair: Pair) -> None:
-        for model in self._compiled:
-            for block in model.modules():
-                if getattr(block, "_compiled_call_impl", None) is not None:
-                    block._compiled_call_impl = None  # back to eager
-        self._compiled.clear()
+    def remove(self, target: StackTarget) -> None:
+        while self._compiled:
+            uncompile(self._compiled.pop())
 
     def mark_warm(self) -> None:
-        """Call after the warm-up: later graphs are recompiles."""
-        self._after_warmup = dynamo_counts()
+        self._warm = True
+
+    # Graphs are compiled inside pipeline calls: count them run by run.
+    def on_run_start(self, router, session) -> None:
+        if self._open_runs == 0:
+            self._run_start = dynamo_counts()
+        self._open_runs += 1
+
+    def on_run_end(self, router, stats) -> None:
+        self._open_runs = max(0, self._open_runs - 1)
+        if self._open_runs or self._run_start is None:
+            return
+        now, phase = dynamo_counts(), self._counts["after" if self._warm else "warmup"]
+        for key in phase:
+            phase[key] += now[key] - self._run_start[key]
+        self._run_start = None
 
     def counters(self) -> dict[str, Any]:
-        now = dynamo_counts()
-        result = {"graphs_compiled": now["graphs"] - self._baseline["graphs"],
-                  "graph_breaks": now["graph_breaks"] - self._baseline["graph_breaks"]}
-        if self._after_warmup is not None:
-            result["recompiles_after_warmup"] = now["graphs"] - self._after_warmup["graphs"]
+        warmup, after = self._counts["warmup"], self._counts["after"]
+        result = {
+            "graphs_compiled": warmup["graphs"] + after["graphs"],
+            "graph_breaks": warmup["graph_breaks"] + after["graph_breaks"],
+        }
+        if self._warm:
+            result["recompiles_after_warmup"] = after["graphs"]
+            result["graph_breaks_after_warmup"] = after["graph_breaks"]
         return result
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "fullgraph": getattr(self, "_fullgraph", self.fullgraph), "mode": self.mode}
+        return {**self.config.describe(), "fullgraph": self._fullgraph}

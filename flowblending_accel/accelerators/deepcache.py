@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .base import Accelerator, Pair
+from .runtime import Accelerator, StackTarget
 
 
 class _LivePipe:
@@ -36,59 +36,53 @@ def _positional_timestep(forward):
     return call
 
 
-class DeepCacheUNets(Accelerator):
-    kind = "deepcache"
-    stage = "cache"
-    exclusive_with = ("fbc", "magcache", "taylorseer", "pab", "seacache", "cache-dit", "tensorrt", "compile")
-    clash_reasons = {"compile": "DeepCache swaps block forwards in Python at every step."}
+class DeepCacheAccelerator(Accelerator):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.helpers: dict[int, Any] = {}  # id(unet) -> its DeepCache helper
+        self._models: dict[int, torch.nn.Module] = {}
 
-    def __init__(self, cache_interval: int = 3, cache_branch_id: int = 0) -> None:
-        self.cache_interval, self.cache_branch_id = cache_interval, cache_branch_id
-        self.helpers: dict[str, Any] = {}
+    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+        self.config.check_environment(str(target.device))
+        for attribute in target.denoisers:
+            if not target.family.is_unet(attribute):
+                large = target.larges[attribute]
+                raise ValueError(
+                    f"deepcache: pipe.{attribute} is a {type(large).__name__}; DeepCache works on UNets only."
+                )
 
-    def check(self, pair: Pair, others: list[Accelerator]) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("DeepCache") is None:
-            raise ValueError("deepcache: install flowblending-accel[deepcache] (the DeepCache package).")
-        for name, model in pair.models().items():
-            if not hasattr(model, "down_blocks"):
-                raise ValueError(f"deepcache: the {name} model is a {type(model).__name__}; DeepCache works on UNets only.")
-
-    def apply(self, pair: Pair) -> None:
+    def apply(self, target: StackTarget) -> None:
         from DeepCache import DeepCacheSDHelper
 
-        for name, model in pair.models().items():
-            helper = DeepCacheSDHelper(pipe=_LivePipe(pair.pipe, model))
-            helper.set_params(cache_interval=self.cache_interval, cache_branch_id=self.cache_branch_id)
+        for model in target.models().values():
+            helper = DeepCacheSDHelper(pipe=_LivePipe(target.pipe, model))
+            helper.set_params(cache_interval=self.config.interval, cache_branch_id=self.config.branch_id)
             helper.enable()
             model.forward = _positional_timestep(model.forward)
-            self.helpers[name] = helper
+            self.helpers[id(model)], self._models[id(model)] = helper, model
 
-    def remove(self, pair: Pair) -> None:
-        for name, helper in self.helpers.items():
-            model = pair.models()[name]
+    def remove(self, target: StackTarget) -> None:
+        for key, helper in self.helpers.items():
+            model = self._models[key]
             model.forward = model.forward.__wrapped__  # our keyword shim, then DeepCache's own unwrap
             helper.disable()
             if getattr(model.__dict__.get("forward"), "__func__", None) is type(model).forward:
                 del model.__dict__["forward"]
         self.helpers.clear()
+        self._models.clear()
 
-    def _fresh(self, name: str) -> None:
-        helper = self.helpers.get(name)
+    def _fresh(self, model: Any) -> None:
+        helper = self.helpers.get(id(model))
         if helper is not None:  # not reset_states(): that also drops the saved original forwards
             helper.cached_output, helper.start_timestep = {}, None
 
-    def on_run_start(self, router, plan) -> None:
-        for name in self.helpers:
-            self._fresh(name)
+    def on_run_start(self, router, session) -> None:
+        for model in self._models.values():
+            self._fresh(model)
 
-    def on_segment_start(self, router, model: str, step: int, after_switch: bool) -> None:
-        self._fresh(model)
+    def on_segment_start(self, router, segment) -> None:
+        self._fresh(router.model(segment.model))
 
     def on_run_end(self, router, stats) -> None:
-        for name in self.helpers:
-            self._fresh(name)
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "cache_interval": self.cache_interval, "cache_branch_id": self.cache_branch_id}
+        for model in self._models.values():
+            self._fresh(model)

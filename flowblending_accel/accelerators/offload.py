@@ -18,29 +18,36 @@ from typing import Any
 
 import torch
 
-from .base import Accelerator, Pair
+from .runtime import Accelerator, StackTarget
 
 
-class OffloadInactive(Accelerator):
-    kind = "offload"
-    stage = "engine"
-    exclusive_with = ("tensorrt",)
-
-    def __init__(self, prefetch_steps: int = 1, offload_device: str = "cpu") -> None:
-        self.prefetch_steps, self.offload_device = prefetch_steps, torch.device(offload_device)
+class OffloadAccelerator(Accelerator):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self.prefetch_steps, self.offload_device = config.prefetch_steps, torch.device(config.offload_device)
         self.switch_seconds: list[float] = []
         self._models: dict[str, torch.nn.Module] = {}
         self._pending: dict[str, Any] = {}  # CUDA events of copies in flight
         self._prefetched: set[str] = set()
 
-    def apply(self, pair: Pair) -> None:
-        self._models = pair.models()
-        if hasattr(pair.large, "_hf_hook"):  # accelerate's model offload already manages the large model
-            self._models = {"small": pair.small}
-        self.device = next(pair.large.parameters()).device
+    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+        if len(target.denoisers) > 1:
+            raise ValueError(
+                f"offload: this pipeline routes {len(target.denoisers)} denoisers "
+                f"{list(target.denoisers)}; the offload memory mode handles one large/small pair. "
+                "Use the pipeline's enable_model_cpu_offload() instead."
+            )
+
+    def apply(self, target: StackTarget) -> None:
+        self._models = target.models()
+        if hasattr(
+            self._models["large"], "_hf_hook"
+        ):  # accelerate's model offload already manages the large model
+            self._models = {"small": self._models["small"]}
+        self.device = target.device
         self._stream = torch.cuda.Stream() if self.device.type == "cuda" else None
 
-    def remove(self, pair: Pair) -> None:
+    def remove(self, target: StackTarget) -> None:
         for model in self._models.values():
             model.to(self.device)
         self._models.clear()
@@ -58,21 +65,28 @@ class OffloadInactive(Accelerator):
         else:
             model.to(device)
 
-    def on_run_start(self, router, plan) -> None:
-        self._segments = plan.segments()
+    def on_run_start(self, router, session) -> None:
+        self.switch_seconds = []  # counters are per run
+        self._segments = session.plan.segments()
         self._prefetched.clear()
         first_model = self._segments[0][0]
         for name in self._models:
             self._move(name, self.device if name == first_model else self.offload_device)
 
-    def on_call(self, router, record, args, kwargs, output) -> None:
+    def on_call(self, router, call) -> None:
+        record = call.record
         for model, first, _ in self._segments:
-            if first - self.prefetch_steps == record.step and model != record.model and model not in self._prefetched:
+            if (
+                first - self.prefetch_steps == record.step
+                and model != record.model
+                and model not in self._prefetched
+            ):
                 self._prefetched.add(model)
                 self._move(model, self.device)
 
-    def on_segment_start(self, router, model: str, step: int, after_switch: bool) -> None:
-        if not after_switch:
+    def on_segment_start(self, router, segment) -> None:
+        model = segment.model
+        if not segment.after_switch:
             return
         start = time.perf_counter()
         event = self._pending.pop(model, None)
@@ -98,6 +112,3 @@ class OffloadInactive(Accelerator):
 
     def counters(self) -> dict[str, Any]:
         return {"switches": len(self.switch_seconds), "exposed_switch_seconds": sum(self.switch_seconds)}
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "prefetch_steps": self.prefetch_steps, "offload_device": str(self.offload_device)}

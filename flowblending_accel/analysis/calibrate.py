@@ -25,26 +25,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import torch
 
-from ..api import apply_flowblending_, remove_flowblending_
-from ..schedule import Schedule, Stage
+from ..api import flowblending
+from ..plan import Plan
+from ..schedule import Schedule
 from .divergence import DivergenceCurve, divergence_curve, replay
+from .evidence import window_evidence
+from .scores import Scores, as_scores, margin, passes
 from .transfer import Grid, Transfer, sigma_schedule, transfer
-
-
-def schedule_from_models(models: list[str]) -> Schedule:
-    """The step-axis schedule running ``models[i]`` at step ``i`` (exact shares ``count / N``)."""
-    stages: list[list] = []
-    for model in models:
-        if stages and stages[-1][0] == model:
-            stages[-1][1] += 1
-        else:
-            stages.append([model, 1])
-    return Schedule(tuple(Stage(model, Fraction(count, len(models))) for model, count in stages))
 
 
 def best_placements(costs: list[float], max_small_segments: int = 2) -> dict[int, tuple[float, list[str]]]:
@@ -69,17 +60,6 @@ def best_placements(costs: list[float], max_small_segments: int = 2) -> dict[int
         if total < result.get(m, (inf,))[0]:
             result[m] = (total, models)
     return dict(sorted(result.items()))
-
-
-Scores = dict[str, float]
-
-
-def as_scores(value: float | Scores) -> Scores:
-    return dict(value) if isinstance(value, dict) else {"quality": float(value)}
-
-
-def passes(scores: Scores, tolerance: Scores) -> bool:
-    return all(scores[name] >= minimum - 1e-12 for name, minimum in tolerance.items())
 
 
 @dataclass
@@ -120,33 +100,57 @@ class Calibration:
     def transfer(self, scheduler: Any, num_inference_steps: int) -> Transfer:
         """This schedule on another scheduler / step count (sigma axis), with recalibration advice."""
         if self.grid is None:
-            raise ValueError("this calibration did not record its solver grid; rerun calibrate to transfer it.")
+            raise ValueError(
+                "this calibration did not record its solver grid; rerun calibrate to transfer it."
+            )
         return transfer(self.models, self.grid, scheduler, num_inference_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "schedule": self.schedule, "sigma_schedule": self.sigma_schedule,
-            "grid": self.grid.to_dict() if self.grid else None, "steps": self.steps, "flop_ratio": self.flop_ratio,
-            "flops_fewer_than_large_only": 1 - self.flop_ratio, "quality": self.quality,
-            "reference_quality": self.reference_quality, "measure": self.measure, "message": self.message,
-            "candidates": [c.__dict__ for c in self.candidates], "curve": self.curve.to_dict(),
+            "schedule": self.schedule,
+            "sigma_schedule": self.sigma_schedule,
+            "grid": self.grid.to_dict() if self.grid else None,
+            "steps": self.steps,
+            "flop_ratio": self.flop_ratio,
+            "flops_fewer_than_large_only": 1 - self.flop_ratio,
+            "quality": self.quality,
+            "reference_quality": self.reference_quality,
+            "measure": self.measure,
+            "message": self.message,
+            "candidates": [c.__dict__ for c in self.candidates],
+            "curve": self.curve.to_dict(),
         }
 
 
 class Calibrator:
     """Holds the calibration set and scores schedules on it (each verification is one generation)."""
 
-    def __init__(self, pipe, small, calls: list[dict[str, Any]], guidance_scale: float,
-                 flops_per_call: dict[str, float], quality: Callable[[list, list], float | Scores],
-                 measure: str | None = None, output_field: str = "frames", progress=None,
-                 sensitivity_window: int = 0, refine: bool = True, **router_options: Any) -> None:
+    def __init__(
+        self,
+        pipe,
+        small,
+        calls: list[dict[str, Any]],
+        guidance_scale: float,
+        flops_per_call: dict[str, float],
+        quality: Callable[[list, list], float | Scores],
+        measure: str | None = None,
+        output_field: str = "frames",
+        progress=None,
+        sensitivity_window: int = 0,
+        refine: bool = True,
+        **router_options: Any,
+    ) -> None:
         self.pipe, self.small, self.calls, self.router_options = pipe, small, calls, router_options
         self.flops, self.quality_fn, self.field = flops_per_call, quality, output_field
         self.progress, self.refine = progress, refine
-        self.curve = divergence_curve(pipe, small, calls, guidance_scale, output_field=output_field,
-                                      progress=progress, **router_options)
+        self.curve = divergence_curve(
+            pipe, small, calls, guidance_scale, output_field=output_field, progress=progress, **router_options
+        )
         if measure is not None and measure not in self.curve.values:
-            raise ValueError(f"measure={measure!r} is not available for this scheduler; use one of {sorted(self.curve.values)}.")
+            raise ValueError(
+                f"measure={measure!r} is not available for this scheduler; "
+                f"use one of {sorted(self.curve.values)}."
+            )
         self.measures = [measure] if measure else list(self.curve.values)
         self.measure = measure or "+".join(self.measures)
         self.costs = self.curve.mean(self.measures[0])
@@ -161,24 +165,37 @@ class Calibrator:
         """Run the small model on each ``window`` of steps and measure the quality lost (every score); the
         per-step cost is the largest of the scores' losses, each as a share of its total, so placements that
         keep *every* score are proposed (``measured_loss``)."""
-        from .evidence import window_evidence
-
-        evidence = window_evidence(self.pipe, self.small, self.calls, self.curve, window, self.quality_fn,
-                                   self.field, self.progress, **self.router_options)
-        shares = {name: [max(v, 0.0) / (sum(max(x, 0.0) for x in loss) or 1.0) for v in loss]
-                  for name, loss in evidence.loss.items()}
-        costs = [max(share[i // window] for share in shares.values()) / window for i in range(len(self.costs))]
+        evidence = window_evidence(
+            self.pipe,
+            self.small,
+            self.calls,
+            self.curve,
+            window,
+            self.quality_fn,
+            self.field,
+            self.progress,
+            **self.router_options,
+        )
+        shares = {
+            name: [max(v, 0.0) / (sum(max(x, 0.0) for x in loss) or 1.0) for v in loss]
+            for name, loss in evidence.loss.items()
+        }
+        costs = [
+            max(share[i // window] for share in shares.values()) / window for i in range(len(self.costs))
+        ]
         self.placements["measured_loss"] = best_placements(costs)
         return evidence
 
     def models_of(self, schedule: str) -> list[str]:
-        return [step.model for step in Schedule.parse(schedule).plan(self.pipe.scheduler, len(self.costs)).steps]
+        plan = Plan.for_scheduler(Schedule.parse(schedule), self.pipe.scheduler, len(self.costs))
+        return [step.model for step in plan.steps]
 
     def propose(self, schedule: str, by: str = "given") -> Candidate:
-        """Add a schedule of one's own (e.g. the hand-picked one) to the proposals for its small-step count."""
+        """Add a schedule of one's own (e.g. the hand-picked one) to the proposals for its small-step
+        count."""
         models = self.models_of(schedule)
         m = models.count("small")
-        candidate = Candidate(str(schedule_from_models(models)), m, float("nan"), self.flop_ratio(m), by)
+        candidate = Candidate(str(Schedule.from_models(models)), m, float("nan"), self.flop_ratio(m), by)
         if candidate.schedule in self.tried:
             return self.tried[candidate.schedule]
         self.proposed.setdefault(m, []).append(candidate)
@@ -193,7 +210,7 @@ class Calibrator:
         proposals: dict[str, Candidate] = {c.schedule: c for c in self.proposed.get(m, [])}
         for name, placements in self.placements.items():
             cost, models = placements[m]
-            schedule = str(schedule_from_models(models))
+            schedule = str(Schedule.from_models(models))
             proposals.setdefault(schedule, Candidate(schedule, m, cost, self.flop_ratio(m), name))
         return list(proposals.values())
 
@@ -205,12 +222,11 @@ class Calibrator:
         return candidate
 
     def score(self, schedule: Schedule) -> Scores:
-        apply_flowblending_(self.pipe, self.small, schedule, timing="off", **self.router_options)
-        try:
-            with torch.inference_mode():
-                outputs = [getattr(self.pipe(**replay(kwargs)), self.field) for kwargs in self.calls]
-        finally:
-            remove_flowblending_(self.pipe)
+        with (
+            flowblending(self.pipe, self.small, schedule, timing="off", **self.router_options),
+            torch.inference_mode(),
+        ):
+            outputs = [getattr(self.pipe(**replay(kwargs)), self.field) for kwargs in self.calls]
         if self.progress is not None:
             self.progress(len(self.calls))
         return as_scores(self.quality_fn(outputs, self.curve.outputs))
@@ -221,11 +237,6 @@ class Calibrator:
         if tolerance is not None:
             verified = [c for c in verified if passes(c.quality, tolerance)]
         return max(verified, key=lambda c: c.mean_quality, default=None)
-
-
-def margin(scores: Scores, tolerance: Scores) -> float:
-    """How far the worst score is above its tolerance, relative to the tolerance (negative: fails)."""
-    return min((scores[name] - minimum) / (abs(minimum) or 1.0) for name, minimum in tolerance.items())
 
 
 def shifted(models: list[str]) -> list[list[str]]:
@@ -246,12 +257,16 @@ def refine(calibrator: Calibrator, m: int, tolerance: Scores, rounds: int = 3) -
     time, until a placement passes (verified) or no move helps. The proxies rank where the small model
     hurts; this settles the boundary between scores that pull in opposite directions (e.g. semantic
     fidelity wants more early large steps, pixel fidelity more late ones)."""
-    current = max((calibrator.verify(c) for c in calibrator.candidates(m)), key=lambda c: margin(c.quality, tolerance))
+    current = max(
+        (calibrator.verify(c) for c in calibrator.candidates(m)), key=lambda c: margin(c.quality, tolerance)
+    )
     for _ in range(rounds):
         if margin(current.quality, tolerance) >= -1e-12:
             return current
-        neighbours = [calibrator.verify(calibrator.propose(str(schedule_from_models(models)), "refined"))
-                      for models in shifted(calibrator.models_of(current.schedule))]
+        neighbours = [
+            calibrator.verify(calibrator.propose(str(Schedule.from_models(models)), "refined"))
+            for models in shifted(calibrator.models_of(current.schedule))
+        ]
         best = max(neighbours, key=lambda c: margin(c.quality, tolerance), default=None)
         if best is None or margin(best.quality, tolerance) <= margin(current.quality, tolerance):
             return None
@@ -259,49 +274,77 @@ def refine(calibrator: Calibrator, m: int, tolerance: Scores, rounds: int = 3) -
     return current if margin(current.quality, tolerance) >= -1e-12 else None
 
 
-def calibrate_tolerance(calibrator: Calibrator, tolerance: float | Scores,
-                        reference: Scores | None = None) -> Calibration:
+def calibrate_tolerance(
+    calibrator: Calibrator, tolerance: float | Scores, reference: Scores | None = None
+) -> Calibration:
     """The most small steps for which a proposal's verified scores all reach ``tolerance`` (bisection over m).
     A float tolerance applies to every score."""
     n = len(calibrator.costs)
     if not isinstance(tolerance, dict):
-        names = reference or as_scores(calibrator.quality_fn(calibrator.curve.outputs, calibrator.curve.outputs))
+        names = reference or as_scores(
+            calibrator.quality_fn(calibrator.curve.outputs, calibrator.curve.outputs)
+        )
         tolerance = {name: float(tolerance) for name in names}
     low, high, best = 0, n - 1, None  # invariant: m = low passes (m = 0 is large-only)
     while low < high:
         m = (low + high + 1) // 2
-        found = calibrator.best_verified(m, tolerance) or (refine(calibrator, m, tolerance) if calibrator.refine else None)
+        found = calibrator.best_verified(m, tolerance) or (
+            refine(calibrator, m, tolerance) if calibrator.refine else None
+        )
         if found is not None:
             low, best = m, found
         else:
             high = m - 1
     wanted = ", ".join(f"{name} >= {value:.4g}" for name, value in tolerance.items())
     if best is None:
-        return _result(calibrator, None, reference,
-                       f"no schedule with a small step keeps {wanted}: keep the large model only "
-                       "(no saving is possible for this pair at this tolerance).")
-    return _result(calibrator, best, reference,
-                   f"{best.small_steps} of {n} steps on the small model keep {wanted} (proposed by {best.measure}).")
+        return _result(
+            calibrator,
+            None,
+            reference,
+            f"no schedule with a small step keeps {wanted}: keep the large model only "
+            "(no saving is possible for this pair at this tolerance).",
+        )
+    return _result(
+        calibrator,
+        best,
+        reference,
+        f"{best.small_steps} of {n} steps on the small model keep {wanted} (proposed by {best.measure}).",
+    )
 
 
-def calibrate_budget(calibrator: Calibrator, flop_budget: float, reference: Scores | None = None,
-                     verify: int = 3) -> Calibration:
+def calibrate_budget(
+    calibrator: Calibrator, flop_budget: float, reference: Scores | None = None, verify: int = 3
+) -> Calibration:
     """The best verified quality (mean score) among the proposals for the ``verify`` least-saving step counts
     within ``flop_budget`` (a fraction of large-only FLOPs)."""
     n = len(calibrator.costs)
     fitting = [m for m in range(n + 1) if calibrator.flop_ratio(m) <= flop_budget + 1e-12]
     if not fitting:
-        return _result(calibrator, None, reference, f"no schedule fits a FLOP budget of {flop_budget:g} of large-only.")
+        return _result(
+            calibrator, None, reference, f"no schedule fits a FLOP budget of {flop_budget:g} of large-only."
+        )
     best = max((calibrator.best_verified(m) for m in fitting[:verify]), key=lambda c: c.mean_quality)
-    return _result(calibrator, best, reference, f"best verified quality within {flop_budget:.0%} of large-only FLOPs "
-                   f"(proposed by {best.measure}).")
+    return _result(
+        calibrator,
+        best,
+        reference,
+        f"best verified quality within {flop_budget:.0%} of large-only FLOPs (proposed by {best.measure}).",
+    )
 
 
-def _result(calibrator: Calibrator, best: Candidate | None, reference: Scores | None, message: str) -> Calibration:
+def _result(
+    calibrator: Calibrator, best: Candidate | None, reference: Scores | None, message: str
+) -> Calibration:
     n = len(calibrator.costs)
     return Calibration(
-        schedule=best.schedule if best else "L100", steps=n, flop_ratio=best.flop_ratio if best else 1.0,
-        quality=best.quality if best else None, reference_quality=reference, measure=calibrator.measure,
-        message=message, curve=calibrator.curve, candidates=list(calibrator.tried.values()),
+        schedule=best.schedule if best else "L100",
+        steps=n,
+        flop_ratio=best.flop_ratio if best else 1.0,
+        quality=best.quality if best else None,
+        reference_quality=reference,
+        measure=calibrator.measure,
+        message=message,
+        curve=calibrator.curve,
+        candidates=list(calibrator.tried.values()),
         grid=Grid.of(calibrator.pipe.scheduler, n),
     )

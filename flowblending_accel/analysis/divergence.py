@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..api import apply_flowblending_, remove_flowblending_
-
-MEASURES = ("velocity_cos", "velocity_rel_l2", "x0_cos", "x0_rel_l2", "state_rel")
+from ..api import flowblending
+from ..families import family_for
+from ..listeners import CallEvent, RouterListener
 
 
 @dataclass
@@ -36,34 +36,37 @@ class _StepCalls:
     calls: list[tuple[str | None, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
-class DivergenceProbe:
+class DivergenceProbe(RouterListener):
     """A router listener that evaluates the other model on every call and keeps both outputs per step."""
 
-    def __init__(self, router, guidance_scale: float, batched_cfg: bool) -> None:
-        self.router, self.guidance_scale, self.batched_cfg = router, guidance_scale, batched_cfg
+    def __init__(self, guidance_scale: float, batched_cfg: bool) -> None:
+        self.guidance_scale, self.batched_cfg = guidance_scale, batched_cfg
         self.runs: list[dict[int, dict[str, torch.Tensor]]] = []
         self._steps: dict[int, _StepCalls] = {}
 
-    def on_run_start(self, router, plan) -> None:
-        self._steps, self._plan = {}, plan
+    def on_run_start(self, router, session) -> None:
+        self._steps, self._plan = {}, session.plan
 
-    def on_call(self, router, record, args, kwargs, output) -> None:
-        other = router._call_small if record.model == "large" else router.fn_ref.original_forward
-        other_output = other(*args, **kwargs)
+    def on_call(self, router, call: CallEvent) -> None:
+        record, args, kwargs = call.record, call.args, call.kwargs
+        other_output = router.call_model("small" if record.model == "large" else "large", *args, **kwargs)
         latents = kwargs.get("hidden_states", args[0] if args else None)
         steps = self._plan.steps
         index = record.step - self._plan.first_step
         next_sigma = steps[index + 1].sigma if index + 1 < len(steps) else 0.0
         entry = self._steps.setdefault(record.step, _StepCalls(record.sigma, next_sigma, record.model))
-        context = router.context._context
-        entry.calls.append((context.name if context else None, latents, _first(output), _first(other_output)))
+        context = router.cache_context
+        entry.calls.append(
+            (context.name if context else None, latents, _first(call.output), _first(other_output))
+        )
 
     def on_run_end(self, router, stats) -> None:
         if stats.finished:
             self.runs.append({step: self._measure(entry) for step, entry in sorted(self._steps.items())})
 
     def _guided(self, calls, which: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_t, guided output) of one step; ``which`` picks the routed (2) or the other (3) model's output."""
+        """(x_t, guided output) of one step; ``which`` picks the routed (2) or the other (3) model's
+        output."""
         g = self.guidance_scale
         by_name: dict = {}
         for call in calls:  # the first call of each branch: the step's own evaluation (Heun adds a corrector)
@@ -86,7 +89,9 @@ class DivergenceProbe:
         result = {
             "velocity_cos": 1 - F.cosine_similarity(vl, vs, dim=1),
             "velocity_rel_l2": (vl - vs).norm(dim=1) / vl.norm(dim=1).clamp_min(1e-12),
-            "state_rel": abs(entry.next_sigma - entry.sigma) * (vl - vs).norm(dim=1) / x.norm(dim=1).clamp_min(1e-12),
+            "state_rel": abs(entry.next_sigma - entry.sigma)
+            * (vl - vs).norm(dim=1)
+            / x.norm(dim=1).clamp_min(1e-12),
         }
         if self._plan.view.kind == "flow":
             x0l, x0s = x - entry.sigma * vl, x - entry.sigma * vs
@@ -129,7 +134,11 @@ class DivergenceCurve:
         return self.values[measure].mean(0).tolist()
 
     def std(self, measure: str) -> list[float]:
-        return self.values[measure].std(0).tolist() if len(self.values[measure]) > 1 else [0.0] * len(self.sigmas)
+        return (
+            self.values[measure].std(0).tolist()
+            if len(self.values[measure]) > 1
+            else [0.0] * len(self.sigmas)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -140,28 +149,34 @@ class DivergenceCurve:
         }
 
 
-def divergence_curve(pipe, small, calls: list[dict[str, Any]], guidance_scale: float,
-                     trajectory: str = "L100", progress=None, output_field: str = "frames",
-                     **router_options: Any) -> DivergenceCurve:
+def divergence_curve(
+    pipe,
+    small,
+    calls: list[dict[str, Any]],
+    guidance_scale: float,
+    trajectory: str = "L100",
+    progress=None,
+    output_field: str = "frames",
+    **router_options: Any,
+) -> DivergenceCurve:
     """Run ``pipe`` on every call's arguments along ``trajectory``, evaluating both models at every step."""
-    router = apply_flowblending_(pipe, small, trajectory, timing="off", **router_options)
-    batched = type(pipe).__name__.startswith(("LTX", "StableDiffusion"))
-    probe = DivergenceProbe(router, guidance_scale, batched_cfg=batched)
-    router.add_listener(probe)
+    probe = DivergenceProbe(guidance_scale, batched_cfg=family_for(pipe).batched_cfg)
     outputs = []
-    try:
-        with torch.inference_mode():
-            for kwargs in calls:
-                outputs.append(getattr(pipe(**replay(kwargs)), output_field))
-                if progress is not None:
-                    progress(1)
-    finally:
-        remove_flowblending_(pipe)
+    with (
+        flowblending(pipe, small, trajectory, timing="off", **router_options) as router,
+        torch.inference_mode(),
+    ):
+        router.add_listener(probe)
+        for kwargs in calls:
+            outputs.append(getattr(pipe(**replay(kwargs)), output_field))
+            if progress is not None:
+                progress(1)
     if not probe.runs:
         raise RuntimeError("no run finished; nothing to analyse.")
     steps = sorted(probe.runs[0])
     measures = [m for m in probe.runs[0][steps[0]] if m != "sigma"]
-    values = {m: torch.cat([torch.stack([run[s][m] for s in steps], dim=1) for run in probe.runs]) for m in measures}
+    values = {
+        m: torch.cat([torch.stack([run[s][m] for s in steps], dim=1) for run in probe.runs]) for m in measures
+    }
     sigmas = [float(probe.runs[0][s]["sigma"][0]) for s in steps]
     return DivergenceCurve(sigmas, values, trajectory, outputs)
-

@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
-from ..api import apply_flowblending_, remove_flowblending_
-from .calibrate import Scores, as_scores, schedule_from_models
+from ..api import flowblending
+from ..schedule import Schedule
 from .divergence import DivergenceCurve, replay
+from .scores import Scores, as_scores
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -54,26 +55,35 @@ class WindowEvidence:
         return self.__dict__.copy()
 
 
-def window_evidence(pipe, small, calls: list[dict[str, Any]], curve: DivergenceCurve, window: int,
-                    quality: Callable[[list, list], float | Scores], output_field: str = "frames", progress=None,
-                    **router_options: Any) -> WindowEvidence:
+def window_evidence(
+    pipe,
+    small,
+    calls: list[dict[str, Any]],
+    curve: DivergenceCurve,
+    window: int,
+    quality: Callable[[list, list], float | Scores],
+    output_field: str = "frames",
+    progress=None,
+    **router_options: Any,
+) -> WindowEvidence:
     steps = len(curve.sigmas)
     reference = as_scores(quality(curve.outputs, curve.outputs))
     starts, losses = list(range(0, steps, window)), {name: [] for name in reference}
     for start in starts:
         models = ["small" if start <= i < start + window else "large" for i in range(steps)]
-        apply_flowblending_(pipe, small, schedule_from_models(models), timing="off", **router_options)
-        try:
-            with torch.inference_mode():
-                outputs = [getattr(pipe(**replay(kwargs)), output_field) for kwargs in calls]
-        finally:
-            remove_flowblending_(pipe)
+        with (
+            flowblending(pipe, small, Schedule.from_models(models), timing="off", **router_options),
+            torch.inference_mode(),
+        ):
+            outputs = [getattr(pipe(**replay(kwargs)), output_field) for kwargs in calls]
         scores = as_scores(quality(outputs, curve.outputs))
         for name in reference:
             losses[name].append(reference[name] - scores[name])
         if progress is not None:
             progress(len(calls))
     sums = {measure: [sum(curve.mean(measure)[s : s + window]) for s in starts] for measure in curve.values}
-    correlations = {name: {measure: spearman(sums[measure], loss) for measure in curve.values}
-                    for name, loss in losses.items()}
+    correlations = {
+        name: {measure: spearman(sums[measure], loss) for measure in curve.values}
+        for name, loss in losses.items()
+    }
     return WindowEvidence(window, starts, losses, correlations)

@@ -41,18 +41,29 @@ class Grid:
         view = SolverView.for_steps(scheduler, num_inference_steps)
         config = dict(getattr(scheduler, "config", {}) or {})
         shift = config.get("shift", config.get("flow_shift"))
-        return cls(type(scheduler).__name__, scheduler_kind(scheduler), None if shift is None else float(shift),
-                   tuple(view.step_noise(step) for step in range(view.num_steps)))
+        return cls(
+            type(scheduler).__name__,
+            scheduler_kind(scheduler),
+            None if shift is None else float(shift),
+            tuple(view.step_noise(step) for step in range(view.num_steps)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scheduler": self.scheduler, "kind": self.kind, "shift": self.shift, "noise": list(self.noise)}
+        return {
+            "scheduler": self.scheduler,
+            "kind": self.kind,
+            "shift": self.shift,
+            "noise": list(self.noise),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Grid:
         return cls(data["scheduler"], data["kind"], data.get("shift"), tuple(data["noise"]))
 
 
-def sigma_schedule(models: list[str], noise: tuple[float, ...] | list[float], resolution: int = 1000) -> Schedule:
+def sigma_schedule(
+    models: list[str], noise: tuple[float, ...] | list[float], resolution: int = 1000
+) -> Schedule:
     """The ``sigma``-axis schedule that runs ``models[i]`` at a step of noise ``noise[i]`` (boundaries halfway
     between neighbouring steps, rounded to 1/``resolution`` of the noise range)."""
     if len(models) != len(noise) or not models:
@@ -81,29 +92,41 @@ class Transfer:
     reasons: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        verdict = "recalibration advisable: " + "; ".join(self.reasons) if self.recalibrate else (
-            "transfers: the target grid is no coarser inside the small stages than the calibration grid")
+        verdict = (
+            "recalibration advisable: " + "; ".join(self.reasons)
+            if self.recalibrate
+            else (
+                "transfers: the target grid is no coarser inside the small stages than the calibration grid"
+            )
+        )
         return f"{self.schedule} (axis sigma)\n{self.plan}\n{verdict}"
 
 
 def transfer(models: list[str], calibrated: Grid, scheduler: Any, num_inference_steps: int) -> Transfer:
-    """Carry the calibrated per-step ``models`` (on ``calibrated``) to ``scheduler`` at ``num_inference_steps``."""
+    """Carry the calibrated per-step ``models`` (on ``calibrated``) to ``scheduler`` at
+    ``num_inference_steps``."""
     schedule = sigma_schedule(models, calibrated.noise)
     target = Grid.of(scheduler, num_inference_steps)
-    plan = schedule.plan(scheduler, num_inference_steps)
+    plan = Plan.for_scheduler(schedule, scheduler, num_inference_steps)
     reasons = []
     if target.kind != calibrated.kind:
-        reasons.append(f"the calibration ran on a {calibrated.kind} solver ({calibrated.scheduler}), the target is "
-                       f"{target.kind} ({target.scheduler}): the trajectories differ, not only their grid")
+        reasons.append(
+            f"the calibration ran on a {calibrated.kind} solver ({calibrated.scheduler}), the target is "
+            f"{target.kind} ({target.scheduler}): the trajectories differ, not only their grid"
+        )
     calibrated_step = _largest_small_step(models, calibrated.noise)
     target_step = _largest_small_step([step.model for step in plan.steps], target.noise)
     if calibrated_step and target_step > COARSER_STEP_TOLERANCE * calibrated_step:
-        reasons.append(f"small-model steps are {target_step / calibrated_step:.2f}x coarser in noise than when "
-                       f"calibrated ({target_step:.3f} vs {calibrated_step:.3f}; shift {target.shift} vs "
-                       f"{calibrated.shift}, {num_inference_steps} vs {len(models)} steps)")
+        reasons.append(
+            f"small-model steps are {target_step / calibrated_step:.2f}x coarser in noise than when "
+            f"calibrated ({target_step:.3f} vs {calibrated_step:.3f}; shift {target.shift} vs "
+            f"{calibrated.shift}, {num_inference_steps} vs {len(models)} steps)"
+        )
     if target.noise[0] < calibrated.noise[0] - 0.02 or target.noise[-1] > calibrated.noise[-1] + 0.02:
-        reasons.append(f"the target noise range [{target.noise[-1]:.3f}, {target.noise[0]:.3f}] leaves the "
-                       f"calibrated one [{calibrated.noise[-1]:.3f}, {calibrated.noise[0]:.3f}]")
+        reasons.append(
+            f"the target noise range [{target.noise[-1]:.3f}, {target.noise[0]:.3f}] leaves the "
+            f"calibrated one [{calibrated.noise[-1]:.3f}, {calibrated.noise[0]:.3f}]"
+        )
     return Transfer(schedule, plan, bool(reasons), reasons)
 
 

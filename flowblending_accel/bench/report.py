@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..files import write_atomic
 from ..metrics.quality import psnr, ssim
+from ..support.files import write_atomic
 
 SCHEMA = "flowblending-accel/bench/v1"
 
@@ -24,7 +24,10 @@ def output_quality(output: Any, reference: Any) -> dict[str, float] | None:
     a, b = torch.as_tensor(np.asarray(output)).float(), torch.as_tensor(np.asarray(reference)).float()
     if a.dim() == 4:  # images (B, H, W, C): one frame each
         a, b = a[:, None], b[:, None]
-    return {"psnr_db": float(psnr(a, b, layout="BFHWC").mean()), "ssim": float(ssim(a, b, layout="BFHWC").mean())}
+    return {
+        "psnr_db": float(psnr(a, b, layout="BFHWC").mean()),
+        "ssim": float(ssim(a, b, layout="BFHWC").mean()),
+    }
 
 
 def action_benchmark(table: list[dict[str, Any]], device: str) -> tuple[list[dict], list[dict]]:
@@ -32,10 +35,24 @@ def action_benchmark(table: list[dict[str, Any]], device: str) -> tuple[list[dic
     smaller, bigger = [], []
     for row in table:
         s, x = row["seconds"], row["speedup"]
-        smaller.append({"name": f"{row['label']} wall time", "unit": "s", "value": round(s["median"], 6),
-                        "range": f"{s['q1']:.6f}..{s['q3']:.6f}", "extra": device})
-        bigger.append({"name": f"{row['label']} speedup vs baseline", "unit": "x", "value": round(x["median"], 4),
-                       "range": f"{x['q1']:.4f}..{x['q3']:.4f}", "extra": device})
+        smaller.append(
+            {
+                "name": f"{row['label']} wall time",
+                "unit": "s",
+                "value": round(s["median"], 6),
+                "range": f"{s['q1']:.6f}..{s['q3']:.6f}",
+                "extra": device,
+            }
+        )
+        bigger.append(
+            {
+                "name": f"{row['label']} speedup vs baseline",
+                "unit": "x",
+                "value": round(x["median"], 4),
+                "range": f"{x['q1']:.4f}..{x['q3']:.4f}",
+                "extra": device,
+            }
+        )
     return smaller, bigger
 
 
@@ -61,24 +78,38 @@ def markdown(table: list[dict[str, Any]], skipped: list[dict[str, str]], context
         quality = f"{q['psnr_db']:.2f} dB / {q['ssim']:.4f}" if q else "—"
         lines.append(
             f"| {row['label']} | {s['median']:.4f} [{s['q1']:.4f}, {s['q3']:.4f}] | {x['median']:.3f} "
-            f"[{x['q1']:.3f}, {x['q3']:.3f}] | {row['ideal_speedup']:.3f} | {row['efficiency']:.3f} | {flop} | "
-            f"{row['calls'].get('large', 0)} / {row['calls'].get('small', 0)} | {_fmt_mem(row['peak_memory_bytes'])} | "
+            f"[{x['q1']:.3f}, {x['q3']:.3f}] | {row['ideal_speedup']:.3f} | {row['efficiency']:.3f} | "
+            f"{flop} | "
+            f"{row['calls'].get('large', 0)} / {row['calls'].get('small', 0)} | "
+            f"{_fmt_mem(row['peak_memory_bytes'])} | "
             f"{row['recompiles_after_warmup']} | {quality} |"
         )
     lines += [
         "",
-        "Speedup: median over rounds of baseline time / row time in the same round. Time-ideal: the speedup the",
-        "row's denoiser calls would give at the per-call times measured for each model alone (time outside the",
+        "Speedup: median over rounds of baseline time / row time in the same round. Time-ideal: "
+        "the speedup the",
+        "row's denoiser calls would give at the per-call "
+        "times measured for each model alone (time outside the",
         "denoiser, e.g. text encoding, VAE and scheduler, scaled by the step count); efficiency = achieved /",
-        "time-ideal (cache hits make calls cheaper, so cached rows can exceed 1). FLOPs are counted per call with",
+        "time-ideal (cache hits make calls cheaper, so cached rows can exceed 1). "
+        "FLOPs are counted per call with",
         "torch.utils.flop_counter in an eager pass, attention included; a FLOP ratio is not a speedup.",
     ]
-    counters = [f"- {row['label']}: " + "; ".join(f"{kind} " + ", ".join(f"{k} {v:.3g}" for k, v in values.items())
-                                                 for kind, values in row["counters"].items())
-                for row in table if row.get("counters")]
+    counters = [
+        f"- {row['label']}: "
+        + "; ".join(
+            f"{kind} " + ", ".join(f"{k} {v:.3g}" for k, v in values.items())
+            for kind, values in row["counters"].items()
+        )
+        for row in table
+        if row.get("counters")
+    ]
     if counters:
-        lines += ["", "Accelerator counters (per run; exposed_switch_seconds: the wait for a prefetched model):",
-                  *counters]
+        lines += [
+            "",
+            "Accelerator counters (per run; exposed_switch_seconds: the wait for a prefetched model):",
+            *counters,
+        ]
     if not any(row["peak_memory_bytes"] for row in table):
         lines += ["", "Peak memory is CUDA's max_memory_allocated; on a CPU run it is not measured (—)."]
     if skipped:
@@ -94,8 +125,10 @@ def plot(table: list[dict[str, Any]]) -> bytes:
 
     labels = [row["label"] for row in table]
     achieved = [row["speedup"]["median"] for row in table]
-    errors = [[a - row["speedup"]["q1"] for a, row in zip(achieved, table, strict=True)],
-              [row["speedup"]["q3"] - a for a, row in zip(achieved, table, strict=True)]]
+    errors = [
+        [a - row["speedup"]["q1"] for a, row in zip(achieved, table, strict=True)],
+        [row["speedup"]["q3"] - a for a, row in zip(achieved, table, strict=True)],
+    ]
     flop = [row["flop_ratio"] or 0 for row in table]
     positions = np.arange(len(table))
     figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(table)), 4))

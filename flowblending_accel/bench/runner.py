@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from ..accelerators import apply_stack, parse_accelerator, remove_stack
-from ..accelerators.compile import dynamo_counts
-from ..meter import AttentionMeter
+from ..accelerators import Accelerator, Stack, accelerated, dynamo_counts, parse_accelerator
+from ..metrics.attention import AttentionMeter
+from ..metrics.flops import run_flops
+from ..targets import Target
 
 PROBE = "small only (probe)"
 
@@ -55,7 +56,11 @@ def cumulative_rows(schedule: str, stack: list[str], check=None) -> tuple[list[R
 
 @dataclass
 class RowMeasurement:
+    """One row's timings and counts. Its accelerators are created once and re-applied every round, so their
+    counters (graphs compiled at warm-up, recompiles after it) span the whole measurement."""
+
     row: Row
+    accelerators: list[Accelerator] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
     model_seconds: list[dict[str, float]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
@@ -63,29 +68,29 @@ class RowMeasurement:
     peak_memory: int | None = None
     graphs_after_warmup: int = 0
     output: Any = None
-    accelerators: list[dict[str, Any]] = field(default_factory=list)
+    described: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, Any] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
 
 
-def _timed_call(target, kwargs: dict[str, Any]) -> tuple[float, Any, int | None]:
+def _timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int | None]:
     if target.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        output = getattr(target.pipe(**kwargs), target.output_field)
+        output = target.output(target.pipe(**kwargs))
         end.record()
         end.synchronize()
         return start.elapsed_time(end) / 1000.0, output, torch.cuda.max_memory_allocated()
     start = time.perf_counter()
-    output = getattr(target.pipe(**kwargs), target.output_field)
+    output = target.output(target.pipe(**kwargs))
     return time.perf_counter() - start, output, None
 
 
-def _run_row(target, row: Row, measurement: RowMeasurement, timed: bool, seed: int) -> None:
-    router, stack = apply_stack(target.pipe, target.small, row.schedule, list(row.stack))
-    try:
+def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int) -> None:
+    row = measurement.row
+    with accelerated(target.pipe, target.small, row.schedule, measurement.accelerators) as (router, stack):
         kwargs = {**target.call_kwargs(seed), **stack.call_kwargs()}
         graphs_before = dynamo_counts()["graphs"]
         seconds, output, peak = _timed_call(target, kwargs)
@@ -97,50 +102,56 @@ def _run_row(target, row: Row, measurement: RowMeasurement, timed: bool, seed: i
         measurement.model_seconds.append(stats.seconds_per_model)
         measurement.calls, measurement.steps = stats.calls_per_model, stats.num_steps
         measurement.peak_memory = max(filter(None, [measurement.peak_memory, peak]), default=None)
-        measurement.accelerators, measurement.counters = stack.describe(), stack.counters()
+        measurement.described, measurement.counters = stack.describe(), stack.counters()
         if measurement.output is None:
             measurement.output = output
-    finally:
-        remove_stack(target.pipe)
 
 
-def _flop_pass(target, row: Row, measurement: RowMeasurement, seed: int) -> None:
-    eager = [spec for spec in row.stack if parse_accelerator(spec).stage not in ("compile", "engine")]
-    cached = any(parse_accelerator(spec).stage == "cache" for spec in eager)
-    router, stack = apply_stack(target.pipe, target.small, row.schedule, eager, count_flops=True, timing="off")
+def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
+    row = measurement.row
+    cached = any(parse_accelerator(spec).kind == "cache" for spec in row.stack)
     # Cache hits are counted only where a cache runs: the meter's hooks are not free.
-    meter = AttentionMeter(router, {"large": router.large, "small": target.small}) if cached else None
-    if meter is not None:
-        router.add_listener(meter)
+    meter = AttentionMeter({"large": target.large, "small": target.small}) if cached else None
     try:
-        target.pipe(**{**target.call_kwargs(seed), **stack.call_kwargs()})
-        measurement.flops = router.last_run.flops_per_model
+        kwargs = {**target.call_kwargs(seed), **Stack(measurement.accelerators).call_kwargs()}
+        measurement.flops, _ = run_flops(
+            target.pipe, target.small, row.schedule, kwargs, row.stack, listeners=(meter,) if meter else ()
+        )
         if meter is not None:
             measurement.counters["attention"] = meter.summary()
     finally:
         if meter is not None:
             meter.remove()
-        remove_stack(target.pipe)
 
 
-def measure_rows(target, rows: list[Row], repeats: int, seed: int = 0, progress=None) -> dict[str, RowMeasurement]:
-    """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C keeps finished rounds."""
+def measure_rows(
+    target: Target, rows: list[Row], repeats: int, seed: int = 0, progress=None
+) -> dict[str, RowMeasurement]:
+    """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C keeps finished
+    rounds."""
     everything = rows + [Row(PROBE, "S100")]
-    results = {row.label: RowMeasurement(row) for row in everything}
+    results = {
+        row.label: RowMeasurement(row, [parse_accelerator(s).create() for s in row.stack])
+        for row in everything
+    }
     with torch.inference_mode():
         try:
             for round_index in range(repeats + 1):
                 shift = round_index % len(everything)
                 for row in everything[shift:] + everything[:shift]:
-                    _run_row(target, row, results[row.label], timed=round_index > 0, seed=seed)
+                    _run_row(target, results[row.label], timed=round_index > 0, seed=seed)
                     if progress is not None:
                         progress(1)
+                if round_index == 0:  # every model, stage, branch and graph has run: the rest is warm
+                    for measurement in results.values():
+                        for accelerator in measurement.accelerators:
+                            accelerator.mark_warm()
         except KeyboardInterrupt:
             _keep_complete_rounds(results)
-        for row in everything:
-            _flop_pass(target, row, results[row.label], seed)
-            if progress is not None:
-                progress(1)
+    for row in everything:
+        _flop_pass(target, results[row.label], seed)
+        if progress is not None:
+            progress(1)
     return results
 
 
@@ -159,7 +170,11 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def per_call_seconds(measurement: RowMeasurement, model: str) -> float:
-    values = [m.get(model, 0.0) / measurement.calls[model] for m in measurement.model_seconds if measurement.calls.get(model)]
+    values = [
+        m.get(model, 0.0) / measurement.calls[model]
+        for m in measurement.model_seconds
+        if measurement.calls.get(model)
+    ]
     return statistics.median(values) if values else float("nan")
 
 
@@ -176,19 +191,29 @@ def summarise(results: dict[str, RowMeasurement], quality) -> list[dict[str, Any
     for m in rows:
         ratios = [b / s for b, s in zip(baseline.seconds, m.seconds, strict=False)]
         step_scale = m.steps / baseline.steps if baseline.steps else 1.0
-        ideal_time = outside * step_scale + m.calls.get("large", 0) * t_large + m.calls.get("small", 0) * t_small
+        ideal_time = (
+            outside * step_scale + m.calls.get("large", 0) * t_large + m.calls.get("small", 0) * t_small
+        )
         ideal = base_time / ideal_time
         flops = sum(m.flops.values())
-        table.append({
-            "label": m.row.label, "schedule": m.row.schedule, "stack": list(m.row.stack),
-            "accelerators": m.accelerators,
-            "seconds": {**spread(m.seconds), "all": m.seconds},
-            "speedup": spread(ratios),
-            "calls": m.calls, "steps": m.steps,
-            "flops": {**m.flops, "total": flops}, "flop_ratio": base_flops / flops if flops else None,
-            "ideal_speedup": ideal, "efficiency": statistics.median(ratios) / ideal,
-            "peak_memory_bytes": m.peak_memory, "recompiles_after_warmup": m.graphs_after_warmup,
-            "counters": m.counters,
-            "quality": quality(m.output, baseline.output) if m is not baseline else None,
-        })
+        table.append(
+            {
+                "label": m.row.label,
+                "schedule": m.row.schedule,
+                "stack": list(m.row.stack),
+                "accelerators": m.described,
+                "seconds": {**spread(m.seconds), "all": m.seconds},
+                "speedup": spread(ratios),
+                "calls": m.calls,
+                "steps": m.steps,
+                "flops": {**m.flops, "total": flops},
+                "flop_ratio": base_flops / flops if flops else None,
+                "ideal_speedup": ideal,
+                "efficiency": statistics.median(ratios) / ideal,
+                "peak_memory_bytes": m.peak_memory,
+                "recompiles_after_warmup": m.graphs_after_warmup,
+                "counters": m.counters,
+                "quality": quality(m.output, baseline.output) if m is not baseline else None,
+            }
+        )
     return table

@@ -55,22 +55,35 @@ class Verdict:
 
     @property
     def message(self) -> str:
-        what = {"regression": "REGRESSION", "improvement": "IMPROVEMENT (update the expected file)",
-                "changed": "CHANGED", "missing": "MISSING (metric no longer produced)",
-                "new": "NEW (no expectation yet; run with --update)"}.get(self.status, "ok")
-        return f"{self.scenario} {self.metric}: expected {self.expected} ± {self.margin}, got {self.actual} — {what}"
+        what = {
+            "regression": "REGRESSION",
+            "improvement": "IMPROVEMENT (update the expected file)",
+            "changed": "CHANGED",
+            "missing": "MISSING (metric no longer produced)",
+            "new": "NEW (no expectation yet; run with --update)",
+        }.get(self.status, "ok")
+        return (
+            f"{self.scenario} {self.metric}: expected {self.expected} ± {self.margin}, "
+            f"got {self.actual} — {what}"
+        )
 
 
 def read_expected(path: Path) -> list[Expectation]:
     if not path.exists():
         return []
-    rows = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    rows = [
+        line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
     expectations = []
     for row in csv.DictReader(rows):
         try:
-            expectations.append(Expectation(row["scenario"], row["metric"], _parse(row["expected"]), float(row["margin"])))
+            expectations.append(
+                Expectation(row["scenario"], row["metric"], _parse(row["expected"]), float(row["margin"]))
+            )
         except (KeyError, ValueError) as error:
-            raise ValueError(f"{path}: bad row {row}: {error}; columns are scenario,metric,expected,margin.") from error
+            raise ValueError(
+                f"{path}: bad row {row}: {error}; columns are scenario,metric,expected,margin."
+            ) from error
     return expectations
 
 
@@ -109,7 +122,9 @@ def compare(expectations: list[Expectation], measured: dict[str, dict[str, Any]]
     for scenario, metrics in measured.items():
         for metric, actual in metrics.items():
             if (scenario, metric) not in known:
-                verdicts.append(Verdict(scenario, metric, None, actual, default_margin(metric, actual), "new"))
+                verdicts.append(
+                    Verdict(scenario, metric, None, actual, default_margin(metric, actual), "new")
+                )
     return verdicts
 
 
@@ -144,8 +159,15 @@ def updated_rows(expectations: list[Expectation], measured: dict[str, dict[str, 
         actual = measured.get(e.scenario, {}).get(e.metric)
         if e.scenario in measured and actual is None:
             continue  # the metric is gone
-        keep = actual is None or (not isinstance(actual, str) and not isinstance(e.expected, str)
-                                  and abs(actual - e.expected) <= e.margin / 3) or actual == e.expected
+        keep = (
+            actual is None
+            or (
+                not isinstance(actual, str)
+                and not isinstance(e.expected, str)
+                and abs(actual - e.expected) <= e.margin / 3
+            )
+            or actual == e.expected
+        )
         rows.append(e if keep else Expectation(e.scenario, e.metric, _rounded(actual), e.margin))
     for scenario, metrics in measured.items():
         for metric, actual in metrics.items():
@@ -156,7 +178,9 @@ def updated_rows(expectations: list[Expectation], measured: dict[str, dict[str, 
 
 def render_csv(rows: list[Expectation]) -> str:
     stream = io.StringIO()
-    stream.write("# flowblending-accel check: expected values (scenario,metric,expected,margin); see `check --help`\n")
+    stream.write(
+        "# flowblending-accel check: expected values (scenario,metric,expected,margin); see `check --help`\n"
+    )
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(["scenario", "metric", "expected", "margin"])
     for row in rows:

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from .gate import Verdict, direction
 
-_ICON = {"ok": "ok", "regression": "REGRESSION", "improvement": "improvement: update", "changed": "changed",
-         "missing": "missing", "new": "new: update"}
+_ICON = {
+    "ok": "ok",
+    "regression": "REGRESSION",
+    "improvement": "improvement: update",
+    "changed": "changed",
+    "missing": "missing",
+    "new": "new: update",
+}
 
 
 def summary_markdown(verdicts: list[Verdict], command: str) -> str:
@@ -19,7 +25,9 @@ def summary_markdown(verdicts: list[Verdict], command: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for v in sorted(verdicts, key=lambda v: (v.status == "ok", v.scenario, v.metric)):
-        lines.append(f"| {v.scenario} | {v.metric} | {v.expected} | {v.actual} | {v.margin} | {_ICON[v.status]} |")
+        lines.append(
+            f"| {v.scenario} | {v.metric} | {v.expected} | {v.actual} | {v.margin} | {_ICON[v.status]} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -29,6 +37,11 @@ def benchmark_json(verdicts: list[Verdict]) -> list[dict]:
     for v in verdicts:
         if isinstance(v.actual, int | float) and not isinstance(v.actual, bool):
             sign = -1 if direction(v.metric) in ("higher", "floor") else 1
-            entries.append({"name": f"{v.scenario} {v.metric}" + (" (negated)" if sign < 0 else ""),
-                            "unit": "count" if isinstance(v.actual, int) else "value", "value": sign * v.actual})
+            entries.append(
+                {
+                    "name": f"{v.scenario} {v.metric}" + (" (negated)" if sign < 0 else ""),
+                    "unit": "count" if isinstance(v.actual, int) else "value",
+                    "value": sign * v.actual,
+                }
+            )
     return entries

@@ -1,10 +1,9 @@
 """Deterministic scenarios for the CI gate and the metrics they yield (no timing in this tier).
 
-A scenario builds a pipeline and a small model, applies a schedule and a stack, runs a warm-up call and a
-measured call, and reports counts that do not depend on the machine: denoiser calls per model and per stage,
-FLOPs per model, a hash of the routing trace, recompiles and graph breaks after the warm-up, the share of
-attention work the caches skipped, and whether every segment started with a full compute (no state reused
-from before a switch).
+A scenario is a target, a schedule and a stack. It runs a warm-up call and a measured call and reports
+counts that do not depend on the machine: denoiser calls per model and per stage, FLOPs per model, a hash
+of the routing trace, recompiles and graph breaks after the warm-up, the share of attention work the caches
+skipped, and whether every segment started with a full compute (no state reused from before a switch).
 """
 
 from __future__ import annotations
@@ -16,34 +15,33 @@ from typing import Any
 
 import torch
 
-from ..accelerators import apply_stack, remove_stack
-from ..accelerators.compile import dynamo_counts
-from ..meter import AttentionMeter
+from ..accelerators import accelerated, dynamo_counts, parse_accelerator
+from ..metrics.attention import AttentionMeter
+from ..metrics.flops import run_flops
+from ..targets import Target
+
+GRID_PROMPTS = ["a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down"]
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    build: Callable[[], tuple[Any, Any, Callable[[], dict[str, Any]], str]]  # pipe, small, call kwargs, field
+    build: Callable[[], Target]
     schedule: str
     stack: tuple[str, ...] = ()
     ratio_baseline: str | None = None  # for the ratio tier: the schedule whose time this one divides
 
 
-def _tiny_wan():
-    from ..testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+def _tiny_wan() -> Target:
+    from ..targets.tiny import tiny_target
 
-    large, small = tiny_wan_pair()
-    return tiny_wan_pipeline(large), small, lambda: wan_call_kwargs(steps=10), "frames"
+    return tiny_target("wan", steps=10)
 
 
-def _embedded():
-    from ..demo.calibration import demo_calls
-    from ..demo.models import load_demo_pipeline
+def _embedded() -> Target:
+    from ..targets.embedded import embedded_target
 
-    pipe, small = load_demo_pipeline()
-    prompts = ["a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down"]
-    return pipe, small, lambda: demo_calls(prompts, [0], 20, 3.0)[0], "frames"
+    return embedded_target(prompts=GRID_PROMPTS)
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -64,44 +62,32 @@ def trace_hash(trace: list[tuple[int, str]]) -> str:
 
 def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -> dict[str, Any]:
     """Warm-up call, measured call (and a FLOP-counting call); ``inject`` runs between warm-up and measure."""
-    pipe, small, call_kwargs, field = scenario.build()
-    metrics: dict[str, Any] = {}
-    router, stack = apply_stack(pipe, small, scenario.schedule, list(scenario.stack))
-    try:
+    target = scenario.build()
+    members = [parse_accelerator(spec).create() for spec in scenario.stack]
+    compiled = any(member.kind == "compile" for member in members)
+    with accelerated(target.pipe, target.small, scenario.schedule, members) as (router, stack):
+        kwargs = target.call_kwargs
         with torch.inference_mode():
-            getattr(pipe(**call_kwargs()), field)  # warm-up: every model, stage, branch and graph
+            target.output(target.pipe(**kwargs(0)))  # warm-up: every model and graph
+            stack.mark_warm()
             if inject is not None:
                 inject()
             before = dynamo_counts()
-            compiled = any(a.kind == "compile" for a in stack.accelerators)
-            meter = None if compiled else AttentionMeter(router, {"large": pipe.transformer, "small": small})
+            meter = None if compiled else AttentionMeter({"large": target.large, "small": target.small})
             if meter is not None:
                 router.add_listener(meter)
-            getattr(pipe(**call_kwargs()), field)
+            target.output(target.pipe(**kwargs(0)))
             after = dynamo_counts()
-            stats = router.last_run
-            if meter is not None:
-                meter.remove()
-                metrics.update(meter.summary())
-    finally:
-        remove_stack(pipe)
+        stats = router.last_run
+        if meter is not None:
+            meter.remove()
+    metrics: dict[str, Any] = meter.summary() if meter is not None else {}
     metrics.update({f"calls.{m}": n for m, n in sorted(stats.calls_per_model.items())})
     for stage in sorted({c.stage for c in stats.calls}):
         metrics[f"stage_calls.{stage}"] = sum(1 for c in stats.calls if c.stage == stage)
     metrics["trace_hash"] = trace_hash(stats.trace)
     metrics["recompiles_after_warmup"] = after["graphs"] - before["graphs"]
     metrics["graph_breaks_after_warmup"] = after["graph_breaks"] - before["graph_breaks"]
-    metrics.update(_flops(scenario))
+    flops, _ = run_flops(target.pipe, target.small, scenario.schedule, target.call_kwargs(0), scenario.stack)
+    metrics.update({f"flops.{m}": v for m, v in flops.items()})
     return metrics
-
-
-def _flops(scenario: Scenario) -> dict[str, int]:
-    pipe, small, call_kwargs, field = scenario.build()
-    eager = [s for s in scenario.stack if s != "compile"]
-    router, _ = apply_stack(pipe, small, scenario.schedule, eager, count_flops=True, timing="off")
-    try:
-        with torch.inference_mode():
-            getattr(pipe(**call_kwargs()), field)
-        return {f"flops.{m}": int(v) for m, v in sorted(router.last_run.flops_per_model.items())}
-    finally:
-        remove_stack(pipe)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..api import apply_flowblending_, remove_flowblending_
+from ..api import flowblending
 from ..metrics.quality import psnr, ssim
 from .classifier import ClipClassifier
 from .data import all_prompts
-from .models import CALL_DEFAULTS
+from .models import demo_call_kwargs
 from .scoring import classify, mean_interval
 
 
@@ -32,9 +32,7 @@ def split_prompts(calibration: int = 12) -> tuple[list[str], list[str]]:
 def demo_calls(prompts: list[str], seeds: list[int], steps: int, guidance: float) -> list[dict[str, Any]]:
     """One batched call per seed; each sample has its own generator (seed * 1000 + index)."""
     return [
-        dict(prompt=prompts, negative_prompt=[""] * len(prompts), num_inference_steps=steps, guidance_scale=guidance,
-             output_type="np", generator=[torch.Generator().manual_seed(seed * 1000 + i) for i in range(len(prompts))],
-             **CALL_DEFAULTS)
+        demo_call_kwargs(prompts, [seed * 1000 + i for i in range(len(prompts))], steps, guidance)
         for seed in seeds
     ]
 
@@ -65,19 +63,26 @@ def feature_quality(classifier: ClipClassifier, pixel: bool = True):
     return quality
 
 
-def evaluate_schedules(pipe, small, classifier: ClipClassifier, schedules: dict[str, str], prompts: list[str],
-                       seeds: list[int], steps: int, guidance: float, flops_per_call: dict[str, int],
-                       progress=None) -> dict[str, dict[str, Any]]:
+def evaluate_schedules(
+    pipe,
+    small,
+    classifier: ClipClassifier,
+    schedules: dict[str, str],
+    prompts: list[str],
+    seeds: list[int],
+    steps: int,
+    guidance: float,
+    flops_per_call: dict[str, int],
+    progress=None,
+) -> dict[str, dict[str, Any]]:
     """Generate every schedule on the same held-out prompts and seeds; score against large-only (``LLL``)."""
     outputs, calls = {}, {}
     for name, schedule in {"LLL": "L100", **schedules}.items():
-        router = apply_flowblending_(pipe, small, schedule, timing="off")
-        try:
-            with torch.inference_mode():
-                outputs[name] = torch.cat([as_clips(pipe(**kwargs).frames) for kwargs in demo_calls(prompts, seeds, steps, guidance)])
-            calls[name] = router.last_run.calls_per_model
-        finally:
-            remove_flowblending_(pipe)
+        with flowblending(pipe, small, schedule, timing="off") as router, torch.inference_mode():
+            clips = [
+                as_clips(pipe(**kwargs).frames) for kwargs in demo_calls(prompts, seeds, steps, guidance)
+            ]
+            outputs[name], calls[name] = torch.cat(clips), router.last_run.calls_per_model
         if progress is not None:
             progress(1)
     labels = [p for _ in seeds for p in prompts]
@@ -92,7 +97,9 @@ def evaluate_schedules(pipe, small, classifier: ClipClassifier, schedules: dict[
             "schedule": "L100" if name == "LLL" else schedules[name],
             "samples": len(labels),
             "flops_vs_lll": _flops(calls[name], flops_per_call) / base_flops,
-            "feature_similarity_vs_lll": mean_interval(F.cosine_similarity(features, reference_features.detach(), dim=1)),
+            "feature_similarity_vs_lll": mean_interval(
+                F.cosine_similarity(features, reference_features.detach(), dim=1)
+            ),
             "psnr_vs_lll": mean_interval(psnr(clips, reference)) if name != "LLL" else None,
             "ssim_vs_lll": mean_interval(ssim(clips, reference)) if name != "LLL" else None,
             **semantic,

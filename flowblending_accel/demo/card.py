@@ -12,7 +12,10 @@ from .models import COMMON, LARGE, PIXEL_MEAN, PIXEL_STD, SHIFT, SMALL
 
 def _params(spec: dict[str, Any]) -> str:
     width = spec["num_attention_heads"] * spec["attention_head_dim"]
-    return f"{spec['num_layers']} blocks, width {width} ({spec['num_attention_heads']} heads x {spec['attention_head_dim']}), FFN {spec['ffn_dim']}"
+    return (
+        f"{spec['num_layers']} blocks, width {width} "
+        f"({spec['num_attention_heads']} heads x {spec['attention_head_dim']}), FFN {spec['ffn_dim']}"
+    )
 
 
 def _history(log: list[dict[str, Any]], key: str, default: Any) -> str:
@@ -26,34 +29,46 @@ def _history(log: list[dict[str, Any]], key: str, default: Any) -> str:
     return ", ".join(spans) or "unknown"
 
 
-def model_card(log: list[dict[str, Any]], config: dict[str, Any], results: dict[str, Any] | None,
-               classifier: dict[str, Any] | None, commands: dict[str, str]) -> str:
+def model_card(
+    log: list[dict[str, Any]],
+    config: dict[str, Any],
+    results: dict[str, Any] | None,
+    classifier: dict[str, Any] | None,
+    commands: dict[str, str],
+) -> str:
     last = log[-1] if log else {}
     lines = [
         "# flowblending-accel demo pair: moving digits (large + small WanTransformer3DModel)",
         "",
-        "A real diffusers `WanPipeline` trained from scratch on CPU so that FlowBlending can be shown without",
-        "downloads: a large and a small transformer of one family, trained on the same data for the same steps.",
+        "A real diffusers `WanPipeline` trained from scratch "
+        "on CPU so that FlowBlending can be shown without",
+        "downloads: a large and a small transformer of one family, "
+        "trained on the same data for the same steps.",
         "",
         "## Data",
-        "Procedural text-to-video clips (`flowblending_accel/demo/data.py`): one handwritten digit from the UCI /",
+        "Procedural text-to-video clips (`flowblending_accel/demo/data.py`): "
+        "one handwritten digit from the UCI /",
         "scikit-learn 8x8 digits (shipped as `digits.npz`, upscaled to 16x16) crossing a 32x32 canvas in 9",
-        "grayscale frames at 2 px per frame, left / right / up / down, prompted `\"a 7 moving left\"`. Bitmaps are",
+        'grayscale frames at 2 px per frame, left / right / up / down, prompted `"a 7 moving left"`. '
+        "Bitmaps are",
         "split by index: 4/5 train writers, 1/5 held-out test writers (metrics use the held-out ones).",
         "",
         "## Models",
         f"- large: {_params(LARGE)}; small: {_params(SMALL)}; shared: patch {COMMON['patch_size']}, "
         f"{COMMON['in_channels']} latent channels, text width {COMMON['text_dim']}.",
-        "- VAE: `PixelShuffleVAE`, a fixed lossless 2x4x4 space/time-to-depth (pixel space; see its docstring),"
+        "- VAE: `PixelShuffleVAE`, a fixed lossless 2x4x4 space/time-to-depth (pixel space; "
+        "see its docstring),"
         f" normalised by pixel mean {PIXEL_MEAN} / std {PIXEL_STD}.",
-        "- text: word-level tokenizer + 2-layer UMT5 encoder (width 64), trained with the large model and shared.",
+        "- text: word-level tokenizer + 2-layer UMT5 encoder (width 64), "
+        "trained with the large model and shared.",
         f"- scheduler: FlowMatch Euler, shift {SHIFT}; call with `max_sequence_length=8, height=32, width=32,"
         " num_frames=9` (`flowblending_accel.demo.models.CALL_DEFAULTS`).",
         "",
         "## Training",
         f"- objective: rectified flow (velocity = noise - x0), logit-normal timesteps, prompt dropout "
-        f"{config.get('cond_dropout')}; AdamW lr {config.get('lr')} (warm-up {config.get('warmup_steps')}, cosine to "
-        f"{config.get('final_lr_fraction')}x), batch {config.get('batch_size')}, EMA {config.get('ema_decay')} "
+        f"{config.get('cond_dropout')}; AdamW lr {config.get('lr')} (warm-up {config.get('warmup_steps')}, "
+        f"cosine to {config.get('final_lr_fraction')}x), batch {config.get('batch_size')}, "
+        f"EMA {config.get('ema_decay')} "
         "(shipped weights are the EMA).",
         f"- steps: {last.get('step')} for both models, seed {config.get('seed')}; training-timestep shift: "
         f"{_history(log, 'timestep_shift', 1.0)}; CPU threads: {_history(log, 'threads', 1)} (thread count "
@@ -71,23 +86,36 @@ def model_card(log: list[dict[str, Any]], config: dict[str, Any], results: dict[
     for row in shown:
         lines.append(f"| {row['step']} | {row['val_ema']['large']:.4f} | {row['val_ema']['small']:.4f} |")
     if classifier:
-        lines += ["", "## Metrics classifier", f"3D CNN trained on train-writer clips ({classifier['steps']} steps); "
-                  f"held-out accuracy: digit {classifier['test_digit_accuracy']:.3f}, motion "
-                  f"{classifier['test_direction_accuracy']:.3f} on {classifier['test_clips']} clips. Command: "
-                  f"`{commands.get('classifier')}`"]
+        lines += [
+            "",
+            "## Metrics classifier",
+            f"3D CNN trained on train-writer clips ({classifier['steps']} steps); "
+            f"held-out accuracy: digit {classifier['test_digit_accuracy']:.3f}, motion "
+            f"{classifier['test_direction_accuracy']:.3f} on {classifier['test_clips']} clips. Command: "
+            f"`{commands.get('classifier')}`",
+        ]
     if results:
-        lines += ["", "## Evaluation", f"From `{results['context']['command']}` ({results['context']['samples']} clips"
-                  " per schedule):", "", "| schedule | FLOPs vs LLL | digit accuracy | motion accuracy |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Evaluation",
+            f"From `{results['context']['command']}` ({results['context']['samples']} clips per schedule):",
+            "",
+            "| schedule | FLOPs vs LLL | digit accuracy | motion accuracy |",
+            "|---|---|---|---|",
+        ]
         for name, row in results["rows"].items():
             if name != "real":
-                lines.append(f"| {name} ({row['schedule']}) | {row['flops_vs_lll']:.3f} | "
-                             f"{row['digit_accuracy']['mean']:.3f} | {row['direction_accuracy']['mean']:.3f} |")
+                lines.append(
+                    f"| {name} ({row['schedule']}) | {row['flops_vs_lll']:.3f} | "
+                    f"{row['digit_accuracy']['mean']:.3f} | {row['direction_accuracy']['mean']:.3f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
-def write_card(folder: Path, checkpoint_log: Path, config: dict[str, Any], results: Path | None,
-               commands: dict[str, str]) -> None:
-    from ..files import write_atomic
+def write_card(
+    folder: Path, checkpoint_log: Path, config: dict[str, Any], results: Path | None, commands: dict[str, str]
+) -> None:
+    from ..support.files import write_atomic
 
     log = [json.loads(line) for line in checkpoint_log.read_text().splitlines() if line.strip()]
     classifier_report = folder / "classifier" / "classifier.json"

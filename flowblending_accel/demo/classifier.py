@@ -26,11 +26,16 @@ class ClipClassifier(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(1, 16, 3, stride=(1, 2, 2), padding=1), nn.GELU(),  # 9 x 16 x 16
-            nn.Conv3d(16, 32, 3, stride=(1, 2, 2), padding=1), nn.GELU(),  # 9 x 8 x 8
-            nn.Conv3d(32, 48, 3, stride=(2, 2, 2), padding=1), nn.GELU(),  # 5 x 4 x 4
-            nn.Conv3d(48, FEATURE_DIM, 3, padding=1), nn.GELU(),
-            nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+            nn.Conv3d(1, 16, 3, stride=(1, 2, 2), padding=1),
+            nn.GELU(),  # 9 x 16 x 16
+            nn.Conv3d(16, 32, 3, stride=(1, 2, 2), padding=1),
+            nn.GELU(),  # 9 x 8 x 8
+            nn.Conv3d(32, 48, 3, stride=(2, 2, 2), padding=1),
+            nn.GELU(),  # 5 x 4 x 4
+            nn.Conv3d(48, FEATURE_DIM, 3, padding=1),
+            nn.GELU(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
         )
         self.digit_head = nn.Linear(FEATURE_DIM, 10)
         self.direction_head = nn.Linear(FEATURE_DIM, len(DIRECTIONS))
@@ -49,7 +54,9 @@ class ClassifierReport:
     test_clips: int
 
 
-def train_classifier(steps: int = 2000, batch_size: int = 64, seed: int = 0, noise: float = 0.1) -> tuple[ClipClassifier, ClassifierReport]:
+def train_classifier(
+    steps: int = 2000, batch_size: int = 64, seed: int = 0, noise: float = 0.1
+) -> tuple[ClipClassifier, ClassifierReport]:
     torch.manual_seed(seed)
     model = ClipClassifier()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)

@@ -69,7 +69,9 @@ def render(bitmaps: torch.Tensor, directions: list[str], offsets: torch.Tensor) 
 
     ``offsets`` (B,) in [0, CANVAS - DIGIT_SIZE] place the digit across the direction of motion.
     """
-    glyphs = F.interpolate(bitmaps[:, None], size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", align_corners=False)
+    glyphs = F.interpolate(
+        bitmaps[:, None], size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", align_corners=False
+    )
     glyphs = glyphs[:, 0].clamp(0, 1)
     clips = torch.zeros(len(bitmaps), FRAMES, CANVAS, CANVAS)
     travel = CANVAS - DIGIT_SIZE

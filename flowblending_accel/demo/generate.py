@@ -13,18 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..api import apply_flowblending_, remove_flowblending_
-from ..metrics.flops import call_flops, capture_first_call
+from ..api import flowblending
+from ..metrics.flops import flops_per_call
 from .data import all_prompts
-from .models import CALL_DEFAULTS
-
-SCHEDULES = {  # the paper's allocations: LSS = small from 40 %, SLL = small for the first 20 % of 50 steps
-    "LLL": "L100",
-    "LSL": "L40-S40-L20",
-    "LSS": "L40-S60",
-    "SLL": "S20-L80",
-    "SSS": "S100",
-}
+from .models import demo_call_kwargs
+from .schedules import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -75,31 +68,9 @@ class Generated:
 
 def generate_clips(pipe, prompts: list[str], seeds: list[int], settings: DemoSettings) -> torch.Tensor:
     """One pipeline call; every sample gets its own seeded generator, so its noise ignores the batch."""
-    output = pipe(
-        prompt=prompts,
-        negative_prompt=[""] * len(prompts),
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
-        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
-        output_type="np",
-        **CALL_DEFAULTS,
-    )
+    output = pipe(**demo_call_kwargs(prompts, seeds, settings.steps, settings.guidance_scale))
     frames = torch.from_numpy(np.asarray(output.frames))  # (B, F, H, W, C)
     return frames.permute(0, 4, 1, 2, 3).contiguous()
-
-
-def measure_flops(pipe, small, settings: DemoSettings) -> dict[str, int]:
-    """FLOPs of one single-sample call of each model, on the pipeline's real call arguments."""
-    with capture_first_call(pipe.transformer) as call:
-        generate_clips(pipe, [settings.prompts[0]], [settings.base_seed], _one_step(settings))
-    return {
-        "large": call_flops(pipe.transformer, call["args"], call["kwargs"]),
-        "small": call_flops(small, call["args"], call["kwargs"]),
-    }
-
-
-def _one_step(settings: DemoSettings) -> DemoSettings:
-    return DemoSettings(steps=1, guidance_scale=settings.guidance_scale, prompts=settings.prompts)
 
 
 def run_comparison(pipe, small, settings: DemoSettings, progress=None, samples=None) -> Generated:
@@ -109,23 +80,27 @@ def run_comparison(pipe, small, settings: DemoSettings, progress=None, samples=N
     """
     samples = samples if samples is not None else settings.samples()
     result = Generated(settings, samples)
-    result.flops_per_sample_call = measure_flops(pipe, small, settings)
-    router = apply_flowblending_(pipe, small, "L100")
-    try:
-        router.set_schedule(SCHEDULES["LSL"])  # warm-up: both models, both CFG branches
-        generate_clips(pipe, [samples[0][0]], [samples[0][1]], settings)
-        chunks = [samples[i : i + settings.chunk_size] for i in range(0, len(samples), settings.chunk_size)]
-        for index, chunk in enumerate(chunks):
-            order = settings.schedules[index % len(settings.schedules) :] + settings.schedules[: index % len(settings.schedules)]
-            for name in order:
-                _run_chunk(pipe, router, name, chunk, settings, result)
-            if progress is not None:
-                progress(len(chunk))
-        result.complete = True
-    except KeyboardInterrupt:
-        _drop_unfinished_chunk(result)
-    finally:
-        remove_flowblending_(pipe)
+    first = settings.samples()[0]
+    result.flops_per_sample_call = flops_per_call(
+        pipe, small, demo_call_kwargs([first[0]], [first[1]], 1, settings.guidance_scale)
+    )
+    with flowblending(pipe, small, SCHEDULES["LSL"]) as router:
+        try:
+            generate_clips(
+                pipe, [samples[0][0]], [samples[0][1]], settings
+            )  # warm-up: both models and branches
+            chunks = [
+                samples[i : i + settings.chunk_size] for i in range(0, len(samples), settings.chunk_size)
+            ]
+            for index, chunk in enumerate(chunks):
+                shift = index % len(settings.schedules)
+                for name in settings.schedules[shift:] + settings.schedules[:shift]:
+                    _run_chunk(pipe, router, name, chunk, settings, result)
+                if progress is not None:
+                    progress(len(chunk))
+            result.complete = True
+        except KeyboardInterrupt:
+            _drop_unfinished_chunk(result)
     return result
 
 
@@ -145,8 +120,12 @@ def _run_chunk(pipe, router, name: str, chunk, settings: DemoSettings, result: G
 def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
     """One :class:`Generated` from the ranks' shares (``(sample indices, result)``), in sample order."""
     first = parts[0][1]
-    merged = Generated(first.settings, [], flops_per_sample_call=first.flops_per_sample_call,
-                       complete=all(part.complete for _, part in parts))
+    merged = Generated(
+        first.settings,
+        [],
+        flops_per_sample_call=first.flops_per_sample_call,
+        complete=all(part.complete for _, part in parts),
+    )
     pairs = []
     for indices, part in parts:
         done = indices[: part.done]
@@ -157,7 +136,9 @@ def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
     pairs.sort(key=lambda p: p[0])
     merged.samples = [sample for _, sample, _, _ in pairs]
     for name in first.settings.schedules:
-        merged.frames[name] = [torch.stack([part.stacked(name)[k] for _, _, k, part in pairs])] if pairs else []
+        merged.frames[name] = (
+            [torch.stack([part.stacked(name)[k] for _, _, k, part in pairs])] if pairs else []
+        )
     return merged
 
 

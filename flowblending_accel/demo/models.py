@@ -18,8 +18,14 @@ from .text import MAX_SEQUENCE_LENGTH, TEXT_DIM
 
 PIXEL_MEAN, PIXEL_STD = -0.85, 0.42  # measured over the training clips (mostly background at -1)
 COMMON = dict(
-    patch_size=(1, 2, 2), in_channels=32, out_channels=32, text_dim=TEXT_DIM, freq_dim=64,
-    cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    patch_size=(1, 2, 2),
+    in_channels=32,
+    out_channels=32,
+    text_dim=TEXT_DIM,
+    freq_dim=64,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=32,
 )
 LARGE = dict(num_layers=5, num_attention_heads=5, attention_head_dim=32, ffn_dim=512)
 SMALL = dict(num_layers=3, num_attention_heads=2, attention_head_dim=32, ffn_dim=192)
@@ -28,6 +34,22 @@ SMALL_SUBFOLDER = "transformer_small"
 CLASSIFIER_SUBFOLDER = "classifier"
 # What every demo call passes: the models were trained on 8-token prompts, 32x32 pixels, 9 frames.
 CALL_DEFAULTS = dict(height=32, width=32, num_frames=9, max_sequence_length=MAX_SEQUENCE_LENGTH)
+
+
+def demo_call_kwargs(
+    prompts: list[str], seeds: list[int], steps: int, guidance_scale: float, output_type: str = "np"
+) -> dict:
+    """One pipeline call's arguments: each sample has its own seeded generator, so its noise ignores the
+    batch."""
+    return dict(
+        prompt=list(prompts),
+        negative_prompt=[""] * len(prompts),
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type=output_type,
+        generator=[torch.Generator().manual_seed(seed) for seed in seeds],
+        **CALL_DEFAULTS,
+    )
 
 
 def _transformer(spec: dict, seed: int):

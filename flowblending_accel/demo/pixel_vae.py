@@ -44,12 +44,20 @@ class PixelShuffleVAE(ModelMixin, ConfigMixin):
         c, s, t = self.config.in_channels, self.config.scale_factor_spatial, self.config.scale_factor_temporal
         b, _, frames, h, w = video.shape
         if (frames - 1) % t or h % s or w % s:
-            raise ValueError(f"video of {frames} frames at {h}x{w} does not fit the {t}x{s}x{s} pixel shuffle.")
+            raise ValueError(
+                f"video of {frames} frames at {h}x{w} does not fit the {t}x{s}x{s} pixel shuffle."
+            )
         video = torch.cat([video[:, :, :1].expand(-1, -1, t - 1, -1, -1), video], dim=2)
         blocks = video.reshape(b, c, video.shape[2] // t, t, h // s, s, w // s, s)
         latents = blocks.permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(b, -1, video.shape[2] // t, h // s, w // s)
         latents = (latents - self.config.pixel_mean) / self.config.pixel_std
-        return SimpleNamespace(latent_dist=SimpleNamespace(mode=lambda: latents, sample=lambda generator=None: latents)) if return_dict else (latents,)
+        return (
+            SimpleNamespace(
+                latent_dist=SimpleNamespace(mode=lambda: latents, sample=lambda generator=None: latents)
+            )
+            if return_dict
+            else (latents,)
+        )
 
     def decode(self, latents: torch.Tensor, return_dict: bool = True):
         """Inverse of :meth:`encode`: ``(B, z_dim, T, h, w)`` -> pixels ``(B, C, 2T-1, h*s, w*s)``."""

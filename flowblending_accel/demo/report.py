@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from ..files import write_atomic
+from ..support.files import write_atomic
 
 CELL_SCALE = 3
 LABEL_WIDTH = 120
@@ -18,11 +18,16 @@ HEADER = 16
 
 def _cell(frames01: torch.Tensor, frame: int, scale: int) -> Image.Image:
     pixels = (frames01[0, frame].clamp(0, 1) * 255).round().byte().numpy()
-    return Image.fromarray(pixels, mode="L").resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST)
+    return Image.fromarray(pixels, mode="L").resize(
+        (pixels.shape[1] * scale, pixels.shape[0] * scale), Image.NEAREST
+    )
 
 
-def grid_frames(columns: dict[str, torch.Tensor], prompts: list[str], frame_ids: list[int], scale: int) -> list[Image.Image]:
-    """One image per entry of ``frame_ids``; ``columns`` maps a label to clips ``(N, 1, F, H, W)`` in [0, 1]."""
+def grid_frames(
+    columns: dict[str, torch.Tensor], prompts: list[str], frame_ids: list[int], scale: int
+) -> list[Image.Image]:
+    """One image per entry of ``frame_ids``; ``columns`` maps a label to clips ``(N, 1, F, H, W)`` in
+    [0, 1]."""
     first = next(iter(columns.values()))
     cell_h, cell_w = first.shape[-2] * scale, first.shape[-1] * scale
     width = LABEL_WIDTH + len(columns) * (cell_w + 4)
@@ -45,8 +50,11 @@ def grid_frames(columns: dict[str, torch.Tensor], prompts: list[str], frame_ids:
 def write_grids(folder: Path, columns: dict[str, torch.Tensor], prompts: list[str]) -> None:
     frames = next(iter(columns.values())).shape[2]
     animated = grid_frames(columns, prompts, list(range(frames)), CELL_SCALE)
-    gif = _encode(lambda stream: animated[0].save(stream, format="GIF", save_all=True, append_images=animated[1:],
-                                                   duration=180, loop=0))
+    gif = _encode(
+        lambda stream: animated[0].save(
+            stream, format="GIF", save_all=True, append_images=animated[1:], duration=180, loop=0
+        )
+    )
     write_atomic(folder / "grid.gif", gif)
     strips = grid_frames(columns, prompts, [0, frames // 2, frames - 1], 2)
     strip = Image.new("L", (strips[0].width * 3 + 16, strips[0].height), 255)
@@ -77,18 +85,22 @@ def markdown_report(rows: dict, context: dict) -> str:
         f"- device: {context['device']}; torch {context['versions']['torch']}, diffusers "
         f"{context['versions']['diffusers']}; {context['threads']} torch threads",
         f"- samples: {context['samples']} clips per schedule ({context['prompts']} prompts x "
-        f"{context['samples_per_prompt']} seeds), identical initial noise across schedules; {context['steps']} "
-        f"FlowMatch Euler steps (shift {context['shift']}), guidance {context['guidance_scale']}",
+        f"{context['samples_per_prompt']} seeds), identical initial noise across schedules; "
+        f"{context['steps']} FlowMatch Euler steps (shift {context['shift']}), guidance "
+        f"{context['guidance_scale']}",
         f"- per-call FLOPs (one sample, measured): large {context['flops']['large'] / 1e6:.1f} MFLOP, small "
-        f"{context['flops']['small'] / 1e6:.1f} MFLOP ({context['flops']['large'] / context['flops']['small']:.1f}x)",
+        f"{context['flops']['small'] / 1e6:.1f} MFLOP "
+        f"({context['flops']['large'] / context['flops']['small']:.1f}x)",
         f"- timing: {context['chunks']} chunks of up to {context['chunk_size']} clips, schedules interleaved "
-        "per chunk (rotated order) after a warm-up; speedup = median over chunks of LLL time / schedule time [IQR]",
+        "per chunk (rotated order) after a warm-up; "
+        "speedup = median over chunks of LLL time / schedule time [IQR]",
     ]
     if not context["complete"]:
         lines.append("- **partial**: interrupted; only the chunks every schedule finished are reported")
     lines += [
         "",
-        "| schedule | stages | speedup vs LLL | FLOPs vs LLL | large / small calls | PSNR vs LLL (dB) | SSIM vs LLL |"
+        "| schedule | stages | speedup vs LLL | FLOPs vs LLL | large / small calls | PSNR vs LLL (dB) | "
+        "SSIM vs LLL |"
         " temporal consistency | digit accuracy | motion accuracy | FD to real (± sd) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -100,7 +112,8 @@ def markdown_report(rows: dict, context: dict) -> str:
         lines.append(
             f"| {name} | {row['schedule']} | {speed['median']:.2f} [{speed['q1']:.2f}, {speed['q3']:.2f}] | "
             f"{row['flops_vs_lll']:.3f} | {calls.get('large', 0):.0f} / {calls.get('small', 0):.0f} | "
-            f"{_ci(row['psnr_vs_lll'], 2)} | {_ci(row['ssim_vs_lll'])} | {_ci(row['temporal_consistency'])} | "
+            f"{_ci(row['psnr_vs_lll'], 2)} | {_ci(row['ssim_vs_lll'])} | "
+            f"{_ci(row['temporal_consistency'])} | "
             f"{_ci(row['digit_accuracy'])} | {_ci(row['direction_accuracy'])} | "
             f"{row['fd_to_real']['value']:.2f} ± {row['fd_to_real']['bootstrap_sd']:.2f} |"
         )
@@ -110,8 +123,10 @@ def markdown_report(rows: dict, context: dict) -> str:
         f"{_ci(real['digit_accuracy'])} | {_ci(real['direction_accuracy'])} | "
         f"{real['fd_to_real']['value']:.2f} ± {real['fd_to_real']['bootstrap_sd']:.2f} |",
         "",
-        "Intervals are 95 % (normal for means, Wilson for accuracies). PSNR / SSIM compare each clip with the",
-        "LLL clip from the same noise. Accuracies and FD come from a video classifier trained on real clips of",
+        "Intervals are 95 % (normal for means, Wilson for accuracies). "
+        "PSNR / SSIM compare each clip with the",
+        "LLL clip from the same noise. Accuracies and FD come "
+        "from a video classifier trained on real clips of",
         "the training writers; the `real clips` row is its ceiling and the FD noise floor (real vs real).",
         "FLOPs are measured per call (attention included) and multiplied by the calls made; the FLOP-ideal",
         "speedup is 1 / (FLOPs vs LLL). Small per-call work on a CPU leaves fixed per-call costs (text, VAE,",
@@ -119,13 +134,18 @@ def markdown_report(rows: dict, context: dict) -> str:
         "",
         "![grid](grid.png)",
         "",
-        "Animated: [grid.gif](grid.gif). Columns: a real clip for the prompt, then each schedule from one noise.",
+        "Animated: [grid.gif](grid.gif). Columns: a real clip for the prompt, "
+        "then each schedule from one noise.",
         "",
     ]
     return "\n".join(lines)
 
 
-def write_outputs(folder: Path, rows: dict, context: dict, columns: dict[str, torch.Tensor], prompts: list[str]) -> None:
+def write_outputs(
+    folder: Path, rows: dict, context: dict, columns: dict[str, torch.Tensor], prompts: list[str]
+) -> None:
     write_grids(folder, columns, prompts)
-    write_atomic(folder / "results.json", (json.dumps({"context": context, "rows": rows}, indent=2) + "\n").encode())
+    write_atomic(
+        folder / "results.json", (json.dumps({"context": context, "rows": rows}, indent=2) + "\n").encode()
+    )
     write_atomic(folder / "report.md", markdown_report(rows, context).encode())

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..distributed import gather_ordered, init_from_env, shard
-from ..env import device_name, versions
-from ..files import free_output_folder
+from ..support.env import device_name, versions
+from ..support.files import free_output_folder
 from .classifier import load_classifier
 from .data import parse_prompt, reference_clips
 from .generate import DemoSettings, merge_ranks, run_comparison
@@ -21,8 +21,15 @@ from .scoring import score
 GRID_PROMPTS = ("a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down")
 
 
-def run_demo(settings: DemoSettings, output: Path, pair: Path | None, threads: int, overwrite: bool,
-             command: str, show_progress: bool = True) -> tuple[Path, dict]:
+def run_demo(
+    settings: DemoSettings,
+    output: Path,
+    pair: Path | None,
+    threads: int,
+    overwrite: bool,
+    command: str,
+    show_progress: bool = True,
+) -> tuple[Path, dict]:
     for prompt in settings.prompts:
         parse_prompt(prompt)  # a bad prompt fails here, before loading or generating anything
     torch.set_num_threads(threads)
@@ -83,7 +90,9 @@ class _progress:
             return lambda n: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        self.bar = Progress("generating all schedules", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self.bar = Progress(
+            "generating all schedules", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
         self.bar.start()
         task = self.bar.add_task("demo", total=self.total)
         return lambda n: self.bar.advance(task, n)

@@ -13,7 +13,8 @@ import torch
 from ..metrics.quality import frechet_distance, psnr, ssim, temporal_consistency
 from .classifier import ClipClassifier
 from .data import DIRECTIONS, parse_prompt, reference_clips
-from .generate import SCHEDULES, Generated
+from .generate import Generated
+from .schedules import SCHEDULES
 
 
 def mean_interval(values: torch.Tensor) -> dict[str, float]:
@@ -47,7 +48,9 @@ def classify(classifier: ClipClassifier, clips01: torch.Tensor, prompts: list[st
     }
 
 
-def frechet_with_spread(features: torch.Tensor, real: torch.Tensor, resamples: int = 20, seed: int = 0) -> dict:
+def frechet_with_spread(
+    features: torch.Tensor, real: torch.Tensor, resamples: int = 20, seed: int = 0
+) -> dict:
     """FD and the standard deviation of FD over bootstrap resamples of the generated set."""
     generator = torch.Generator().manual_seed(seed)
     boots = [
@@ -65,9 +68,16 @@ def score(generated: Generated, classifier: ClipClassifier) -> dict:
     real01 = (real.clips + 1) / 2
     real_scores = classify(classifier, real01, prompts)
     real_features = real_scores.pop("features")
-    other_real = classify(classifier, (reference_clips(prompts, seed=generated.settings.base_seed + 8).clips + 1) / 2, prompts)
-    rows = {"real": {**real_scores, "fd_to_real": frechet_with_spread(other_real["features"], real_features),
-                     "temporal_consistency": mean_interval(temporal_consistency(real01))}}
+    other_real = classify(
+        classifier, (reference_clips(prompts, seed=generated.settings.base_seed + 8).clips + 1) / 2, prompts
+    )
+    rows = {
+        "real": {
+            **real_scores,
+            "fd_to_real": frechet_with_spread(other_real["features"], real_features),
+            "temporal_consistency": mean_interval(temporal_consistency(real01)),
+        }
+    }
     baseline = generated.stacked("LLL")
     flops = generated.flops_per_sample_call
     baseline_flops = _flops(generated.total_calls("LLL"), flops)
@@ -102,6 +112,10 @@ def _speed(generated: Generated, name: str) -> dict:
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     return {
         "seconds_total": sum(seconds),
-        "speedup_vs_lll": {"median": statistics.median(ratios), "q1": quartiles[0], "q3": quartiles[2],
-                           "chunks": len(ratios)},
+        "speedup_vs_lll": {
+            "median": statistics.median(ratios),
+            "q1": quartiles[0],
+            "q3": quartiles[2],
+            "chunks": len(ratios),
+        },
     }

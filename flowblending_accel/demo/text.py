@@ -23,7 +23,10 @@ def build_tokenizer():
         single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
     )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
         model_max_length=MAX_SEQUENCE_LENGTH,
     )
 
@@ -34,8 +37,17 @@ def build_text_encoder(seed: int = 0):
 
     torch.manual_seed(seed)
     config = UMT5Config(
-        vocab_size=len(VOCABULARY), d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, dropout_rate=0.0,
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        vocab_size=len(VOCABULARY),
+        d_model=TEXT_DIM,
+        d_kv=16,
+        d_ff=128,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
     )
     return UMT5EncoderModel(config).eval()

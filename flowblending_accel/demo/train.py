@@ -67,7 +67,10 @@ class Trainer:
         torch.set_num_threads(config.threads)
         self.tokenizer = build_tokenizer()
         self.text_encoder = build_text_encoder(seed=config.seed).train()
-        self.large, self.small = build_large(seed=config.seed).train(), build_small(seed=config.seed + 1).train()
+        self.large, self.small = (
+            build_large(seed=config.seed).train(),
+            build_small(seed=config.seed + 1).train(),
+        )
         self.vae = build_vae()
         self.large_opt = self._optimizer(list(self.large.parameters()) + list(self.text_encoder.parameters()))
         self.small_opt = self._optimizer(list(self.small.parameters()))
@@ -87,7 +90,9 @@ class Trainer:
         if step < c.warmup_steps:
             return c.lr * (step + 1) / c.warmup_steps
         progress = (step - c.warmup_steps) / max(1, c.steps - c.warmup_steps)
-        return c.lr * (c.final_lr_fraction + (1 - c.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return c.lr * (
+            c.final_lr_fraction + (1 - c.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
+        )
 
     # ------------------------------------------------------------------------------------------- step
     def _inputs(self, generator: torch.Generator, clips, prompts, shift: float = 1.0):
@@ -114,7 +119,9 @@ class Trainer:
         ):
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            prediction = model(hidden_states=noisy, timestep=timestep, encoder_hidden_states=context, return_dict=False)[0]
+            prediction = model(
+                hidden_states=noisy, timestep=timestep, encoder_hidden_states=context, return_dict=False
+            )[0]
             loss = F.mse_loss(prediction, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -139,8 +146,12 @@ class Trainer:
         with self.weights(use_ema):
             text = encode_prompts(self.tokenizer, self.text_encoder, prompts)
             return {
-                name: F.mse_loss(model(hidden_states=noisy, timestep=timestep, encoder_hidden_states=text,
-                                       return_dict=False)[0], target).item()
+                name: F.mse_loss(
+                    model(
+                        hidden_states=noisy, timestep=timestep, encoder_hidden_states=text, return_dict=False
+                    )[0],
+                    target,
+                ).item()
                 for name, model in (("large", self.large), ("small", self.small))
             }
 
@@ -172,7 +183,10 @@ class Trainer:
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         if state["config"]["seed"] != self.config.seed:
-            raise ValueError(f"{self.checkpoint_path} was trained with seed {state['config']['seed']}; use it or a new --output.")
+            raise ValueError(
+                f"{self.checkpoint_path} was trained with seed {state['config']['seed']}; "
+                "use it or a new --output."
+            )
         for name, module in self.modules().items():
             module.load_state_dict(state["models"][name])
             self.ema[name].shadow = state["ema"][name]
@@ -221,10 +235,18 @@ def train_pair(config: TrainConfig, output: Path, progress: bool = True, until: 
                 bar.update(1)
                 bar.set_postfix(large=f"{running['large']:.4f}", small=f"{running['small']:.4f}")
             if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
-                trainer.log.append({
-                    "step": trainer.step, "train_loss": running, "seconds": time.time() - started,
-                    "resumed": resumed, "threads": config.threads, "timestep_shift": config.timestep_shift, "val_raw": trainer.validation_loss(False), "val_ema": trainer.validation_loss(True),
-                })
+                trainer.log.append(
+                    {
+                        "step": trainer.step,
+                        "train_loss": running,
+                        "seconds": time.time() - started,
+                        "resumed": resumed,
+                        "threads": config.threads,
+                        "timestep_shift": config.timestep_shift,
+                        "val_raw": trainer.validation_loss(False),
+                        "val_ema": trainer.validation_loss(True),
+                    }
+                )
             if trainer.step % config.checkpoint_every == 0:
                 trainer.save()
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Quality metrics against the same-seed large-only output, and feature extractors for semantic ones."""
+"""Metrics: quality against the same-seed large-only output, feature extractors, FLOPs and cache-hit
+accounting."""
 
 from .features import FeatureExtractor, available_extractors, load_extractor, register_extractor
 from .quality import (

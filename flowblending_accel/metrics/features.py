@@ -38,7 +38,9 @@ class FeatureExtractor:
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
         if frames.shape[1] == 1:
             frames = frames.expand(-1, 3, -1, -1)
-        pixels = F.interpolate(frames.float(), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        pixels = F.interpolate(
+            frames.float(), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         parameter = next(self.model.parameters())
@@ -50,15 +52,23 @@ def _load_dino(path: str) -> FeatureExtractor:
     from transformers import Dinov2Model
 
     model = Dinov2Model.from_pretrained(path, local_files_only=True).eval()
-    return FeatureExtractor("dino", model, model.config.image_size, IMAGENET_MEAN, IMAGENET_STD,
-                            lambda out: out.last_hidden_state[:, 0])
+    return FeatureExtractor(
+        "dino",
+        model,
+        model.config.image_size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        lambda out: out.last_hidden_state[:, 0],
+    )
 
 
 def _load_clip(path: str) -> FeatureExtractor:
     from transformers import CLIPVisionModelWithProjection
 
     model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True).eval()
-    return FeatureExtractor("clip", model, model.config.image_size, CLIP_MEAN, CLIP_STD, lambda out: out.image_embeds)
+    return FeatureExtractor(
+        "clip", model, model.config.image_size, CLIP_MEAN, CLIP_STD, lambda out: out.image_embeds
+    )
 
 
 _LOADERS: dict[str, tuple[Callable[[str], FeatureExtractor], str]] = {

@@ -43,7 +43,8 @@ def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
 
 
 def ssim(video, reference, data_range: float = 1.0, layout: str = "BCFHW", window: int = 7) -> torch.Tensor:
-    """Per-clip SSIM (Wang et al. 2004, Gaussian window, K1=0.01, K2=0.03), averaged over frames and channels."""
+    """Per-clip SSIM (Wang et al. 2004, Gaussian window, K1=0.01, K2=0.03), averaged over frames and
+    channels."""
     a, b = as_frames(video, layout), as_frames(reference, layout)
     batch, frames, channels, h, w = a.shape
     size = min(window, h, w) | 1
@@ -68,7 +69,9 @@ def temporal_consistency(video, layout: str = "BCFHW", extractor: Callable | Non
     frames = as_frames(video, layout)
     batch, count = frames.shape[:2]
     flat = frames.reshape(batch * count, *frames.shape[2:])
-    features = extractor(flat) if extractor is not None else flat.flatten(1) - flat.flatten(1).mean(-1, keepdim=True)
+    features = (
+        extractor(flat) if extractor is not None else flat.flatten(1) - flat.flatten(1).mean(-1, keepdim=True)
+    )
     features = F.normalize(features.reshape(batch, count, -1), dim=-1)
     return (features[:, 1:] * features[:, :-1]).sum(-1).mean(-1)
 
@@ -88,7 +91,10 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("a Fréchet distance needs at least two samples per set.")
     mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T).reshape(a.shape[1], a.shape[1]), torch.cov(b.T).reshape(b.shape[1], b.shape[1])
+    cov_a, cov_b = (
+        torch.cov(a.T).reshape(a.shape[1], a.shape[1]),
+        torch.cov(b.T).reshape(b.shape[1], b.shape[1]),
+    )
     root_a = _sqrt_psd(cov_a)
     # Tr((cov_a cov_b)^1/2) = Tr((root_a cov_b root_a)^1/2), the latter symmetric PSD: use eigenvalues.
     middle = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()

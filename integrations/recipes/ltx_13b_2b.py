@@ -23,21 +23,34 @@ from flowblending_accel.accelerators import apply_stack  # noqa: E402
 PIPELINE, SMALL = "Lightricks/LTX-Video-0.9.7-dev", "Lightricks/LTX-Video-0.9.5"
 
 
-def build(pipeline=PIPELINE, small=SMALL, schedule="L40-S40-L20", stack=(), device="cuda", dtype=torch.bfloat16,
-          **components):
+def build(
+    pipeline=PIPELINE,
+    small=SMALL,
+    schedule="L40-S40-L20",
+    stack=(),
+    device="cuda",
+    dtype=torch.bfloat16,
+    **components,
+):
     from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 
     pipe = LTXPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    small_model = LTXVideoTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(device)
+    small_model = LTXVideoTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(
+        device
+    )
     router, _ = apply_stack(pipe, small_model, schedule, list(stack))
     return pipe, router
 
 
 def main(argv=None) -> None:
     p = parser(__doc__, PIPELINE, SMALL)
-    p.add_argument("--distilled", metavar="FOLDER", default=None,
-                   help="a step-distilled 2B converted to a diffusers folder (with a transformer/ subfolder) for the "
-                        "small slot: the paper's LDL")
+    p.add_argument(
+        "--distilled",
+        metavar="FOLDER",
+        default=None,
+        help="a step-distilled 2B converted to a diffusers folder (with a transformer/ subfolder) for the "
+        "small slot: the paper's LDL",
+    )
     args = p.parse_args(argv)
     small = args.distilled or args.small
     pipe, _ = build(args.pipeline, small, args.schedule, args.stack, args.device, getattr(torch, args.dtype))

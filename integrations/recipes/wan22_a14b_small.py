@@ -20,11 +20,15 @@ from flowblending_accel import apply_flowblending_  # noqa: E402
 PIPELINE, SMALL = "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
 
 
-def build(pipeline=PIPELINE, small=SMALL, schedule="L40-S40-L20", device="cuda", dtype=torch.bfloat16, **components):
+def build(
+    pipeline=PIPELINE, small=SMALL, schedule="L40-S40-L20", device="cuda", dtype=torch.bfloat16, **components
+):
     from diffusers import WanPipeline, WanTransformer3DModel
 
     pipe = WanPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    small_model = WanTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(device)
+    small_model = WanTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(
+        device
+    )
     router = apply_flowblending_(pipe, small_model, schedule, denoisers=("transformer", "transformer_2"))
     return pipe, router
 

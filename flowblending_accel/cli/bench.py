@@ -3,58 +3,74 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
-from ..accelerators import SPEC_HELP
+from ..accelerators import spec_help
 
 DEFAULT_STACK = ["dpm++:10", "fbc:0.05", "compile", "tensorrt"]
 
 
-def add_bench(commands) -> None:
+def register(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="baseline -> +FlowBlending -> +step reduction -> +cache -> +compile ... in one run",
         description=(
-            "Measure the stack cumulatively in one process: each row adds one accelerator to the previous row. "
-            "Rows run interleaved after a warm-up that touches every model, stage and CFG branch; each reports "
-            "wall time (median, IQR), speedup vs the large-only baseline, the time-ideal speedup and efficiency, "
-            "per-model calls and FLOPs, peak memory, recompiles and quality vs the baseline output. Writes "
-            "bench.json, github-action-benchmark JSON, bench.md and bench.png."
+            "Measure the stack cumulatively in one process: each row adds one accelerator to the previous "
+            "row. Rows run interleaved after a warm-up that touches every model, stage and CFG branch; each "
+            "reports wall time (median, IQR), speedup vs the large-only baseline, the time-ideal speedup and "
+            "efficiency, per-model calls and FLOPs, peak memory, recompiles and quality vs the baseline "
+            "output. Writes bench.json, github-action-benchmark JSON, bench.md and bench.png."
         ),
     )
     source = bench.add_mutually_exclusive_group()
-    source.add_argument("--pair", type=Path, default=None, help="a demo-pair folder (default: the embedded pair)")
-    source.add_argument("--random-weights", default=None, metavar="PRESET",
-                        help="real-size random configs, e.g. wan2.1-14b+1.3b (GPU) or tiny-wan")
+    source.add_argument(
+        "--pair", type=Path, default=None, help="a demo-pair folder (default: the embedded pair)"
+    )
+    source.add_argument(
+        "--random-weights",
+        default=None,
+        metavar="PRESET",
+        help="real-size random configs, e.g. wan2.1-14b+1.3b (GPU) or tiny-wan",
+    )
     source.add_argument("--large", default=None, help="pipeline folder or hub id (with --small)")
     bench.add_argument("--small", default=None, help="folder or hub id holding the small denoiser")
     bench.add_argument("--schedule", default="L40-S40-L20", help="FlowBlending stages (default L40-S40-L20)")
-    bench.add_argument("--stack", nargs="*", default=DEFAULT_STACK,
-                       help=f"accelerators added row by row (default {' '.join(DEFAULT_STACK)}): {SPEC_HELP}")
+    bench.add_argument(
+        "--stack",
+        nargs="*",
+        default=DEFAULT_STACK,
+        help=f"accelerators added row by row (default {' '.join(DEFAULT_STACK)}): {spec_help()}",
+    )
     bench.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    bench.add_argument("--dtype", default="bfloat16", help="random/pretrained weights dtype (default bfloat16)")
+    bench.add_argument(
+        "--dtype", default="bfloat16", help="random/pretrained weights dtype (default bfloat16)"
+    )
     bench.add_argument("--height", type=int, default=480)
     bench.add_argument("--width", type=int, default=832)
     bench.add_argument("--frames", type=int, default=61)
     bench.add_argument("--steps", type=int, default=50)
-    bench.add_argument("--prompt", default="A polar bear playing guitar", help="prompt for pretrained pipelines")
+    bench.add_argument(
+        "--prompt", default="A polar bear playing guitar", help="prompt for pretrained pipelines"
+    )
     bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     bench.add_argument("--output", type=Path, default=Path("flowblending-bench"), help="results folder")
     bench.add_argument("--overwrite", action="store_true", help="replace results already in --output")
-    bench.set_defaults(run=run_bench_command)
+    bench.set_defaults(run=run)
 
 
 def _target(args):
     import torch
 
-    from .targets import embedded_target, pretrained_target, random_wan_target
+    from ..targets.embedded import embedded_target
+    from ..targets.folders import pretrained_target
+    from ..targets.presets import random_wan_target
 
     dtype = getattr(torch, args.dtype)
     if args.random_weights:
-        return random_wan_target(args.random_weights, args.device, dtype, args.height, args.width, args.frames, args.steps)
+        return random_wan_target(
+            args.random_weights, args.device, dtype, args.height, args.width, args.frames, args.steps
+        )
     if args.large:
         if not args.small:
             raise ValueError("--large needs --small (the folder or hub id of the small denoiser).")
@@ -62,15 +78,15 @@ def _target(args):
     return embedded_target(args.pair, args.device)
 
 
-def run_bench_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
     from rich.progress import Progress
 
-    from ..accelerators import Pair, Stack, parse_accelerator
-    from ..env import device_name, versions
-    from ..files import free_output_folder
-    from .report import output_quality, write_bench
-    from .runner import cumulative_rows, measure_rows, summarise
+    from ..accelerators import Stack, StackTarget, parse_accelerator
+    from ..bench.report import output_quality, write_bench
+    from ..bench.runner import cumulative_rows, measure_rows, summarise
+    from ..support.env import device_name, versions
+    from ..support.files import free_output_folder
 
     if args.repeats < 1:
         raise ValueError("--repeats must be at least 1.")
@@ -78,17 +94,25 @@ def run_bench_command(args: argparse.Namespace) -> int:
         parse_accelerator(spec)  # a typo fails here, before any model is built
     torch.set_num_threads(args.threads)
     target = _target(args)
-    pair = Pair(target.pipe, target.small, "transformer" if hasattr(target.pipe, "transformer") else "unet")
-    rows, skipped = cumulative_rows(args.schedule, args.stack, lambda accs: Stack(accs).validate(pair))
+    stack_target = StackTarget.of(target.pipe, target.small)
+    rows, skipped = cumulative_rows(
+        args.schedule, args.stack, lambda configs: Stack.of(configs).validate(stack_target)
+    )
     folder = free_output_folder(args.output, args.overwrite, marker="bench.md")
     with Progress() as progress:
         task = progress.add_task("benchmarking rows", total=(len(rows) + 1) * (args.repeats + 2))
         results = measure_rows(target, rows, args.repeats, progress=lambda n: progress.advance(task, n))
     table = summarise(results, output_quality if target.quality else (lambda *_: None))
     context = {
-        "target": target.name, "description": target.description, "device": device_name(args.device),
-        "versions": versions(), "repeats": args.repeats, "schedule": args.schedule, "stack": args.stack,
-        "command": "flowblending-accel " + shlex.join(sys.argv[1:]), "threads": args.threads,
+        "target": target.name,
+        "description": target.description,
+        "device": device_name(args.device),
+        "versions": versions(),
+        "repeats": args.repeats,
+        "schedule": args.schedule,
+        "stack": args.stack,
+        "command": args.command_line,
+        "threads": args.threads,
     }
     write_bench(folder, table, skipped, context)
     print((folder / "bench.md").read_text())

@@ -25,9 +25,18 @@ def tiny_wan_transformer(layers: int = 3, heads: int = 4, head_dim: int = 12, ff
     return _seeded(
         seed,
         lambda: WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=16,
-            out_channels=16, text_dim=TEXT_DIM, freq_dim=256, ffn_dim=ffn, num_layers=layers, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+            patch_size=(1, 2, 2),
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            in_channels=16,
+            out_channels=16,
+            text_dim=TEXT_DIM,
+            freq_dim=256,
+            ffn_dim=ffn,
+            num_layers=layers,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
         ),
     )
 
@@ -37,13 +46,19 @@ def tiny_wan_pair(seed: int = 0):
     return tiny_wan_transformer(3, 4, seed=seed), tiny_wan_transformer(2, 2, ffn=32, seed=seed + 1)
 
 
-def tiny_wan_pipeline(transformer=None, scheduler=None, transformer_2=None, boundary_ratio=None, seed: int = 0):
+def tiny_wan_pipeline(
+    transformer=None, scheduler=None, transformer_2=None, boundary_ratio=None, seed: int = 0
+):
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
 
     vae = _seeded(
         seed,
         lambda: AutoencoderKLWan(
-            base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+            base_dim=3,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
         ),
     )
     pipe = WanPipeline(
@@ -65,8 +80,14 @@ def tiny_ltx_transformer(layers: int = 2, heads: int = 4, head_dim: int = 8, see
     return _seeded(
         seed,
         lambda: LTXVideoTransformer3DModel(
-            in_channels=8, out_channels=8, patch_size=1, patch_size_t=1, num_attention_heads=heads,
-            attention_head_dim=head_dim, cross_attention_dim=heads * head_dim, num_layers=layers,
+            in_channels=8,
+            out_channels=8,
+            patch_size=1,
+            patch_size_t=1,
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            cross_attention_dim=heads * head_dim,
+            num_layers=layers,
             caption_channels=TEXT_DIM,
         ),
     )
@@ -81,12 +102,23 @@ def tiny_ltx_vae(seed: int = 0):
 
     def build():
         vae = AutoencoderKLLTXVideo(
-            in_channels=3, out_channels=3, latent_channels=8, block_out_channels=(8, 8, 8, 8),
-            decoder_block_out_channels=(8, 8, 8, 8), layers_per_block=(1, 1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1, 1), spatio_temporal_scaling=(True, True, False, False),
-            decoder_spatio_temporal_scaling=(True, True, False, False), decoder_inject_noise=(False,) * 5,
-            upsample_residual=(False,) * 4, upsample_factor=(1, 1, 1, 1), timestep_conditioning=False,
-            patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=8,
+            block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 8, 8, 8),
+            layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5,
+            upsample_residual=(False,) * 4,
+            upsample_factor=(1, 1, 1, 1),
+            timestep_conditioning=False,
+            patch_size=1,
+            patch_size_t=1,
+            encoder_causal=True,
+            decoder_causal=False,
         )
         vae.use_framewise_encoding = vae.use_framewise_decoding = False
         return vae
@@ -115,9 +147,15 @@ def tiny_unet(blocks=(32, 64), layers: int = 2, seed: int = 0):
     return _seeded(
         seed,
         lambda: UNet2DConditionModel(
-            block_out_channels=blocks, layers_per_block=layers, sample_size=16, in_channels=4, out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=TEXT_DIM, norm_num_groups=min(blocks),
+            block_out_channels=blocks,
+            layers_per_block=layers,
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=TEXT_DIM,
+            norm_num_groups=min(blocks),
         ),
     )
 
@@ -132,21 +170,32 @@ def tiny_sd_pipeline(unet=None, scheduler=None, seed: int = 0):
     vae = _seeded(
         seed,
         lambda: AutoencoderKL(
-            block_out_channels=(8, 8), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=8,
+            block_out_channels=(8, 8),
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            norm_num_groups=8,
             down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
         ),
     )
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=None, tokenizer=None, unet=unet if unet is not None else tiny_unet_pair(seed)[0],
-        scheduler=scheduler or DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        unet=unet if unet is not None else tiny_unet_pair(seed)[0],
+        scheduler=scheduler or DDIMScheduler(steps_offset=1, clip_sample=False),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def text_embeddings(batch: int = 1, tokens: int = TEXT_TOKENS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def text_embeddings(
+    batch: int = 1, tokens: int = TEXT_TOKENS, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) random prompt embeddings of the tiny models' text width."""
     generator = torch.Generator().manual_seed(seed)
     positive = torch.randn(batch, tokens, TEXT_DIM, generator=generator)
@@ -154,28 +203,57 @@ def text_embeddings(batch: int = 1, tokens: int = TEXT_TOKENS, seed: int = 0) ->
     return positive, negative
 
 
-def wan_call_kwargs(steps: int = 10, guidance_scale: float = 5.0, seed: int = 0, **extra: Any) -> dict[str, Any]:
+def wan_call_kwargs(
+    steps: int = 10, guidance_scale: float = 5.0, seed: int = 0, **extra: Any
+) -> dict[str, Any]:
     positive, negative = text_embeddings()
     return dict(
-        prompt_embeds=positive, negative_prompt_embeds=negative, height=16, width=16, num_frames=5,
-        num_inference_steps=steps, guidance_scale=guidance_scale, output_type="latent",
-        generator=torch.Generator().manual_seed(seed), **extra,
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=16,
+        width=16,
+        num_frames=5,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
     )
 
 
-def ltx_call_kwargs(steps: int = 10, guidance_scale: float = 3.0, seed: int = 0, **extra: Any) -> dict[str, Any]:
+def ltx_call_kwargs(
+    steps: int = 10, guidance_scale: float = 3.0, seed: int = 0, **extra: Any
+) -> dict[str, Any]:
     positive, negative = text_embeddings()
     mask = torch.ones(1, TEXT_TOKENS)
     return dict(
-        prompt_embeds=positive, negative_prompt_embeds=negative, prompt_attention_mask=mask,
-        negative_prompt_attention_mask=mask, height=32, width=32, num_frames=9, num_inference_steps=steps,
-        guidance_scale=guidance_scale, output_type="latent", generator=torch.Generator().manual_seed(seed), **extra,
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        prompt_attention_mask=mask,
+        negative_prompt_attention_mask=mask,
+        height=32,
+        width=32,
+        num_frames=9,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
     )
 
 
-def sd_call_kwargs(steps: int = 10, guidance_scale: float = 5.0, seed: int = 0, **extra: Any) -> dict[str, Any]:
+def sd_call_kwargs(
+    steps: int = 10, guidance_scale: float = 5.0, seed: int = 0, **extra: Any
+) -> dict[str, Any]:
     positive, negative = text_embeddings()
     return dict(
-        prompt_embeds=positive, negative_prompt_embeds=negative, height=32, width=32, num_inference_steps=steps,
-        guidance_scale=guidance_scale, output_type="latent", generator=torch.Generator().manual_seed(seed), **extra,
+        prompt_embeds=positive,
+        negative_prompt_embeds=negative,
+        height=32,
+        width=32,
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
     )

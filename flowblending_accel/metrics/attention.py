@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import torch
 
+from ..listeners import CallEvent, RouterListener, SegmentStart
 
-class AttentionMeter:
+
+class AttentionMeter(RouterListener):
     """Router listener counting attention computes per call: a ``to_q`` projection runs only when attention
     really computes, so a feature cache's skips show up whatever cache it is (diffusers hooks, cache-dit,
     DeepCache). Reports the share of attention skipped per model and whether every segment start (the first
     call after a switch) computed in full. Eager models only: hooks on compiled regions would break graphs."""
 
-    def __init__(self, router, models: dict[str, torch.nn.Module]) -> None:
-        self.router, self.handles, self.modules = router, [], {}
-        self.calls: list[list] = []  # [model, step, attention computes, segment start?]
+    def __init__(self, models: dict[str, torch.nn.Module]) -> None:
+        self.handles, self.projections = [], {}
+        self.calls: list[tuple[str, int, int, bool]] = []  # (model, step, attention computes, segment start?)
+        self._pending, self._segment_start = 0, False
         for name, model in models.items():
-            projections = [m for n, m in model.named_modules() if n.endswith("to_q")]
-            self.modules[name] = len(projections)
-            for module in projections:
-                self.handles.append(module.register_forward_pre_hook(self._computed))
+            found = [module for path, module in model.named_modules() if path.endswith("to_q")]
+            self.projections[name] = len(found)
+            self.handles += [module.register_forward_pre_hook(self._computed) for module in found]
 
-    def on_segment_start(self, router, model, step, after_switch) -> None:
+    def _computed(self, *_) -> None:
+        self._pending += 1
+
+    def on_segment_start(self, router, segment: SegmentStart) -> None:
         self._segment_start = True
 
-    def on_call(self, router, record, args, kwargs, output) -> None:
-        pending = self._pending or 0
-        self.calls.append([record.model, record.step, pending, getattr(self, "_segment_start", False)])
-        self._segment_start, self._pending = False, 0
-
-    _pending = 0
-
-    def _computed(self, *_):
-        self._pending = (self._pending or 0) + 1
+    def on_call(self, router, call: CallEvent) -> None:
+        self.calls.append((call.record.model, call.record.step, self._pending, self._segment_start))
+        self._pending, self._segment_start = 0, False
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -39,11 +38,11 @@ class AttentionMeter:
 
     def summary(self) -> dict[str, float]:
         result = {}
-        for name, count in self.modules.items():
+        for name, count in self.projections.items():
             mine = [c for c in self.calls if c[0] == name]
             if mine and count:
                 result[f"attention_skipped.{name}"] = 1 - sum(c[2] for c in mine) / (len(mine) * count)
         starts = [c for c in self.calls if c[3]]
-        full = [c for c in starts if c[2] == self.modules[c[0]]]
+        full = [c for c in starts if c[2] == self.projections[c[0]]]
         result["segment_starts_full_compute"] = len(full) / len(starts) if starts else 1.0
         return result

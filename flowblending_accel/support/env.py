@@ -24,10 +24,14 @@ def versions() -> dict[str, str]:
     import diffusers
     import torch
 
-    from . import __version__
+    from .. import __version__
 
-    found = {"flowblending_accel": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-             "python": platform.python_version()}
+    found = {
+        "flowblending_accel": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+    }
     try:
         import transformers
 

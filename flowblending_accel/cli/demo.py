@@ -3,49 +3,73 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 from pathlib import Path
 
-from .generate import SCHEDULES
+from ..demo.schedules import SCHEDULES
 
 
-def add_demo(commands) -> None:
+def register(commands) -> None:
+    _register_demo(commands)
+    _register_train(commands)
+    _register_export(commands)
+
+
+def _register_demo(commands) -> None:
     demo = commands.add_parser(
         "demo",
         help="compare LLL, LSL, LSS, SLL and SSS on the embedded trained pair",
         description=(
             "Load the embedded large/small pair (trained on moving digits, shipped in the package), generate "
             "every schedule from the same prompts and noise, and write report.md (speed, FLOPs, quality), "
-            "results.json, and a side-by-side grid (grid.gif, grid.png). No downloads; about a minute on a CPU."
+            "results.json, and a side-by-side grid (grid.gif, grid.png). No downloads; "
+            "about a minute on a CPU."
         ),
     )
-    demo.add_argument("--output", type=Path, default=Path("flowblending-demo"),
-                      help="report folder (default ./flowblending-demo; an existing report is never overwritten "
-                           "silently: a new -N folder is used unless --overwrite)")
+    demo.add_argument(
+        "--output",
+        type=Path,
+        default=Path("flowblending-demo"),
+        help="report folder (default ./flowblending-demo; an existing report is never overwritten "
+        "silently: a new -N folder is used unless --overwrite)",
+    )
     demo.add_argument("--overwrite", action="store_true", help="replace the report in --output")
-    demo.add_argument("--samples-per-prompt", type=int, default=1,
-                      help="seeds per prompt; 40 prompts each (default 1 -> 40 clips per schedule)")
-    demo.add_argument("--prompts", nargs="+", default=None, help="prompts like 'a 7 moving left' (default: all 40)")
-    demo.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES),
-                      help="schedules to compare (LLL is always included as the reference)")
+    demo.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=1,
+        help="seeds per prompt; 40 prompts each (default 1 -> 40 clips per schedule)",
+    )
+    demo.add_argument(
+        "--prompts", nargs="+", default=None, help="prompts like 'a 7 moving left' (default: all 40)"
+    )
+    demo.add_argument(
+        "--schedules",
+        nargs="+",
+        default=list(SCHEDULES),
+        choices=list(SCHEDULES),
+        help="schedules to compare (LLL is always included as the reference)",
+    )
     demo.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    demo.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
+    demo.add_argument(
+        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)"
+    )
     demo.add_argument("--chunk-size", type=int, default=10, help="clips per pipeline call (default 10)")
     demo.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     demo.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    demo.add_argument("--pair", type=Path, default=None, help="a demo pair folder (default: the embedded one)")
+    demo.add_argument(
+        "--pair", type=Path, default=None, help="a demo pair folder (default: the embedded one)"
+    )
     demo.set_defaults(run=run_demo_command)
 
 
-def add_train(commands) -> None:
+def _register_train(commands) -> None:
     train = commands.add_parser(
         "train-demo",
         help="train the demo pair (or its classifier); resumable",
         description=(
-            "Train the large and small transformers (and the shared text encoder) on moving digits, same data "
-            "and steps, resuming from OUTPUT/checkpoint.pt. Ctrl-C or SIGTERM saves a checkpoint. With "
-            "--classifier, train the metrics classifier instead."
+            "Train the large and small transformers (and the shared text encoder) on moving digits, "
+            "same data and steps, resuming from OUTPUT/checkpoint.pt. Ctrl-C or SIGTERM saves a checkpoint. "
+            "With --classifier, train the metrics classifier instead."
         ),
     )
     train.add_argument("--output", type=Path, default=Path("runs/demo-train"), help="checkpoint folder")
@@ -53,42 +77,60 @@ def add_train(commands) -> None:
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--until", type=int, default=None, help="end this sitting at this step (resume later)")
-    train.add_argument("--timestep-shift", type=float, default=1.0,
-                       help="shift training timesteps toward high noise (default 1.0: plain logit-normal)")
+    train.add_argument(
+        "--timestep-shift",
+        type=float,
+        default=1.0,
+        help="shift training timesteps toward high noise (default 1.0: plain logit-normal)",
+    )
     train.add_argument("--classifier", action="store_true", help="train the metrics classifier into --output")
     train.set_defaults(run=run_train_command)
 
 
-def add_export(commands) -> None:
+def _register_export(commands) -> None:
     export = commands.add_parser(
-        "export-demo", help="write a training checkpoint as a diffusers pipeline folder",
-        description="Export CHECKPOINT (EMA weights) as a WanPipeline folder with the small transformer beside it.",
+        "export-demo",
+        help="write a training checkpoint as a diffusers pipeline folder",
+        description="Export CHECKPOINT (EMA weights) as a WanPipeline "
+        "folder with the small transformer beside it.",
     )
     export.add_argument("checkpoint", type=Path)
     export.add_argument("folder", type=Path)
     export.add_argument("--classifier", type=Path, default=None, help="classifier folder to ship alongside")
     export.add_argument("--raw", action="store_true", help="export the raw weights instead of the EMA")
-    export.add_argument("--train-command", action="append", default=None,
-                        help="a training command that produced the checkpoint, for the model card (repeatable)")
-    export.add_argument("--card-results", type=Path, default=None,
-                        help="demo results.json to quote in the model card (the card is always written)")
+    export.add_argument(
+        "--train-command",
+        action="append",
+        default=None,
+        help="a training command that produced the checkpoint, for the model card (repeatable)",
+    )
+    export.add_argument(
+        "--card-results",
+        type=Path,
+        default=None,
+        help="demo results.json to quote in the model card (the card is always written)",
+    )
     export.set_defaults(run=run_export_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from .data import all_prompts
-    from .generate import DemoSettings
-    from .run import run_demo
+    from ..demo.data import all_prompts
+    from ..demo.generate import DemoSettings
+    from ..demo.run import run_demo
 
     schedules = tuple(dict.fromkeys(["LLL", *args.schedules]))
     settings = DemoSettings(
-        steps=args.steps, guidance_scale=args.guidance_scale, samples_per_prompt=args.samples_per_prompt,
-        chunk_size=args.chunk_size, base_seed=args.seed, prompts=tuple(args.prompts or all_prompts()),
+        steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        samples_per_prompt=args.samples_per_prompt,
+        chunk_size=args.chunk_size,
+        base_seed=args.seed,
+        prompts=tuple(args.prompts or all_prompts()),
         schedules=schedules,
     )
     if args.samples_per_prompt < 1 or args.chunk_size < 1 or args.steps < 1:
         raise ValueError("--samples-per-prompt, --chunk-size and --steps must be at least 1.")
-    command = "flowblending-accel " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["demo"] else "flowblending-accel demo"
+    command = args.command_line
     folder, rows = run_demo(settings, args.output, args.pair, args.threads, args.overwrite, command)
     if not rows:  # a non-zero rank under torchrun: rank 0 writes and prints
         return 0
@@ -101,16 +143,18 @@ def run_train_command(args: argparse.Namespace) -> int:
     if args.classifier:
         import torch
 
-        from .classifier import save_classifier, train_classifier
+        from ..demo.classifier import save_classifier, train_classifier
 
         torch.set_num_threads(args.threads)
         model, report = train_classifier(seed=args.seed)
         save_classifier(model, report, args.output)
         print(report)
         return 0
-    from .train import TrainConfig, train_pair
+    from ..demo.train import TrainConfig, train_pair
 
-    config = TrainConfig(steps=args.steps, threads=args.threads, seed=args.seed, timestep_shift=args.timestep_shift)
+    config = TrainConfig(
+        steps=args.steps, threads=args.threads, seed=args.seed, timestep_shift=args.timestep_shift
+    )
     trainer = train_pair(config, args.output, until=args.until)
     print(f"step {trainer.step}; checkpoint {trainer.checkpoint_path}")
     return 0
@@ -119,18 +163,20 @@ def run_train_command(args: argparse.Namespace) -> int:
 def run_export_command(args: argparse.Namespace) -> int:
     import torch
 
-    from .card import write_card
-    from .export import export_pair
+    from ..demo.card import write_card
+    from ..demo.export import export_pair
 
     folder = export_pair(args.checkpoint, args.folder, args.classifier, use_ema=not args.raw)
     state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     config = state["config"]
     commands = {
-        "train": args.train_command or [
+        "train": args.train_command
+        or [
             f"flowblending-accel train-demo --output {args.checkpoint.parent} --steps {config['steps']} "
-            f"--threads {config['threads']} --seed {config['seed']} --timestep-shift {config.get('timestep_shift', 1.0)}"
+            f"--threads {config['threads']} --seed {config['seed']} "
+            f"--timestep-shift {config.get('timestep_shift', 1.0)}"
         ],
-        "export": "flowblending-accel " + shlex.join(sys.argv[1:]),
+        "export": args.command_line,
         "classifier": "flowblending-accel train-demo --classifier --output runs/classifier --threads 2",
     }
     write_card(folder, args.checkpoint.parent / "log.jsonl", config, args.card_results, commands)

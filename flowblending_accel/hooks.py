@@ -1,4 +1,4 @@
-"""The few places where we touch diffusers' hook registry, kept together so a diffusers change hits one file.
+"""The one module that touches diffusers' hook registry internals, so a diffusers change hits one file.
 
 A model's hooks live in ``module._diffusers_hook`` (a ``HookRegistry``), with more registries on its
 submodules (block-level cache hooks). Stateful hooks keep one state per cache-context name in a
@@ -8,8 +8,9 @@ submodules (block-level cache hooks). Stateful hooks keep one state per cache-co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
@@ -56,15 +57,14 @@ def reset_cache_state(
 
 def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> None:
     """Give ``context`` to every stateful hook's ``StateManager`` under ``module`` (``None`` clears it)."""
-    for _, hook in stateful_hooks(module):
-        for value in vars(hook).values():
-            if isinstance(value, StateManager):
-                value.set_context(context)
+    for manager in _state_managers(module):
+        manager.set_context(context)
 
 
 @contextmanager
 def cache_context(module: torch.nn.Module, context: CacheContext | None):
-    """Enter ``context`` on ``module``'s hooks for one call, like ``CacheMixin.cache_context`` for any module."""
+    """Enter ``context`` on ``module``'s hooks for one call, like ``CacheMixin.cache_context`` for any
+    module."""
     if context is None or getattr(module, REGISTRY_ATTRIBUTE, None) is None:
         yield
         return
@@ -75,12 +75,47 @@ def cache_context(module: torch.nn.Module, context: CacheContext | None):
         set_cache_context(module, None)
 
 
+def current_context(manager: StateManager) -> CacheContext | None:
+    """The cache context ``manager`` holds now (``None`` outside ``cache_context``), without raising."""
+    return manager._context
+
+
+def _state_managers(module: torch.nn.Module) -> Iterator[StateManager]:
+    for _, hook in stateful_hooks(module):
+        for value in vars(hook).values():
+            if isinstance(value, StateManager):
+                yield value
+
+
+def cached_states(module: torch.nn.Module) -> int:
+    """How many per-context cache states ``module``'s stateful hooks hold (0 after a reset)."""
+    return sum(len(manager._state_cache) for manager in _state_managers(module))
+
+
+def cache_states(module: torch.nn.Module) -> Iterator[Any]:
+    """Every per-context state object ``module``'s stateful hooks hold now."""
+    for manager in _state_managers(module):
+        yield from manager._state_cache.values()
+
+
+def make_states_with(module: torch.nn.Module, state_type: type, factory: Callable[[], Any]) -> None:
+    """From now on, new states of ``state_type`` under ``module`` come from ``factory`` (e.g. to start a
+    fresh MagCache state at the pipeline's loop iteration instead of 0)."""
+    for manager in _state_managers(module):
+        if manager._state_cls is state_type:
+            manager._state_cls = factory
+
+
 def hooks_of_type(module: torch.nn.Module, hook_type: type) -> list[tuple[str, ModelHook]]:
     """``(name, hook)`` pairs registered directly on ``module`` whose hook is a ``hook_type``."""
     registry = getattr(module, REGISTRY_ATTRIBUTE, None)
     if registry is None:
         return []
-    return [(name, registry.hooks[name]) for name in registry._hook_order if isinstance(registry.hooks[name], hook_type)]
+    return [
+        (name, registry.hooks[name])
+        for name in registry._hook_order
+        if isinstance(registry.hooks[name], hook_type)
+    ]
 
 
 def register_outermost(module: torch.nn.Module, hook: ModelHook, name: str) -> None:

@@ -9,38 +9,46 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-
-from .gate import EXIT_USAGE
 
 
-def add_check(commands) -> None:
+def register(commands) -> None:
     check = commands.add_parser(
         "check",
         help="CI gate: fail a change that regresses routing, FLOPs, recompiles, caching or the speedup",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("--expected", type=Path, required=True, help="expected-values CSV (scenario,metric,expected,margin)")
-    check.add_argument("--scenario", nargs="+", default=None, help="scenarios to run (default: those in the file)")
-    check.add_argument("--update", action="store_true", help="rewrite the expected file with the measured values")
-    check.add_argument("--ratio", action="store_true", help="also measure speedup ratios (interleaved, one process)")
+    check.add_argument(
+        "--expected", type=Path, required=True, help="expected-values CSV (scenario,metric,expected,margin)"
+    )
+    check.add_argument(
+        "--scenario", nargs="+", default=None, help="scenarios to run (default: those in the file)"
+    )
+    check.add_argument(
+        "--update", action="store_true", help="rewrite the expected file with the measured values"
+    )
+    check.add_argument(
+        "--ratio", action="store_true", help="also measure speedup ratios (interleaved, one process)"
+    )
     check.add_argument("--repeats", type=int, default=5, help="rounds for the ratio tier (default 5)")
     check.add_argument("--summary", type=Path, default=None, help="write a markdown summary here")
-    check.add_argument("--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here")
+    check.add_argument(
+        "--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here"
+    )
     check.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    check.set_defaults(run=run_check)
+    check.set_defaults(run=run)
 
 
 def _scenarios(args, expectations):
-    from .scenarios import SCENARIOS
+    from ..check.scenarios import SCENARIOS
 
     names = args.scenario or sorted({e.scenario for e in expectations})
     if not names:
-        raise ValueError(f"{args.expected} has no scenarios; name some with --scenario ({', '.join(SCENARIOS)}).")
+        raise ValueError(
+            f"{args.expected} has no scenarios; name some with --scenario ({', '.join(SCENARIOS)})."
+        )
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}.")
@@ -51,21 +59,22 @@ def measure_ratio(scenario, repeats: int) -> float:
     """Median speedup of the scenario over its baseline schedule, measured interleaved in one process."""
     from ..bench.runner import Row, measure_rows, summarise
 
-    pipe, small, call_kwargs, field = scenario.build()
-    target = SimpleNamespace(pipe=pipe, small=small, call_kwargs=lambda seed: call_kwargs(), output_field=field,
-                             device="cuda" if next(small.parameters()).is_cuda else "cpu")
-    rows = [Row("baseline", scenario.ratio_baseline), Row(scenario.name, scenario.schedule, tuple(scenario.stack))]
+    target = scenario.build()
+    rows = [
+        Row("baseline", scenario.ratio_baseline),
+        Row(scenario.name, scenario.schedule, tuple(scenario.stack)),
+    ]
     table = summarise(measure_rows(target, rows, repeats), lambda *_: None)
     return table[1]["speedup"]["median"]
 
 
-def run_check(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..files import write_atomic
-    from .gate import compare, exit_code, read_expected, render_csv, updated_rows
-    from .report import benchmark_json, summary_markdown
-    from .scenarios import run_scenario
+    from ..check.gate import compare, exit_code, read_expected, render_csv, updated_rows
+    from ..check.report import benchmark_json, summary_markdown
+    from ..check.scenarios import run_scenario
+    from ..support.files import write_atomic
 
     torch.set_num_threads(args.threads)
     expectations = read_expected(args.expected)
@@ -73,13 +82,14 @@ def run_check(args: argparse.Namespace) -> int:
     for scenario in _scenarios(args, expectations):
         measured[scenario.name] = run_scenario(scenario)
         if args.ratio and scenario.ratio_baseline:
-            measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline}"] = measure_ratio(scenario, args.repeats)
+            measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline}"] = measure_ratio(
+                scenario, args.repeats
+            )
     if args.update:
         write_atomic(args.expected, render_csv(updated_rows(expectations, measured)).encode())
         expectations = read_expected(args.expected)
     verdicts = compare(expectations, measured)
-    command = "flowblending-accel " + shlex.join(sys.argv[1:])
-    summary = summary_markdown(verdicts, command)
+    summary = summary_markdown(verdicts, args.command_line)
     if args.summary:
         write_atomic(args.summary, summary.encode())
     if args.benchmark_json:
@@ -89,6 +99,3 @@ def run_check(args: argparse.Namespace) -> int:
         if verdict.status != "ok":
             print(verdict.message, file=sys.stderr)
     return exit_code(verdicts)
-
-
-__all__ = ["EXIT_USAGE", "add_check", "run_check"]

@@ -1,0 +1,338 @@
+"""The built-in accelerator configs: one frozen dataclass each, validated in ``__post_init__``, registered
+under their spec names. Applying one is :func:`~flowblending_accel.accelerators.apply_stack`'s job; these
+only say what to apply (torchao style: ``quantize_(model, Int8WeightOnlyConfig())``).
+
+=========================================  =====================================================
+spec                                       config
+=========================================  =====================================================
+``dpm++:25``, ``unipc:20``, ``euler:30``    ``StepReduction(solver, steps)``
+``fbc:0.05``                               ``FirstBlockCache(threshold=0.05)``
+``taylorseer``, ``pab``, ``seacache``      ``TaylorSeer()``, ``PyramidAttentionBroadcast()``, ``SeaCache()``
+``magcache:calibrate``                     ``MagCache(calibrate=True)`` (or ``mag_ratios=...``)
+``deepcache:3``                            ``DeepCache(interval=3)`` (UNets)
+``cache-dit``                              ``CacheDiT()``
+``compile``                                ``RegionalCompile()``
+``attn:flash``                             ``AttentionBackend("flash")``
+``tensorrt``                               ``TensorRT()``
+``offload:1``                              ``OffloadInactive(prefetch_steps=1)``
+=========================================  =====================================================
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..schedulers import SCHEDULER_NAMES
+from .registry import AcceleratorConfig, register_accelerator
+
+_BACKEND_PACKAGES = {
+    "xformers": "xformers",
+    "sage": "sageattention",
+    "flash": "flash_attn",
+    "_flash_3": "flash_attn_interface",
+}
+
+
+def _value(name: str, value: str, cast: type, form: str) -> Any:
+    try:
+        return cast(value)
+    except ValueError:
+        raise ValueError(
+            f"accelerator '{name}:{value}': the value must be {form}, e.g. '{name}:"
+            f"{'0.05' if cast is float else '10'}'."
+        ) from None
+
+
+def _needs_package(module: str, what: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{what} needs the `{module}` package: pip install flowblending-accel[{extra}].")
+
+
+def _needs_cuda(what: str, device: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{what} needs a CUDA GPU, and this machine has none (torch {torch.__version__}): "
+            "drop it from the stack."
+        )
+    if not device.startswith("cuda"):
+        raise ValueError(f"{what} needs a CUDA GPU, but the target runs on {device!r}: use --device cuda.")
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class StepReduction(AcceleratorConfig):
+    """Swap the pipeline's scheduler for ``solver`` at ``steps`` solver steps (flow settings kept)."""
+
+    solver: str = "dpm++"
+    steps: int = 25
+    shift: float | None = None
+
+    names = SCHEDULER_NAMES
+    kind = "scheduler"
+    spec_help = "dpm++:25 | unipc:20 | euler:30 | heun:25 (step reduction)"
+    implementation = ".steps:StepReductionAccelerator"
+
+    def __post_init__(self) -> None:
+        if self.solver not in SCHEDULER_NAMES:
+            raise ValueError(
+                f"StepReduction.solver={self.solver!r} is unknown; "
+                f"choose one of {', '.join(SCHEDULER_NAMES)}."
+            )
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"StepReduction.steps={self.steps!r} must be a whole number of at least 1.")
+
+    @property
+    def name(self) -> str:
+        return self.solver
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> StepReduction:
+        return cls(name, _value(name, value, int, "a whole number of steps") if value else 25)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.solver}:{self.steps}"
+
+
+@dataclass(frozen=True)
+class _DiffusersCache(AcceleratorConfig):
+    """A diffusers feature cache on every routed model; ``options`` go to its diffusers config."""
+
+    options: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
+
+    kind = "cache"
+    implementation = ".caches:DiffusersCacheAccelerator"
+    exclusive_with = ("tensorrt",)
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class FirstBlockCache(_DiffusersCache):
+    """diffusers' FirstBlockCache: skip the tail of the model while the first block's residual changes
+    less than ``threshold``."""
+
+    threshold: float = 0.05
+
+    names = ("fbc",)
+    spec_help = "fbc[:threshold]"
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"FirstBlockCache.threshold={self.threshold!r} must be positive, e.g. 0.05.")
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> FirstBlockCache:
+        return cls(threshold=_value(name, value, float, "a positive threshold") if value else 0.05)
+
+    @property
+    def spec(self) -> str:
+        return f"fbc:{self.threshold:g}"
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class TaylorSeer(_DiffusersCache):
+    names = ("taylorseer",)
+    spec_help = "taylorseer"
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class PyramidAttentionBroadcast(_DiffusersCache):
+    names = ("pab",)
+    spec_help = "pab"
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class SeaCache(_DiffusersCache):
+    names = ("seacache",)
+    spec_help = "seacache"
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class MagCache(_DiffusersCache):
+    """MagCache needs per-model magnitude ratios indexed by loop iteration: give ``mag_ratios={"large": [...],
+    "small": [...]}`` (see ``calibrate_mag_ratios``) or ``calibrate=True`` to record them."""
+
+    mag_ratios: Mapping[str, Any] | None = None
+    calibrate: bool = False
+
+    names = ("magcache",)
+    spec_help = "magcache:calibrate"
+
+    def __post_init__(self) -> None:
+        if not self.calibrate and not self.mag_ratios:
+            raise ValueError(
+                "MagCache needs mag_ratios per model: pass mag_ratios={'large': [...], 'small': [...]} "
+                "(see calibrate_mag_ratios) and num_inference_steps in options, or calibrate=True."
+            )
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> MagCache:
+        if value != "calibrate":
+            raise ValueError(
+                f"accelerator '{name}:{value}': write 'magcache:calibrate' (ratios come from Python)."
+            )
+        return cls(calibrate=True)
+
+    @property
+    def spec(self) -> str:
+        return "magcache:calibrate" if self.calibrate else "magcache"
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class DeepCache(AcceleratorConfig):
+    """DeepCache on both UNets: recompute the deep blocks every ``interval`` steps, reuse them in between."""
+
+    interval: int = 3
+    branch_id: int = 0
+
+    names = ("deepcache",)
+    kind = "cache"
+    spec_help = "deepcache[:interval] (UNets)"
+    implementation = ".deepcache:DeepCacheAccelerator"
+    exclusive_with = ("tensorrt", "compile")
+    clash_reasons = {"compile": "DeepCache swaps block forwards in Python at every step."}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"DeepCache.interval={self.interval!r} must be a whole number of at least 1.")
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> DeepCache:
+        return cls(_value(name, value, int, "a whole-number interval") if value else 3)
+
+    @property
+    def spec(self) -> str:
+        return f"deepcache:{self.interval}"
+
+    def check_environment(self, device: str) -> None:
+        _needs_package("DeepCache", "deepcache", "deepcache")
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class CacheDiT(AcceleratorConfig):
+    """cache-dit's DBCache on both transformers; ``options`` go to its ``DBCacheConfig``."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    names = ("cache-dit",)
+    kind = "cache"
+    spec_help = "cache-dit"
+    implementation = ".cachedit:CacheDiTAccelerator"
+    exclusive_with = ("tensorrt",)
+
+    def check_environment(self, device: str) -> None:
+        _needs_package("cache_dit", "cache-dit", "cache-dit")
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class RegionalCompile(AcceleratorConfig):
+    """``torch.compile`` of both models' repeated blocks (the router stays eager)."""
+
+    fullgraph: bool | None = None
+    mode: str | None = None
+
+    names = ("compile",)
+    kind = "compile"
+    spec_help = "compile"
+    implementation = ".compile:RegionalCompileAccelerator"
+    exclusive_with = ("tensorrt",)
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class AttentionBackend(AcceleratorConfig):
+    """``set_attention_backend`` on every routed model (``small`` defaults to ``large``'s backend)."""
+
+    large: str = "native"
+    small: str | None = None
+
+    names = ("attn",)
+    kind = "attention"
+    spec_help = "attn:<backend>"
+    implementation = ".attention:AttentionBackendAccelerator"
+
+    def __post_init__(self) -> None:
+        if not self.large:
+            raise ValueError("AttentionBackend.large must name a backend, e.g. 'native', 'flash', 'sage'.")
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> AttentionBackend:
+        return cls(value or "native")
+
+    @property
+    def spec(self) -> str:
+        return f"attn:{self.large}"
+
+    def backends(self) -> dict[str, str]:
+        return {"large": self.large, "small": self.small or self.large}
+
+    def check_environment(self, device: str) -> None:
+        for role, backend in self.backends().items():
+            package = _BACKEND_PACKAGES.get(backend)
+            if package:
+                _needs_package(package, f"attention backend {backend!r} for the {role} model", "xformers")
+            if backend != "native":
+                _needs_cuda(f"attention backend {backend!r}", device)
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class TensorRT(AcceleratorConfig):
+    """One torch-tensorrt engine per model's repeated blocks (CUDA and ``torch_tensorrt`` required)."""
+
+    precision: str = "bf16"
+
+    names = ("tensorrt", "trt")
+    kind = "engine"
+    spec_help = "tensorrt"
+    implementation = ".tensorrt:TensorRTAccelerator"
+    exclusive_with = ("cache", "compile", "memory")
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"TensorRT.precision={self.precision!r} must be 'bf16', 'fp16' or 'fp32'.")
+
+    def check_environment(self, device: str) -> None:
+        _needs_cuda("tensorrt", device)
+        _needs_package("torch_tensorrt", "tensorrt", "tensorrt")
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class OffloadInactive(AcceleratorConfig):
+    """Keep only the active model on the accelerator; prefetch the next segment's model ``prefetch_steps``
+    steps before it starts, on a side stream."""
+
+    prefetch_steps: int = 1
+    offload_device: str = "cpu"
+
+    names = ("offload",)
+    kind = "memory"
+    spec_help = "offload[:prefetch_steps] (inactive model on CPU)"
+    implementation = ".offload:OffloadAccelerator"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefetch_steps, int) or self.prefetch_steps < 0:
+            raise ValueError(
+                f"OffloadInactive.prefetch_steps={self.prefetch_steps!r} must be a whole number >= 0."
+            )
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> OffloadInactive:
+        return cls(_value(name, value, int, "a whole number of steps") if value else 1)
+
+    @property
+    def spec(self) -> str:
+        return f"offload:{self.prefetch_steps}"

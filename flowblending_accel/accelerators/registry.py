@@ -1,0 +1,115 @@
+"""Accelerator names, their config dataclasses, and the one parser from a spec string to a config.
+
+``"fbc:0.05"`` and ``FirstBlockCache(threshold=0.05)`` are the same documented path: the spec's name picks a
+registered config class and its ``from_spec`` reads the value; ``config.spec`` writes it back. The built-in
+configs (:mod:`.configs`) register on import of the package. This module and :mod:`.configs` import no torch,
+so the command line can list and check accelerators without loading it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib import import_module
+from typing import Any, ClassVar
+
+# The order a stack applies its members in (the router goes on top of all of them).
+KIND_ORDER = ("scheduler", "attention", "quantize", "cache", "compile", "engine", "memory")
+
+
+@dataclass(frozen=True)
+class AcceleratorConfig:
+    """Base of every accelerator config: a frozen dataclass validated in ``__post_init__``.
+
+    Class attributes a subclass sets:
+        names: the spec names it is registered under (the first is its canonical name).
+        kind: its slot in :data:`KIND_ORDER`; a stack holds at most one ``cache``.
+        spec_help: the spec forms, for ``--help`` and error messages.
+        exclusive_with: names or kinds it cannot share a stack with, and ``clash_reasons`` why.
+        implementation: ``"module:Class"`` of the runtime accelerator, imported on :meth:`create`.
+    """
+
+    names: ClassVar[tuple[str, ...]] = ()
+    kind: ClassVar[str] = "cache"
+    spec_help: ClassVar[str] = ""
+    exclusive_with: ClassVar[tuple[str, ...]] = ()
+    clash_reasons: ClassVar[dict[str, str]] = {}
+    implementation: ClassVar[str] = ""
+
+    @property
+    def name(self) -> str:
+        return self.names[0]
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> AcceleratorConfig:
+        """The config for ``name[:value]``; a bare name gives the defaults."""
+        if value:
+            raise ValueError(f"accelerator '{name}:{value}': {name!r} takes no value; write '{name}'.")
+        return cls()
+
+    @property
+    def spec(self) -> str:
+        """The spec string ``parse_accelerator`` turns back into this config."""
+        return self.name
+
+    def check_environment(self, device: str) -> None:
+        """Raise ValueError when this machine cannot run it on ``device`` (before any model is built)."""
+
+    def clashes_with(self, other: AcceleratorConfig) -> str | None:
+        """The reason this cannot share a stack with ``other``, or None."""
+        for entry in self.exclusive_with:
+            if entry in (other.name, other.kind):
+                reason = self.clash_reasons.get(entry, "they patch the same modules.")
+                return f"{self.name} cannot be stacked with {other.name}: {reason}"
+        return None
+
+    def create(self) -> Any:
+        """A fresh runtime accelerator for this config (it holds the state of one application)."""
+        module, _, cls = self.implementation.partition(":")
+        return getattr(import_module(module, __package__), cls)(self)
+
+    def describe(self) -> dict[str, Any]:
+        shown = {f.name: getattr(self, f.name) for f in fields(self) if not callable(getattr(self, f.name))}
+        return {"name": self.name, "kind": self.kind, **shown}
+
+
+_REGISTRY: dict[str, type[AcceleratorConfig]] = {}
+
+
+def register_accelerator(config: type[AcceleratorConfig]) -> type[AcceleratorConfig]:
+    """Register ``config`` under each of its ``names`` (usable as a class decorator)."""
+    if config.kind not in KIND_ORDER:
+        raise ValueError(f"{config.__name__}.kind={config.kind!r} is not one of {KIND_ORDER}.")
+    for name in config.names:
+        if name in _REGISTRY and _REGISTRY[name] is not config:
+            raise ValueError(
+                f"an accelerator named {name!r} is already registered ({_REGISTRY[name].__name__})."
+            )
+        _REGISTRY[name] = config
+    return config
+
+
+def registered_accelerators() -> dict[str, type[AcceleratorConfig]]:
+    return dict(_REGISTRY)
+
+
+def parse_accelerator(spec: str | AcceleratorConfig) -> AcceleratorConfig:
+    """``"dpm++:25"`` -> ``StepReduction("dpm++", 25)``; a config passes through. See :func:`spec_help`."""
+    if isinstance(spec, AcceleratorConfig):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"an accelerator is a spec string like 'fbc:0.05' or a config, got {type(spec).__name__}."
+        )
+    name, _, value = spec.strip().partition(":")
+    if name not in _REGISTRY:
+        raise ValueError(f"accelerator {spec!r} is unknown; write one of: {spec_help()}.")
+    return _REGISTRY[name].from_spec(name, value)
+
+
+def spec_help() -> str:
+    """Every registered spec form, one group per config class."""
+    seen: list[type[AcceleratorConfig]] = []
+    for config in registered_accelerators().values():
+        if config not in seen:
+            seen.append(config)
+    return ", ".join(config.spec_help for config in seen)

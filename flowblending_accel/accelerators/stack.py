@@ -1,0 +1,165 @@
+"""A validated stack of accelerators applied together with the router on top, and the verbs around it.
+
+``apply_stack(pipe, small, "L40-S40-L20", ["dpm++:25", "fbc", "compile"])`` checks every member (what this
+machine lacks first, then clashes, then each against the pipeline), applies them in :data:`KIND_ORDER`
+(scheduler, attention, quantize, cache, compile, engine, memory), puts the router outermost on every routed
+denoiser, and makes each accelerator a listener of every router. ``remove_stack(pipe)`` undoes all of it,
+and a failed apply undoes what it did. ``with accelerated(pipe, small, schedule, stack) as (router, stack):``
+does both around a block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import apply_flowblending_, flowblending_routers, remove_flowblending_
+from ..router import ModelRouter
+from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator
+from .runtime import Accelerator, StackTarget
+
+_STACK_ATTRIBUTE = "_flowblending_stack"
+StackMember = str | AcceleratorConfig | Accelerator
+
+
+def as_configs(members: Iterable[StackMember]) -> list[AcceleratorConfig]:
+    """Parse spec strings; configs (and applied accelerators' configs) pass through."""
+    return [m.config if isinstance(m, Accelerator) else parse_accelerator(m) for m in members]
+
+
+def validate_configs(configs: list[AcceleratorConfig], device: str | None = None) -> None:
+    """Checks that need no pipeline: this machine can run each member, no two clash, at most one cache."""
+    if device is not None:
+        for config in configs:  # what this machine lacks first: the most useful reason
+            config.check_environment(device)
+    for config in configs:
+        for other in configs:
+            reason = config.clashes_with(other) if other is not config else None
+            if reason:
+                raise ValueError(reason)
+    caches = [config.spec for config in configs if config.kind == "cache"]
+    if len(caches) > 1:
+        raise ValueError(
+            f"stack has several feature caches {caches}: each model takes one cache technique (diffusers "
+            "raises 'Caching has already been enabled'); keep one."
+        )
+
+
+@dataclass
+class Stack:
+    """Accelerators applied together, in :data:`KIND_ORDER`, with the router on top."""
+
+    accelerators: list[Accelerator]
+
+    @classmethod
+    def of(cls, members: Iterable[StackMember]) -> Stack:
+        members = list(members)
+        configs = as_configs(members)
+        return cls(
+            [m if isinstance(m, Accelerator) else c.create() for m, c in zip(members, configs, strict=True)]
+        )
+
+    def ordered(self) -> list[Accelerator]:
+        return sorted(self.accelerators, key=lambda a: KIND_ORDER.index(a.kind))
+
+    def validate(self, target: StackTarget) -> None:
+        validate_configs([a.config for a in self.accelerators], str(target.device) if target.device else None)
+        for accelerator in self.accelerators:
+            accelerator.check(target, [a for a in self.accelerators if a is not accelerator])
+
+    def apply(self, target: StackTarget) -> None:
+        self.validate(target)
+        applied: list[Accelerator] = []
+        try:
+            for accelerator in self.ordered():
+                accelerator.apply(target)
+                applied.append(accelerator)
+        except BaseException:
+            for accelerator in reversed(applied):
+                accelerator.remove(target)
+            raise
+
+    def remove(self, target: StackTarget) -> None:
+        for accelerator in reversed(self.ordered()):
+            accelerator.remove(target)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for accelerator in self.ordered():
+            merged.update(accelerator.call_kwargs())
+        return merged
+
+    def mark_warm(self) -> None:
+        for accelerator in self.accelerators:
+            accelerator.mark_warm()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [a.describe() for a in self.ordered()]
+
+    def counters(self) -> dict[str, Any]:
+        return {a.name: a.counters() for a in self.ordered() if a.counters()}
+
+
+def apply_stack(
+    pipe: Any,
+    small: Any,
+    schedule: Any = "L40-S40-L20",
+    accelerators: Iterable[StackMember] = (),
+    **router_options: Any,
+) -> tuple[ModelRouter, Stack]:
+    """Apply ``accelerators`` to every routed model, then the router on top; returns ``(router, stack)``.
+
+    Members are spec strings (``"fbc:0.05"``), configs (``FirstBlockCache(0.05)``) or accelerators from an
+    earlier stack (re-applied; their counters keep accumulating).
+    """
+    if flowblending_routers(pipe) or hasattr(pipe, _STACK_ATTRIBUTE):
+        raise ValueError("FlowBlending is already applied to this pipeline; call remove_stack(pipe) first.")
+    stack = Stack.of(accelerators)
+    target = StackTarget.of(pipe, small, router_options.get("denoisers"))
+    stack.apply(target)
+    try:
+        router = apply_flowblending_(
+            pipe, small, schedule, **{**router_options, "denoisers": target.denoisers}
+        )
+    except BaseException:
+        stack.remove(target)
+        raise
+    for routed in flowblending_routers(pipe):
+        for accelerator in stack.ordered():
+            routed.add_listener(accelerator)
+    setattr(pipe, _STACK_ATTRIBUTE, (stack, target))
+    return router, stack
+
+
+def remove_stack(pipe: Any) -> None:
+    """Remove the router and every accelerator ``apply_stack`` put on ``pipe``."""
+    if not hasattr(pipe, _STACK_ATTRIBUTE):
+        raise ValueError("no FlowBlending stack is applied to this pipeline.")
+    stack, target = getattr(pipe, _STACK_ATTRIBUTE)
+    remove_flowblending_(pipe)
+    stack.remove(target)
+    delattr(pipe, _STACK_ATTRIBUTE)
+
+
+def applied_stack(pipe: Any) -> Stack | None:
+    """The stack ``apply_stack`` put on ``pipe`` (``None`` when there is none)."""
+    found = getattr(pipe, _STACK_ATTRIBUTE, None)
+    return found[0] if found else None
+
+
+@contextmanager
+def accelerated(
+    pipe: Any,
+    small: Any,
+    schedule: Any = "L40-S40-L20",
+    accelerators: Iterable[StackMember] = (),
+    **router_options: Any,
+) -> Iterator[tuple[ModelRouter, Stack]]:
+    """``apply_stack`` for the block, ``remove_stack`` after it, even when it raises."""
+    router, stack = apply_stack(pipe, small, schedule, accelerators, **router_options)
+    try:
+        yield router, stack
+    finally:
+        remove_stack(pipe)

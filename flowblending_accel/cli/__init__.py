@@ -1,0 +1,66 @@
+"""``flowblending-accel``: FlowBlending for diffusers pipelines, from the command line.
+
+Each command is a module of this package with a ``register(commands)`` that declares its options (importing
+no torch, so ``--help`` is instant) and a ``run(args)`` that imports what it needs. ``main`` parses,
+records the command line and sends every user error down one path: one line on stderr, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from . import analysis, bench, check, demo, plan, tiny
+from .common import run_command
+
+DESCRIPTION = """\
+FlowBlending: the large model denoises the early and the late stage of the trajectory, a small model of
+the same family the middle ("L40-S40-L20"). These commands plan, run and measure it.
+
+commands:
+  demo          compare LLL, LSL, LSS, SLL, SSS on the embedded trained pair: report + grid (the main job)
+  bench         baseline, +FlowBlending, +step reduction, +cache, +compile ... measured in one run
+  analyze       velocity divergence between the two models along the trajectory (and what predicts harm)
+  calibrate     choose stage boundaries automatically under a quality tolerance or FLOP budget
+  check         CI gate: fail a change that regresses routing, FLOPs, recompiles, caching or speedup
+  plan          print which model runs each solver step for a schedule and a scheduler
+  tiny          route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
+  train-demo    train the embedded pair (resumable) or, with --classifier, its metrics classifier
+  export-demo   write a training checkpoint as a diffusers pipeline folder
+"""
+
+COMMAND_MODULES = (demo, bench, analysis, check, plan, tiny)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flowblending-accel",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # transformers warns about optional image backends whenever diffusers imports its pipelines.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    args.command_line = "flowblending-accel " + shlex.join(argv)
+    return run_command(args.command, lambda: args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

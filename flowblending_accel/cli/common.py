@@ -1,0 +1,38 @@
+"""What every command shares: the one error -> exit path and device resolution. (``main`` records the
+command line as ``args.command_line`` for the results each command writes.)"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+EXIT_OK, EXIT_USAGE = 0, 2
+
+# What a user can cause: bad arguments or files. They end as one line and exit 2, never a traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
+
+
+def run_command(name: str, run: Callable[[], int]) -> int:
+    """Run a command; a user error prints ``flowblending-accel NAME: error: ...`` on stderr and exits 2."""
+    try:
+        return run()
+    except USER_ERRORS as error:
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"flowblending-accel {name}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def resolve_device(device: str) -> str:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked against this machine's torch before any model is built."""
+    import torch
+
+    if device == "cpu":
+        return device
+    if not device.startswith("cuda"):
+        raise ValueError(f"--device {device!r}: use 'cpu', 'cuda' or 'cuda:N'.")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"--device {device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu, "
+            "or install a CUDA build of torch on a machine with a GPU."
+        )
+    return device

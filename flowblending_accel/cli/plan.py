@@ -1,0 +1,93 @@
+"""``flowblending-accel plan``: the per-step model table a schedule will follow on a scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..schedulers import SCHEDULER_NAMES
+
+
+def register(commands) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="print the per-step model table of a schedule",
+        description="Lay a schedule onto a scheduler's real step grid and print the table a run will follow.",
+    )
+    plan.add_argument("schedule", nargs="?", default="L40-S40-L20", help="stages, e.g. L40-S40-L20 (default)")
+    plan.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
+    plan.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="unipc", help="solver (default unipc)")
+    plan.add_argument("--shift", type=float, default=5.0, help="flow shift (default 5.0, Wan 2.1)")
+    plan.add_argument("--axis", choices=("step", "sigma"), default="step", help="stage axis (default step)")
+    plan.add_argument(
+        "--flops",
+        nargs=2,
+        type=float,
+        metavar=("LARGE", "SMALL"),
+        help="FLOPs per step of each model, to print the FLOP share (e.g. 598.9 62.57 for Wan 14B/1.3B)",
+    )
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="a calibrate result (calibration.json): "
+        "carry its schedule to --scheduler/--shift/--steps on the "
+        "sigma axis and say whether a recalibration is advisable (exit 3 if so)",
+    )
+    plan.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..plan import Plan
+    from ..schedule import Schedule
+    from ..schedulers import make_scheduler
+
+    scheduler = make_scheduler(args.scheduler, args.shift)
+    flops = dict(zip(("large", "small"), args.flops, strict=True)) if args.flops else None
+    if args.calibration is not None:
+        return _plan_calibrated(args, scheduler, flops)
+    plan = Plan.for_scheduler(Schedule.parse(args.schedule, args.axis), scheduler, args.steps)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table(flops))
+    return 0
+
+
+def _plan_calibrated(args: argparse.Namespace, scheduler, flops) -> int:
+    from ..analysis.transfer import Grid, transfer
+    from ..schedule import Schedule
+
+    try:
+        result = json.loads(args.calibration.read_text())["calibration"]
+        grid, schedule = Grid.from_dict(result["grid"]), Schedule.parse(result["schedule"])
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"--calibration {args.calibration}: not a calibrate result with a grid ({error}); "
+            "rerun `flowblending-accel calibrate`."
+        ) from error
+    carried = transfer(schedule.models_for_step_count(len(grid.noise)), grid, scheduler, args.steps)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "schedule": str(carried.schedule),
+                    "axis": "sigma",
+                    "recalibrate": carried.recalibrate,
+                    "reasons": carried.reasons,
+                    "plan": carried.plan.to_dict(),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"calibrated {result['schedule']} on {grid.scheduler} (shift {grid.shift}, "
+            f"{len(grid.noise)} steps)"
+            f" -> {carried.schedule} on the sigma axis\n{carried.plan.table(flops)}"
+        )
+        print(
+            "recalibration advisable: " + "; ".join(carried.reasons)
+            if carried.recalibrate
+            else "transfers: no coarser small-model steps than calibrated, same solver kind and noise range"
+        )
+    return 3 if carried.recalibrate else 0

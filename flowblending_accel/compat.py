@@ -1,0 +1,90 @@
+"""Can this small model stand in for that large one? Checked before any denoising, with the fix named.
+
+Two kinds of checks: the *pair* (same latent interface and conditioning widths per the family's
+``shared_config``; same class where the family needs it) once at apply time, and the *placement* (same
+device and dtype) at apply time and again at every run start, since models can be moved in between.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .families import Family
+
+
+def check_pair(large: torch.nn.Module, small: Any, family: Family, where: str, strict: bool = True) -> None:
+    """Raise a clear error when ``small`` cannot stand in for ``large`` (``where`` names the attribute)."""
+    if small is large:
+        raise ValueError(f"small is the same module as {where}; pass a separate, smaller model.")
+    if not callable(small):
+        raise TypeError(f"small must be a torch module (or callable denoiser), got {type(small).__name__}.")
+    large_core, small_core = _unwrap(large), _unwrap(small)
+    if strict and family.same_class and type(small_core) is not type(large_core):
+        raise TypeError(
+            f"small is a {type(small_core).__name__} but {where} is a {type(large_core).__name__}: the "
+            f"{family.name} family needs a small model of the same class. "
+            "Pass strict=False to skip this check for a wrapper with the same call signature."
+        )
+    large_config, small_config = _config(large_core), _config(small_core)
+    if large_config is None or small_config is None:
+        return
+    for field in family.shared_config:
+        if field not in large_config:
+            continue
+        mine, theirs = _normalise(large_config.get(field)), _normalise(small_config.get(field))
+        if mine != theirs:
+            raise ValueError(
+                f"small.config.{field}={theirs!r} but {where}.config.{field}={mine!r}: a small model must "
+                f"share {', '.join(family.shared_config)} with the large one (same latent space and "
+                "conditioning); pick the small model of the same family and version."
+            )
+
+
+def _unwrap(module: Any) -> Any:
+    return getattr(module, "_orig_mod", module)  # torch.compile'd modules wrap the original
+
+
+def _config(module: Any) -> dict | None:
+    config = getattr(module, "config", None)
+    return dict(config) if config is not None else None
+
+
+def _normalise(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def device_of(module: Any) -> torch.device | None:
+    if isinstance(module, torch.nn.Module):
+        for parameter in module.parameters():
+            return parameter.device
+    return None
+
+
+def dtype_of(module: Any) -> torch.dtype | None:
+    if isinstance(module, torch.nn.Module):
+        for parameter in module.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+    return None
+
+
+def check_placement(large: Any, small: Any) -> None:
+    """Fail before denoising when the pair sits on different devices or dtypes."""
+    if not (isinstance(large, torch.nn.Module) and isinstance(small, torch.nn.Module)):
+        return
+    if hasattr(large, "_hf_hook") or hasattr(small, "_hf_hook"):
+        return  # accelerate offload moves weights per call; placement is its business
+    large_device, small_device = device_of(large), device_of(small)
+    if None not in (large_device, small_device) and large_device != small_device:
+        raise ValueError(
+            f"small model is on {small_device} but the large model is on {large_device}: "
+            f"call `small.to('{large_device}')` (pipe.to() moves only the pipeline's own components)."
+        )
+    large_dtype, small_dtype = dtype_of(large), dtype_of(small)
+    if None not in (large_dtype, small_dtype) and large_dtype != small_dtype:
+        raise ValueError(
+            f"small model dtype is {small_dtype} but the large model's is {large_dtype}: the pipeline casts "
+            f"inputs to the large model's dtype, so call `small.to(dtype={large_dtype})`."
+        )

@@ -1,0 +1,9 @@
+"""The schedules the demo compares, by name (no torch: the command line reads them for --help)."""
+
+SCHEDULES = {  # the paper's allocations: LSS = small from 40 %, SLL = small for the first 20 % of 50 steps
+    "LLL": "L100",
+    "LSL": "L40-S40-L20",
+    "LSS": "L40-S60",
+    "SLL": "S20-L80",
+    "SSS": "S100",
+}

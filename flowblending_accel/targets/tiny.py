@@ -1,0 +1,32 @@
+"""Tiny random-weight targets (Wan, LTX, SD) from :mod:`flowblending_accel.testing`: routing and counts on a
+CPU in seconds, no quality."""
+
+from __future__ import annotations
+
+from .. import testing
+from ..families import family_for
+from .base import Target
+
+BUILDERS = {
+    "wan": (testing.tiny_wan_pair, testing.tiny_wan_pipeline, testing.wan_call_kwargs),
+    "ltx": (testing.tiny_ltx_pair, testing.tiny_ltx_pipeline, testing.ltx_call_kwargs),
+    "sd": (testing.tiny_unet_pair, testing.tiny_sd_pipeline, testing.sd_call_kwargs),
+}
+
+
+def tiny_target(family: str = "wan", steps: int = 10, scheduler=None) -> Target:
+    if family not in BUILDERS:
+        raise ValueError(f"tiny family {family!r} is unknown; choose one of {', '.join(BUILDERS)}.")
+    make_pair, make_pipeline, call_kwargs = BUILDERS[family]
+    large, small = make_pair()
+    pipe = make_pipeline(large, scheduler)
+    return Target(
+        f"tiny {family}",
+        pipe,
+        small,
+        lambda seed: call_kwargs(steps=steps, seed=seed),
+        family_for(pipe).output_field,
+        False,
+        "cpu",
+        f"tiny random {family} pipeline, {steps} steps",
+    )

@@ -1,0 +1,42 @@
+"""Tiny random-weight pipelines and pairs for tests, examples, smoke runs and CPU dry runs of the tools.
+
+The core never imports this package; tests, the ``tiny`` command and the tools' tiny targets do.
+"""
+
+from .tiny import (
+    TEXT_DIM,
+    TEXT_TOKENS,
+    ltx_call_kwargs,
+    sd_call_kwargs,
+    text_embeddings,
+    tiny_ltx_pair,
+    tiny_ltx_pipeline,
+    tiny_ltx_transformer,
+    tiny_ltx_vae,
+    tiny_sd_pipeline,
+    tiny_unet,
+    tiny_unet_pair,
+    tiny_wan_pair,
+    tiny_wan_pipeline,
+    tiny_wan_transformer,
+    wan_call_kwargs,
+)
+
+__all__ = [
+    "TEXT_DIM",
+    "TEXT_TOKENS",
+    "ltx_call_kwargs",
+    "sd_call_kwargs",
+    "text_embeddings",
+    "tiny_ltx_pair",
+    "tiny_ltx_pipeline",
+    "tiny_ltx_transformer",
+    "tiny_ltx_vae",
+    "tiny_sd_pipeline",
+    "tiny_unet",
+    "tiny_unet_pair",
+    "tiny_wan_pair",
+    "tiny_wan_pipeline",
+    "tiny_wan_transformer",
+    "wan_call_kwargs",
+]
