@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "FlowBlendingConfig": "api",
+    "add_flowblending_listener": "api",
     "apply_flowblending_": "api",
     "flowblending": "api",
     "flowblending_routers": "api",

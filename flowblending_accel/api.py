@@ -13,6 +13,7 @@ import torch
 from . import hooks
 from .compat import check_pair, check_placement
 from .families import Family, family_for
+from .listeners import RouterListener
 from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
 from .schedule import AXES, Schedule
 from .stats import RunStats, merge_runs
@@ -138,7 +139,7 @@ def remove_flowblending_(pipe: Any) -> list[ModelRouter]:
         raise ValueError("FlowBlending is not applied to this pipeline; there is nothing to remove.")
     removed = []
     for module, router in routed:
-        router.reset_state(module)
+        router.detach()
         hooks.remove(module, ROUTER_HOOK_NAME)
         removed.append(router)
     return removed
@@ -170,6 +171,15 @@ def flowblending_routers(pipe: Any) -> list[ModelRouter]:
     return [router for _, router in _routed_components(pipe)]
 
 
+def add_flowblending_listener(pipe: Any, listener: RouterListener) -> None:
+    """Let ``listener`` follow every router on ``pipe`` (Wan 2.2 has one per expert)."""
+    routers = flowblending_routers(pipe)
+    if not routers:
+        raise ValueError("FlowBlending is not applied to this pipeline; apply it before adding listeners.")
+    for router in routers:
+        router.add_listener(listener)
+
+
 def flowblending_stats(pipe: Any) -> RunStats | None:
     """Stats of the last (or current) run, merged over all routed denoisers of ``pipe``."""
     runs = [router.last_run for router in flowblending_routers(pipe) if router.last_run is not None]
@@ -180,6 +190,8 @@ def routed_denoisers(pipe: Any, family: Family, requested: tuple[str, ...] | Non
     """The pipeline attributes FlowBlending routes: ``requested``, or every denoiser of the family present."""
     if requested is None:
         return family.present_denoisers(pipe)
+    if isinstance(requested, str):
+        requested = (requested,)
     for name in requested:
         if not isinstance(getattr(pipe, name, None), torch.nn.Module):
             raise ValueError(

@@ -36,7 +36,8 @@ class Family:
         batched_cfg: the pipeline stacks ``[uncond, cond]`` in the batch of one call (LTX, SD).
         unets: which of ``denoisers`` are UNets (DeepCache works on those only); the rest are transformers.
         solver_kind: ``"flow"`` (flow matching) or ``"vp"`` (epsilon / v prediction): what the family's
-            checkpoints are sampled with, and so which step-reduction solvers fit it.
+            checkpoints are trained for, and so which step-reduction solvers fit it; ``None``: read it from
+            the pipeline's scheduler.
         output_field: the attribute of the pipeline's output holding the result (``frames`` or ``images``).
         attention_blocks: regex of the self-attention modules a feature cache such as TaylorSeer hooks
             (``None``: the cache's own default).
@@ -52,7 +53,7 @@ class Family:
     separate_cfg_calls: bool = False
     batched_cfg: bool = False
     unets: tuple[str, ...] = ()
-    solver_kind: str = "flow"
+    solver_kind: str | None = "flow"
     output_field: str = "images"
     attention_blocks: str | None = None
     note: str = ""
@@ -60,9 +61,9 @@ class Family:
     def __post_init__(self) -> None:
         if not self.denoisers:
             raise ValueError(f"Family {self.name!r}: denoisers must name at least one pipeline attribute.")
-        if self.solver_kind not in ("flow", "vp"):
+        if self.solver_kind not in ("flow", "vp", None):
             raise ValueError(
-                f"Family {self.name!r}: solver_kind={self.solver_kind!r} must be 'flow' or 'vp'."
+                f"Family {self.name!r}: solver_kind={self.solver_kind!r} must be 'flow', 'vp' or None."
             )
         if self.separate_cfg_calls and self.batched_cfg:
             raise ValueError(f"Family {self.name!r}: CFG is either batched or one call per branch, not both.")
@@ -143,7 +144,7 @@ def _default_families() -> list[Family]:
         ),
         Family(
             name="unet",
-            pipeline_pattern=r"StableDiffusion\w*Pipeline|\w*XL\w*Pipeline|LatentConsistency\w*Pipeline",
+            pipeline_pattern=r"StableDiffusion\w*Pipeline|\w*XL\w*Pipeline",
             denoisers=("unet",),
             shared_config=(
                 "in_channels",
@@ -158,6 +159,21 @@ def _default_families() -> list[Family]:
             unets=("unet",),
             solver_kind="vp",
             note="UNet called with the timestep positionally: unet(latents, t, encoder_hidden_states=...)",
+        ),
+        Family(
+            name="lcm",
+            pipeline_pattern=r"LatentConsistency\w*Pipeline",
+            denoisers=("unet",),
+            shared_config=(
+                "in_channels",
+                "out_channels",
+                "cross_attention_dim",
+                "time_cond_proj_dim",
+                "class_embed_type",
+            ),
+            unets=("unet",),
+            solver_kind="vp",
+            note="UNet with a guidance embedding (time_cond_proj_dim): one call per step, no CFG batch",
         ),
         Family(
             name="generic",
@@ -176,6 +192,7 @@ def _default_families() -> list[Family]:
             ),
             same_class=False,
             unets=("unet",),
+            solver_kind=None,
             note="any pipeline whose denoiser is a module called with a `timestep` argument",
         ),
     ]

@@ -241,13 +241,13 @@ class ModelRouter(ModelHook):
             return self.fn_ref.original_forward(*args, **kwargs)
         return self.model(model)(*args, **kwargs)
 
-    def end_run(self, error: BaseException | None = None) -> RunStats | None:
+    def end_run(self, error: BaseException | None = None, completed: bool = False) -> RunStats | None:
         """Close the open run (finished, or aborted with ``error``) and keep its stats; a no-op without
         one."""
         session, self._session = self._session, None
         if session is None:
             return None
-        stats = session.close(error)
+        stats = session.close(error, completed)
         self._runs.append(stats)
         self._notify("on_run_end", stats)
         return stats
@@ -269,11 +269,16 @@ class ModelRouter(ModelHook):
         return self.call(model, step, getattr(scheduler, "step_index", None), args, kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
-        # Reached from `maybe_free_model_hooks` at the end of every pipeline call.
+        # Reached from `maybe_free_model_hooks` once a pipeline call's loop has completed.
+        self.end_run(completed=True)
+        self.detach()
+        return module
+
+    def detach(self) -> None:
+        """Close any open run (as it stands) and reset the small model's caches, before the hook goes."""
         self.end_run()
         hooks.reset_cache_state(self.small)
         self.context.reset()
-        return module
 
     # ------------------------------------------------------------------------------------------ helpers
     def _require_session(self) -> RunSession:

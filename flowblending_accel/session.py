@@ -75,9 +75,12 @@ class RunSession:
         self.active_model, self.last_step = model, step
         return model, starts_segment
 
-    def close(self, error: BaseException | None = None) -> RunStats:
-        """Mark the run finished (it reached the grid's last step without error) or aborted."""
-        self.stats.finished = error is None and self.last_step == self.plan.view.num_steps - 1
+    def close(self, error: BaseException | None = None, completed: bool = False) -> RunStats:
+        """Mark the run finished or aborted. It finished when no error ended it and either it reached the
+        grid's last step or the pipeline says its loop completed (``completed``: Wan 2.2's high-noise expert
+        never sees the last step)."""
+        reached_end = self.last_step == self.plan.view.num_steps - 1
+        self.stats.finished = error is None and (completed or reached_end)
         self.stats.aborted = not self.stats.finished
         if error is not None:
             self.stats.error = f"{type(error).__name__}: {error}"

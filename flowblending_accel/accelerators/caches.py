@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from .. import hooks
-from ..api import flowblending
+from ..api import add_flowblending_listener, flowblending
 from ..listeners import RouterListener
 from .configs import FirstBlockCache, MagCache, PyramidAttentionBroadcast, SeaCache, TaylorSeer
 from .runtime import Accelerator, StackTarget
@@ -108,10 +108,9 @@ def _align_mag_states(model: torch.nn.Module, iteration) -> None:
     hooks.make_states_with(model, MagCacheState, aligned_state)
 
 
-def calibrate_mag_ratios(
-    pipe: Any, small: torch.nn.Module, call_kwargs: dict[str, Any]
-) -> dict[str, list[float]]:
-    """Run the pipeline once per model with MagCache calibration and return each model's ratios."""
+def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> dict[str, list[float]]:
+    """Run the pipeline once all-large and once all-small with MagCache calibration; return the ratios of
+    every model by its label (``large`` / ``small``, or per expert for Wan 2.2)."""
     steps = call_kwargs["num_inference_steps"]
     ratios: dict[str, list[float]] = {}
     for role, schedule in (("large", "L100"), ("small", "S100")):
@@ -119,14 +118,15 @@ def calibrate_mag_ratios(
         cache = config.create()
         target = StackTarget.of(pipe, small)
         cache.apply(target)
-        recorder = _RatioRecorder(target.models(role)[role])
+        recorders = {label: _RatioRecorder(model) for label, model in target.models(role).items()}
         try:
-            with flowblending(pipe, small, schedule) as router:
-                router.add_listener(recorder)
+            with flowblending(pipe, small, schedule, denoisers=target.denoisers):
+                for recorder in recorders.values():
+                    add_flowblending_listener(pipe, recorder)
                 pipe(**call_kwargs)
         finally:
             cache.remove(target)
-        ratios[role] = recorder.ratios
+        ratios.update({label: recorder.ratios for label, recorder in recorders.items()})
     return ratios
 
 

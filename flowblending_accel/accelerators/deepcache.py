@@ -50,6 +50,12 @@ class DeepCacheAccelerator(Accelerator):
                 raise ValueError(
                     f"deepcache: pipe.{attribute} is a {type(large).__name__}; DeepCache works on UNets only."
                 )
+        for label, model in target.models("small").items():
+            if not hasattr(model, "down_blocks"):
+                raise ValueError(
+                    f"deepcache: the {label} model is a {type(model).__name__}; "
+                    "DeepCache works on UNets only."
+                )
 
     def apply(self, target: StackTarget) -> None:
         from DeepCache import DeepCacheSDHelper

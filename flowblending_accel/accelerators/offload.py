@@ -26,6 +26,7 @@ class OffloadAccelerator(Accelerator):
         super().__init__(config)
         self.prefetch_steps, self.offload_device = config.prefetch_steps, torch.device(config.offload_device)
         self.switch_seconds: list[float] = []
+        self.runs = 0
         self._models: dict[str, torch.nn.Module] = {}
         self._pending: dict[str, Any] = {}  # CUDA events of copies in flight
         self._prefetched: set[str] = set()
@@ -66,7 +67,7 @@ class OffloadAccelerator(Accelerator):
             model.to(device)
 
     def on_run_start(self, router, session) -> None:
-        self.switch_seconds = []  # counters are per run
+        self.runs += 1
         self._segments = session.plan.segments()
         self._prefetched.clear()
         first_model = self._segments[0][0]
@@ -111,4 +112,8 @@ class OffloadAccelerator(Accelerator):
                 torch.cuda.current_stream().wait_event(event)
 
     def counters(self) -> dict[str, Any]:
-        return {"switches": len(self.switch_seconds), "exposed_switch_seconds": sum(self.switch_seconds)}
+        """Totals over every run so far, and the mean per run."""
+        runs = max(self.runs, 1)
+        return {"runs": self.runs, "switches": len(self.switch_seconds),
+                "switches_per_run": len(self.switch_seconds) / runs,
+                "exposed_switch_seconds_per_run": sum(self.switch_seconds) / runs}

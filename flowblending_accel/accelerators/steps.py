@@ -15,7 +15,7 @@ class StepReductionAccelerator(Accelerator):
 
     def check(self, target: StackTarget, others: list[Accelerator]) -> None:
         current = target.pipe.scheduler
-        flow = scheduler_kind(current) == "flow"
+        flow = (target.family.solver_kind or scheduler_kind(current)) == "flow"
         if flow != (self.config.solver in FLOW_SCHEDULERS):
             kind = "flow-matching" if flow else "diffusion (epsilon / v)"
             raise ValueError(

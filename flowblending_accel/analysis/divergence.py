@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..api import flowblending
+from ..api import add_flowblending_listener, flowblending
 from ..families import family_for
 from ..listeners import CallEvent, RouterListener
 
@@ -33,6 +33,7 @@ class _StepCalls:
     sigma: float
     next_sigma: float
     model: str
+    flow: bool  # a flow-matching grid: x0 = x_t - sigma * v
     calls: list[tuple[str | None, torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
@@ -44,24 +45,34 @@ class DivergenceProbe(RouterListener):
         self.runs: list[dict[int, dict[str, torch.Tensor]]] = []
         self._steps: dict[int, _StepCalls] = {}
 
+    # One pipeline call is the span in which any router's run is open (Wan 2.2 routes each expert).
+    _open_runs = 0
+
     def on_run_start(self, router, session) -> None:
-        self._steps, self._plan = {}, session.plan
+        if self._open_runs == 0:
+            self._steps, self._plans, self._all_finished = {}, {}, True
+        self._open_runs += 1
+        self._plans[id(router)] = session.plan
 
     def on_call(self, router, call: CallEvent) -> None:
         record, args, kwargs = call.record, call.args, call.kwargs
         other_output = router.call_model("small" if record.model == "large" else "large", *args, **kwargs)
         latents = kwargs.get("hidden_states", args[0] if args else None)
-        steps = self._plan.steps
-        index = record.step - self._plan.first_step
-        next_sigma = steps[index + 1].sigma if index + 1 < len(steps) else 0.0
-        entry = self._steps.setdefault(record.step, _StepCalls(record.sigma, next_sigma, record.model))
+        plan = self._plans[id(router)]
+        index = record.step - plan.first_step
+        next_sigma = plan.steps[index + 1].sigma if index + 1 < len(plan.steps) else 0.0
+        entry = self._steps.setdefault(
+            record.step, _StepCalls(record.sigma, next_sigma, record.model, plan.view.kind == "flow")
+        )
         context = router.cache_context
         entry.calls.append(
             (context.name if context else None, latents, _first(call.output), _first(other_output))
         )
 
     def on_run_end(self, router, stats) -> None:
-        if stats.finished:
+        self._open_runs = max(0, self._open_runs - 1)
+        self._all_finished = self._all_finished and stats.finished
+        if self._open_runs == 0 and self._all_finished:
             self.runs.append({step: self._measure(entry) for step, entry in sorted(self._steps.items())})
 
     def _guided(self, calls, which: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +104,7 @@ class DivergenceProbe(RouterListener):
             * (vl - vs).norm(dim=1)
             / x.norm(dim=1).clamp_min(1e-12),
         }
-        if self._plan.view.kind == "flow":
+        if entry.flow:
             x0l, x0s = x - entry.sigma * vl, x - entry.sigma * vs
             result["x0_cos"] = 1 - F.cosine_similarity(x0l, x0s, dim=1)
             result["x0_rel_l2"] = (x0l - x0s).norm(dim=1) / x0l.norm(dim=1).clamp_min(1e-12)
@@ -163,10 +174,10 @@ def divergence_curve(
     probe = DivergenceProbe(guidance_scale, batched_cfg=family_for(pipe).batched_cfg)
     outputs = []
     with (
-        flowblending(pipe, small, trajectory, timing="off", **router_options) as router,
+        flowblending(pipe, small, trajectory, timing="off", **router_options),
         torch.inference_mode(),
     ):
-        router.add_listener(probe)
+        add_flowblending_listener(pipe, probe)
         for kwargs in calls:
             outputs.append(getattr(pipe(**replay(kwargs)), output_field))
             if progress is not None:

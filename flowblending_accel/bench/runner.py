@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from ..accelerators import Accelerator, Stack, accelerated, dynamo_counts, parse_accelerator
+from ..accelerators import Accelerator, Stack, StackTarget, accelerated, dynamo_counts, parse_accelerator
+from ..api import flowblending_stats
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
 from ..targets import Target
@@ -90,14 +91,14 @@ def _timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int
 
 def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int) -> None:
     row = measurement.row
-    with accelerated(target.pipe, target.small, row.schedule, measurement.accelerators) as (router, stack):
+    with accelerated(target.pipe, target.small, row.schedule, measurement.accelerators) as (_, stack):
         kwargs = {**target.call_kwargs(seed), **stack.call_kwargs()}
         graphs_before = dynamo_counts()["graphs"]
         seconds, output, peak = _timed_call(target, kwargs)
         if not timed:
             return
         measurement.graphs_after_warmup += dynamo_counts()["graphs"] - graphs_before
-        stats = router.last_run
+        stats = flowblending_stats(target.pipe)
         measurement.seconds.append(seconds)
         measurement.model_seconds.append(stats.seconds_per_model)
         measurement.calls, measurement.steps = stats.calls_per_model, stats.num_steps
@@ -111,7 +112,7 @@ def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
     row = measurement.row
     cached = any(parse_accelerator(spec).kind == "cache" for spec in row.stack)
     # Cache hits are counted only where a cache runs: the meter's hooks are not free.
-    meter = AttentionMeter({"large": target.large, "small": target.small}) if cached else None
+    meter = AttentionMeter(StackTarget.of(target.pipe, target.small).models()) if cached else None
     try:
         kwargs = {**target.call_kwargs(seed), **Stack(measurement.accelerators).call_kwargs()}
         measurement.flops, _ = run_flops(

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ..accelerators import accelerated, dynamo_counts, parse_accelerator
+from ..accelerators import StackTarget, accelerated, dynamo_counts, parse_accelerator
+from ..api import add_flowblending_listener, flowblending_stats
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
 from ..targets import Target
@@ -65,7 +66,7 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
     target = scenario.build()
     members = [parse_accelerator(spec).create() for spec in scenario.stack]
     compiled = any(member.kind == "compile" for member in members)
-    with accelerated(target.pipe, target.small, scenario.schedule, members) as (router, stack):
+    with accelerated(target.pipe, target.small, scenario.schedule, members) as (_, stack):
         kwargs = target.call_kwargs
         with torch.inference_mode():
             target.output(target.pipe(**kwargs(0)))  # warm-up: every model and graph
@@ -73,12 +74,12 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
             if inject is not None:
                 inject()
             before = dynamo_counts()
-            meter = None if compiled else AttentionMeter({"large": target.large, "small": target.small})
+            meter = None if compiled else AttentionMeter(StackTarget.of(target.pipe, target.small).models())
             if meter is not None:
-                router.add_listener(meter)
+                add_flowblending_listener(target.pipe, meter)
             target.output(target.pipe(**kwargs(0)))
             after = dynamo_counts()
-        stats = router.last_run
+        stats = flowblending_stats(target.pipe)
         if meter is not None:
             meter.remove()
     metrics: dict[str, Any] = meter.summary() if meter is not None else {}

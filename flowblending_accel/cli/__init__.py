@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from . import analysis, bench, check, demo, plan, tiny
-from .common import run_command
+from .common import OneLineParser, run_command
 
 DESCRIPTION = """\
 FlowBlending: the large model denoises the early and the late stage of the trajectory, a small model of
@@ -37,7 +37,7 @@ COMMAND_MODULES = (demo, bench, analysis, check, plan, tiny)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="flowblending-accel",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -60,7 +60,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     args.command_line = "flowblending-accel " + shlex.join(argv)
     return run_command(args.command, lambda: args.run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,17 +12,20 @@ import json
 from pathlib import Path
 
 from ..analysis.measures import MEASURES
+from .common import positive_number, whole_number
 
 
 def _common(parser) -> None:
     parser.add_argument(
         "--pair", type=Path, default=None, help="demo-pair folder (default: the embedded pair)"
     )
-    parser.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    parser.add_argument("--guidance-scale", type=float, default=3.0, help="CFG scale (default 3.0)")
-    parser.add_argument("--calibration-prompts", type=int, default=12, help="prompts used (default 12 of 40)")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--steps", type=whole_number(1), default=20, help="denoising steps (default 20)")
+    parser.add_argument("--guidance-scale", type=positive_number, default=3.0, help="CFG scale (default 3.0)")
+    parser.add_argument(
+        "--calibration-prompts", type=whole_number(1), default=12, help="prompts used (default 12 of 40)"
+    )
+    parser.add_argument("--seeds", type=whole_number(1), default=2, help="seeds per prompt (default 2)")
+    parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--output", type=Path, required=True, help="results folder")
     parser.add_argument(
         "--no-ssim",
@@ -49,7 +52,9 @@ def _register_analyze(commands) -> None:
         ),
     )
     _common(analyze)
-    analyze.add_argument("--windows", type=int, default=0, help="window size for the evidence run (0: skip)")
+    analyze.add_argument(
+        "--windows", type=whole_number(0), default=0, help="window size for the evidence run (0: skip)"
+    )
     analyze.add_argument("--overlay", default="L40-S40-L20", help="schedule drawn over the curve")
     analyze.set_defaults(run=run_analyze)
 
@@ -78,7 +83,7 @@ def _register_calibrate(commands) -> None:
         "to every score)",
     )
     goal.add_argument(
-        "--flop-budget", type=float, default=None, help="maximum FLOPs as a fraction of large-only"
+        "--flop-budget", type=positive_number, default=None, help="maximum FLOPs as a fraction of large-only"
     )
     calibrate.add_argument(
         "--match", default="L40-S40-L20", help="hand-picked schedule to beat (default L40-S40-L20)"
@@ -91,13 +96,16 @@ def _register_calibrate(commands) -> None:
     )
     calibrate.add_argument(
         "--sensitivity-window",
-        type=int,
+        type=whole_number(1),
         default=2,
         help="also measure the quality lost with the small model on each window of this many "
         "steps and propose placements from it (0: divergence proxies only; default 2)",
     )
     calibrate.add_argument(
-        "--holdout-seeds", type=int, default=4, help="held-out seeds per held-out prompt (default 4)"
+        "--holdout-seeds",
+        type=whole_number(1),
+        default=4,
+        help="held-out seeds per held-out prompt (default 4)",
     )
     calibrate.set_defaults(run=run_calibrate)
 

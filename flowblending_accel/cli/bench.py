@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..accelerators import spec_help
+from .common import whole_number
 
 DEFAULT_STACK = ["dpm++:10", "fbc:0.05", "compile", "tensorrt"]
 
@@ -41,19 +42,21 @@ def register(commands) -> None:
         default=DEFAULT_STACK,
         help=f"accelerators added row by row (default {' '.join(DEFAULT_STACK)}): {spec_help()}",
     )
-    bench.add_argument("--repeats", type=int, default=5, help="timed interleaved rounds (default 5)")
+    bench.add_argument(
+        "--repeats", type=whole_number(1), default=5, help="timed interleaved rounds (default 5)"
+    )
     bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     bench.add_argument(
         "--dtype", default="bfloat16", help="random/pretrained weights dtype (default bfloat16)"
     )
-    bench.add_argument("--height", type=int, default=480)
-    bench.add_argument("--width", type=int, default=832)
-    bench.add_argument("--frames", type=int, default=61)
-    bench.add_argument("--steps", type=int, default=50)
+    bench.add_argument("--height", type=whole_number(1), default=480)
+    bench.add_argument("--width", type=whole_number(1), default=832)
+    bench.add_argument("--frames", type=whole_number(1), default=61)
+    bench.add_argument("--steps", type=whole_number(1), default=50)
     bench.add_argument(
         "--prompt", default="A polar bear playing guitar", help="prompt for pretrained pipelines"
     )
-    bench.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    bench.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     bench.add_argument("--output", type=Path, default=Path("flowblending-bench"), help="results folder")
     bench.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     bench.set_defaults(run=run)

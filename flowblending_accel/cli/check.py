@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .common import whole_number
+
 
 def register(commands) -> None:
     check = commands.add_parser(
@@ -32,12 +34,14 @@ def register(commands) -> None:
     check.add_argument(
         "--ratio", action="store_true", help="also measure speedup ratios (interleaved, one process)"
     )
-    check.add_argument("--repeats", type=int, default=5, help="rounds for the ratio tier (default 5)")
+    check.add_argument(
+        "--repeats", type=whole_number(1), default=5, help="rounds for the ratio tier (default 5)"
+    )
     check.add_argument("--summary", type=Path, default=None, help="write a markdown summary here")
     check.add_argument(
         "--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here"
     )
-    check.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    check.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     check.set_defaults(run=run)
 
 

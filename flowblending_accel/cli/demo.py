@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..demo.schedules import SCHEDULES
+from .common import positive_number, whole_number
 
 
 def register(commands) -> None:
@@ -35,7 +36,7 @@ def _register_demo(commands) -> None:
     demo.add_argument("--overwrite", action="store_true", help="replace the report in --output")
     demo.add_argument(
         "--samples-per-prompt",
-        type=int,
+        type=whole_number(1),
         default=1,
         help="seeds per prompt; 40 prompts each (default 1 -> 40 clips per schedule)",
     )
@@ -49,13 +50,15 @@ def _register_demo(commands) -> None:
         choices=list(SCHEDULES),
         help="schedules to compare (LLL is always included as the reference)",
     )
-    demo.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    demo.add_argument("--steps", type=whole_number(1), default=20, help="denoising steps (default 20)")
     demo.add_argument(
-        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)"
+        "--guidance-scale", type=positive_number, default=3.0, help="classifier-free guidance (default 3.0)"
     )
-    demo.add_argument("--chunk-size", type=int, default=10, help="clips per pipeline call (default 10)")
-    demo.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    demo.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    demo.add_argument(
+        "--chunk-size", type=whole_number(1), default=10, help="clips per pipeline call (default 10)"
+    )
+    demo.add_argument("--seed", type=whole_number(0), default=0, help="base seed (default 0)")
+    demo.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     demo.add_argument(
         "--pair", type=Path, default=None, help="a demo pair folder (default: the embedded one)"
     )
@@ -73,13 +76,17 @@ def _register_train(commands) -> None:
         ),
     )
     train.add_argument("--output", type=Path, default=Path("runs/demo-train"), help="checkpoint folder")
-    train.add_argument("--steps", type=int, default=10000, help="total training steps (default 10000)")
-    train.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--until", type=int, default=None, help="end this sitting at this step (resume later)")
+    train.add_argument(
+        "--steps", type=whole_number(1), default=10000, help="total training steps (default 10000)"
+    )
+    train.add_argument("--threads", type=whole_number(1), default=1, help="torch CPU threads (default 1)")
+    train.add_argument("--seed", type=whole_number(0), default=0)
+    train.add_argument(
+        "--until", type=whole_number(1), default=None, help="end this sitting at this step (resume later)"
+    )
     train.add_argument(
         "--timestep-shift",
-        type=float,
+        type=positive_number,
         default=1.0,
         help="shift training timesteps toward high noise (default 1.0: plain logit-normal)",
     )

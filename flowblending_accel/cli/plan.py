@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..schedulers import SCHEDULER_NAMES
+from .common import positive_number, whole_number
 
 
 def register(commands) -> None:
@@ -16,14 +17,14 @@ def register(commands) -> None:
         description="Lay a schedule onto a scheduler's real step grid and print the table a run will follow.",
     )
     plan.add_argument("schedule", nargs="?", default="L40-S40-L20", help="stages, e.g. L40-S40-L20 (default)")
-    plan.add_argument("--steps", type=int, default=50, help="num_inference_steps (default 50)")
+    plan.add_argument("--steps", type=whole_number(1), default=50, help="num_inference_steps (default 50)")
     plan.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="unipc", help="solver (default unipc)")
-    plan.add_argument("--shift", type=float, default=5.0, help="flow shift (default 5.0, Wan 2.1)")
+    plan.add_argument("--shift", type=positive_number, default=5.0, help="flow shift (default 5.0, Wan 2.1)")
     plan.add_argument("--axis", choices=("step", "sigma"), default="step", help="stage axis (default step)")
     plan.add_argument(
         "--flops",
         nargs=2,
-        type=float,
+        type=positive_number,
         metavar=("LARGE", "SMALL"),
         help="FLOPs per step of each model, to print the FLOP share (e.g. 598.9 62.57 for Wan 14B/1.3B)",
     )

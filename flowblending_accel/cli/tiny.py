@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..schedulers import SCHEDULER_NAMES
+from .common import whole_number
 
 FAMILIES = ("wan", "ltx", "sd")
 
@@ -21,7 +22,7 @@ def register(commands) -> None:
     )
     tiny.add_argument("--family", choices=FAMILIES, default="wan", help="pipeline family (default wan)")
     tiny.add_argument("--schedule", default="L40-S40-L20", help="stages (default L40-S40-L20)")
-    tiny.add_argument("--steps", type=int, default=20, help="num_inference_steps (default 20)")
+    tiny.add_argument("--steps", type=whole_number(1), default=20, help="num_inference_steps (default 20)")
     tiny.add_argument(
         "--scheduler", choices=SCHEDULER_NAMES, default=None, help="solver (default: the pipeline's)"
     )

@@ -11,10 +11,14 @@ class AttentionMeter(RouterListener):
     """Router listener counting attention computes per call: a ``to_q`` projection runs only when attention
     really computes, so a feature cache's skips show up whatever cache it is (diffusers hooks, cache-dit,
     DeepCache). Reports the share of attention skipped per model and whether every segment start (the first
-    call after a switch) computed in full. Eager models only: hooks on compiled regions would break graphs."""
+    call after a switch) computed in full. Eager models only: hooks on compiled regions would break graphs.
+
+    ``models`` maps a label to each module (e.g. ``StackTarget.models()``); calls are told apart by which
+    module the router ran, so one meter serves every router of a pipeline (Wan 2.2's two experts)."""
 
     def __init__(self, models: dict[str, torch.nn.Module]) -> None:
         self.handles, self.projections = [], {}
+        self.labels = {id(model): label for label, model in models.items()}
         self.calls: list[tuple[str, int, int, bool]] = []  # (model, step, attention computes, segment start?)
         self._pending, self._segment_start = 0, False
         for name, model in models.items():
@@ -29,7 +33,8 @@ class AttentionMeter(RouterListener):
         self._segment_start = True
 
     def on_call(self, router, call: CallEvent) -> None:
-        self.calls.append((call.record.model, call.record.step, self._pending, self._segment_start))
+        label = self.labels.get(id(router.model(call.record.model)), call.record.model)
+        self.calls.append((label, call.record.step, self._pending, self._segment_start))
         self._pending, self._segment_start = 0, False
 
     def remove(self) -> None:

@@ -16,11 +16,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..accelerators import accelerated, as_configs
+from ..api import add_flowblending_listener, flowblending_stats
 from ..families import family_for
 from ..listeners import RouterListener
 from ..stats import RunStats
 
-NOT_COUNTABLE = ("compile", "engine")  # accelerator kinds that cannot run under a FLOP counter
+# Accelerator kinds left out of a FLOP pass: compiled code cannot run under a FLOP counter, and moving
+# weights (memory modes) does no arithmetic.
+NOT_COUNTABLE = ("compile", "engine", "memory")
 
 
 @contextmanager
@@ -73,12 +76,12 @@ def run_flops(
     """FLOPs per model of one ``pipe(**call_kwargs)`` under ``schedule`` and the countable part of ``stack``.
     Returns the FLOPs and the run's stats; ``listeners`` (e.g. an attention meter) follow the same run."""
     countable = [config for config in as_configs(stack) if config.kind not in NOT_COUNTABLE]
-    with accelerated(pipe, small, schedule, countable, count_flops=True, timing="off") as (router, _):
+    with accelerated(pipe, small, schedule, countable, count_flops=True, timing="off"):
         for listener in listeners:
-            router.add_listener(listener)
+            add_flowblending_listener(pipe, listener)
         with torch.inference_mode():
             pipe(**call_kwargs)
-        stats = router.last_run
+        stats = flowblending_stats(pipe)
     return {model: int(value) for model, value in sorted(stats.flops_per_model.items())}, stats
 
 

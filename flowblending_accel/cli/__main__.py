@@ -1,0 +1,7 @@
+"""``python -m flowblending_accel.cli`` is ``flowblending-accel``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())
