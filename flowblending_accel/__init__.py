@@ -28,6 +28,7 @@ _EXPORTS = {
     "ModelRouter": "router",
     "Schedule": "schedule",
     "Stage": "schedule",
+    "FlowBlendingWarning": "schedule",
     "RunSession": "session",
     "SolverView": "solver",
     "CallRecord": "stats",

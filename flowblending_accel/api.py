@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
@@ -15,7 +16,7 @@ from .compat import check_pair, check_placement
 from .families import Family, family_for
 from .listeners import RouterListener
 from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
-from .schedule import AXES, Schedule
+from .schedule import AXES, FlowBlendingWarning, Schedule
 from .stats import RunStats, merge_runs
 
 
@@ -35,6 +36,8 @@ class FlowBlendingConfig:
         strict: require the small model to be of the large model's class where the family expects it.
         small_guidance: ``"on"`` or ``"off"`` (guidance-free small stage for a distilled small model;
             Wan-style pipelines with one call per CFG branch only). See :class:`ModelRouter`.
+        small_distilled: the small model is step- or guidance-distilled (it expects no CFG); without it,
+            ``small_guidance="off"`` warns.
     """
 
     schedule: str | Schedule = "L40-S40-L20"
@@ -45,6 +48,7 @@ class FlowBlendingConfig:
     reset_on_switch: bool = True
     strict: bool = True
     small_guidance: str = "on"
+    small_distilled: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, str | Schedule):
@@ -123,13 +127,17 @@ def apply_flowblending_(
             f"small_guidance='off' needs a pipeline that makes one denoiser call per CFG branch (Wan); the "
             f"{family.name} family batches CFG into one call. Use small_guidance='on' (the default)."
         )
-    for name in names:
-        large = getattr(pipe, name)
-        check_pair(large, smalls[name], family, f"pipe.{name}", strict=config.strict)
-        if "small" in config.schedule.models:
-            check_placement(large, smalls[name])
-    routers = [_attach(pipe, name, smalls[name], family, config) for name in names]
-    return routers[0]
+    _advise(config)
+    routers = {name: _router(pipe, getattr(pipe, name), smalls[name], family, config) for name in names}
+    for name, router in routers.items():
+        check_pair(router.large, router.small, family, f"pipe.{name}", strict=config.strict)
+        router.follow_large()  # the pipeline may have been moved, cast or offloaded before wrapping
+        check_placement(router.large, router.small)
+    for name, router in routers.items():
+        # Registered last so the router is outermost: the large model's own cache hooks never see calls
+        # that belong to the small model.
+        hooks.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
+    return routers[names[0]]
 
 
 def remove_flowblending_(pipe: Any) -> list[ModelRouter]:
@@ -215,21 +223,30 @@ def small_per_denoiser(small: Any, names: list[str]) -> dict[str, Any]:
     return small
 
 
-def _attach(pipe: Any, name: str, small: Any, family: Family, config: FlowBlendingConfig) -> ModelRouter:
-    router = ModelRouter(
+def _advise(config: FlowBlendingConfig) -> None:
+    advice = config.schedule.advice()
+    if config.small_guidance == "off" and not config.small_distilled:
+        advice.append(
+            "small_guidance='off' runs the small stage without classifier-free guidance; a small model that "
+            "was not step- or guidance-distilled loses prompt adherence there. Pass small_distilled=True if "
+            "it is."
+        )
+    for text in advice:
+        warnings.warn(text, FlowBlendingWarning, stacklevel=3)
+
+
+def _router(pipe: Any, large: Any, small: Any, family: Family, config: FlowBlendingConfig) -> ModelRouter:
+    return ModelRouter(
         small,
         config.schedule,
         scheduler=lambda: pipe.scheduler,
+        large=large,
         timestep_arg=family.timestep_arg,
         count_flops=config.count_flops,
         timing=config.timing,
         reset_on_switch=config.reset_on_switch,
         small_guidance=config.small_guidance,
     )
-    # Registered last so the router is outermost: the large model's own cache hooks never see calls that
-    # belong to the small model.
-    hooks.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
-    return router
 
 
 def _routed_components(pipe: Any) -> list[tuple[torch.nn.Module, ModelRouter]]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import hooks
 from .families import Family
 
 
@@ -70,6 +71,12 @@ def dtype_of(module: Any) -> torch.dtype | None:
     return None
 
 
+def compute_dtype_of(module: Any) -> torch.dtype | None:
+    """The dtype a module computes in: layerwise casting's compute dtype, else its parameters' dtype."""
+    casting = hooks.layerwise_casting_of(module) if isinstance(module, torch.nn.Module) else None
+    return casting[1] if casting else dtype_of(module)
+
+
 def check_placement(large: Any, small: Any) -> None:
     """Fail before denoising when the pair sits on different devices or dtypes."""
     if not (isinstance(large, torch.nn.Module) and isinstance(small, torch.nn.Module)):
@@ -82,7 +89,7 @@ def check_placement(large: Any, small: Any) -> None:
             f"small model is on {small_device} but the large model is on {large_device}: "
             f"call `small.to('{large_device}')` (pipe.to() moves only the pipeline's own components)."
         )
-    large_dtype, small_dtype = dtype_of(large), dtype_of(small)
+    large_dtype, small_dtype = compute_dtype_of(large), compute_dtype_of(small)
     if None not in (large_dtype, small_dtype) and large_dtype != small_dtype:
         raise ValueError(
             f"small model dtype is {small_dtype} but the large model's is {large_dtype}: the pipeline casts "

@@ -118,9 +118,33 @@ def hooks_of_type(module: torch.nn.Module, hook_type: type) -> list[tuple[str, M
     ]
 
 
+@contextmanager
+def beneath_accelerate(module: torch.nn.Module):
+    """Change ``module``'s diffusers hooks underneath an accelerate hook (``enable_model_cpu_offload``).
+
+    accelerate wraps ``module.forward`` and keeps the forward it wrapped; every pipeline call ends by removing
+    and re-adding its hooks, which restores that kept forward. A diffusers hook registered on top of
+    accelerate's would be dropped by that (and one removed from underneath would come back), so the
+    accelerate hook is taken off for the change and put back on top of it.
+    """
+    hook = getattr(module, "_hf_hook", None)
+    if hook is None:
+        yield
+        return
+    from accelerate.hooks import add_hook_to_module, remove_hook_from_module
+
+    remove_hook_from_module(module)
+    try:
+        yield
+    finally:
+        add_hook_to_module(module, hook)
+
+
 def register_outermost(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
-    """Register ``hook`` last, i.e. outermost: it sees every call before any cache hook of ``module``."""
-    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+    """Register ``hook`` last, i.e. outermost among diffusers hooks: it sees every call before any cache
+    hook of ``module`` (accelerate's offload hook, if any, stays on top of it)."""
+    with beneath_accelerate(module):
+        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
 
 
 def remove(module: torch.nn.Module, name: str) -> None:
@@ -128,11 +152,31 @@ def remove(module: torch.nn.Module, name: str) -> None:
     registry = getattr(module, REGISTRY_ATTRIBUTE, None)
     if registry is None:
         return
-    registry.remove_hook(name, recurse=False)
-    if registry.hooks:
-        return
-    # The registry leaves the class forward behind as an instance attribute; drop it and the empty registry.
-    forward = module.__dict__.get("forward")
-    if getattr(forward, "__func__", None) is type(module).forward:
-        del module.__dict__["forward"]
-    delattr(module, REGISTRY_ATTRIBUTE)
+    with beneath_accelerate(module):
+        registry.remove_hook(name, recurse=False)
+        if registry.hooks:
+            return
+        # The registry leaves the class forward behind as an instance attribute: drop it and the registry.
+        forward = module.__dict__.get("forward")
+        if getattr(forward, "__func__", None) is type(module).forward:
+            del module.__dict__["forward"]
+        delattr(module, REGISTRY_ATTRIBUTE)
+
+
+def _first_hook(module: torch.nn.Module, name: str) -> ModelHook | None:
+    for registry in registries(module):
+        if name in registry.hooks:
+            return registry.hooks[name]
+    return None
+
+
+def layerwise_casting_of(module: torch.nn.Module) -> tuple[torch.dtype, torch.dtype] | None:
+    """``(storage dtype, compute dtype)`` when ``enable_layerwise_casting`` is on ``module``, else None."""
+    hook = _first_hook(module, "layerwise_casting")
+    return (hook.storage_dtype, hook.compute_dtype) if hook is not None else None
+
+
+def group_offloading_of(module: torch.nn.Module) -> Any | None:
+    """The ``GroupOffloadingConfig`` of ``enable_group_offload`` on ``module``, else None."""
+    hook = _first_hook(module, "group_offloading")
+    return getattr(hook, "config", None) if hook is not None else None

@@ -83,6 +83,18 @@ class Plan:
             counts[planned.stage] += 1
         return counts
 
+    def advice(self) -> list[str]:
+        """Stages that get no solver step on this grid (the schedule's own advice: ``schedule.advice()``)."""
+        found = []
+        counts = self.stage_step_counts()
+        for index, (stage, count) in enumerate(zip(self.schedule.stages, counts, strict=True)):
+            if count == 0:
+                found.append(
+                    f"stage {index + 1} ({stage}) of {self.schedule} gets no solver step at "
+                    f"{len(self.steps)} steps: it is skipped; use more steps or a wider stage."
+                )
+        return found
+
     def segments(self) -> list[tuple[str, int, int]]:
         """Maximal runs of one model as ``(model, first_step, last_step)``: the switches happen between
         them."""

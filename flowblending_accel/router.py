@@ -22,6 +22,7 @@ control (:meth:`ModelRouter.start_run`, :meth:`~ModelRouter.enter_step`, :meth:`
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -33,9 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import hooks
 from .compat import check_placement, device_of
 from .denoiser import RoutedDenoiser
+from .follow import Follower
 from .listeners import CallEvent, RouterListener, SegmentStart, listens_to_calls
 from .plan import Plan
-from .schedule import Schedule
+from .schedule import FlowBlendingWarning, Schedule
 from .session import RunSession
 from .solver import SolverView
 from .stats import CallRecord, RunStats
@@ -109,6 +111,7 @@ class ModelRouter(ModelHook):
         self._session: RunSession | None = None
         self._listeners: list[RouterListener] = []
         self._call_listeners = False
+        self._follower = Follower()
 
     # ------------------------------------------------------------------------------- read-only state
     @property
@@ -156,6 +159,7 @@ class ModelRouter(ModelHook):
         """Use ``schedule`` from the next run on (the run in progress, if any, keeps its plan)."""
         parsed = Schedule.coerce(schedule, axis)
         if "small" in parsed.models and isinstance(self.large, torch.nn.Module):
+            self.follow_large()
             check_placement(self.large, self.small)
         self.schedule = parsed
 
@@ -192,11 +196,20 @@ class ModelRouter(ModelHook):
         )
 
     # ------------------------------------------------------------------------------------- run control
+    def follow_large(self) -> None:
+        """Give the small model the device, dtype, offloading and attention settings the large model has now
+        (see :mod:`.follow`); runs at every run start, and at apply time."""
+        placement = not any(listener.manages_placement for listener in self._listeners)
+        self._follower.sync(self.large, self.small, placement)
+
     def start_run(self, plan: Plan, scheduler: Any = None) -> RunSession:
         """End any open run, reset both models' caches, and start a run following ``plan``."""
         self.end_run()
         if "small" in plan.schedule.models:
+            self.follow_large()
             check_placement(self.large, self.small)
+        for advice in plan.advice():
+            warnings.warn(advice, FlowBlendingWarning, stacklevel=2)
         self._reset_model("small")
         self._reset_model("large")
         self._session = RunSession.start(plan, scheduler, self._timing_mode())
@@ -248,6 +261,7 @@ class ModelRouter(ModelHook):
         if session is None:
             return None
         stats = session.close(error, completed)
+        self._follower.after_run()
         self._runs.append(stats)
         self._notify("on_run_end", stats)
         return stats
@@ -271,12 +285,17 @@ class ModelRouter(ModelHook):
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Reached from `maybe_free_model_hooks` once a pipeline call's loop has completed.
         self.end_run(completed=True)
-        self.detach()
+        self._reset_between_runs()
         return module
 
     def detach(self) -> None:
-        """Close any open run (as it stands) and reset the small model's caches, before the hook goes."""
+        """Close any open run (as it stands), reset the small model's caches and undo what following the
+        large model attached to the small one: before the hook is removed."""
         self.end_run()
+        self._reset_between_runs()
+        self._follower.release(self.small)
+
+    def _reset_between_runs(self) -> None:
         hooks.reset_cache_state(self.small)
         self.context.reset()
 

@@ -36,6 +36,10 @@ _TOKEN = re.compile(r"([A-Za-z])(\d+(?:\.\d+)?)?")
 _SEPARATORS = re.compile(r"[\s,\-_/]+")
 
 
+class FlowBlendingWarning(UserWarning):
+    """A setting that runs but probably not as intended (Python's default filter shows each message once)."""
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage: ``model`` ("large" or "small") runs for ``share`` (a fraction of 1) of the axis."""
@@ -135,6 +139,15 @@ class Schedule:
     @property
     def models(self) -> frozenset[str]:
         return frozenset(stage.model for stage in self.stages)
+
+    def advice(self) -> list[str]:
+        """What is probably not intended, whatever the step count (see :meth:`Plan.advice` for the rest)."""
+        if "large" in self.models and self.stages[-1].model == "small":
+            return [
+                f"schedule {self} ends on the small model: the last steps fix fine detail, which the small "
+                "model leaves noisy (the paper keeps them on the large one, L-S-L); end with an L stage."
+            ]
+        return []
 
     def stages_for_step_count(self, num_steps: int) -> list[int]:
         """Stage index of each of ``num_steps`` solver steps on the ``step`` axis (see module docstring)."""

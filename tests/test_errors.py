@@ -51,18 +51,13 @@ def _wan_small(**overrides):
             r"small is a LTXVideoTransformer3DModel but pipe.transformer",
         ),
         (
-            lambda: tiny_wan_transformer(2, 2).to(torch.float64),
-            ValueError,
-            r"small model dtype is torch.float64",
-        ),
-        (
             lambda: tiny_wan_transformer(2, 2).to("meta"),
             ValueError,
             r"small model is on meta .*`small.to\('cpu'\)`",
         ),
         (lambda: "not a model", TypeError, r"small must be a torch module"),
     ],
-    ids=["in_channels", "out_channels", "patch_size", "text_dim", "class", "dtype", "device", "type"],
+    ids=["in_channels", "out_channels", "patch_size", "text_dim", "class", "device", "type"],
 )
 def test_pair_mismatch_is_refused_before_denoising(small, error, message):
     pipe = tiny_wan_pipeline()
@@ -121,17 +116,14 @@ def test_config_object_form():
     assert str(router.schedule) == "L50-S50" and router.schedule.axis == "sigma"
 
 
-def test_small_moved_after_apply_is_caught_at_run_start():
+def test_small_moved_after_apply_follows_the_large_model_again_at_run_start():
     pipe = tiny_wan_pipeline()
     small = tiny_wan_transformer(2, 2)
     apply_flowblending_(pipe, small, "L40-S40-L20")
-    small.to(torch.float64)
-    calls = _count_calls(pipe.transformer)
-    with pytest.raises(ValueError, match="small model dtype is torch.float64"):
-        pipe(**wan_call_kwargs(steps=10))
-    assert calls == [1]  # the hook call that raised; the large forward never ran
-    small.to(torch.float32)
-    assert pipe(**wan_call_kwargs(steps=10)).frames.isfinite().all()
+    reference = pipe(**wan_call_kwargs(steps=10)).frames
+    small.to(torch.float64)  # the large model (a pipeline component) decides the placement
+    assert torch.equal(pipe(**wan_call_kwargs(steps=10)).frames, reference)
+    assert next(small.parameters()).dtype == torch.float32
 
 
 def _states(module):

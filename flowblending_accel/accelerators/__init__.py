@@ -36,6 +36,7 @@ _RUNTIME = {
     "validate_configs": "stack",
     "as_configs": "stack",
     "calibrate_mag_ratios": "caches",
+    "StackOwnsArgumentWarning": "calls",
     "dynamo_counts": "compile",
 }
 
@@ -54,6 +55,7 @@ __all__ = [
     "SeaCache",
     "Stack",
     "StackTarget",
+    "StackOwnsArgumentWarning",
     "StepReduction",
     "TaylorSeer",
     "TensorRT",

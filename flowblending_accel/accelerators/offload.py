@@ -22,6 +22,8 @@ from .runtime import Accelerator, StackTarget
 
 
 class OffloadAccelerator(Accelerator):
+    manages_placement = True  # the router leaves the small model's device to it
+
     def __init__(self, config) -> None:
         super().__init__(config)
         self.prefetch_steps, self.offload_device = config.prefetch_steps, torch.device(config.offload_device)
@@ -114,6 +116,9 @@ class OffloadAccelerator(Accelerator):
     def counters(self) -> dict[str, Any]:
         """Totals over every run so far, and the mean per run."""
         runs = max(self.runs, 1)
-        return {"runs": self.runs, "switches": len(self.switch_seconds),
-                "switches_per_run": len(self.switch_seconds) / runs,
-                "exposed_switch_seconds_per_run": sum(self.switch_seconds) / runs}
+        return {
+            "runs": self.runs,
+            "switches": len(self.switch_seconds),
+            "switches_per_run": len(self.switch_seconds) / runs,
+            "exposed_switch_seconds_per_run": sum(self.switch_seconds) / runs,
+        }

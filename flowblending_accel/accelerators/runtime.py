@@ -85,7 +85,8 @@ class Accelerator(RouterListener):
         """Undo :meth:`apply`."""
 
     def call_kwargs(self) -> dict[str, Any]:
-        """Pipeline-call arguments this accelerator needs (e.g. the reduced step count)."""
+        """Pipeline-call arguments this accelerator owns (e.g. the reduced step count); while the stack is
+        applied every pipeline call gets them (:mod:`.calls`)."""
         return {}
 
     def counters(self) -> dict[str, Any]:

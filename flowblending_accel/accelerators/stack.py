@@ -3,9 +3,10 @@
 ``apply_stack(pipe, small, "L40-S40-L20", ["dpm++:25", "fbc", "compile"])`` checks every member (what this
 machine lacks first, then clashes, then each against the pipeline), applies them in :data:`KIND_ORDER`
 (scheduler, attention, quantize, cache, compile, engine, memory), puts the router outermost on every routed
-denoiser, and makes each accelerator a listener of every router. ``remove_stack(pipe)`` undoes all of it,
-and a failed apply undoes what it did. ``with accelerated(pipe, small, schedule, stack) as (router, stack):``
-does both around a block.
+denoiser, and makes each accelerator a listener of every router. Call arguments a member owns (a step
+reduction's step count) are put into every pipeline call (:mod:`.calls`). ``remove_stack(pipe)`` undoes
+all of it, and a failed apply undoes what it did. ``with accelerated(pipe, small, schedule, stack) as
+(router, stack):`` does both around a block.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..api import apply_flowblending_, flowblending_routers, remove_flowblending_
 from ..router import ModelRouter
+from .calls import own_call_arguments, release_call_arguments
 from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator
 from .runtime import Accelerator, StackTarget
 
@@ -91,6 +93,11 @@ class Stack:
             merged.update(accelerator.call_kwargs())
         return merged
 
+    def without_owned(self, call_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``call_kwargs`` less the arguments this stack owns: a tool's call that lets the stack decide."""
+        owned = self.call_kwargs()
+        return {name: value for name, value in call_kwargs.items() if name not in owned}
+
     def mark_warm(self) -> None:
         for accelerator in self.accelerators:
             accelerator.mark_warm()
@@ -129,6 +136,9 @@ def apply_stack(
     for routed in flowblending_routers(pipe):
         for accelerator in stack.ordered():
             routed.add_listener(accelerator)
+    if stack.call_kwargs():  # e.g. dpm++:10 owns num_inference_steps: the pipeline runs 10 steps
+        owners = [a.config.spec for a in stack.ordered() if a.call_kwargs()]
+        own_call_arguments(pipe, stack.call_kwargs, " + ".join(owners))
     setattr(pipe, _STACK_ATTRIBUTE, (stack, target))
     return router, stack
 
@@ -138,6 +148,7 @@ def remove_stack(pipe: Any) -> None:
     if not hasattr(pipe, _STACK_ATTRIBUTE):
         raise ValueError("no FlowBlending stack is applied to this pipeline.")
     stack, target = getattr(pipe, _STACK_ATTRIBUTE)
+    release_call_arguments(pipe)
     remove_flowblending_(pipe)
     stack.remove(target)
     delattr(pipe, _STACK_ATTRIBUTE)

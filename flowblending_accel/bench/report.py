@@ -60,7 +60,7 @@ def _fmt_mem(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**30:.2f} GiB"
 
 
-def markdown(table: list[dict[str, Any]], skipped: list[dict[str, str]], context: dict[str, Any]) -> str:
+def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
     lines = [
         f"# FlowBlending stack benchmark: {context['target']}",
         "",
@@ -107,13 +107,12 @@ def markdown(table: list[dict[str, Any]], skipped: list[dict[str, str]], context
     if counters:
         lines += [
             "",
-            "Accelerator counters (per run; exposed_switch_seconds: the wait for a prefetched model):",
+            "Accelerator counters (totals over the row's runs, warm-up included, unless they say per run; "
+            "attention: the FLOP pass; exposed_switch_seconds: the wait for a prefetched model):",
             *counters,
         ]
     if not any(row["peak_memory_bytes"] for row in table):
         lines += ["", "Peak memory is CUDA's max_memory_allocated; on a CPU run it is not measured (—)."]
-    if skipped:
-        lines += ["", "Rows not run here:", *[f"- {s['row']}: {s['reason']}" for s in skipped]]
     return "\n".join(lines) + "\n"
 
 
@@ -145,11 +144,11 @@ def plot(table: list[dict[str, Any]]) -> bytes:
     return stream.getvalue()
 
 
-def write_bench(folder: Path, table, skipped, context) -> None:
+def write_bench(folder: Path, table, context) -> None:
     smaller, bigger = action_benchmark(table, context["device"])
-    document = {"schema": SCHEMA, "context": context, "rows": table, "skipped": skipped}
+    document = {"schema": SCHEMA, "context": context, "rows": table}
     write_atomic(folder / "bench.json", (json.dumps(document, indent=2, default=str) + "\n").encode())
     write_atomic(folder / "bench-smaller-is-better.json", (json.dumps(smaller, indent=2) + "\n").encode())
     write_atomic(folder / "bench-bigger-is-better.json", (json.dumps(bigger, indent=2) + "\n").encode())
-    write_atomic(folder / "bench.md", markdown(table, skipped, context).encode())
+    write_atomic(folder / "bench.md", markdown(table, context).encode())
     write_atomic(folder / "bench.png", plot(table))

@@ -33,26 +33,13 @@ class Row:
     stack: tuple[str, ...] = ()
 
 
-def cumulative_rows(schedule: str, stack: list[str], check=None) -> tuple[list[Row], list[dict[str, str]]]:
-    """Baseline, +FlowBlending, then one row per accelerator added to the last row that can run here.
-
-    ``check(accelerators)`` raises ValueError for a stack that cannot run (e.g. TensorRT without a GPU); such
-    a row is reported as skipped with the reason and later rows build on the previous runnable stack.
-    """
+def cumulative_rows(schedule: str, stack: list[str]) -> list[Row]:
+    """Baseline, +FlowBlending, then one row per accelerator added to the row before (the caller has checked
+    that the whole stack can run here: a row that cannot is refused before any model is built)."""
     rows = [Row("baseline (large only)", "L100"), Row(f"+FlowBlending {schedule}", schedule)]
-    skipped: list[dict[str, str]] = []
-    accepted: list[str] = []
-    for spec in stack:
-        candidate = [*accepted, spec]
-        try:
-            if check is not None:
-                check([parse_accelerator(s) for s in candidate])
-        except ValueError as error:
-            skipped.append({"row": f"+{spec}", "reason": str(error)})
-            continue
-        accepted = candidate
-        rows.append(Row(f"+{spec}", schedule, tuple(accepted)))
-    return rows, skipped
+    for index, spec in enumerate(stack):
+        rows.append(Row(f"+{spec}", schedule, tuple(stack[: index + 1])))
+    return rows
 
 
 @dataclass
@@ -92,7 +79,7 @@ def _timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int
 def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int) -> None:
     row = measurement.row
     with accelerated(target.pipe, target.small, row.schedule, measurement.accelerators) as (_, stack):
-        kwargs = {**target.call_kwargs(seed), **stack.call_kwargs()}
+        kwargs = stack.without_owned(target.call_kwargs(seed))
         graphs_before = dynamo_counts()["graphs"]
         seconds, output, peak = _timed_call(target, kwargs)
         if not timed:
@@ -114,7 +101,7 @@ def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
     # Cache hits are counted only where a cache runs: the meter's hooks are not free.
     meter = AttentionMeter(StackTarget.of(target.pipe, target.small).models()) if cached else None
     try:
-        kwargs = {**target.call_kwargs(seed), **Stack(measurement.accelerators).call_kwargs()}
+        kwargs = Stack(measurement.accelerators).without_owned(target.call_kwargs(seed))
         measurement.flops, _ = run_flops(
             target.pipe, target.small, row.schedule, kwargs, row.stack, listeners=(meter,) if meter else ()
         )

@@ -110,6 +110,30 @@ def _register_calibrate(commands) -> None:
     calibrate.set_defaults(run=run_calibrate)
 
 
+def _check(args, calibrating: bool = False) -> None:
+    """Refuse what the user got wrong before any model loads."""
+    from ..demo.data import all_prompts
+    from ..support.files import check_output_folder
+
+    check_output_folder(args.output)
+    if args.calibration_prompts >= len(all_prompts()):
+        raise ValueError(
+            f"--calibration-prompts {args.calibration_prompts} leaves no held-out prompt: use fewer "
+            f"than {len(all_prompts())}."
+        )
+    if getattr(args, "windows", 0) > args.steps:
+        raise ValueError(
+            f"--windows {args.windows} is longer than the {args.steps} steps; use at most --steps."
+        )
+    if calibrating and args.flop_budget is not None and args.flop_budget > 1:
+        raise ValueError(
+            f"--flop-budget {args.flop_budget:g} is a fraction of large-only FLOPs: give one in (0, 1]."
+        )
+    if calibrating and args.tolerance is not None:
+        names = ["feature_similarity"] if args.no_ssim else ["feature_similarity", "ssim"]
+        _tolerance(args.tolerance, dict.fromkeys(names, 0.0))
+
+
 def _setup(args):
     import torch
 
@@ -135,24 +159,17 @@ def _setup(args):
     )
 
 
-def _progress():
-    from rich.progress import Progress
-
-    return Progress()
-
-
 def run_analyze(args: argparse.Namespace) -> int:
     from ..analysis.divergence import divergence_curve
     from ..analysis.evidence import window_evidence
     from ..analysis.plots import divergence_plot
     from ..support.files import write_atomic
+    from ..support.progress import progress
 
+    _check(args)
     pipe, small, _, calls, quality, _, _ = _setup(args)
-    with _progress() as progress:
-        task = progress.add_task(
-            "analysing", total=len(calls) * (1 + (args.steps // args.windows if args.windows else 0))
-        )
-        advance = lambda n: progress.advance(task, n)  # noqa: E731
+    total = len(calls) * (1 + (args.steps // args.windows if args.windows else 0))
+    with progress("analysing (clips generated)", total) as advance:
         curve = divergence_curve(pipe, small, calls, args.guidance_scale, progress=advance)
         evidence = (
             window_evidence(pipe, small, calls, curve, args.windows, quality, progress=advance)
@@ -186,11 +203,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.report import calibration_markdown
     from ..demo.calibration import evaluate_schedules
     from ..support.files import write_atomic
+    from ..support.progress import progress
 
+    _check(args, calibrating=True)
     pipe, small, classifier, calls, quality, flops, held_out = _setup(args)
-    with _progress() as progress:
-        task = progress.add_task("calibrating", total=None)
-        advance = lambda n: progress.advance(task, n)  # noqa: E731
+    with progress("calibrating (clips generated)", None) as advance:
         calibrator = Calibrator(
             pipe,
             small,

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..accelerators import spec_help
-from .common import whole_number
+from .common import resolve_device, whole_number
 
-DEFAULT_STACK = ["dpm++:10", "fbc:0.05", "compile", "tensorrt"]
+DEFAULT_STACK = ["dpm++:10", "fbc:0.05", "compile"]
 
 
 def register(commands) -> None:
@@ -45,9 +45,12 @@ def register(commands) -> None:
     bench.add_argument(
         "--repeats", type=whole_number(1), default=5, help="timed interleaved rounds (default 5)"
     )
-    bench.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    bench.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     bench.add_argument(
-        "--dtype", default="bfloat16", help="random/pretrained weights dtype (default bfloat16)"
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16", "float16"),
+        help="random/pretrained weights dtype (default bfloat16)",
     )
     bench.add_argument("--height", type=whole_number(1), default=480)
     bench.add_argument("--width", type=whole_number(1), default=832)
@@ -75,41 +78,42 @@ def _target(args):
             args.random_weights, args.device, dtype, args.height, args.width, args.frames, args.steps
         )
     if args.large:
-        if not args.small:
-            raise ValueError("--large needs --small (the folder or hub id of the small denoiser).")
         return pretrained_target(args.large, args.small, args.device, dtype, args.prompt, args.steps)
     return embedded_target(args.pair, args.device)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from rich.progress import Progress
 
-    from ..accelerators import Stack, StackTarget, parse_accelerator
+    from ..accelerators import Stack, StackTarget, as_configs, validate_configs
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
     from ..support.env import device_name, versions
-    from ..support.files import free_output_folder
+    from ..support.files import check_output_folder, free_output_folder
+    from ..support.progress import progress
+    from ..targets.presets import check_preset
 
-    if args.repeats < 1:
-        raise ValueError("--repeats must be at least 1.")
-    for spec in args.stack:
-        parse_accelerator(spec)  # a typo fails here, before any model is built
+    # Everything a user can get wrong is refused here, before any model is built.
+    device = resolve_device(args.device)
+    configs = as_configs(args.stack)
+    validate_configs(configs, device)
+    check_output_folder(args.output)
+    if args.random_weights:
+        check_preset(args.random_weights)
+    if args.large and not args.small:
+        raise ValueError("--large needs --small (the folder or hub id of the small denoiser).")
     torch.set_num_threads(args.threads)
     target = _target(args)
-    stack_target = StackTarget.of(target.pipe, target.small)
-    rows, skipped = cumulative_rows(
-        args.schedule, args.stack, lambda configs: Stack.of(configs).validate(stack_target)
-    )
+    Stack.of(configs).validate(StackTarget.of(target.pipe, target.small))  # what depends on the pipeline
+    rows = cumulative_rows(args.schedule, args.stack)
     folder = free_output_folder(args.output, args.overwrite, marker="bench.md")
-    with Progress() as progress:
-        task = progress.add_task("benchmarking rows", total=(len(rows) + 1) * (args.repeats + 2))
-        results = measure_rows(target, rows, args.repeats, progress=lambda n: progress.advance(task, n))
+    with progress("benchmarking rows", (len(rows) + 1) * (args.repeats + 2)) as advance:
+        results = measure_rows(target, rows, args.repeats, progress=advance)
     table = summarise(results, output_quality if target.quality else (lambda *_: None))
     context = {
         "target": target.name,
         "description": target.description,
-        "device": device_name(args.device),
+        "device": device_name(device),
         "versions": versions(),
         "repeats": args.repeats,
         "schedule": args.schedule,
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         "command": args.command_line,
         "threads": args.threads,
     }
-    write_bench(folder, table, skipped, context)
+    write_bench(folder, table, context)
     print((folder / "bench.md").read_text())
     print(f"bench.json, github-action-benchmark JSON, bench.md and bench.png written to {folder}/")
     return 0

@@ -81,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
     from ..support.files import write_atomic
 
     torch.set_num_threads(args.threads)
+    if not args.update and not args.expected.is_file():
+        raise ValueError(
+            f"--expected {args.expected}: no such file; create it with `--update --scenario NAME ...`."
+        )
     expectations = read_expected(args.expected)
     measured = {}
     for scenario in _scenarios(args, expectations):

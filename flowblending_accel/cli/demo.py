@@ -121,10 +121,21 @@ def _register_export(commands) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from ..demo.data import all_prompts
+    from ..demo.data import all_prompts, parse_prompt
     from ..demo.generate import DemoSettings
     from ..demo.run import run_demo
+    from ..support.files import check_output_folder
 
+    prompts = tuple(args.prompts or all_prompts())
+    for prompt in prompts:
+        parse_prompt(prompt)  # a prompt outside the demo's language fails here, before anything loads
+    clips = len(prompts) * args.samples_per_prompt
+    if clips < 2:
+        raise ValueError(
+            f"--prompts gives {clips} clip per schedule, but the Fréchet distance needs at least 2: add a "
+            "prompt or pass --samples-per-prompt 2."
+        )
+    check_output_folder(args.output)
     schedules = tuple(dict.fromkeys(["LLL", *args.schedules]))
     settings = DemoSettings(
         steps=args.steps,
@@ -132,13 +143,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
         samples_per_prompt=args.samples_per_prompt,
         chunk_size=args.chunk_size,
         base_seed=args.seed,
-        prompts=tuple(args.prompts or all_prompts()),
+        prompts=prompts,
         schedules=schedules,
     )
-    if args.samples_per_prompt < 1 or args.chunk_size < 1 or args.steps < 1:
-        raise ValueError("--samples-per-prompt, --chunk-size and --steps must be at least 1.")
-    command = args.command_line
-    folder, rows = run_demo(settings, args.output, args.pair, args.threads, args.overwrite, command)
+    folder, rows = run_demo(settings, args.output, args.pair, args.threads, args.overwrite, args.command_line)
     if not rows:  # a non-zero rank under torchrun: rank 0 writes and prints
         return 0
     print((folder / "report.md").read_text())
@@ -147,6 +155,9 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
 
 def run_train_command(args: argparse.Namespace) -> int:
+    from ..support.files import check_output_folder
+
+    check_output_folder(args.output)
     if args.classifier:
         import torch
 

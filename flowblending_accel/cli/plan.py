@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..schedulers import SCHEDULER_NAMES
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         return _plan_calibrated(args, scheduler, flops)
     plan = Plan.for_scheduler(Schedule.parse(args.schedule, args.axis), scheduler, args.steps)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else plan.table(flops))
+    for advice in plan.schedule.advice() + plan.advice():
+        print(f"warning: {advice}", file=sys.stderr)
     return 0
 
 

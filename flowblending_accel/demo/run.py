@@ -11,6 +11,7 @@ import torch
 from ..distributed import gather_ordered, init_from_env, shard
 from ..support.env import device_name, versions
 from ..support.files import free_output_folder
+from ..support.progress import progress
 from .classifier import load_classifier
 from .data import parse_prompt, reference_clips
 from .generate import DemoSettings, merge_ranks, run_comparison
@@ -38,7 +39,10 @@ def run_demo(
     classifier = load_classifier(Path(pair or default_pair_path()) / CLASSIFIER_SUBFOLDER)
     context = init_from_env()  # under torchrun: samples are sharded across ranks, rank 0 reports
     mine = shard(settings.samples(), context)
-    with torch.inference_mode(), _progress(show_progress and context.is_main, len(mine)) as advance:
+    with (
+        torch.inference_mode(),
+        progress("generating all schedules (clips)", len(mine), show_progress and context.is_main) as advance,
+    ):
         part = run_comparison(pipe, small, settings, progress=advance, samples=[sample for _, sample in mine])
     parts = gather_ordered([(context.rank, ([i for i, _ in mine], part))], context)
     generated = merge_ranks(parts) if context.active else part
@@ -77,26 +81,3 @@ def _grid_indices(generated) -> list[int]:
     done = [prompt for prompt, _ in generated.samples[: generated.done]]
     chosen = [done.index(p) for p in GRID_PROMPTS if p in done]
     return chosen or list(range(min(4, len(done))))
-
-
-class _progress:
-    """A rich progress bar over generated samples (a no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self.bar = Progress(
-            "generating all schedules", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
-        )
-        self.bar.start()
-        task = self.bar.add_task("demo", total=self.total)
-        return lambda n: self.bar.advance(task, n)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()

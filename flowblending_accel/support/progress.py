@@ -51,8 +51,9 @@ def progress(description: str, total: int | None, enabled: bool = True, stream=N
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-        with Progress(description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=Console(file=stream)) as bar:
+        with Progress(
+            description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(file=stream)
+        ) as bar:
             task = bar.add_task(description, total=total)
             yield lambda amount=1: bar.advance(task, amount)
         return

@@ -22,13 +22,17 @@ WAN_SIZES = {
 RANDOM_PRESETS = {"wan2.1-14b+1.3b": ("14b", "1.3b", 4096), "tiny-wan": ("tiny", "tiny-small", 32)}
 
 
+def check_preset(preset: str) -> None:
+    if preset not in RANDOM_PRESETS:
+        raise ValueError(f"--random-weights {preset!r} is unknown; choose one of {sorted(RANDOM_PRESETS)}.")
+
+
 def random_wan_target(
     preset: str, device: str, dtype: torch.dtype, height: int, width: int, frames: int, steps: int = 50
 ) -> Target:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
-    if preset not in RANDOM_PRESETS:
-        raise ValueError(f"--random-weights {preset!r} is unknown; choose one of {sorted(RANDOM_PRESETS)}.")
+    check_preset(preset)
     large_size, small_size, text_dim = RANDOM_PRESETS[preset]
     common = dict(
         patch_size=(1, 2, 2),
