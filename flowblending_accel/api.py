@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import hooks
-from .compat import check_pair, check_placement
+from .compat import check_adapters, check_pair, check_placement
 from .families import Family, family_for
 from .listeners import RouterListener
 from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
@@ -114,9 +114,11 @@ def apply_flowblending_(
     family = family_for(pipe)
     names = routed_denoisers(pipe, family, config.denoisers)
     smalls = small_per_denoiser(small, names)
-    if flowblending_routers(pipe):
+    routed = [name for name in names if hooks.hooks_of_type(getattr(pipe, name), ModelRouter)]
+    if routed:
         raise ValueError(
-            "FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first."
+            f"FlowBlending is already applied to pipe.{routed[0]} (by this pipeline, or by another that "
+            "shares the module); call remove_flowblending_(pipe) first."
         )
     if getattr(pipe, "scheduler", None) is None or not hasattr(pipe.scheduler, "set_timesteps"):
         raise ValueError(
@@ -133,6 +135,7 @@ def apply_flowblending_(
         check_pair(router.large, router.small, family, f"pipe.{name}", strict=config.strict)
         router.follow_large()  # the pipeline may have been moved, cast or offloaded before wrapping
         check_placement(router.large, router.small)
+        check_adapters(router.large, router.small, f"pipe.{name}")
     for name, router in routers.items():
         # Registered last so the router is outermost: the large model's own cache hooks never see calls
         # that belong to the small model.

@@ -95,3 +95,43 @@ def check_placement(large: Any, small: Any) -> None:
             f"small model dtype is {small_dtype} but the large model's is {large_dtype}: the pipeline casts "
             f"inputs to the large model's dtype, so call `small.to(dtype={large_dtype})`."
         )
+
+
+def adapters_in_use(module: Any) -> list[str]:
+    """The LoRA (peft) adapters active on ``module`` (none when none are loaded or all are disabled)."""
+    if not getattr(module, "_hf_peft_config_loaded", False):
+        return []
+    tuner_layers = [
+        sub for sub in module.modules() if hasattr(sub, "disable_adapters") and hasattr(sub, "scaling")
+    ]
+    if tuner_layers and all(layer.disable_adapters for layer in tuner_layers):
+        return []
+    return list(module.active_adapters())
+
+
+def check_adapters(large: Any, small: Any, where: str) -> None:
+    """Refuse, before any denoising, an adapter on the large model that the small one cannot follow."""
+    if not (isinstance(large, torch.nn.Module) and isinstance(small, torch.nn.Module)):
+        return
+    missing = [
+        name for name in adapters_in_use(large) if name not in (getattr(small, "peft_config", None) or {})
+    ]
+    if missing:
+        raise ValueError(
+            f"{where} has LoRA adapter(s) {missing} that the small model does not have: a small model of "
+            "another size cannot take the large model's LoRA weights. Either load a LoRA made for the small "
+            "model into it under the same name "
+            f"(small.load_lora_adapter(path, adapter_name={missing[0]!r})), or remove FlowBlending while the "
+            "adapter is in use (remove_flowblending_(pipe))."
+        )
+    if (
+        getattr(large, "encoder_hid_proj", None) is not None
+        and getattr(small, "encoder_hid_proj", None) is None
+    ):
+        kind = type(large.encoder_hid_proj).__name__
+        raise ValueError(
+            f"{where} has an IP-Adapter ({kind} in encoder_hid_proj) that the small model does not have: "
+            "its image projection and attention processors are made for the large model. Either load an "
+            "IP-Adapter made for the small model into it, or remove FlowBlending for IP-Adapter runs "
+            "(remove_flowblending_(pipe))."
+        )

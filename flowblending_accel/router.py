@@ -21,6 +21,7 @@ control (:meth:`ModelRouter.start_run`, :meth:`~ModelRouter.enter_step`, :meth:`
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections import deque
@@ -32,7 +33,7 @@ from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManag
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import hooks
-from .compat import check_placement, device_of
+from .compat import check_adapters, check_placement, device_of
 from .denoiser import RoutedDenoiser
 from .follow import Follower
 from .listeners import CallEvent, RouterListener, SegmentStart, listens_to_calls
@@ -142,6 +143,12 @@ class ModelRouter(ModelHook):
 
     @property
     def scheduler(self) -> Any:
+        """The scheduler of the run in progress, else the one the router was given (``pipe.scheduler``)."""
+        if self._session is not None and self._session.scheduler is not None:
+            return self._session.scheduler
+        return self._given_scheduler()
+
+    def _given_scheduler(self) -> Any:
         source = self._scheduler_source
         return source() if callable(source) and not hasattr(source, "set_timesteps") else source
 
@@ -164,8 +171,10 @@ class ModelRouter(ModelHook):
         self.schedule = parsed
 
     def plan(self, num_inference_steps: int, **set_timesteps_kwargs: Any) -> Plan:
-        """The model table the next run will follow at ``num_inference_steps`` on the current scheduler."""
-        return Plan.for_scheduler(self.schedule, self.scheduler, num_inference_steps, **set_timesteps_kwargs)
+        """The model table the next run will follow at ``num_inference_steps`` on the router's scheduler."""
+        return Plan.for_scheduler(
+            self.schedule, self._given_scheduler(), num_inference_steps, **set_timesteps_kwargs
+        )
 
     def add_listener(self, listener: RouterListener) -> None:
         """Tell ``listener`` about every run, segment and call from now on (see :mod:`.listeners`)."""
@@ -208,6 +217,7 @@ class ModelRouter(ModelHook):
         if "small" in plan.schedule.models:
             self.follow_large()
             check_placement(self.large, self.small)
+            check_adapters(self.large, self.small, "the large model")
         for advice in plan.advice():
             warnings.warn(advice, FlowBlendingWarning, stacklevel=2)
         self._reset_model("small")
@@ -272,7 +282,7 @@ class ModelRouter(ModelHook):
         return module
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        scheduler = self._require_scheduler()
+        scheduler = self._calling_scheduler()
         session = self._session
         if session is None or not session.is_current_for(scheduler):
             session = self._start_pipeline_run(scheduler)
@@ -307,8 +317,14 @@ class ModelRouter(ModelHook):
             )
         return self._session
 
-    def _require_scheduler(self) -> Any:
-        scheduler = self.scheduler
+    def _calling_scheduler(self) -> Any:
+        """The scheduler of the pipeline that is running this call: a denoiser shared by several pipelines
+        (``from_pipe`` for img2img / i2v, or hand-built ones) is routed along the caller's own grid. Found
+        on the call stack (the pipeline's ``__call__`` holding this module); else the router's own."""
+        caller = calling_pipeline(self.large)
+        if caller is not None:
+            return caller.scheduler
+        scheduler = self._given_scheduler()
         if scheduler is None:
             raise ValueError(
                 "ModelRouter has no scheduler: pass `scheduler=pipe.scheduler` (or use apply_flowblending_)."
@@ -384,6 +400,21 @@ class ModelRouter(ModelHook):
             device = device_of(self.large)
             return "cuda" if device is not None and device.type == "cuda" else "host"
         return self.timing
+
+
+def calling_pipeline(module: Any, depth: int = 24) -> Any:
+    """The innermost pipeline on the call stack whose ``__call__`` is running and which holds ``module``."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == "__call__":
+            owner = frame.f_locals.get("self")
+            scheduler = getattr(owner, "scheduler", None)
+            if hasattr(scheduler, "set_timesteps") and any(value is module for value in vars(owner).values()):
+                return owner
+        frame = frame.f_back
+    return None
 
 
 class _Timer:

@@ -71,6 +71,8 @@ def test_demo_command_writes_report_and_never_overwrites(tmp_path, capsys):
         "1",
         "--threads",
         "1",
+        "--timing-seconds",
+        "0",
     ]
     assert main(args) == 0
     assert main(args) == 0
@@ -79,6 +81,11 @@ def test_demo_command_writes_report_and_never_overwrites(tmp_path, capsys):
     results = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(results["rows"]) == {"real", "LLL", "LSL", "LSS", "SLL", "SSS"}
     assert results["rows"]["LSL"]["calls_per_sample"]["small"] > 0
-    assert "| LSL | L40-S40-L20 |" in (tmp_path / "demo" / "report.md").read_text()
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| LSL | L40-S40-L20 |" in report and "FD to real (± sd, n = 2)" in report
+    speed = results["rows"]["LSL"]["speedup_vs_lll"]
+    assert speed["rounds"] == 5 and speed["low"] <= speed["median"] <= speed["high"]  # the minimum rounds
+    assert results["rows"]["LSL"]["fd_to_real"]["samples"] == 2
+    assert results["context"]["timing"]["rounds"] == 5
     assert main(["demo", "--prompts", "a cat moving left", "--output", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 from ..demo.schedules import SCHEDULES
-from .common import positive_number, whole_number
+from .common import non_negative_number, positive_number, whole_number
 
 
 def register(commands) -> None:
@@ -56,6 +58,13 @@ def _register_demo(commands) -> None:
     )
     demo.add_argument(
         "--chunk-size", type=whole_number(1), default=10, help="clips per pipeline call (default 10)"
+    )
+    demo.add_argument(
+        "--timing-seconds",
+        type=non_negative_number,
+        default=20.0,
+        help="time box of the speed figures: interleaved rounds of every schedule after generating, at least "
+        "five (default 20)",
     )
     demo.add_argument("--seed", type=whole_number(0), default=0, help="base seed (default 0)")
     demo.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
@@ -123,6 +132,7 @@ def _register_export(commands) -> None:
 def run_demo_command(args: argparse.Namespace) -> int:
     from ..demo.data import all_prompts, parse_prompt
     from ..demo.generate import DemoSettings
+    from ..demo.report import speed_warning
     from ..demo.run import run_demo
     from ..support.files import check_output_folder
 
@@ -145,12 +155,17 @@ def run_demo_command(args: argparse.Namespace) -> int:
         base_seed=args.seed,
         prompts=prompts,
         schedules=schedules,
+        timing_seconds=args.timing_seconds,
     )
     folder, rows = run_demo(settings, args.output, args.pair, args.threads, args.overwrite, args.command_line)
     if not rows:  # a non-zero rank under torchrun: rank 0 writes and prints
         return 0
     print((folder / "report.md").read_text())
     print(f"report, results.json and grid written to {folder}/")
+    context = json.loads((folder / "results.json").read_text())["context"]
+    warning = speed_warning(rows, context)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 

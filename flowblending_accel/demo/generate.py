@@ -1,8 +1,8 @@
 """Generate the demo's comparison: every schedule on the same prompts and the same initial noise.
 
-Timing follows the project's rule: one process, schedules interleaved per chunk (their order rotated chunk by
-chunk so none always runs first), after a warm-up that touches both models and both CFG branches; each
-schedule's speedup is the median over chunks of its time divided by LLL's time on the same chunk.
+Schedules run interleaved per chunk (their order rotated chunk by chunk so none always runs first), after a
+warm-up that touches both models and both CFG branches. The speed figures come from a separate timing phase
+on the same pipeline (:mod:`.timing`): interleaved, time-boxed rounds with an interval and a warning.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..metrics.flops import flops_per_call
 from .data import all_prompts
 from .models import demo_call_kwargs
 from .schedules import SCHEDULES
+from .timing import Timing, time_schedules
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,15 @@ class DemoSettings:
     base_seed: int = 0
     prompts: tuple[str, ...] = tuple(all_prompts())
     schedules: tuple[str, ...] = tuple(SCHEDULES)
+    timing_seconds: float = 20.0  # the speed figures' time box (at least five rounds)
+    timing_clips: int = 4  # clips per timed call
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "samples_per_prompt", "chunk_size", "timing_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DemoSettings.{name}={getattr(self, name)} must be at least 1.")
+        if self.timing_seconds < 0:
+            raise ValueError(f"DemoSettings.timing_seconds={self.timing_seconds} must be 0 or more.")
 
     def samples(self) -> list[tuple[str, int]]:
         """(prompt, seed) pairs; seeds are distinct per sample and independent of the chunking."""
@@ -50,6 +60,7 @@ class Generated:
     calls: dict[str, list[dict[str, int]]] = field(default_factory=dict)  # per chunk, per-sample calls
     flops_per_sample_call: dict[str, int] = field(default_factory=dict)
     complete: bool = False
+    timing: Timing | None = None
 
     def stacked(self, schedule: str) -> torch.Tensor:
         return torch.cat(self.frames[schedule])
@@ -101,7 +112,20 @@ def run_comparison(pipe, small, settings: DemoSettings, progress=None, samples=N
             result.complete = True
         except KeyboardInterrupt:
             _drop_unfinished_chunk(result)
+            return result
+        result.timing = _time(pipe, router, samples, settings)
     return result
+
+
+def _time(pipe, router, samples, settings: DemoSettings) -> Timing:
+    chunk = samples[: settings.timing_clips]
+    prompts, seeds = [p for p, _ in chunk], [s for _, s in chunk]
+
+    def run_schedule(name: str) -> None:
+        router.set_schedule(SCHEDULES.get(name, name))
+        generate_clips(pipe, prompts, seeds, settings)
+
+    return time_schedules(run_schedule, settings.schedules, len(chunk), settings.timing_seconds)
 
 
 def _run_chunk(pipe, router, name: str, chunk, settings: DemoSettings, result: Generated) -> None:
@@ -125,6 +149,7 @@ def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
         [],
         flops_per_sample_call=first.flops_per_sample_call,
         complete=all(part.complete for _, part in parts),
+        timing=first.timing,  # rank 0's timing: ranks share no device, each times the same way
     )
     pairs = []
     for indices, part in parts:

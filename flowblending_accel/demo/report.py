@@ -36,6 +36,7 @@ def grid_frames(
     for frame in frame_ids:
         canvas = Image.new("L", (width, height), 255)
         draw = ImageDraw.Draw(canvas)
+        draw.text((4, 2), f"frame {frame + 1} of {first.shape[2]}", fill=0)
         for c, label in enumerate(columns):
             draw.text((LABEL_WIDTH + c * (cell_w + 4) + 2, 2), label, fill=0)
         for r, prompt in enumerate(prompts):
@@ -91,26 +92,26 @@ def markdown_report(rows: dict, context: dict) -> str:
         f"- per-call FLOPs (one sample, measured): large {context['flops']['large'] / 1e6:.1f} MFLOP, small "
         f"{context['flops']['small'] / 1e6:.1f} MFLOP "
         f"({context['flops']['large'] / context['flops']['small']:.1f}x)",
-        f"- timing: {context['chunks']} chunks of up to {context['chunk_size']} clips, schedules interleaved "
-        "per chunk (rotated order) after a warm-up; "
-        "speedup = median over chunks of LLL time / schedule time [IQR]",
+        _timing_line(context),
     ]
     if not context["complete"]:
         lines.append("- **partial**: interrupted; only the chunks every schedule finished are reported")
+    warning = speed_warning(rows, context)
+    if warning:
+        lines.append(f"- **warning**: {warning}")
     lines += [
         "",
-        "| schedule | stages | speedup vs LLL | FLOPs vs LLL | large / small calls | PSNR vs LLL (dB) | "
-        "SSIM vs LLL |"
-        " temporal consistency | digit accuracy | motion accuracy | FD to real (± sd) |",
+        "| schedule | stages | speedup vs LLL [95 %] | FLOPs vs LLL | large / small calls | "
+        "PSNR vs LLL (dB) | SSIM vs LLL | temporal consistency | digit accuracy | motion accuracy | "
+        f"FD to real (± sd, n = {context['samples']}) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         if name == "real":
             continue
-        speed = row["speedup_vs_lll"]
         calls = row["calls_per_sample"]
         lines.append(
-            f"| {name} | {row['schedule']} | {speed['median']:.2f} [{speed['q1']:.2f}, {speed['q3']:.2f}] | "
+            f"| {name} | {row['schedule']} | {speed_cell(row['speedup_vs_lll'])} | "
             f"{row['flops_vs_lll']:.3f} | {calls.get('large', 0):.0f} / {calls.get('small', 0):.0f} | "
             f"{_ci(row['psnr_vs_lll'], 2)} | {_ci(row['ssim_vs_lll'])} | "
             f"{_ci(row['temporal_consistency'])} | "
@@ -134,11 +135,54 @@ def markdown_report(rows: dict, context: dict) -> str:
         "",
         "![grid](grid.png)",
         "",
-        "Animated: [grid.gif](grid.gif). Columns: a real clip for the prompt, "
-        "then each schedule from one noise.",
+        "The grid: one row per prompt; columns are a real clip of held-out writers, then each schedule from "
+        "the same noise; the three panels side by side are the first, middle and last frame of each clip. "
+        "Animated: [grid.gif](grid.gif).",
         "",
     ]
     return "\n".join(lines)
+
+
+def speed_cell(speed: dict) -> str:
+    """``1.41 [1.30, 1.48]``, marked when the figure cannot be trusted."""
+    mark = "" if speed.get("reliable", True) else " ⚠"
+    return f"{speed['median']:.2f} [{speed['low']:.2f}, {speed['high']:.2f}]{mark}"
+
+
+def speed_warning(rows: dict, context: dict) -> str | None:
+    """One line saying why the speed figures are marked, or None when none is."""
+    marked = [
+        name
+        for name, row in rows.items()
+        if name != "real" and not row["speedup_vs_lll"].get("reliable", True)
+    ]
+    if not marked:
+        return None
+    reasons = []
+    if context.get("timing", {}).get("busy"):
+        reasons.append(f"other processes used {context['timing']['other_load']:.0%} of the CPU while timing")
+    if any(
+        rows[name]["speedup_vs_lll"]["low"] <= 1.0 <= rows[name]["speedup_vs_lll"]["high"]
+        for name in marked
+        if name != "LLL"
+    ):
+        reasons.append("an interval includes 1.0x (no measurable speedup at this precision)")
+    return (
+        f"speed figures marked ⚠ ({', '.join(marked)}) are not reliable: {'; '.join(reasons)}; rerun on an "
+        "idle machine or with more --timing-seconds."
+    )
+
+
+def _timing_line(context: dict) -> str:
+    timing = context.get("timing") or {}
+    load = timing.get("other_load")
+    load_text = "unknown" if load is None else f"{load:.0%}"
+    return (
+        f"- timing: {timing.get('rounds', 0)} interleaved rounds of {timing.get('clips', 0)} clips per "
+        f"schedule (rotated order, time box {timing.get('seconds', 0):g} s) after a warm-up; speedup = "
+        "median over rounds of LLL time / schedule time, with a bootstrap 95 % interval; other processes' "
+        f"share of the CPU meanwhile: {load_text}"
+    )
 
 
 def write_outputs(

@@ -68,8 +68,8 @@ def run_demo(
         "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
         "shift": SHIFT,
-        "chunks": len(generated.seconds["LLL"]),
         "chunk_size": settings.chunk_size,
+        "timing": _timing_context(generated.timing, settings.timing_seconds),
         "flops": generated.flops_per_sample_call,
         "complete": generated.complete,
     }
@@ -81,3 +81,15 @@ def _grid_indices(generated) -> list[int]:
     done = [prompt for prompt, _ in generated.samples[: generated.done]]
     chosen = [done.index(p) for p in GRID_PROMPTS if p in done]
     return chosen or list(range(min(4, len(done))))
+
+
+def _timing_context(timing, seconds: float) -> dict:
+    if timing is None:
+        return {"rounds": 0, "clips": 0, "seconds": seconds, "other_load": None, "busy": False}
+    return {
+        "rounds": timing.rounds,
+        "clips": timing.clips,
+        "seconds": seconds,
+        "other_load": timing.other_load,
+        "busy": timing.busy,
+    }
