@@ -41,6 +41,8 @@ class Family:
         output_field: the attribute of the pipeline's output holding the result (``frames`` or ``images``).
         attention_blocks: regex of the self-attention modules a feature cache such as TaylorSeer hooks
             (``None``: the cache's own default).
+        passes_sigmas: the pipeline hands the scheduler its own sigma grid (``set_timesteps(sigmas=...)``), so
+            a step-reduction solver must accept custom sigmas.
         note: one line on the family's calling convention, for humans.
     """
 
@@ -56,6 +58,7 @@ class Family:
     solver_kind: str | None = "flow"
     output_field: str = "images"
     attention_blocks: str | None = None
+    passes_sigmas: bool = False
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -140,6 +143,7 @@ def _default_families() -> list[Family]:
             batched_cfg=True,
             output_field="frames",
             attention_blocks=r"transformer_blocks\.\d+\.attn1",
+            passes_sigmas=True,
             note="keyword call; batched CFG; per-token timesteps (conditioning tokens at 0) in i2v/condition",
         ),
         Family(

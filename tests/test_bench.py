@@ -122,3 +122,16 @@ def test_failed_apply_undoes_what_was_done():
         and large._cache_config is None
         and not hasattr(pipe, "_flowblending_stack")
     )
+
+
+def test_a_solver_that_cannot_take_ltx_sigmas_is_refused_at_apply():
+    from flowblending_accel.testing import tiny_ltx_pair, tiny_ltx_pipeline
+
+    large, small = tiny_ltx_pair()
+    pipe = tiny_ltx_pipeline(large)
+    with pytest.raises(
+        ValueError, match=r"ltx pipeline hands the scheduler its own sigma grid, which 'dpm\+\+'"
+    ):
+        apply_stack(pipe, small, "L40-S40-L20", ["dpm++:10"])
+    router, _ = apply_stack(pipe, small, "L40-S40-L20", ["unipc:10"])
+    remove_stack(pipe)

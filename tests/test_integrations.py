@@ -1,6 +1,9 @@
-"""Each integration recipe, run on tiny local diffusers folders (no hub)."""
+"""Each integration recipe, run on tiny local diffusers folders (no hub): build() from Python, and main()
+end to end from a prompt string to the written video or image, with --stack, --baseline and --offload."""
 
 import importlib.util
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -18,9 +21,14 @@ from flowblending_accel.testing import (
     tiny_wan_pair,
     tiny_wan_pipeline,
     wan_call_kwargs,
+    with_text,
 )
 
 RECIPES = Path(__file__).resolve().parent.parent / "integrations" / "recipes"
+needs_ffmpeg = pytest.mark.skipif(
+    importlib.util.find_spec("imageio_ffmpeg") is None,
+    reason="video export needs imageio-ffmpeg: pip install flowblending-accel[video]",
+)
 
 
 def recipe(name):
@@ -30,9 +38,9 @@ def recipe(name):
     return module
 
 
-def _save(tmp_path, pipe, small, denoiser="transformer"):
+def _save(tmp_path, pipe, small, denoiser="transformer", bare_small=False):
     pipe.save_pretrained(tmp_path / "pipeline")
-    small.save_pretrained(tmp_path / "small" / denoiser)
+    small.save_pretrained(tmp_path / "small" if bare_small else tmp_path / "small" / denoiser)
     return str(tmp_path / "pipeline"), str(tmp_path / "small")
 
 
@@ -94,4 +102,117 @@ def test_sd_deepcache_recipe(tmp_path):
 def test_recipes_have_a_cli(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
         recipe(name).main(["--help"])
-    assert exit_info.value.code == 0 and "--schedule" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and all(
+        option in out for option in ("--stack", "--baseline", "--offload", "--seed", "--negative-prompt")
+    )
+
+
+def _folders(tmp_path, family):
+    if family == "wan":
+        large, small = tiny_wan_pair()
+        return _save(tmp_path, with_text(tiny_wan_pipeline(large), "wan"), small, bare_small=True)
+    if family == "wan22":
+        high, small = tiny_wan_pair()
+        low, _ = tiny_wan_pair(seed=5)
+        return _save(
+            tmp_path, with_text(tiny_wan_pipeline(high, transformer_2=low, boundary_ratio=0.7), "wan"), small
+        )
+    if family == "ltx":
+        large, small = tiny_ltx_pair()
+        return _save(tmp_path, with_text(tiny_ltx_pipeline(large), "ltx"), small)
+    large, small = tiny_unet_pair()
+    return _save(tmp_path, with_text(tiny_sd_pipeline(large), "sd"), small, denoiser="unet")
+
+
+MAINS = {
+    "wan21_14b_1p3b": ("wan", ["--height", "16", "--width", "16", "--frames", "5"], "video.mp4"),
+    "wan22_a14b_small": ("wan22", ["--height", "16", "--width", "16", "--frames", "5"], "video.mp4"),
+    "ltx_13b_2b": ("ltx", ["--height", "32", "--width", "32", "--frames", "9"], "video.mp4"),
+    "sd15_bksdm_deepcache": ("sd", ["--height", "32", "--width", "32", "--dtype", "float32"], "image.png"),
+}
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", list(MAINS))
+def test_recipe_main_runs_to_the_written_output(name, tmp_path, capsys):
+    family, size, output = MAINS[name]
+    pipeline, small = _folders(tmp_path, family)
+    solver = {"sd": "dpm++-vp", "ltx": "unipc"}.get(family, "dpm++")  # LTX hands over sigmas: not DPM++
+    argv = [
+        "--pipeline",
+        pipeline,
+        "--small",
+        small,
+        *size,
+        "--steps",
+        "20",
+        "--stack",
+        f"{solver}:10",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--seed",
+        "3",
+        "--guidance-scale",
+        "2.0",
+        "--negative-prompt",
+        "blurry",
+        "--baseline",
+        "--output",
+        str(tmp_path / "out" / output),
+    ]
+    result = recipe(name).main(argv)
+    written = tmp_path / "out" / output
+    assert written.stat().st_size > 0 and stat.S_IMODE(written.stat().st_mode) == 0o666 & ~_umask()
+    assert result["stats"].num_steps == 10  # dpm++:10 runs 10 solver steps though --steps says 20
+    assert (
+        result["stats"].steps_per_model == LSL_10 and result["baseline"][0].shape == result["routed"][0].shape
+    )
+    out = capsys.readouterr().out
+    assert "large only:" in out and "speedup" in out and "PSNR" in out and f"written to {written}" in out
+    assert [p.name for p in written.parent.iterdir()] == [output]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small"])
+def test_recipe_offload_keeps_routing(name, tmp_path):
+    family = "wan" if name.startswith("wan21") else "wan22"
+    pipeline, small = _folders(tmp_path, family)
+    argv = [
+        "--pipeline",
+        pipeline,
+        "--small",
+        small,
+        "--height",
+        "16",
+        "--width",
+        "16",
+        "--frames",
+        "5",
+        "--steps",
+        "10",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--offload",
+        "--output",
+        str(tmp_path / "video.gif"),
+    ]
+    pytest.importorskip("imageio")
+    result = recipe(name).main(argv)
+    assert result["stats"].steps_per_model == LSL_10
+
+
+def test_recipe_refuses_an_output_under_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        recipe("wan21_14b_1p3b").main(["--output", str(blocker / "video.mp4"), "--device", "cpu"])
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

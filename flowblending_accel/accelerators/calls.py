@@ -66,19 +66,21 @@ def merge_owned(
                 stacklevel=3,
             )
         bound.arguments[name] = value
-    return bound.args[1:], bound.kwargs
+    args, kwargs = bound.args[1:], bound.kwargs
+    for name, value in owned.items():  # a __call__(**kwargs) takes the owned arguments by keyword
+        if name not in signature.parameters:
+            kwargs[name] = value
+    return args, kwargs
 
 
 def _subclass_of(base: type) -> type:
     if base not in _SUBCLASSES:
-        signature = inspect.signature(base.__call__)
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             arguments, owner = getattr(self, _OWNER)
-            args, kwargs = merge_owned(signature, args, kwargs, arguments(), owner)
+            args, kwargs = merge_owned(inspect.signature(base.__call__), args, kwargs, arguments(), owner)
             return base.__call__(self, *args, **kwargs)
 
-        __call__.__signature__ = signature
         __call__.__doc__ = base.__call__.__doc__
         namespace = {
             "__call__": __call__,

@@ -37,6 +37,13 @@ def register(commands) -> None:
     check.add_argument(
         "--repeats", type=whole_number(1), default=5, help="rounds for the ratio tier (default 5)"
     )
+    check.add_argument(
+        "--metrics",
+        nargs="+",
+        default=None,
+        metavar="PREFIX",
+        help="gate only the metrics starting with these prefixes, e.g. speedup. (default: all)",
+    )
     check.add_argument("--summary", type=Path, default=None, help="write a markdown summary here")
     check.add_argument(
         "--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here"
@@ -93,9 +100,19 @@ def run(args: argparse.Namespace) -> int:
             measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline}"] = measure_ratio(
                 scenario, args.repeats
             )
+    others = []  # rows --metrics leaves out: kept as they are by --update
+    if args.metrics:
+        wanted = tuple(args.metrics)
+        measured = {
+            name: {m: v for m, v in values.items() if m.startswith(wanted)}
+            for name, values in measured.items()
+        }
+        others = [e for e in expectations if not e.metric.startswith(wanted)]
+        expectations = [e for e in expectations if e.metric.startswith(wanted)]
     if args.update:
-        write_atomic(args.expected, render_csv(updated_rows(expectations, measured)).encode())
-        expectations = read_expected(args.expected)
+        rows = others + updated_rows(expectations, measured)
+        write_atomic(args.expected, render_csv(rows).encode())
+        expectations = [e for e in read_expected(args.expected) if e not in others]
     verdicts = compare(expectations, measured)
     summary = summary_markdown(verdicts, args.command_line)
     if args.summary:

@@ -3,6 +3,7 @@
 The core never imports this package; tests, the ``tiny`` command and the tools' tiny targets do.
 """
 
+from .text import tiny_text_encoder, tiny_tokenizer, with_text
 from .tiny import (
     TEXT_DIM,
     TEXT_TOKENS,
@@ -39,4 +40,7 @@ __all__ = [
     "tiny_wan_pipeline",
     "tiny_wan_transformer",
     "wan_call_kwargs",
+    "tiny_text_encoder",
+    "tiny_tokenizer",
+    "with_text",
 ]

@@ -1,32 +1,174 @@
-"""Shared command-line plumbing for the recipes (public API only)."""
+"""What every recipe's command line shares (public API only): options, a checked output path, the run,
+the optional large-only baseline beside it, and an atomic write of the video or image."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from flowblending_accel import flowblending_stats
-from flowblending_accel.accelerators import spec_help
+from flowblending_accel.accelerators import accelerated, spec_help
+from flowblending_accel.cli.common import positive_number, whole_number
+from flowblending_accel.metrics import psnr, ssim
+from flowblending_accel.support.files import check_output_folder, default_file_mode
 
 
-def parser(
-    description: str, pipeline: str, small: str, schedule: str = "L40-S40-L20"
-) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--pipeline", default=pipeline, help=f"pipeline folder or hub id (default {pipeline})")
-    p.add_argument("--small", default=small, help=f"small model folder or hub id (default {small})")
-    p.add_argument("--schedule", default=schedule, help=f"FlowBlending stages (default {schedule})")
-    p.add_argument("--stack", nargs="*", default=[], help=f"accelerators: {spec_help()}")
+@dataclass(frozen=True)
+class Defaults:
+    """A recipe's defaults: its models, schedule and stack, and the size and steps its checkpoints use."""
+
+    pipeline: str
+    small: str
+    height: int
+    width: int
+    frames: int | None  # None: an image pipeline
+    steps: int
+    guidance: float
+    fps: int = 16
+    schedule: str = "L40-S40-L20"
+    stack: tuple[str, ...] = ()
+    output: str = "flowblending.mp4"
+
+
+def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = defaults
+    p.add_argument("--pipeline", default=d.pipeline, help=f"pipeline folder or hub id (default {d.pipeline})")
+    p.add_argument("--small", default=d.small, help=f"small model folder or hub id (default {d.small})")
+    p.add_argument("--schedule", default=d.schedule, help=f"FlowBlending stages (default {d.schedule})")
+    p.add_argument("--stack", nargs="*", default=list(d.stack), help=f"accelerators: {spec_help()}")
     p.add_argument("--prompt", default="A polar bear playing guitar")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
+    p.add_argument("--height", type=whole_number(1), default=d.height)
+    p.add_argument("--width", type=whole_number(1), default=d.width)
+    if d.frames is not None:
+        p.add_argument("--frames", type=whole_number(1), default=d.frames)
+    p.add_argument(
+        "--steps",
+        type=whole_number(1),
+        default=d.steps,
+        help="solver steps (a step reduction in --stack sets its own)",
+    )
+    p.add_argument("--guidance-scale", type=positive_number, default=d.guidance)
+    p.add_argument("--seed", type=whole_number(0), default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--output", default="flowblending.mp4")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument(
+        "--offload",
+        action="store_true",
+        help="keep only the active transformer on the GPU, prefetching the next one (see the docstring)",
+    )
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run the large model alone and print the speedup and quality side by side",
+    )
+    p.add_argument("--output", type=Path, default=Path(d.output), help=f"output file (default {d.output})")
     return p
 
 
-def report(pipe) -> None:
-    stats = flowblending_stats(pipe)
-    if stats is not None:
-        print(stats.table())
+def run(
+    args: argparse.Namespace,
+    load: Callable[..., tuple[Any, Any]],
+    defaults: Defaults,
+    offload: Callable[[Any, str], list[str]] | None = None,
+    **router_options: Any,
+) -> dict[str, Any]:
+    """Load, (baseline,) route and write; returns what it measured. ``offload(pipe, device)`` does what
+    ``--offload`` means for this recipe and returns the stack members it adds."""
+    check_output_folder(args.output.parent, "--output")
+    pipe, small = load(args.pipeline, args.small, device=args.device, dtype=getattr(torch, args.dtype))
+    stack = list(args.stack) + ((offload or model_offload)(pipe, args.device) if args.offload else [])
+    result: dict[str, Any] = {}
+    if args.baseline:
+        result["baseline"] = _generate(pipe, args, defaults)
+    with accelerated(pipe, small, args.schedule, stack, **router_options) as (_, applied):
+        result["routed"] = _generate(pipe, args, defaults, without=applied.call_kwargs())
+        result["stats"] = flowblending_stats(pipe)
+        print(result["stats"].table())
+    _write(result["routed"][0], args.output, defaults)
+    if args.baseline:
+        _compare(result["baseline"], result["routed"])
+    print(f"written to {args.output}")
+    return result
+
+
+def model_offload(pipe, device: str) -> list[str]:
+    """diffusers' model CPU offload (text encoder, VAE and the large model each on the GPU only while they
+    run) and the project's offload with prefetch for the small model."""
+    pipe.enable_model_cpu_offload(device=device)
+    return ["offload:1"]
+
+
+def load_denoiser(cls, path: str, attribute: str, dtype: torch.dtype, device: str):
+    """A denoiser from a bare model folder, a pipeline folder (its ``attribute`` subfolder) or a hub id."""
+    folder = Path(path)
+    bare = folder.is_dir() and (folder / "config.json").exists() and not (folder / attribute).is_dir()
+    kwargs = {} if bare else {"subfolder": attribute}
+    return cls.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+
+
+def _generate(pipe, args, defaults: Defaults, without: dict | None = None) -> tuple[np.ndarray, float]:
+    kwargs = dict(
+        prompt=args.prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale,
+        output_type="np",
+        generator=torch.Generator(args.device).manual_seed(args.seed),
+    )
+    if args.negative_prompt is not None:
+        kwargs["negative_prompt"] = args.negative_prompt
+    if defaults.frames is not None:
+        kwargs["num_frames"] = args.frames
+    kwargs = {k: v for k, v in kwargs.items() if k not in (without or {})}  # the stack owns those
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    output = pipe(**kwargs)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return (output.frames if defaults.frames is not None else output.images), seconds
+
+
+def _compare(baseline: tuple[np.ndarray, float], routed: tuple[np.ndarray, float]) -> None:
+    a, b = torch.as_tensor(np.asarray(routed[0])).float(), torch.as_tensor(np.asarray(baseline[0])).float()
+    if a.dim() == 4:  # images (B, H, W, C): one frame each
+        a, b = a[:, None], b[:, None]
+    quality = (float(psnr(a, b, layout="BFHWC").mean()), float(ssim(a, b, layout="BFHWC").mean()))
+    print(
+        f"large only: {baseline[1]:.2f} s; FlowBlending + stack: {routed[1]:.2f} s; speedup "
+        f"{baseline[1] / routed[1]:.2f}x (one run each, not interleaved: `flowblending-accel bench` measures "
+        f"ratios); vs large only: PSNR {quality[0]:.2f} dB, SSIM {quality[1]:.4f}"
+    )
+
+
+def _write(output: np.ndarray, path: Path, defaults: Defaults) -> None:
+    """Write the first video or image to a temporary sibling, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(handle)
+    try:
+        if defaults.frames is not None:
+            from diffusers.utils import export_to_video
+
+            export_to_video(list(output[0]), temporary, fps=defaults.fps)
+        else:
+            from PIL import Image
+
+            Image.fromarray((np.asarray(output[0]) * 255).round().astype("uint8")).save(temporary)
+        os.chmod(temporary, default_file_mode())
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)

@@ -1,11 +1,18 @@
 """LTX-Video 13B + 2B (same 128-channel latent space and caption width), or with --distilled a step-distilled
 2B in the small slot: the paper's LDL. LTX batches CFG into one call per step, so each step is one call.
 
+    python integrations/recipes/ltx_13b_2b.py --prompt "A teddy bear washing the dishes" --baseline
+
 Lightricks publishes its step-distilled 2B as a single-file checkpoint, not a diffusers folder: convert it
-once (``LTXVideoTransformer3DModel.from_single_file(path).save_pretrained(folder + "/transformer")``) and pass
-the folder with ``--distilled FOLDER``. The small stage still receives the pipeline's CFG batch: LTX batches
-both CFG branches into one call, and the router's guidance-free small stage (``small_guidance="off"``) works
-only for pipelines with one call per branch (Wan).
+once (``LTXVideoTransformer3DModel.from_single_file(path).save_pretrained(folder)``) and pass the folder
+with ``--distilled FOLDER``. The small stage still receives the pipeline's CFG batch: LTX batches both CFG
+branches into one call, and the router's guidance-free small stage (``small_guidance="off"``) works only for
+pipelines with one call per branch (Wan).
+
+Memory, from the public parameter counts in bf16 (estimates, not measured here): the 13B transformer
+~26 GB, the 2B ~4 GB, the T5-XXL text encoder ~9.5 GB; all resident ~40 GB plus activations. --offload
+(diffusers' model CPU offload and the project's offload-with-prefetch for the small model) keeps ~30 GB of
+weights on the GPU while denoising.
 """
 
 from __future__ import annotations
@@ -16,49 +23,54 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import parser, report  # noqa: E402
+from _common import Defaults, load_denoiser, parser, run  # noqa: E402
 
 from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
-PIPELINE, SMALL = "Lightricks/LTX-Video-0.9.7-dev", "Lightricks/LTX-Video-0.9.5"
+DEFAULTS = Defaults(
+    "Lightricks/LTX-Video-0.9.7-dev",
+    "Lightricks/LTX-Video-0.9.5",
+    height=352,
+    width=608,
+    frames=61,
+    steps=50,
+    guidance=3.0,
+    fps=24,
+)
+
+
+def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.bfloat16, **components):
+    from diffusers import LTXPipeline, LTXVideoTransformer3DModel
+
+    pipe = LTXPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
+    return pipe, load_denoiser(LTXVideoTransformer3DModel, small, "transformer", dtype, device)
 
 
 def build(
-    pipeline=PIPELINE,
-    small=SMALL,
-    schedule="L40-S40-L20",
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    schedule=DEFAULTS.schedule,
     stack=(),
     device="cuda",
     dtype=torch.bfloat16,
     **components,
 ):
-    from diffusers import LTXPipeline, LTXVideoTransformer3DModel
-
-    pipe = LTXPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    small_model = LTXVideoTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(
-        device
-    )
+    pipe, small_model = load(pipeline, small, device, dtype, **components)
     router, _ = apply_stack(pipe, small_model, schedule, list(stack))
     return pipe, router
 
 
-def main(argv=None) -> None:
-    p = parser(__doc__, PIPELINE, SMALL)
+def main(argv=None):
+    p = parser(__doc__, DEFAULTS)
     p.add_argument(
         "--distilled",
         metavar="FOLDER",
         default=None,
-        help="a step-distilled 2B converted to a diffusers folder (with a transformer/ subfolder) for the "
-        "small slot: the paper's LDL",
+        help="a step-distilled 2B converted to a diffusers folder, for the small slot (the paper's LDL)",
     )
     args = p.parse_args(argv)
-    small = args.distilled or args.small
-    pipe, _ = build(args.pipeline, small, args.schedule, args.stack, args.device, getattr(torch, args.dtype))
-    video = pipe(args.prompt, height=352, width=608, num_frames=61, num_inference_steps=args.steps).frames[0]
-    from diffusers.utils import export_to_video
-
-    export_to_video(video, args.output, fps=30)
-    report(pipe)
+    args.small = args.distilled or args.small
+    return run(args, load, DEFAULTS)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,13 @@
 """Wan 2.1 T2V 14B + 1.3B: the paper's Wan pair, large early and late, small in the middle (L40-S40-L20).
 
-    python integrations/recipes/wan21_14b_1p3b.py --prompt "A teddy bear washing the dishes" \
-        --stack dpm++:25 fbc:0.05 compile
+    python integrations/recipes/wan21_14b_1p3b.py --prompt "A teddy bear washing the dishes" \\
+        --stack dpm++:25 fbc:0.05 compile --baseline
+
+Memory, from the public parameter counts in bf16 (estimates, not measured here): the 14B transformer
+~28.6 GB, the 1.3B ~2.8 GB, the umT5-XXL text encoder ~11.4 GB, the VAE ~0.25 GB; all resident ~43 GB of
+weights plus activations. --offload runs diffusers' enable_model_cpu_offload (the text encoder and the VAE
+leave the GPU while denoising) with the project's offload-with-prefetch for the small model: ~31 GB of
+weights on the GPU while denoising (14B + 1.3B). A 24 GB GPU needs group offloading or an fp8 large model.
 """
 
 from __future__ import annotations
@@ -12,35 +18,53 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import parser, report  # noqa: E402
+from _common import Defaults, load_denoiser, parser, run  # noqa: E402
 
 from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
-PIPELINE, SMALL = "Wan-AI/Wan2.1-T2V-14B-Diffusers", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DEFAULTS = Defaults(
+    "Wan-AI/Wan2.1-T2V-14B-Diffusers",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    height=480,
+    width=832,
+    frames=81,
+    steps=50,
+    guidance=5.0,
+    fps=16,
+)
+
+
+def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.bfloat16, **components):
+    from diffusers import WanPipeline, WanTransformer3DModel
+
+    pipe = WanPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
+    return pipe, load_denoiser(WanTransformer3DModel, small, "transformer", dtype, device)
 
 
 def build(
-    pipeline=PIPELINE,
-    small=SMALL,
-    schedule="L40-S40-L20",
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    schedule=DEFAULTS.schedule,
     stack=(),
     device="cuda",
     dtype=torch.bfloat16,
     small_guidance="on",
     **components,
 ):
-    from diffusers import WanPipeline, WanTransformer3DModel
-
-    pipe = WanPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    small_model = WanTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(
-        device
+    pipe, small_model = load(pipeline, small, device, dtype, **components)
+    router, _ = apply_stack(
+        pipe,
+        small_model,
+        schedule,
+        list(stack),
+        small_guidance=small_guidance,
+        small_distilled=small_guidance == "off",
     )
-    router, _ = apply_stack(pipe, small_model, schedule, list(stack), small_guidance=small_guidance)
     return pipe, router
 
 
-def main(argv=None) -> None:
-    p = parser(__doc__, PIPELINE, SMALL)
+def main(argv=None):
+    p = parser(__doc__, DEFAULTS)
     p.add_argument(
         "--small-guidance",
         choices=("on", "off"),
@@ -48,22 +72,9 @@ def main(argv=None) -> None:
         help="off: guidance-free small stage, for a step- or guidance-distilled small model (LDL)",
     )
     args = p.parse_args(argv)
-    pipe, _ = build(
-        args.pipeline,
-        args.small,
-        args.schedule,
-        args.stack,
-        args.device,
-        getattr(torch, args.dtype),
-        small_guidance=args.small_guidance,
+    return run(
+        args, load, DEFAULTS, small_guidance=args.small_guidance, small_distilled=args.small_guidance == "off"
     )
-    video = pipe(
-        args.prompt, height=480, width=832, num_frames=61, num_inference_steps=args.steps, guidance_scale=5.0
-    ).frames[0]
-    from diffusers.utils import export_to_video
-
-    export_to_video(video, args.output, fps=16)
-    report(pipe)
 
 
 if __name__ == "__main__":

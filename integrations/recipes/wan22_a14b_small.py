@@ -1,8 +1,15 @@
 """Wan 2.2 T2V A14B (high- and low-noise experts) with a small Wan model routed inside each expert.
 
+    python integrations/recipes/wan22_a14b_small.py --prompt "A teddy bear washing the dishes" --baseline
+
 The pipeline's own boundary_ratio picks the expert; inside it, the router picks large or small by stage, so
 "L40-S40-L20" runs the small model in the middle of the trajectory whichever expert owns those steps. Wan 2.1
 1.3B shares Wan 2.2 A14B's 16-channel latent space, patch size and umT5 text width.
+
+Memory, from the public parameter counts in bf16 (estimates, not measured here): two 14B experts ~57 GB,
+the 1.3B ~2.8 GB, the umT5-XXL text encoder ~11.4 GB; all resident ~72 GB plus activations. --offload runs
+diffusers' enable_model_cpu_offload: one expert at a time on the GPU (the small model follows it), ~31 GB of
+weights while denoising. The project's own offload mode handles one large/small pair, not two experts.
 """
 
 from __future__ import annotations
@@ -13,34 +20,52 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import parser, report  # noqa: E402
+from _common import Defaults, load_denoiser, parser, run  # noqa: E402
 
-from flowblending_accel import apply_flowblending_  # noqa: E402
+from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
-PIPELINE, SMALL = "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+DEFAULTS = Defaults(
+    "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+    "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+    height=480,
+    width=832,
+    frames=81,
+    steps=40,
+    guidance=4.0,
+    fps=16,
+)
+EXPERTS = ("transformer", "transformer_2")
 
 
-def build(
-    pipeline=PIPELINE, small=SMALL, schedule="L40-S40-L20", device="cuda", dtype=torch.bfloat16, **components
-):
+def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.bfloat16, **components):
     from diffusers import WanPipeline, WanTransformer3DModel
 
     pipe = WanPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    small_model = WanTransformer3DModel.from_pretrained(small, subfolder="transformer", dtype=dtype).to(
-        device
-    )
-    router = apply_flowblending_(pipe, small_model, schedule, denoisers=("transformer", "transformer_2"))
+    return pipe, load_denoiser(WanTransformer3DModel, small, "transformer", dtype, device)
+
+
+def build(
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    schedule=DEFAULTS.schedule,
+    stack=(),
+    device="cuda",
+    dtype=torch.bfloat16,
+    **components,
+):
+    pipe, small_model = load(pipeline, small, device, dtype, **components)
+    router, _ = apply_stack(pipe, small_model, schedule, list(stack), denoisers=EXPERTS)
     return pipe, router
 
 
-def main(argv=None) -> None:
-    args = parser(__doc__, PIPELINE, SMALL).parse_args(argv)
-    pipe, _ = build(args.pipeline, args.small, args.schedule, args.device, getattr(torch, args.dtype))
-    video = pipe(args.prompt, height=480, width=832, num_frames=81, num_inference_steps=args.steps).frames[0]
-    from diffusers.utils import export_to_video
+def _experts_offload(pipe, device: str) -> list[str]:
+    pipe.enable_model_cpu_offload(device=device)
+    return []
 
-    export_to_video(video, args.output, fps=16)
-    report(pipe)
+
+def main(argv=None):
+    args = parser(__doc__, DEFAULTS).parse_args(argv)
+    return run(args, load, DEFAULTS, offload=_experts_offload, denoisers=EXPERTS)
 
 
 if __name__ == "__main__":

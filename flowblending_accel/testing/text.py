@@ -1,0 +1,107 @@
+"""Tiny text stacks (a word-level tokenizer and a one-layer encoder) so tiny pipelines take prompt strings,
+as the recipes' command lines do. Offline: the vocabulary is built here; unknown words map to ``<unk>``."""
+
+from __future__ import annotations
+
+import torch
+
+from .tiny import TEXT_DIM
+
+SPECIAL = ("<pad>", "</s>", "<unk>", "<s>")
+WORDS = (
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "and",
+    "with",
+    "cat",
+    "dog",
+    "bear",
+    "polar",
+    "playing",
+    "guitar",
+    "teddy",
+    "washing",
+    "dishes",
+    "moon",
+    "city",
+    "night",
+    "red",
+    "blue",
+)
+
+
+def tiny_tokenizer(max_length: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(SPECIAL + WORDS)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.normalizer = None
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        model_max_length=max_length,
+    )
+
+
+def tiny_text_encoder(kind: str, seed: int = 0):
+    """A one-layer ``umt5`` (Wan), ``t5`` (LTX) or ``clip`` (Stable Diffusion) encoder of width TEXT_DIM."""
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        T5Config,
+        T5EncoderModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    torch.manual_seed(seed)
+    vocab = len(SPECIAL + WORDS)
+    t5 = dict(
+        vocab_size=vocab,
+        d_model=TEXT_DIM,
+        d_kv=8,
+        d_ff=37,
+        num_layers=1,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    if kind == "umt5":
+        return UMT5EncoderModel(UMT5Config(**t5)).eval()
+    if kind == "t5":
+        return T5EncoderModel(T5Config(**t5)).eval()
+    if kind == "clip":
+        config = CLIPTextConfig(
+            vocab_size=vocab,
+            hidden_size=TEXT_DIM,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=1,
+            max_position_embeddings=16,
+            pad_token_id=0,
+            bos_token_id=3,
+            eos_token_id=1,
+        )
+        return CLIPTextModel(config).eval()
+    raise ValueError(f"text encoder kind {kind!r} must be 'umt5', 't5' or 'clip'.")
+
+
+TEXT_OF_FAMILY = {"wan": ("umt5", 512), "ltx": ("t5", 128), "sd": ("clip", 16)}
+
+
+def with_text(pipe, family: str, seed: int = 0):
+    """``pipe`` with a tiny tokenizer and text encoder of its family registered (returns ``pipe``)."""
+    kind, max_length = TEXT_OF_FAMILY[family]
+    pipe.register_modules(tokenizer=tiny_tokenizer(max_length), text_encoder=tiny_text_encoder(kind, seed))
+    return pipe
