@@ -54,26 +54,24 @@ def whole_number(minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
-def positive_number(text: str) -> float:
-    """An argparse type: a number above 0."""
+def _number(text: str, above_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    if value < 0 or (above_zero and value == 0):
+        raise argparse.ArgumentTypeError(f"must be {'above 0' if above_zero else '0 or more'}, got {text}")
     return value
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a number above 0."""
+    return _number(text, above_zero=True)
 
 
 def non_negative_number(text: str) -> float:
     """An argparse type: a number of at least 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+    return _number(text, above_zero=False)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -13,22 +13,9 @@ TEXT_DIM = 64
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
+    from ..testing.text import word_tokenizer
 
-    vocab = {word: index for index, word in enumerate(VOCABULARY)}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        model_max_length=MAX_SEQUENCE_LENGTH,
-    )
+    return word_tokenizer(VOCABULARY, MAX_SEQUENCE_LENGTH)
 
 
 def build_text_encoder(seed: int = 0):

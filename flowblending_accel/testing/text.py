@@ -34,23 +34,31 @@ WORDS = (
 )
 
 
-def tiny_tokenizer(max_length: int):
+def word_tokenizer(vocabulary: tuple[str, ...], max_length: int, bos: str | None = None):
+    """A word-level fast tokenizer over ``vocabulary`` (which starts with ``<pad>``, ``</s>``, ``<unk>``);
+    every sequence ends with ``</s>``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {word: index for index, word in enumerate(SPECIAL + WORDS)}
+    vocab = {word: index for index, word in enumerate(vocabulary)}
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.normalizer = None
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
+    )
+    special = {"bos_token": bos} if bos else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         pad_token="<pad>",
         eos_token="</s>",
         unk_token="<unk>",
-        bos_token="<s>",
         model_max_length=max_length,
+        **special,
     )
+
+
+def tiny_tokenizer(max_length: int):
+    return word_tokenizer(SPECIAL + WORDS, max_length, bos="<s>")
 
 
 def tiny_text_encoder(kind: str, seed: int = 0):
