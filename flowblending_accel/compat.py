@@ -29,16 +29,22 @@ def check_pair(large: torch.nn.Module, small: Any, family: Family, where: str, s
             "Pass strict=False to skip this check for a wrapper with the same call signature."
         )
     large_config, small_config = _config(large_core), _config(small_core)
-    if large_config is None or small_config is None:
-        return
+    if large_config is not None and small_config is not None:
+        check_configs(large_config, small_config, family, where)
+
+
+def check_configs(
+    large: dict[str, Any], small: dict[str, Any], family: Family, where: str, small_name: str = "small"
+) -> None:
+    """The family's shared config fields (latent channels, patching, conditioning widths) must match."""
     for field in family.shared_config:
-        if field not in large_config:
+        if field not in large:
             continue
-        mine, theirs = _normalise(large_config.get(field)), _normalise(small_config.get(field))
+        mine, theirs = _normalise(large.get(field)), _normalise(small.get(field))
         if mine != theirs:
             raise ValueError(
-                f"small.config.{field}={theirs!r} but {where}.config.{field}={mine!r}: a small model must "
-                f"share {', '.join(family.shared_config)} with the large one (same latent space and "
+                f"{small_name}.config.{field}={theirs!r} but {where}.config.{field}={mine!r}: a small model "
+                f"must share {', '.join(family.shared_config)} with the large one (same latent space and "
                 "conditioning); pick the small model of the same family and version."
             )
 

@@ -103,6 +103,17 @@ def registered_families() -> list[Family]:
     return list(_FAMILIES)
 
 
+def family_for_class(pipeline_class: type, attributes: set[str]) -> Family:
+    """The family of a pipeline class whose saved folder holds the denoiser ``attributes`` (no loading)."""
+    names = [cls.__name__ for cls in pipeline_class.__mro__]
+    for family in _FAMILIES:
+        matches = any(re.fullmatch(family.pipeline_pattern, name) for name in names)
+        if matches and set(family.denoisers) & attributes:
+            return family
+    searched = sorted({name for family in _FAMILIES for name in family.denoisers})
+    raise ValueError(f"{pipeline_class.__name__} has no denoiser FlowBlending knows: looked for {searched}.")
+
+
 def family_for(pipe: Any) -> Family:
     """The first registered family that matches ``pipe`` and finds a denoiser on it."""
     for family in _FAMILIES:

@@ -24,8 +24,8 @@ from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_cal
 def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
     args = [
         "bench",
-        "--random-weights",
-        "tiny-wan",
+        "--target",
+        "random:tiny-wan",
         "--dtype",
         "float32",
         "--height",

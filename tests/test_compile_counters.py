@@ -40,8 +40,8 @@ def test_bench_compile_row_reports_the_warm_up_graphs(tmp_path):
     torch._dynamo.reset()
     args = [
         "bench",
-        "--random-weights",
-        "tiny-wan",
+        "--target",
+        "random:tiny-wan",
         "--dtype",
         "float32",
         "--height",

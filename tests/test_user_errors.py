@@ -16,7 +16,9 @@ def no_models(monkeypatch):
         raise AssertionError("a model was built before the error was found")
 
     monkeypatch.setattr("flowblending_accel.targets.embedded.embedded_target", built)
-    monkeypatch.setattr("flowblending_accel.targets.presets.random_wan_target", built)
+    monkeypatch.setattr("flowblending_accel.targets.presets.preset_target", built)
+    monkeypatch.setattr("flowblending_accel.targets.folders.folder_target", built)
+    monkeypatch.setattr("flowblending_accel.targets.factory.factory_target", built)
     monkeypatch.setattr("flowblending_accel.demo.models.load_demo_pipeline", built)
 
 
@@ -33,7 +35,7 @@ CASES = {
         "stack has several feature caches ['fbc:0.05', 'taylorseer']",
     ),
     "tensorrt on cpu": (["bench", "--stack", "dpm++:10", "tensorrt"], "tensorrt needs a CUDA GPU"),
-    "cuda without cuda": (["bench", "--random-weights", "tiny-wan", "--device", "cuda"], "sees no CUDA GPU"),
+    "cuda without cuda": (["bench", "--target", "random:tiny-wan", "--device", "cuda"], "sees no CUDA GPU"),
     "bad device": (["bench", "--device", "tpu"], "use 'cpu', 'cuda' or 'cuda:N'"),
     "bad value": (
         ["bench", "--stack", "fbc:abc"],
@@ -41,8 +43,8 @@ CASES = {
     ),
     "unknown accelerator": (["bench", "--stack", "fbcc"], "accelerator 'fbcc' is unknown"),
     "unknown preset": (
-        ["bench", "--random-weights", "wan9-1t", "--dtype", "float32"],
-        "--random-weights 'wan9-1t' is unknown",
+        ["bench", "--target", "random:wan9-1t", "--dtype", "float32"],
+        "random preset 'wan9-1t' is unknown",
     ),
     "one clip": (["demo", "--prompts", "a 3 moving right"], "the Fréchet distance needs at least 2"),
     "bad prompt": (["demo", "--prompts", "a cat", "a dog"], "not in the demo's language"),

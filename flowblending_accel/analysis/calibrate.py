@@ -34,7 +34,7 @@ from ..plan import Plan
 from ..schedule import Schedule
 from .divergence import DivergenceCurve, divergence_curve, replay
 from .evidence import window_evidence
-from .scores import Scores, as_scores, margin, passes
+from .scores import Scores, as_scores, margin, passes, probing
 from .transfer import Grid, Transfer, sigma_schedule, transfer
 
 
@@ -222,7 +222,9 @@ class Calibrator:
         return candidate
 
     def score(self, schedule: Schedule) -> Scores:
+        # Candidates are probes: advice meant for a user's chosen schedule (e.g. "ends small") is noise here.
         with (
+            probing(),
             flowblending(self.pipe, self.small, schedule, timing="off", **self.router_options),
             torch.inference_mode(),
         ):

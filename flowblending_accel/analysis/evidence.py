@@ -19,7 +19,7 @@ import torch
 from ..api import flowblending
 from ..schedule import Schedule
 from .divergence import DivergenceCurve, replay
-from .scores import Scores, as_scores
+from .scores import Scores, as_scores, probing
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -72,6 +72,7 @@ def window_evidence(
     for start in starts:
         models = ["small" if start <= i < start + window else "large" for i in range(steps)]
         with (
+            probing(),
             flowblending(pipe, small, Schedule.from_models(models), timing="off", **router_options),
             torch.inference_mode(),
         ):

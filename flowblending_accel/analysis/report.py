@@ -15,6 +15,34 @@ def _scores(scores: dict[str, float] | None) -> str:
     return ", ".join(f"{name} {value:.4f}" for name, value in scores.items()) if scores else "—"
 
 
+def _held_out_table(rows: dict[str, dict]) -> list[str]:
+    first = next(row for name, row in rows.items() if name != "LLL")
+    scores, sets = list(first["scores"]), list(first["sets"])
+    extras = list(rows["LLL"]["extras"])
+    header = [
+        "row",
+        "schedule",
+        "FLOPs vs LLL",
+        *[f"{name} vs LLL" for name in scores],
+        *extras,
+        *[f"{name} vs LLL" for name in sets],
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        cells = [name, row["schedule"], f"{row['flops_vs_lll']:.3f}"]
+        cells += [_ci(row["scores"].get(score)) for score in scores]
+        cells += [_ci(row["extras"].get(extra)) for extra in extras]
+        cells += [_set(row["sets"].get(score)) for score in sets]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _set(entry: dict | None) -> str:
+    return (
+        "—" if not entry else f"{entry['value']:.2f} (n = {entry['samples']} vs {entry['reference_samples']})"
+    )
+
+
 def calibration_markdown(document: dict[str, Any]) -> str:
     result, held = document["calibration"], document["held_out"]
     lines = [
@@ -42,25 +70,22 @@ def calibration_markdown(document: dict[str, Any]) -> str:
             f"| {c['schedule']} | {c['small_steps']} | {c['measure']} | {c['proxy_cost']:.4f} | "
             f"{c['flop_ratio']:.3f} | {_scores(c['quality'])} |"
         )
+    fit = document.get("fit", {})
     lines += [
         "",
-        f"Held-out evaluation: {len(held['prompts'])} prompts x "
-        f"{len(held['seeds'])} seeds the calibration never saw.",
+        f"Fit set (the calibration saw only these): {len(fit.get('prompts', []))} prompts x "
+        f"{len(fit.get('seeds', []))} seeds (seeds {fit.get('seeds')}).",
+        f"Held-out set (never seen by the calibration): {len(held['prompts'])} other prompts x "
+        f"{len(held['seeds'])} other seeds (seeds {held['seeds']}); every score against the large-only "
+        "output"
+        "of the same noise.",
         "",
-        "| row | schedule | FLOPs vs LLL | feature similarity vs LLL | PSNR vs LLL | SSIM vs LLL | "
-        "digit accuracy | motion accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        *_held_out_table(held["rows"]),
     ]
-    for name, row in held["rows"].items():
-        lines.append(
-            f"| {name} | {row['schedule']} | {row['flops_vs_lll']:.3f} | "
-            f"{_ci(row['feature_similarity_vs_lll'])} | "
-            f"{_ci(row['psnr_vs_lll'], 2)} | {_ci(row['ssim_vs_lll'])} | {_ci(row['digit_accuracy'])} | "
-            f"{_ci(row['direction_accuracy'])} |"
-        )
     lines += [
         "",
-        "95 % intervals (normal for means, Wilson for accuracies).",
+        "95 % intervals (normal for means, Wilson for accuracies); Fréchet distances with their sample "
+        "counts.",
         "",
         "![divergence](divergence.png)",
         "",

@@ -26,11 +26,15 @@ GRID_PROMPTS = ["a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 mov
 
 @dataclass(frozen=True)
 class Scenario:
+    """A target (built on demand), a schedule, a stack, which metrics to gate (prefixes; ``None``: all) and,
+    for the ratio tier, the schedule whose time this one divides."""
+
     name: str
     build: Callable[[], Target]
     schedule: str
     stack: tuple[str, ...] = ()
-    ratio_baseline: str | None = None  # for the ratio tier: the schedule whose time this one divides
+    ratio_baseline: str | None = None
+    metrics: tuple[str, ...] | None = None
 
 
 def _tiny_wan() -> Target:
@@ -55,6 +59,26 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("embedded-stack", _embedded, "L40-S40-L20", ("dpm++:10", "fbc:0.2"), ratio_baseline="L100"),
     )
 }
+
+
+def user_scenarios(config, flags: dict[str, Any]) -> dict[str, Scenario]:
+    """The config file's ``[[check.scenarios]]``: each a target (the file's settings, the scenario's own
+    over them, command-line flags over both), a schedule, a stack and the metrics to gate."""
+    from ..targets.resolve import TargetOptions, build_target, check_target
+
+    found = {}
+    for entry in config.check.get("scenarios", []):
+        options = TargetOptions.merged(flags, {**config.values, **entry})
+        checked = check_target(options)  # every scenario's target is checked before any is built
+        found[entry["name"]] = Scenario(
+            entry["name"],
+            lambda options=options, checked=checked: build_target(options, checked),
+            entry.get("schedule", config.get("schedule", "L40-S40-L20")),
+            tuple(entry.get("stack", config.get("stack", ()))),
+            entry.get("ratio_baseline"),
+            tuple(entry["metrics"]) if "metrics" in entry else None,
+        )
+    return found
 
 
 def trace_hash(trace: list[tuple[int, str]]) -> str:
@@ -91,4 +115,6 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
     metrics["graph_breaks_after_warmup"] = after["graph_breaks"] - before["graph_breaks"]
     flops, _ = run_flops(target.pipe, target.small, scenario.schedule, call(), scenario.stack)
     metrics.update({f"flops.{m}": v for m, v in flops.items()})
+    if scenario.metrics is not None:
+        metrics = {name: value for name, value in metrics.items() if name.startswith(scenario.metrics)}
     return metrics

@@ -1,75 +1,71 @@
-"""``flowblending-accel analyze`` and ``calibrate`` on the embedded pair (or another demo-format pair).
-
-The Python API (:func:`~flowblending_accel.analysis.divergence.divergence_curve`,
-:class:`~flowblending_accel.analysis.calibrate.Calibrator`) works on any diffusers pipeline; these commands
-wire it to the demo pair's prompts, classifier and held-out split.
-"""
+"""``flowblending-accel analyze`` and ``calibrate`` on any target: the embedded pair, your folders or your
+factory. Calibration fits on some prompts and seeds and reports on the others, which it never saw."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..analysis.measures import MEASURES
 from .common import positive_number, whole_number
+from .targeting import add_target_options, setting, target_settings
+
+EMBEDDED_FIT_PROMPTS, EMBEDDED_PROMPTS = 12, 40
 
 
 def _common(parser) -> None:
+    add_target_options(parser)
+    parser.add_argument("--seeds", type=whole_number(1), default=None, help="seeds per prompt (default 2)")
     parser.add_argument(
-        "--pair", type=Path, default=None, help="demo-pair folder (default: the embedded pair)"
+        "--fit-prompts",
+        type=whole_number(1),
+        default=None,
+        help="prompts to fit on (default: 12 of the embedded pair's 40; half of yours); the rest "
+        "are held out",
     )
-    parser.add_argument("--steps", type=whole_number(1), default=20, help="denoising steps (default 20)")
-    parser.add_argument("--guidance-scale", type=positive_number, default=3.0, help="CFG scale (default 3.0)")
     parser.add_argument(
-        "--calibration-prompts", type=whole_number(1), default=12, help="prompts used (default 12 of 40)"
+        "--scorers",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="quality vs large-only: psnr, ssim, temporal, feature:dino=PATH, fd:clip=PATH, "
+        "module:function, classifier (embedded); default classifier and ssim for the "
+        "embedded pair, ssim otherwise",
     )
-    parser.add_argument("--seeds", type=whole_number(1), default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--output", type=Path, required=True, help="results folder")
-    parser.add_argument(
-        "--no-ssim",
-        action="store_true",
-        help="score quality by classifier-feature similarity alone (default: also SSIM to large-only)",
-    )
 
 
 def register(commands) -> None:
-    _register_analyze(commands)
-    _register_calibrate(commands)
-
-
-def _register_analyze(commands) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="velocity divergence between the two models along the trajectory",
         description=(
-            "Evaluate both models on the same latent at every solver step of the large-only trajectory "
-            "and report 1 - cos and relative L2 of velocities and predicted x0, and the state "
-            "perturbation, per step (mean and spread over prompts x seeds). With --windows W, also "
-            "measure the quality lost by running the small model on each window of W steps and "
-            "rank-correlate every measure with it."
+            "Evaluate both models on the same latent at every solver step of the large-only trajectory and "
+            "report 1 - cos and relative L2 of velocities and predicted x0, and the state perturbation, per "
+            "step (mean and spread over the fit prompts x seeds). With --windows W, also measure the quality "
+            "lost by running the small model on each window of W steps and rank-correlate every measure "
+            "with it."
         ),
     )
     _common(analyze)
     analyze.add_argument(
-        "--windows", type=whole_number(0), default=0, help="window size for the evidence run (0: skip)"
+        "--windows", type=whole_number(0), default=0, help="window size of the evidence run (0: skip)"
     )
     analyze.add_argument("--overlay", default="L40-S40-L20", help="schedule drawn over the curve")
     analyze.set_defaults(run=run_analyze)
-
-
-def _register_calibrate(commands) -> None:
     calibrate = commands.add_parser(
         "calibrate",
         help="choose stage boundaries automatically under a quality tolerance or FLOP budget",
         description=(
-            "Find the schedule (any number of stages) with the fewest FLOPs whose verified quality "
-            "(feature similarity and SSIM to large-only) is at least --tolerance on every score "
-            "(default: the scores of --match, e.g. L40-S40-L20, on the same calibration set), or the "
-            "best one within --flop-budget. Every divergence measure proposes placements; generation "
-            "verifies them. Then evaluate the result against --match and large-only on held-out "
-            "prompts and seeds."
+            "Find the schedule (any number of stages) with the fewest FLOPs whose verified quality is at "
+            "least --tolerance on every scorer (default: the scores of --match on the same fit set), or the "
+            "best one "
+            "within --flop-budget. Every divergence measure proposes placements; generation verifies them. "
+            "Then compare the result with --match and large-only on the held-out prompts and seeds."
         ),
     )
     _common(calibrate)
@@ -78,9 +74,8 @@ def _register_calibrate(commands) -> None:
         "--tolerance",
         nargs="+",
         default=None,
-        metavar="SCORE=MIN",
-        help="minimum scores vs large-only, e.g. feature_similarity=0.97 ssim=0.6 (a bare number applies "
-        "to every score)",
+        metavar="SCORER=MIN",
+        help="minimum scores vs large-only, e.g. ssim=0.6 classifier=0.97 (a bare number: every one)",
     )
     goal.add_argument(
         "--flop-budget", type=positive_number, default=None, help="maximum FLOPs as a fraction of large-only"
@@ -96,7 +91,7 @@ def _register_calibrate(commands) -> None:
     )
     calibrate.add_argument(
         "--sensitivity-window",
-        type=whole_number(1),
+        type=whole_number(0),
         default=2,
         help="also measure the quality lost with the small model on each window of this many "
         "steps and propose placements from it (0: divergence proxies only; default 2)",
@@ -110,138 +105,183 @@ def _register_calibrate(commands) -> None:
     calibrate.set_defaults(run=run_calibrate)
 
 
-def _check(args, calibrating: bool = False) -> None:
-    """Refuse what the user got wrong before any model loads."""
-    from ..demo.data import all_prompts
-    from ..support.files import check_output_folder
+@dataclass
+class Workload:
+    target: Any
+    fit: list
+    held_out: list
+    seeds: list[int]
+    holdout_seeds: list[int]
+    scorers: list
+    set_scorers: list
+    flops: dict[str, int]
 
+    @property
+    def calls(self) -> list[dict]:
+        return self.target.calls(self.fit, self.seeds)
+
+    @property
+    def guidance(self) -> float:
+        return float(self.target.base.get("guidance_scale", 1.0))
+
+
+def _prepare(args, calibrating: bool) -> Workload:
+    """Check everything the user gave, then build the target and the workload (fit / held-out split)."""
+    import torch
+
+    from ..metrics.flops import flops_per_call
+    from ..metrics.scorers import build_scorers, check_scorer_names
+    from ..support.files import check_output_folder
+    from ..targets.prompts import split
+    from ..targets.resolve import build_target, check_target
+
+    options, config = target_settings(args)
     check_output_folder(args.output)
-    if args.calibration_prompts >= len(all_prompts()):
+    checked = check_target(options)
+    if options.kind == "random":
         raise ValueError(
-            f"--calibration-prompts {args.calibration_prompts} leaves no held-out prompt: use fewer "
-            f"than {len(all_prompts())}."
+            f"--target {options.target}: random weights make noise; there is no quality to analyse. "
+            "Use the embedded pair, your folders or your factory."
         )
-    if getattr(args, "windows", 0) > args.steps:
-        raise ValueError(
-            f"--windows {args.windows} is longer than the {args.steps} steps; use at most --steps."
-        )
-    if calibrating and args.flop_budget is not None and args.flop_budget > 1:
+    embedded = options.kind == "embedded"
+    names = list(setting(args, config, "scorers", ["classifier", "ssim"] if embedded else ["ssim"]))
+    check_scorer_names(names, {"classifier": None} if embedded else {})
+    if calibrating:
+        _check_goal(args, names)
+    seeds = int(setting(args, config, "seeds", 2))
+    torch.set_num_threads(args.threads)
+    target = build_target(options, checked, embedded_prompts=EMBEDDED_PROMPTS)
+    fit_count = args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None)
+    fit, held_out = split(target.prompts, fit_count or max(1, len(target.prompts) // 2))
+    if getattr(args, "windows", 0) > target.base.get("num_inference_steps", 10**6):
+        raise ValueError(f"--windows {args.windows} is longer than the run's steps; use at most --steps.")
+    reference, sets = build_scorers(names, target.scorers)
+    holdout_seeds = [100 + s for s in range(getattr(args, "holdout_seeds", 4))]
+    for scorer in sets:
+        if len(held_out) * len(holdout_seeds) < scorer.minimum_samples:
+            raise ValueError(
+                f"scorer {scorer.name}: a Fréchet distance needs at least {scorer.minimum_samples} "
+                "held-out samples; give more prompts or --holdout-seeds."
+            )
+    workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {})
+    workload.flops = flops_per_call(target.pipe, target.small, workload.calls[0])
+    return workload
+
+
+def _check_goal(args, names: list[str]) -> None:
+    if args.flop_budget is not None and args.flop_budget > 1:
         raise ValueError(
             f"--flop-budget {args.flop_budget:g} is a fraction of large-only FLOPs: give one in (0, 1]."
         )
-    if calibrating and args.tolerance is not None:
-        names = ["feature_similarity"] if args.no_ssim else ["feature_similarity", "ssim"]
-        _tolerance(args.tolerance, dict.fromkeys(names, 0.0))
-
-
-def _setup(args):
-    import torch
-
-    from ..demo.calibration import demo_calls, feature_quality, split_prompts
-    from ..demo.classifier import load_classifier
-    from ..demo.models import CLASSIFIER_SUBFOLDER, default_pair_path, load_demo_pipeline
-    from ..metrics.flops import flops_per_call
-
-    torch.set_num_threads(args.threads)
-    pipe, small = load_demo_pipeline(args.pair)
-    classifier = load_classifier(Path(args.pair or default_pair_path()) / CLASSIFIER_SUBFOLDER)
-    calibration, held_out = split_prompts(args.calibration_prompts)
-    calls = demo_calls(calibration, list(range(args.seeds)), args.steps, args.guidance_scale)
-    flops = flops_per_call(pipe, small, demo_calls(calibration[:1], [0], 1, args.guidance_scale)[0])
-    return (
-        pipe,
-        small,
-        classifier,
-        calls,
-        feature_quality(classifier, pixel=not args.no_ssim),
-        flops,
-        held_out,
-    )
+    if args.tolerance is not None:
+        reference = [name for name in names if not name.startswith("fd:")]
+        _tolerance(args.tolerance, dict.fromkeys(reference, 0.0))
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     from ..analysis.divergence import divergence_curve
+    from ..analysis.evaluate import quality_function
     from ..analysis.evidence import window_evidence
     from ..analysis.plots import divergence_plot
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    _check(args)
-    pipe, small, _, calls, quality, _, _ = _setup(args)
-    total = len(calls) * (1 + (args.steps // args.windows if args.windows else 0))
-    with progress("analysing (clips generated)", total) as advance:
-        curve = divergence_curve(pipe, small, calls, args.guidance_scale, progress=advance)
+    work = _prepare(args, calibrating=False)
+    calls, target = work.calls, work.target
+    steps = target.base.get("num_inference_steps", 0)
+    total = len(calls) * (1 + (steps // args.windows if args.windows else 0))
+    with progress("analysing (pipeline calls)", total) as advance:
+        curve = divergence_curve(
+            target.pipe,
+            target.small,
+            calls,
+            work.guidance,
+            progress=advance,
+            output_field=target.output_field,
+        )
         evidence = (
-            window_evidence(pipe, small, calls, curve, args.windows, quality, progress=advance)
+            window_evidence(
+                target.pipe,
+                target.small,
+                calls,
+                curve,
+                args.windows,
+                quality_function(work.scorers),
+                target.output_field,
+                progress=advance,
+            )
             if args.windows
             else None
         )
     document = {
         "command": args.command_line,
+        "target": target.description,
+        "fit": _set(work.fit, work.seeds),
         "curve": curve.to_dict(),
         "evidence": evidence.to_dict() if evidence else None,
     }
     write_atomic(args.output / "analysis.json", (json.dumps(document, indent=2) + "\n").encode())
     write_atomic(args.output / "divergence.png", divergence_plot(curve, args.overlay, evidence))
-    print(
-        json.dumps(
-            {
-                "sigmas": [round(s, 3) for s in curve.sigmas],
-                **{m: [round(v, 4) for v in curve.mean(m)] for m in curve.values},
-                "evidence_spearman": evidence.correlations if evidence else None,
-            },
-            indent=1,
-        )
-    )
+    summary = {
+        "sigmas": [round(s, 3) for s in curve.sigmas],
+        **{m: [round(v, 4) for v in curve.mean(m)] for m in curve.values},
+        "evidence_spearman": evidence.correlations if evidence else None,
+    }
+    print(json.dumps(summary, indent=1))
     print(f"analysis.json and divergence.png written to {args.output}/")
     return 0
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.calibrate import Calibrator, calibrate_budget, calibrate_tolerance
+    from ..analysis.evaluate import evaluate_schedules, quality_function
     from ..analysis.plots import divergence_plot
     from ..analysis.report import calibration_markdown
-    from ..demo.calibration import evaluate_schedules
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    _check(args, calibrating=True)
-    pipe, small, classifier, calls, quality, flops, held_out = _setup(args)
-    with progress("calibrating (clips generated)", None) as advance:
+    work = _prepare(args, calibrating=True)
+    target = work.target
+    with progress("calibrating (pipeline calls)", None) as advance:
         calibrator = Calibrator(
-            pipe,
-            small,
-            calls,
-            args.guidance_scale,
-            flops,
-            quality,
+            target.pipe,
+            target.small,
+            work.calls,
+            work.guidance,
+            work.flops,
+            quality_function(work.scorers),
             measure=args.measure,
             progress=advance,
             sensitivity_window=args.sensitivity_window,
+            output_field=target.output_field,
         )
         reference = calibrator.verify(calibrator.propose(args.match)).quality
         if args.flop_budget is not None:
             result = calibrate_budget(calibrator, args.flop_budget, reference)
         else:
             result = calibrate_tolerance(calibrator, _tolerance(args.tolerance, reference), reference)
-        seeds = [100 + s for s in range(args.holdout_seeds)]
+        held_calls = target.calls(work.held_out, work.holdout_seeds)
+        names = [prompt.text for seed in work.holdout_seeds for prompt in work.held_out]
         held = evaluate_schedules(
-            pipe,
-            small,
-            classifier,
+            target.pipe,
+            target.small,
+            held_calls,
+            names,
             {"match": args.match, "calibrated": result.schedule},
-            held_out,
-            seeds,
-            args.steps,
-            args.guidance_scale,
-            flops,
+            work.scorers,
+            work.set_scorers,
+            work.flops,
+            target.output,
             progress=advance,
         )
     document = {
         "command": args.command_line,
+        "target": target.description,
         "calibration": result.to_dict(),
-        "held_out": {"prompts": held_out, "seeds": seeds, "rows": held},
-        "flops_per_call": flops,
+        "fit": _set(work.fit, work.seeds),
+        "held_out": {**_set(work.held_out, work.holdout_seeds), "rows": held},
+        "flops_per_call": work.flops,
+        "scorers": [s.name for s in work.scorers + work.set_scorers],
         "sensitivity": calibrator.evidence.to_dict() if calibrator.evidence else None,
     }
     write_atomic(
@@ -256,19 +296,23 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set(prompts: list, seeds: list[int]) -> dict[str, Any]:
+    return {"prompts": [prompt.text for prompt in prompts], "seeds": seeds}
+
+
 def _tolerance(values: list[str] | None, reference: dict[str, float]) -> float | dict[str, float]:
-    """``--tolerance``: None -> the reference scores; one bare number -> every score; else SCORE=MIN pairs."""
+    """``--tolerance``: None -> the reference scores; a bare number -> every score; else SCORER=MIN pairs."""
     if values is None:
         return reference
     try:
         if len(values) == 1 and "=" not in values[0]:
             return float(values[0])
-        pairs = dict(value.split("=", 1) for value in values)
+        pairs = dict(value.rsplit("=", 1) for value in values)
         tolerance = {name: float(minimum) for name, minimum in pairs.items()}
     except ValueError as error:
         raise ValueError(
-            f"--tolerance {' '.join(values)}: write SCORE=MIN pairs or one number ({error})."
-        ) from error
+            f"--tolerance {' '.join(values)}: write SCORER=MIN pairs or one number ({error})."
+        ) from None
     unknown = sorted(set(tolerance) - set(reference))
     if unknown:
         raise ValueError(

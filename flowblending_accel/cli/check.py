@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from .common import whole_number
+from .targeting import TARGET_FLAGS, add_target_options
 
 
 def register(commands) -> None:
@@ -23,7 +24,11 @@ def register(commands) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
-        "--expected", type=Path, required=True, help="expected-values CSV (scenario,metric,expected,margin)"
+        "--expected",
+        type=Path,
+        default=None,
+        help="expected-values CSV (scenario,metric,expected,margin); default: [check] expected in the "
+        "config file",
     )
     check.add_argument(
         "--scenario", nargs="+", default=None, help="scenarios to run (default: those in the file)"
@@ -49,21 +54,29 @@ def register(commands) -> None:
         "--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here"
     )
     check.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    add_target_options(check)  # for the config file's scenarios: flags override what the file says
     check.set_defaults(run=run)
 
 
-def _scenarios(args, expectations):
-    from ..check.scenarios import SCENARIOS
+def _scenarios(args, expectations, config=None):
+    """The scenarios to run: ``--scenario``, else the config file's, else those in the expected file."""
+    from ..check.scenarios import SCENARIOS, user_scenarios
 
-    names = args.scenario or sorted({e.scenario for e in expectations})
+    flags = {name: getattr(args, name, None) for name in TARGET_FLAGS}
+    known = {**SCENARIOS, **(user_scenarios(config, flags) if config is not None else {})}
+    configured = [
+        entry["name"] for entry in (config.check.get("scenarios", []) if config is not None else [])
+    ]
+    names = args.scenario or configured or sorted({e.scenario for e in expectations})
     if not names:
         raise ValueError(
-            f"{args.expected} has no scenarios; name some with --scenario ({', '.join(SCENARIOS)})."
+            f"{args.expected} has no scenarios; name some with --scenario ({', '.join(known)}) or in "
+            "the config file's [[check.scenarios]]."
         )
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {unknown}; choose from {', '.join(SCENARIOS)}.")
-    return [SCENARIOS[n] for n in names]
+        raise ValueError(f"unknown scenario(s) {unknown}; choose from {', '.join(known)}.")
+    return [known[n] for n in names]
 
 
 def measure_ratio(scenario, repeats: int) -> float:
@@ -86,15 +99,25 @@ def run(args: argparse.Namespace) -> int:
     from ..check.report import benchmark_json, summary_markdown
     from ..check.scenarios import run_scenario
     from ..support.files import write_atomic
+    from ..targets.config import find_config
 
-    torch.set_num_threads(args.threads)
+    config = find_config(args.config)
+    if args.expected is None:
+        if "expected" not in config.check:
+            raise ValueError(
+                "give --expected FILE, or `expected` under [check] in flowblending.toml or "
+                "pyproject.toml's [tool.flowblending.check]."
+            )
+        args.expected = Path(config.check["expected"])
     if not args.update and not args.expected.is_file():
         raise ValueError(
             f"--expected {args.expected}: no such file; create it with `--update --scenario NAME ...`."
         )
     expectations = read_expected(args.expected)
+    scenarios = _scenarios(args, expectations, config)  # every target checked before any is built
+    torch.set_num_threads(args.threads)
     measured = {}
-    for scenario in _scenarios(args, expectations):
+    for scenario in scenarios:
         measured[scenario.name] = run_scenario(scenario)
         if args.ratio and scenario.ratio_baseline:
             measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline}"] = measure_ratio(

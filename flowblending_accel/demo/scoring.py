@@ -5,34 +5,17 @@ clips of held-out writers). Every mean comes with a 95 % interval: normal for me
 
 from __future__ import annotations
 
-import math
 import statistics
 
 import torch
 
+from ..metrics.intervals import mean_interval, proportion_interval
 from ..metrics.quality import frechet_distance, psnr, ssim, temporal_consistency
 from .classifier import ClipClassifier
 from .data import DIRECTIONS, parse_prompt, reference_clips
 from .generate import Generated
 from .schedules import SCHEDULES
 from .timing import Timing
-
-
-def mean_interval(values: torch.Tensor) -> dict[str, float]:
-    values = values.double()
-    mean = float(values.mean())
-    half = 1.96 * float(values.std()) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return {"mean": mean, "low": mean - half, "high": mean + half}
-
-
-def proportion_interval(hits: int, total: int) -> dict[str, float]:
-    """Wilson score interval for a proportion."""
-    if total == 0:
-        return {"mean": float("nan"), "low": float("nan"), "high": float("nan")}
-    z, p = 1.96, hits / total
-    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
-    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
-    return {"mean": p, "low": centre - half, "high": centre + half}
 
 
 @torch.no_grad()

@@ -82,6 +82,11 @@ def register_extractor(name: str, loader: Callable[[str], FeatureExtractor], env
     _LOADERS[name] = (loader, env_var)
 
 
+def known_extractors() -> list[str]:
+    """The names of the registered extractors (``dino``, ``clip`` and any added)."""
+    return sorted(_LOADERS)
+
+
 def load_extractor(name: str, path: str | None = None) -> FeatureExtractor:
     if name not in _LOADERS:
         raise ValueError(f"feature extractor {name!r} is unknown; known: {sorted(_LOADERS)}.")

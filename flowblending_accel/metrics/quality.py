@@ -1,5 +1,5 @@
-"""Per-frame fidelity (PSNR, SSIM) against a reference video, temporal consistency, feature similarity and
-the Fréchet distance between two sets of features.
+"""Per-frame fidelity (PSNR, SSIM: torchmetrics) against a reference video, temporal consistency, feature
+similarity and the Fréchet distance between two sets of features.
 
 Videos are tensors ``(B, C, F, H, W)`` (diffusers' latent / decoded layout) or ``(B, F, H, W, C)`` numpy
 frames as ``pipe(...).frames`` returns them; pass ``layout="BFHWC"`` for the latter. Pixel values live in
@@ -28,36 +28,38 @@ def as_frames(video, layout: str = "BCFHW") -> torch.Tensor:
 
 
 def psnr(video, reference, data_range: float = 1.0, layout: str = "BCFHW") -> torch.Tensor:
-    """Per-clip PSNR in dB, averaged over frames (each frame's PSNR capped at 100 dB for identical frames)."""
-    a, b = as_frames(video, layout), as_frames(reference, layout)
-    mse = (a - b).pow(2).flatten(2).mean(-1)  # (B, F)
-    frame_psnr = 10 * torch.log10(data_range**2 / mse.clamp_min(1e-10))
-    return frame_psnr.clamp(max=100.0).mean(-1)
+    """Per-clip PSNR in dB, the mean of each frame's (torchmetrics; identical frames capped at 100 dB)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    a, b = _frames_pair(video, reference, layout)
+    batch, count = a.shape[:2]
+    frame = peak_signal_noise_ratio(
+        a.flatten(0, 1), b.flatten(0, 1), data_range=data_range, reduction="none", dim=(1, 2, 3)
+    )
+    return frame.clamp(max=100.0).reshape(batch, count).mean(-1)
 
 
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return (g[:, None] * g[None, :])[None, None]
+def ssim(video, reference, data_range: float = 1.0, layout: str = "BCFHW") -> torch.Tensor:
+    """Per-clip SSIM, the mean of each frame's (torchmetrics: Wang et al. 2004, 11x11 Gaussian window,
+    sigma 1.5, K1 0.01, K2 0.03; frames under 11 px get the widest Gaussian that fits)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    a, b = _frames_pair(video, reference, layout)
+    batch, count = a.shape[:2]
+    side = min(a.shape[-2:])
+    sigma = 1.5 if side >= 11 else max((side - 1) / 7, 0.3)  # torchmetrics sizes the window 7 sigma wide
+    frame = structural_similarity_index_measure(
+        a.flatten(0, 1), b.flatten(0, 1), sigma=sigma, data_range=data_range, reduction="none"
+    )
+    return frame.reshape(batch, count).mean(-1)
 
 
-def ssim(video, reference, data_range: float = 1.0, layout: str = "BCFHW", window: int = 7) -> torch.Tensor:
-    """Per-clip SSIM (Wang et al. 2004, Gaussian window, K1=0.01, K2=0.03), averaged over frames and
-    channels."""
-    a, b = as_frames(video, layout), as_frames(reference, layout)
-    batch, frames, channels, h, w = a.shape
-    size = min(window, h, w) | 1
-    kernel = _gaussian_window(size, 1.5 * size / 7)
-    a, b = a.reshape(-1, 1, h, w), b.reshape(-1, 1, h, w)
-    blur = lambda x: F.conv2d(x, kernel)  # noqa: E731
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    score = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return score.flatten(1).mean(-1).reshape(batch, frames * channels).mean(-1)
+def _frames_pair(video, reference, layout: str) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        import torchmetrics  # noqa: F401
+    except ImportError as error:
+        raise ValueError("PSNR and SSIM use torchmetrics: pip install flowblending-accel[demo].") from error
+    return as_frames(video, layout), as_frames(reference, layout)
 
 
 def temporal_consistency(video, layout: str = "BCFHW", extractor: Callable | None = None) -> torch.Tensor:
@@ -86,7 +88,11 @@ def feature_similarity(video, reference, extractor: Callable, layout: str = "BCF
 
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets ``(N, D)`` (FID / FVD formula)."""
+    """Fréchet distance between Gaussians fitted to two feature sets ``(N, D)`` (FID / FVD formula).
+
+    Ours, not torchmetrics': its Fréchet metrics compute their own features (InceptionV3 weights downloaded
+    at first use), where this one takes features already computed by any extractor (DINO, CLIP, the demo
+    classifier) and needs no download. Report it with the sample counts: it depends on them."""
     a, b = torch.as_tensor(features_a).double(), torch.as_tensor(features_b).double()
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("a Fréchet distance needs at least two samples per set.")

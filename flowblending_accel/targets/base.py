@@ -1,33 +1,86 @@
-"""A target: what a tool runs on (a pipeline, its small model, call arguments per seed, how to read the
-output)."""
+"""A target: what a tool runs on. A pipeline and its small model, the call arguments every call shares,
+the prompts of its default workload, how many prompts one call takes, and how to read the output."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from ..families import family_for
+from ..families import Family, family_for
+from .prompts import Prompt, load_arguments
 
 
 @dataclass
 class Target:
+    """Args:
+    name, description: for reports.
+    pipe, small: the pipeline (large denoiser inside) and the small model (or one per denoiser).
+    device: where it runs (``"cpu"``, ``"cuda"``).
+    base: call arguments of every call (size, steps, guidance, ``output_type``, embeddings ...).
+    prompts: the default workload's prompts (a user's ``--prompts`` replaces them).
+    batch: prompts per pipeline call (``None``: all of a seed's prompts in one call).
+    quality: the outputs mean something (trained weights); random-weight presets have none.
+    scorers: quality scorers only this target offers (the embedded pair's classifier), by name.
+    """
+
     name: str
     pipe: Any
-    small: torch.nn.Module
-    call_kwargs: Callable[[int], dict[str, Any]]
-    output_field: str
-    quality: bool  # False for random weights: outputs are noise
+    small: Any
     device: str
     description: str
+    base: dict[str, Any]
+    prompts: list[Prompt]
+    batch: int | None = 1
+    quality: bool = True
+    scorers: dict[str, Callable] = field(default_factory=dict)
+
+    @property
+    def family(self) -> Family:
+        return family_for(self.pipe)
+
+    @property
+    def output_field(self) -> str:
+        return self.family.output_field
 
     @property
     def large(self) -> torch.nn.Module:
         """The pipeline's (first) routed denoiser."""
-        return getattr(self.pipe, family_for(self.pipe).present_denoisers(self.pipe)[0])
+        return getattr(self.pipe, self.family.present_denoisers(self.pipe)[0])
 
     def output(self, result: Any) -> Any:
         """The generated frames or images of a pipeline call's ``result``."""
         return getattr(result, self.output_field)
+
+    def call(self, prompts: list[Prompt], seeds: list[int]) -> dict[str, Any]:
+        """One pipeline call for ``prompts`` (their own arguments must agree), sample ``i`` seeded
+        ``seeds[i]``."""
+        own = [prompt.arguments for prompt in prompts]
+        if any(arguments != own[0] for arguments in own):
+            raise ValueError("prompts with different call arguments cannot share one pipeline call.")
+        kwargs = {**self.base, **load_arguments(own[0])}
+        batched = self.batch is None or len(prompts) > 1
+        texts = [prompt.text for prompt in prompts]
+        if texts[0] is not None:  # a string negative prompt is broadcast over a batch by the pipeline
+            kwargs["prompt"] = texts if batched else texts[0]
+        # CPU generators: the noise of a seed is the same on every machine (pipelines move it to the device).
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        kwargs["generator"] = generators if batched else generators[0]
+        return kwargs
+
+    def calls(self, prompts: list[Prompt], seeds: list[int]) -> list[dict[str, Any]]:
+        """Every call of the workload ``prompts`` x ``seeds``; sample ``i`` under seed ``s`` gets the
+        generator seeded ``1000 * s + i`` whatever the batching."""
+        size = len(prompts) if self.batch is None else self.batch
+        calls = []
+        for seed in seeds:
+            for start in range(0, len(prompts), size):
+                chunk = prompts[start : start + size]
+                calls.append(self.call(chunk, [1000 * seed + start + i for i in range(len(chunk))]))
+        return calls
+
+    def call_kwargs(self, seed: int = 0) -> dict[str, Any]:
+        """The workload's first call under ``seed`` (what ``bench`` and ``check`` time and count)."""
+        return self.calls(self.prompts, [seed])[0]

@@ -2,36 +2,51 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .base import Target
+from .prompts import Prompt
+
+SIZE = "32x32 pixels, 9 frames"  # what the pair was trained on: the size options do not apply to it
 
 
 def embedded_target(
-    path=None, device: str = "cpu", prompts: int | list[str] = 4, steps: int = 20, guidance_scale: float = 3.0
+    path=None,
+    device: str = "cpu",
+    prompts: int | list[str] | list[Prompt] = 4,
+    steps: int = 20,
+    guidance_scale: float = 3.0,
 ) -> Target:
-    """The shipped pair; ``prompts`` is a count (spread over the 40 prompts) or the prompts themselves.
-    Sample ``i`` of a call with seed ``s`` gets the generator seeded ``s + i``."""
-    from ..demo.data import all_prompts
-    from ..demo.models import demo_call_kwargs, load_demo_pipeline
+    """The shipped pair; ``prompts`` is a count (spread over the 40 prompts), texts or prompts. All of a
+    seed's prompts go in one call; it offers the ``classifier`` scorer (the demo's metrics classifier)."""
+    from ..demo.data import all_prompts, parse_prompt
+    from ..demo.models import CALL_DEFAULTS, load_demo_pipeline
+    from ..demo.scorers import ClassifierScorer
 
+    if isinstance(prompts, int):
+        chosen = [Prompt(text) for text in all_prompts()[:: max(1, 40 // prompts)][:prompts]]
+    else:
+        chosen = [prompt if isinstance(prompt, Prompt) else Prompt(prompt) for prompt in prompts]
+    for prompt in chosen:
+        parse_prompt(prompt.text)  # the pair only knows its language
+        if prompt.arguments:
+            raise ValueError(f"the embedded pair takes no per-prompt arguments ({sorted(prompt.arguments)}).")
     pipe, small = load_demo_pipeline(path)
     pipe.to(device)
     small.to(device)
-    chosen = (
-        list(prompts) if not isinstance(prompts, int) else all_prompts()[:: max(1, 40 // prompts)][:prompts]
+    base = dict(
+        num_inference_steps=steps,
+        guidance_scale=guidance_scale,
+        negative_prompt="",
+        output_type="np",
+        **CALL_DEFAULTS,
     )
-
-    def call_kwargs(seed: int) -> dict[str, Any]:
-        return demo_call_kwargs(chosen, [seed + i for i in range(len(chosen))], steps, guidance_scale)
-
     return Target(
         "embedded moving-digits pair",
         pipe,
         small,
-        call_kwargs,
-        "frames",
-        True,
         device,
         f"embedded pair, {len(chosen)} prompts per call, {steps} steps, CFG {guidance_scale:g}",
+        base,
+        chosen,
+        batch=None,
+        scorers={"classifier": lambda: ClassifierScorer.shipped(path)},
     )

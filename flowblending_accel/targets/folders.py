@@ -1,43 +1,121 @@
-"""A target from local diffusers folders (or hub ids): a pipeline and the folder of its small denoiser."""
+"""A target from diffusers folders: a pipeline folder (or hub id) and the folder of its small denoiser (a bare
+model folder, or a pipeline folder holding it under the denoiser's name).
+
+Everything that can be read from the folders is checked before any model is built: the pipeline folder has
+a denoiser the families registry knows, the small folder holds a model, and their configs share what the
+family says a small model must share (latent channels, patch size, text width). The family, the denoiser
+attribute and the output field come from the registry, never from options.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..families import family_for
+from ..compat import check_configs
+from ..families import Family, family_for_class
 from .base import Target
+from .prompts import Prompt
+
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def pretrained_target(
-    large: str, small: str, device: str, dtype: torch.dtype, prompt: str, steps: int
+@dataclass(frozen=True)
+class FolderPair:
+    """What the folders say, read without building a model."""
+
+    large: str
+    small: str
+    pipeline_class: type | None  # None for a hub id (read when it loads)
+    family: Family | None
+    denoiser: str | None
+    small_subfolder: str | None  # None: a bare model folder
+
+
+def check_folders(large: str, small: str) -> FolderPair:
+    """Read and check both folders (hub ids are only checked for their shape: nothing is downloaded here)."""
+    large_path = Path(large)
+    if not large_path.exists():
+        if not HUB_ID.match(large):
+            raise ValueError(f"--large {large}: no such folder (nor a hub id like owner/name).")
+        return FolderPair(large, small, None, None, None, "transformer")
+    index = large_path / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"--large {large}: not a diffusers pipeline folder (no model_index.json).")
+    components = json.loads(index.read_text())
+    pipeline_class = _pipeline_class(components.get("_class_name"), large)
+    present = {name for name, value in components.items() if isinstance(value, list) and value[0] is not None}
+    family = family_for_class(pipeline_class, present)
+    denoisers = [name for name in family.denoisers if name in present]
+    if not denoisers:
+        raise ValueError(
+            f"--large {large}: {pipeline_class.__name__} folder holds no denoiser FlowBlending "
+            f"knows (looked for {', '.join(family.denoisers)})."
+        )
+    denoiser = denoisers[0]
+    small_config, subfolder = _small_config(small, denoiser)
+    large_config = json.loads((large_path / denoiser / "config.json").read_text())
+    if small_config is not None:
+        check_configs(
+            large_config, small_config, family, f"--large {large} {denoiser}", small_name=f"--small {small}"
+        )
+    return FolderPair(large, small, pipeline_class, family, denoiser, subfolder)
+
+
+def _pipeline_class(name: str | None, folder: str) -> type:
+    import diffusers
+
+    cls = getattr(diffusers, name or "", None)
+    if cls is None:
+        raise ValueError(f"--large {folder}: pipeline class {name!r} is not one diffusers knows.")
+    return cls
+
+
+def _small_config(small: str, denoiser: str) -> tuple[dict | None, str | None]:
+    path = Path(small)
+    if not path.exists():
+        if not HUB_ID.match(small):
+            raise ValueError(f"--small {small}: no such folder (nor a hub id like owner/name).")
+        return None, denoiser
+    if (path / denoiser / "config.json").is_file():
+        return json.loads((path / denoiser / "config.json").read_text()), denoiser
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text()), None
+    raise ValueError(f"--small {small}: holds no model (no config.json, nor a {denoiser}/ subfolder).")
+
+
+def folder_target(
+    pair: FolderPair, device: str, dtype: torch.dtype, base: dict[str, Any], prompts: list[Prompt]
 ) -> Target:
-    """A local diffusers folder or hub id for the pipeline, and one for the small transformer."""
+    """Load both models (``base``: the call arguments every call shares)."""
     from diffusers import DiffusionPipeline
     from diffusers.models import AutoModel
 
-    pipe = DiffusionPipeline.from_pretrained(large, dtype=dtype).to(device)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(pair.large, dtype=dtype).to(device)
+        denoiser = pair.denoiser or pipe_denoiser(pipe)
+        kwargs = {"subfolder": pair.small_subfolder or denoiser} if pair.small_subfolder else {}
+        small = AutoModel.from_pretrained(pair.small, dtype=dtype, **kwargs).to(device).eval()
+    except OSError as error:
+        raise ValueError(f"--large {pair.large} / --small {pair.small}: cannot load ({error}).") from None
     pipe.set_progress_bar_config(disable=True)
-    family = family_for(pipe)
-    denoiser = family.present_denoisers(pipe)[0]
-    small_model = AutoModel.from_pretrained(small, subfolder=denoiser, dtype=dtype).to(device).eval()
-
-    def call_kwargs(seed: int) -> dict[str, Any]:
-        return dict(
-            prompt=prompt,
-            num_inference_steps=steps,
-            output_type="np",
-            generator=torch.Generator(device).manual_seed(seed),
-        )
-
     return Target(
-        f"{large} + {small}",
+        f"{pair.large} + {pair.small}",
         pipe,
-        small_model,
-        call_kwargs,
-        family.output_field,
-        True,
+        small,
         device,
-        f"{large} / {small}, {steps} steps",
+        f"{type(pipe).__name__} from {pair.large}, small from {pair.small}",
+        base,
+        prompts,
     )
+
+
+def pipe_denoiser(pipe: Any) -> str:
+    from ..families import family_for
+
+    return family_for(pipe).present_denoisers(pipe)[0]

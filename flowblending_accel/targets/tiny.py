@@ -1,11 +1,11 @@
 """Tiny random-weight targets (Wan, LTX, SD) from :mod:`flowblending_accel.testing`: routing and counts on a
-CPU in seconds, no quality."""
+CPU in seconds, no quality. The check gate's built-in scenarios run on them."""
 
 from __future__ import annotations
 
 from .. import testing
-from ..families import family_for
 from .base import Target
+from .prompts import Prompt
 
 BUILDERS = {
     "wan": (testing.tiny_wan_pair, testing.tiny_wan_pipeline, testing.wan_call_kwargs),
@@ -20,13 +20,14 @@ def tiny_target(family: str = "wan", steps: int = 10, scheduler=None) -> Target:
     make_pair, make_pipeline, call_kwargs = BUILDERS[family]
     large, small = make_pair()
     pipe = make_pipeline(large, scheduler)
+    base = {key: value for key, value in call_kwargs(steps=steps).items() if key != "generator"}
     return Target(
         f"tiny {family}",
         pipe,
         small,
-        lambda seed: call_kwargs(steps=steps, seed=seed),
-        family_for(pipe).output_field,
-        False,
         "cpu",
         f"tiny random {family} pipeline, {steps} steps",
+        base,
+        [Prompt(None)],
+        quality=False,
     )

@@ -1,0 +1,202 @@
+"""One place that turns target options into a :class:`Target`, after checking everything it can before any
+model is built: the kind of target, its folders or factory, that each size and call option applies to the
+target's pipeline (refused, not ignored, when it does not), the prompts file.
+
+Kinds: ``embedded`` (default: the shipped pair), ``random:PRESET`` (real-size or tiny random weights),
+``--large FOLDER --small FOLDER`` (diffusers folders or hub ids), ``FILE.py:FACTORY`` / ``MODULE:FACTORY``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .base import Target
+from .prompts import Prompt, read_prompts
+
+DTYPES = ("float32", "bfloat16", "float16")
+# Option -> the pipeline-call argument it sets.
+CALL_OPTIONS = {
+    "height": "height",
+    "width": "width",
+    "frames": "num_frames",
+    "steps": "num_inference_steps",
+    "guidance_scale": "guidance_scale",
+    "negative_prompt": "negative_prompt",
+}
+OPTION_NAMES = {
+    "height": "--height",
+    "width": "--width",
+    "frames": "--frames",
+    "steps": "--steps",
+    "guidance_scale": "--guidance-scale",
+    "negative_prompt": "--negative-prompt",
+}
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """What a target is built from; ``None`` leaves a setting to the target's own default."""
+
+    target: str = "embedded"
+    large: str | None = None
+    small: str | None = None
+    pair: str | None = None  # another demo-pair folder for the embedded target
+    device: str = "cpu"
+    dtype: str | None = None
+    height: int | None = None
+    width: int | None = None
+    frames: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    negative_prompt: str | None = None
+    prompts: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}.")
+        if (self.large is None) != (self.small is None):
+            raise ValueError(
+                "--large and --small go together: the pipeline folder and the small model's folder."
+            )
+        if self.large is not None and self.target != "embedded":
+            raise ValueError(f"--target {self.target} and --large/--small both name a target; keep one.")
+
+    @property
+    def kind(self) -> str:
+        if self.large is not None:
+            return "folders"
+        if self.target == "embedded":
+            return "embedded"
+        if self.target.startswith("random:"):
+            return "random"
+        if ":" in self.target:
+            return "factory"
+        raise ValueError(
+            f"--target {self.target!r}: use embedded, random:PRESET, FILE.py:FACTORY or "
+            "MODULE:FACTORY (or --large FOLDER --small FOLDER)."
+        )
+
+    def given_call_options(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in CALL_OPTIONS if getattr(self, name) is not None}
+
+    @classmethod
+    def merged(cls, flags: dict[str, Any], config: dict[str, Any]) -> TargetOptions:
+        """Flags (``None`` when not given) over the config file's values over the defaults."""
+        names = {f.name for f in fields(cls)}
+        values = {name: config[name] for name in names if config.get(name) is not None}
+        values.update({name: value for name, value in flags.items() if name in names and value is not None})
+        return cls(**values)
+
+
+def check_target(options: TargetOptions) -> Any:
+    """Everything checkable without building a model; returns what the build needs (folder pair, preset)."""
+    kind = options.kind
+    prompts = read_prompts(Path(options.prompts)) if options.prompts else None
+    if kind == "embedded":
+        _refuse(
+            options,
+            ("height", "width", "frames", "negative_prompt"),
+            "the embedded pair was trained at 32x32 pixels and 9 frames with an empty negative prompt",
+        )
+        if prompts:
+            from ..demo.data import parse_prompt
+
+            for prompt in prompts:
+                parse_prompt(prompt.text)
+        return prompts
+    if kind == "random":
+        from .presets import check_preset
+
+        check_preset(options.target.split(":", 1)[1])
+        _refuse(options, ("negative_prompt",), "random presets take random prompt embeddings")
+        if prompts:
+            raise ValueError(
+                "--prompts does not apply to random presets: they run on random prompt embeddings."
+            )
+        return None
+    if kind == "folders":
+        from .folders import check_folders
+
+        pair = check_folders(options.large, options.small)
+        if pair.pipeline_class is not None:
+            _applies(options, pair.pipeline_class)
+        if not prompts:
+            raise ValueError(
+                "--large/--small: give the prompts to run with --prompts FILE (one prompt a line, or "
+                "JSONL with per-prompt call arguments)."
+            )
+        return pair, prompts
+    from .factory import find_factory
+
+    find_factory(options.target)
+    return prompts
+
+
+def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: int | None = None) -> Target:
+    """Build the target (``checked``: what :func:`check_target` returned)."""
+    import torch
+
+    kind = options.kind
+    checked = check_target(options) if checked is None else checked
+    dtype = getattr(torch, options.dtype or ("bfloat16" if options.device.startswith("cuda") else "float32"))
+    if kind == "embedded":
+        from .embedded import embedded_target
+
+        steps = options.steps or 20
+        guidance = 3.0 if options.guidance_scale is None else options.guidance_scale
+        chosen = checked or (embedded_prompts or 4)
+        return embedded_target(options.pair, options.device, chosen, steps, guidance)
+    if kind == "random":
+        from .presets import preset_target
+
+        return preset_target(
+            options.target.split(":", 1)[1],
+            options.device,
+            dtype,
+            options.height,
+            options.width,
+            options.frames,
+            options.steps,
+            options.guidance_scale,
+        )
+    base = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
+    if kind == "folders":
+        from .folders import folder_target
+
+        pair, prompts = checked
+        target = folder_target(pair, options.device, dtype, {"output_type": "np", **base}, prompts)
+    else:
+        from .factory import factory_target
+
+        target = factory_target(options.target, options.device, dtype, base, checked)
+        if _takes(type(target.pipe), "output_type"):
+            target.base.setdefault("output_type", "np")  # outputs the scorers can read
+    _applies(options, type(target.pipe))
+    return target
+
+
+def _refuse(options: TargetOptions, names: tuple[str, ...], why: str) -> None:
+    given = [OPTION_NAMES[name] for name in names if getattr(options, name) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} do(es) not apply to this target: {why}.")
+
+
+def _takes(pipeline_class: type, argument: str) -> bool:
+    parameters = inspect.signature(pipeline_class.__call__).parameters
+    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def _applies(options: TargetOptions, pipeline_class: type) -> None:
+    """Refuse a size or call option the pipeline does not take (e.g. --frames for an image pipeline)."""
+    for name in options.given_call_options():
+        if not _takes(pipeline_class, CALL_OPTIONS[name]):
+            raise ValueError(
+                f"{OPTION_NAMES[name]} does not apply to {pipeline_class.__name__}: its call takes no "
+                f"{CALL_OPTIONS[name]}."
+            )
+
+
+__all__ = ["CALL_OPTIONS", "DTYPES", "Prompt", "TargetOptions", "build_target", "check_target"]
