@@ -43,7 +43,7 @@ def check_configs(
         mine, theirs = _normalise(large.get(field)), _normalise(small.get(field))
         if mine != theirs:
             raise ValueError(
-                f"{small_name}.config.{field}={theirs!r} but {where}.config.{field}={mine!r}: a small model "
+                f"{small_name} config.{field}={theirs!r} but {where} config.{field}={mine!r}: a small model "
                 f"must share {', '.join(family.shared_config)} with the large one (same latent space and "
                 "conditioning); pick the small model of the same family and version."
             )

@@ -43,6 +43,8 @@ class Family:
             (``None``: the cache's own default).
         passes_sigmas: the pipeline hands the scheduler its own sigma grid (``set_timesteps(sigmas=...)``), so
             a step-reduction solver must accept custom sigmas.
+        cfg_scale_arg: the pipeline-call argument holding the classifier-free guidance scale (Flux's
+            ``guidance_scale`` is a distilled embedding; its CFG scale is ``true_cfg_scale``).
         note: one line on the family's calling convention, for humans.
     """
 
@@ -59,6 +61,7 @@ class Family:
     output_field: str = "images"
     attention_blocks: str | None = None
     passes_sigmas: bool = False
+    cfg_scale_arg: str = "guidance_scale"
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -156,6 +159,25 @@ def _default_families() -> list[Family]:
             attention_blocks=r"transformer_blocks\.\d+\.attn1",
             passes_sigmas=True,
             note="keyword call; batched CFG; per-token timesteps (conditioning tokens at 0) in i2v/condition",
+        ),
+        Family(
+            name="flux",
+            pipeline_pattern=r"Flux\w*Pipeline",
+            denoisers=("transformer",),
+            shared_config=(
+                "in_channels",
+                "out_channels",
+                "patch_size",
+                "joint_attention_dim",
+                "pooled_projection_dim",
+                "guidance_embeds",
+            ),
+            separate_cfg_calls=True,
+            attention_blocks=r"(single_)?transformer_blocks\.\d+\.attn",
+            passes_sigmas=True,
+            cfg_scale_arg="true_cfg_scale",
+            note="keyword call, timestep/1000; guidance distilled (one call per step) or true CFG with a "
+            "negative prompt (two calls, conditional first)",
         ),
         Family(
             name="unet",

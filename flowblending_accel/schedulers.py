@@ -37,3 +37,10 @@ def make_scheduler(name: str, shift: float = 5.0, from_config: Any = None) -> An
         return cls(**settings)
     config = {k: v for k, v in dict(from_config).items() if k in ("num_train_timesteps",)}
     return cls(**{**config, **settings})
+
+
+def takes_sigmas(name: str) -> bool:
+    """Whether the solver called ``name`` accepts a pipeline's own sigma grid (``set_timesteps(sigmas=)``)."""
+    import inspect
+
+    return "sigmas" in inspect.signature(make_scheduler(name).set_timesteps).parameters

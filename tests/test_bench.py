@@ -55,7 +55,7 @@ def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
     assert rows["baseline (large only)"]["calls"] == {"large": 20}
     assert rows["+FlowBlending L40-S40-L20"]["calls"] == {"large": 12, "small": 8}
     assert rows["+dpm++:6"]["steps"] == 6 and rows["+fbc:0.2"]["stack"] == ["dpm++:6", "fbc:0.2"]
-    assert rows["+FlowBlending L40-S40-L20"]["flop_ratio"] > 1.0
+    assert rows["+FlowBlending L40-S40-L20"]["flop_reduction"] > 1.0
     attention = rows["+fbc:0.2"]["counters"]["attention"]  # cache hits, counted from attention computes
     assert (
         0.0 <= attention["attention_skipped.large"] <= 1.0 and attention["segment_starts_full_compute"] == 1.0
@@ -78,7 +78,7 @@ def test_bench_rejects_a_typo_before_building_anything(capsys):
     [
         ([TensorRT()], "needs a CUDA GPU"),
         ([AttentionBackend("flash")], "needs the `flash_attn` package|runs on CUDA only"),
-        ([StepReduction("ddim", 10)], "does not fit this pipeline's flow-matching scheduler"),
+        ([StepReduction("ddim", 10)], "does not fit the wan pipeline's flow-matching"),
         ([FirstBlockCache(), PyramidAttentionBroadcast()], "several feature caches"),
     ],
 )

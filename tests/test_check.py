@@ -102,9 +102,13 @@ def test_bad_expected_file_is_a_usage_error(tmp_path, capsys):
     assert main(["check", "--expected", str(bad)]) == 2
     assert "columns are scenario,metric,expected,margin" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown scenario"):
-        from flowblending_accel.cli.check import _scenarios
+        from argparse import Namespace
 
-        _scenarios(type("A", (), {"scenario": ["nope"], "expected": bad})(), [])
+        from flowblending_accel.cli.check import _scenarios
+        from flowblending_accel.targets.config import Config
+
+        options = dict(target=None, large=None, schedule=None, stack=None)
+        _scenarios(Namespace(scenario=["nope"], expected=bad, **options), [], Config())
 
 
 @pytest.mark.slow

@@ -40,7 +40,7 @@ def _wan_small(**overrides):
         (
             lambda: _wan_small(in_channels=8),
             ValueError,
-            r"small.config.in_channels=8 but pipe.transformer.config.in_channels=16",
+            r"small config.in_channels=8 but pipe.transformer config.in_channels=16",
         ),
         (lambda: _wan_small(out_channels=8), ValueError, r"config.out_channels"),
         (lambda: _wan_small(patch_size=(1, 4, 4)), ValueError, r"config.patch_size"),

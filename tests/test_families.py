@@ -1,4 +1,5 @@
-"""LTX (batched CFG, per-token timesteps), SD (positional UNet timestep), Wan 2.2 experts, Wan I2V."""
+"""LTX (batched CFG, per-token timesteps), SD (positional UNet timestep), Flux (distilled guidance or true
+CFG in two calls), Wan 2.2 experts, Wan I2V."""
 
 import numpy as np
 import PIL.Image
@@ -14,8 +15,11 @@ from diffusers import (
 from flowblending_accel import apply_flowblending_, family_for, flowblending_stats, remove_flowblending_
 from flowblending_accel.families import Family, register_family, registered_families
 from flowblending_accel.testing import (
+    flux_call_kwargs,
     ltx_call_kwargs,
     sd_call_kwargs,
+    tiny_flux_pair,
+    tiny_flux_pipeline,
     tiny_ltx_pipeline,
     tiny_sd_pipeline,
     tiny_wan_pair,
@@ -28,6 +32,33 @@ LSL_10 = ["large"] * 4 + ["small"] * 4 + ["large"] * 2
 
 def _image(size=32):
     return PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------ Flux
+def test_flux_all_large_identical_and_lsl_counts():
+    large, small = tiny_flux_pair()
+    pipe = tiny_flux_pipeline(large)
+    assert family_for(pipe).name == "flux"
+    reference = pipe(**flux_call_kwargs()).images
+    apply_flowblending_(pipe, small, "L100")
+    assert torch.equal(pipe(**flux_call_kwargs()).images, reference)
+    remove_flowblending_(pipe)
+    router = apply_flowblending_(pipe, small, "L40-S40-L20")
+    pipe(**flux_call_kwargs())
+    assert [m for _, m in router.last_run.trace] == LSL_10
+    assert router.last_run.calls_per_model == {"large": 6, "small": 4}  # guidance distilled: one call a step
+
+
+def test_flux_true_cfg_two_calls_and_a_guidance_free_small_stage():
+    large, small = tiny_flux_pair()
+    pipe = tiny_flux_pipeline(large)
+    router = apply_flowblending_(pipe, small, "L40-S40-L20")
+    pipe(**flux_call_kwargs(true_cfg_scale=3.0))
+    assert router.last_run.calls_per_model == {"large": 12, "small": 8}
+    remove_flowblending_(pipe)
+    router = apply_flowblending_(pipe, small, "L40-S40-L20", small_guidance="off", small_distilled=True)
+    pipe(**flux_call_kwargs(true_cfg_scale=3.0))
+    assert router.last_run.calls_per_model == {"large": 12, "small": 4}  # the negative branch skipped
 
 
 # ------------------------------------------------------------------------------------------------- LTX
@@ -108,7 +139,7 @@ def test_sd_pair_mismatch_names_cross_attention_dim(unet_pair):
     pipe = tiny_sd_pipeline(unet_pair[0])
     small = tiny_unet((16, 32), 1)
     small.register_to_config(cross_attention_dim=64)
-    with pytest.raises(ValueError, match="small.config.cross_attention_dim=64"):
+    with pytest.raises(ValueError, match="small config.cross_attention_dim=64"):
         apply_flowblending_(pipe, small)
 
 

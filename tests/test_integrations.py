@@ -11,18 +11,7 @@ import torch
 from optional import needs_deepcache
 
 from flowblending_accel import flowblending_stats
-from flowblending_accel.testing import (
-    ltx_call_kwargs,
-    sd_call_kwargs,
-    tiny_ltx_pair,
-    tiny_ltx_pipeline,
-    tiny_sd_pipeline,
-    tiny_unet_pair,
-    tiny_wan_pair,
-    tiny_wan_pipeline,
-    wan_call_kwargs,
-    with_text,
-)
+from flowblending_accel.testing import ltx_call_kwargs, save_tiny_folders, sd_call_kwargs, wan_call_kwargs
 
 RECIPES = Path(__file__).resolve().parent.parent / "integrations" / "recipes"
 needs_ffmpeg = pytest.mark.skipif(
@@ -38,12 +27,6 @@ def recipe(name):
     return module
 
 
-def _save(tmp_path, pipe, small, denoiser="transformer", bare_small=False):
-    pipe.save_pretrained(tmp_path / "pipeline")
-    small.save_pretrained(tmp_path / "small" if bare_small else tmp_path / "small" / denoiser)
-    return str(tmp_path / "pipeline"), str(tmp_path / "small")
-
-
 CPU = dict(
     device="cpu", dtype=torch.float32, tokenizer=None, text_encoder=None
 )  # tiny folders: embeddings in
@@ -51,8 +34,7 @@ LSL_10 = {"large": 6, "small": 4}
 
 
 def test_wan21_recipe(tmp_path):
-    large, small = tiny_wan_pair()
-    pipeline, small_path = _save(tmp_path, tiny_wan_pipeline(large), small)
+    pipeline, small_path = save_tiny_folders(tmp_path, "wan", text=False)
     pipe, router = recipe("wan21_14b_1p3b").build(pipeline, small_path, stack=["dpm++:10"], **CPU)
     pipe(**{**wan_call_kwargs(steps=10)})
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -60,27 +42,21 @@ def test_wan21_recipe(tmp_path):
 
 
 def test_wan21_recipe_guidance_free_small_stage(tmp_path):
-    large, small = tiny_wan_pair()
-    pipeline, small_path = _save(tmp_path, tiny_wan_pipeline(large), small)
+    pipeline, small_path = save_tiny_folders(tmp_path, "wan", text=False)
     pipe, router = recipe("wan21_14b_1p3b").build(pipeline, small_path, small_guidance="off", **CPU)
     pipe(**wan_call_kwargs(steps=10))
     assert router.last_run.calls_per_model == {"large": 12, "small": 4}  # one call per small step
 
 
 def test_wan22_recipe_routes_both_experts(tmp_path):
-    high, small = tiny_wan_pair()
-    low, _ = tiny_wan_pair(seed=5)
-    pipeline, small_path = _save(
-        tmp_path, tiny_wan_pipeline(high, transformer_2=low, boundary_ratio=0.7), small
-    )
+    pipeline, small_path = save_tiny_folders(tmp_path, "wan2.2", text=False)
     pipe, _ = recipe("wan22_a14b_small").build(pipeline, small_path, **CPU)
     pipe(**wan_call_kwargs(steps=10))
     assert flowblending_stats(pipe).steps_per_model == LSL_10
 
 
 def test_ltx_recipe(tmp_path):
-    large, small = tiny_ltx_pair()
-    pipeline, small_path = _save(tmp_path, tiny_ltx_pipeline(large), small)
+    pipeline, small_path = save_tiny_folders(tmp_path, "ltx", text=False)
     pipe, router = recipe("ltx_13b_2b").build(pipeline, small_path, **CPU)
     pipe(**ltx_call_kwargs(steps=10))
     assert router.last_run.calls_per_model == LSL_10
@@ -88,8 +64,7 @@ def test_ltx_recipe(tmp_path):
 
 @needs_deepcache
 def test_sd_deepcache_recipe(tmp_path):
-    large, small = tiny_unet_pair()
-    pipeline, small_path = _save(tmp_path, tiny_sd_pipeline(large), small, denoiser="unet")
+    pipeline, small_path = save_tiny_folders(tmp_path, "sd", text=False)
     pipe, router = recipe("sd15_bksdm_deepcache").build(
         pipeline, small_path, cache_interval=2, feature_extractor=None, **CPU
     )
@@ -109,25 +84,13 @@ def test_recipes_have_a_cli(name, capsys):
 
 
 def _folders(tmp_path, family):
-    if family == "wan":
-        large, small = tiny_wan_pair()
-        return _save(tmp_path, with_text(tiny_wan_pipeline(large), "wan"), small, bare_small=True)
-    if family == "wan22":
-        high, small = tiny_wan_pair()
-        low, _ = tiny_wan_pair(seed=5)
-        return _save(
-            tmp_path, with_text(tiny_wan_pipeline(high, transformer_2=low, boundary_ratio=0.7), "wan"), small
-        )
-    if family == "ltx":
-        large, small = tiny_ltx_pair()
-        return _save(tmp_path, with_text(tiny_ltx_pipeline(large), "ltx"), small)
-    large, small = tiny_unet_pair()
-    return _save(tmp_path, with_text(tiny_sd_pipeline(large), "sd"), small, denoiser="unet")
+    """Folders with text stacks (the mains take prompt strings); the Wan 2.1 small one saved bare."""
+    return save_tiny_folders(tmp_path, family, bare_small=family == "wan")
 
 
 MAINS = {
     "wan21_14b_1p3b": ("wan", ["--height", "16", "--width", "16", "--frames", "5"], "video.mp4"),
-    "wan22_a14b_small": ("wan22", ["--height", "16", "--width", "16", "--frames", "5"], "video.mp4"),
+    "wan22_a14b_small": ("wan2.2", ["--height", "16", "--width", "16", "--frames", "5"], "video.mp4"),
     "ltx_13b_2b": ("ltx", ["--height", "32", "--width", "32", "--frames", "9"], "video.mp4"),
     "sd15_bksdm_deepcache": ("sd", ["--height", "32", "--width", "32", "--dtype", "float32"], "image.png"),
 }
@@ -177,7 +140,7 @@ def test_recipe_main_runs_to_the_written_output(name, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small"])
 def test_recipe_offload_keeps_routing(name, tmp_path):
-    family = "wan" if name.startswith("wan21") else "wan22"
+    family = "wan" if name.startswith("wan21") else "wan2.2"
     pipeline, small = _folders(tmp_path, family)
     argv = [
         "--pipeline",

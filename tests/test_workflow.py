@@ -3,22 +3,27 @@ flowblending-accel command in it parses."""
 
 import re
 import shlex
+import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 
-from flowblending_accel.cli import build_parser
+from flowblending_accel.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOW = ROOT / "integrations" / "github" / "flowblending-check.yml"
 
 
-def _run_lines():
+def _run_lines(with_folder=False):
+    """Each step's commands (with the folder they run in, relative to the repository, if asked)."""
     workflow = yaml.safe_load(WORKFLOW.read_text())
     for job in workflow["jobs"].values():
+        default = job.get("defaults", {}).get("run", {}).get("working-directory", ".")
         for step in job["steps"]:
             if "run" in step:
-                yield step["run"].replace("\\\n", " ")
+                run = step["run"].replace("\\\n", " ")
+                yield (run, step.get("working-directory", default)) if with_folder else run
 
 
 def test_workflow_installs_from_the_repository_not_pypi():
@@ -31,6 +36,8 @@ def test_workflow_installs_from_the_repository_not_pypi():
 
 def test_every_path_the_workflow_names_exists():
     paths = re.findall(r"(?:benchmarks|integrations)/[\w./-]+", "\n".join(_run_lines()))
+    folders = {folder for _, folder in _run_lines(with_folder=True)}
+    paths += [folder for folder in folders if folder != "."]
     assert paths and all((ROOT / path).exists() for path in paths), [
         p for p in paths if not (ROOT / p).exists()
     ]
@@ -39,6 +46,28 @@ def test_every_path_the_workflow_names_exists():
 def test_every_command_in_the_workflow_parses():
     parser = build_parser()
     commands = [line for run in _run_lines() for line in run.splitlines() if "flowblending-accel " in line]
-    assert len(commands) == 2
+    assert len(commands) == 4  # the two gates, and the user-pipeline job's models and gate
     for line in commands:
         parser.parse_args(shlex.split(line.split("flowblending-accel ", 1)[1]))
+
+
+def _commands_of(job_name):
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    job = workflow["jobs"][job_name]
+    for step in job["steps"]:
+        for line in step.get("run", "").splitlines():
+            if line.startswith("flowblending-accel "):
+                yield shlex.split(line)[1:]
+
+
+@pytest.mark.slow
+def test_the_user_pipeline_job_passes_as_written(tmp_path, monkeypatch):
+    """The example project's config gates its scenarios against the committed expected file."""
+    example = ROOT / "integrations" / "github" / "example"
+    project = tmp_path / "example"
+    shutil.copytree(example, project, ignore=shutil.ignore_patterns("models"))
+    monkeypatch.chdir(project)
+    codes = [main(argv) for argv in _commands_of("user-pipeline")]
+    assert codes == [0, 0]
+    assert "lsl-unipc-fbc" in (project / "user-summary.md").read_text()
+    assert (project / "expected.csv").read_bytes() == (example / "expected.csv").read_bytes()  # no --update

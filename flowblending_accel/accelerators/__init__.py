@@ -34,6 +34,7 @@ _RUNTIME = {
     "apply_stack": "stack",
     "remove_stack": "stack",
     "validate_configs": "stack",
+    "validate_for_family": "stack",
     "as_configs": "stack",
     "calibrate_mag_ratios": "caches",
     "StackOwnsArgumentWarning": "calls",
@@ -70,6 +71,7 @@ __all__ = [
     "remove_stack",
     "spec_help",
     "validate_configs",
+    "validate_for_family",
 ]
 
 

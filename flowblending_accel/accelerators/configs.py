@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..schedulers import SCHEDULER_NAMES
+from ..schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES
 from .registry import AcceleratorConfig, register_accelerator
 
 _BACKEND_PACKAGES = {
@@ -63,6 +63,15 @@ def _needs_cuda(what: str, device: str) -> None:
         raise ValueError(f"{what} needs a CUDA GPU, but the target runs on {device!r}: use --device cuda.")
 
 
+def _needs_transformers(spec: str, family, denoisers: tuple[str, ...]) -> None:
+    unets = [name for name in denoisers if family.is_unet(name)]
+    if unets:
+        raise ValueError(
+            f"{spec}: the {family.name} pipeline's {unets[0]} is a UNet, which this cache does not hook "
+            "(it caches transformer blocks); use deepcache[:interval]."
+        )
+
+
 @register_accelerator
 @dataclass(frozen=True)
 class StepReduction(AcceleratorConfig):
@@ -98,6 +107,23 @@ class StepReduction(AcceleratorConfig):
     def spec(self) -> str:
         return f"{self.solver}:{self.steps}"
 
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        from ..schedulers import takes_sigmas
+
+        kind = family.solver_kind or solver_kind
+        if kind is not None and (kind == "flow") != (self.solver in FLOW_SCHEDULERS):
+            named = "flow-matching" if kind == "flow" else "diffusion (epsilon / v)"
+            fitting = [name for name in SCHEDULER_NAMES if (name in FLOW_SCHEDULERS) == (kind == "flow")]
+            raise ValueError(
+                f"{self.spec}: {self.solver!r} does not fit the {family.name} pipeline's {named} "
+                f"checkpoints; pick one of {', '.join(fitting)}."
+            )
+        if family.passes_sigmas and not takes_sigmas(self.solver):
+            raise ValueError(
+                f"{self.spec}: the {family.name} pipeline hands the scheduler its own sigma grid, which "
+                f"{self.solver!r} does not take; use euler or unipc."
+            )
+
 
 @dataclass(frozen=True)
 class _DiffusersCache(AcceleratorConfig):
@@ -108,6 +134,9 @@ class _DiffusersCache(AcceleratorConfig):
     kind = "cache"
     implementation = ".caches:DiffusersCacheAccelerator"
     exclusive_with = ("tensorrt",)
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        _needs_transformers(self.spec, family, denoisers)
 
 
 @register_accelerator
@@ -217,6 +246,14 @@ class DeepCache(AcceleratorConfig):
     def check_environment(self, device: str) -> None:
         _needs_package("DeepCache", "deepcache", "deepcache")
 
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        others = [name for name in denoisers if not family.is_unet(name)]
+        if others:
+            raise ValueError(
+                f"{self.spec}: the {family.name} pipeline's denoiser ({others[0]}) is not a UNet; DeepCache "
+                "works on UNets only: use fbc, taylorseer or cache-dit."
+            )
+
 
 @register_accelerator
 @dataclass(frozen=True)
@@ -233,6 +270,9 @@ class CacheDiT(AcceleratorConfig):
 
     def check_environment(self, device: str) -> None:
         _needs_package("cache_dit", "cache-dit", "cache-dit")
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        _needs_transformers(self.spec, family, denoisers)
 
 
 @register_accelerator

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from importlib import import_module
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from ..families import Family
 
 # The order a stack applies its members in (the router goes on top of all of them).
 KIND_ORDER = ("scheduler", "attention", "quantize", "cache", "compile", "engine", "memory")
@@ -53,6 +56,12 @@ class AcceleratorConfig:
 
     def check_environment(self, device: str) -> None:
         """Raise ValueError when this machine cannot run it on ``device`` (before any model is built)."""
+
+    def check_family(
+        self, family: Family, denoisers: tuple[str, ...], solver_kind: str | None = None
+    ) -> None:
+        """Raise ValueError when this cannot act on ``family``'s ``denoisers`` (known from a folder's
+        model_index.json before any model is built); ``solver_kind``: the loaded scheduler's, when known."""
 
     def clashes_with(self, other: AcceleratorConfig) -> str | None:
         """The reason this cannot share a stack with ``other``, or None."""

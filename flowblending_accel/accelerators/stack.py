@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import apply_flowblending_, flowblending_routers, remove_flowblending_
+from ..families import Family
 from ..router import ModelRouter
+from ..solver import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
 from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator
 from .runtime import Accelerator, StackTarget
@@ -49,6 +51,19 @@ def validate_configs(configs: list[AcceleratorConfig], device: str | None = None
         )
 
 
+def validate_for_family(
+    configs: list[AcceleratorConfig],
+    family: Family,
+    denoisers: tuple[str, ...],
+    solver_kind: str | None = None,
+) -> None:
+    """Checks that need only the pipeline's family and denoiser attributes (a folder's model_index.json
+    says them): a UNet cache on a transformer, a solver of the wrong kind, one that cannot take the
+    pipeline's sigmas."""
+    for config in configs:
+        config.check_family(family, denoisers, solver_kind)
+
+
 @dataclass
 class Stack:
     """Accelerators applied together, in :data:`KIND_ORDER`, with the router on top."""
@@ -67,7 +82,9 @@ class Stack:
         return sorted(self.accelerators, key=lambda a: KIND_ORDER.index(a.kind))
 
     def validate(self, target: StackTarget) -> None:
-        validate_configs([a.config for a in self.accelerators], str(target.device) if target.device else None)
+        configs = [a.config for a in self.accelerators]
+        validate_configs(configs, str(target.device) if target.device else None)
+        validate_for_family(configs, target.family, target.denoisers, scheduler_kind(target.pipe.scheduler))
         for accelerator in self.accelerators:
             accelerator.check(target, [a for a in self.accelerators if a is not accelerator])
 

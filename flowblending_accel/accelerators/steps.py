@@ -3,33 +3,14 @@ keeping the training settings of the scheduler it replaces and a flow shift righ
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from ..schedulers import FLOW_SCHEDULERS, make_scheduler
-from ..solver import scheduler_kind
+from ..schedulers import make_scheduler
 from .runtime import Accelerator, StackTarget
 
 
 class StepReductionAccelerator(Accelerator):
     _previous: Any = None
-
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
-        current = target.pipe.scheduler
-        flow = (target.family.solver_kind or scheduler_kind(current)) == "flow"
-        if flow != (self.config.solver in FLOW_SCHEDULERS):
-            kind = "flow-matching" if flow else "diffusion (epsilon / v)"
-            raise ValueError(
-                f"steps: {self.config.solver!r} does not fit this pipeline's {kind} scheduler "
-                f"{type(current).__name__}; pick a {kind} solver."
-            )
-        if target.family.passes_sigmas:
-            solver = make_scheduler(self.config.solver)
-            if "sigmas" not in inspect.signature(solver.set_timesteps).parameters:
-                raise ValueError(
-                    f"steps: the {target.family.name} pipeline hands the scheduler its own sigma grid, which "
-                    f"{self.config.solver!r} ({type(solver).__name__}) does not take; use euler or unipc."
-                )
 
     def apply(self, target: StackTarget) -> None:
         self._previous = target.pipe.scheduler

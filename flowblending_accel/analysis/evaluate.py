@@ -13,7 +13,7 @@ from ..api import flowblending, flowblending_stats
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, SetScorer, as_video
 from .divergence import replay
-from .scores import Scores
+from .scores import Scores, probing
 
 
 def quality_function(scorers: list[Scorer]) -> Callable[[list, list], Scores]:
@@ -33,7 +33,7 @@ def generate(
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Every call under ``schedule``: the outputs as ``(N, F, C, H, W)`` and the calls per model."""
     videos, calls_per_model = [], {}
-    with flowblending(pipe, small, schedule, timing="off"), torch.inference_mode():
+    with probing(), flowblending(pipe, small, schedule, timing="off"), torch.inference_mode():
         for kwargs in calls:
             videos.append(as_video(output(pipe(**replay(kwargs)))))
             for model, count in flowblending_stats(pipe).calls_per_model.items():

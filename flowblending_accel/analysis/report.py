@@ -1,8 +1,11 @@
-"""Markdown for a calibration: the schedule found, the candidates verified, and the held-out comparison."""
+"""Markdown for an analysis (the divergence per step, which measure predicts the loss) and for a calibration
+(the schedule found, the candidates verified, and the held-out comparison)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from ..schedule import Schedule
 
 
 def _ci(entry: dict | None, digits: int = 3) -> str:
@@ -50,6 +53,10 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         "",
         f"- command: `{document['command']}`",
         f"- result: **{result['schedule']}** — {result['message']}",
+        *[
+            f"- note: {note} (the scorers did not see a loss; look at the outputs)"
+            for note in Schedule.parse(result["schedule"]).advice()
+        ],
         f"- predicted FLOPs vs large-only: {result['flop_ratio']:.3f} "
         f"({result['flops_fewer_than_large_only']:.1%} fewer);"
         f" proposals from: {result['measure']}; "
@@ -77,7 +84,7 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         f"{len(fit.get('seeds', []))} seeds (seeds {fit.get('seeds')}).",
         f"Held-out set (never seen by the calibration): {len(held['prompts'])} other prompts x "
         f"{len(held['seeds'])} other seeds (seeds {held['seeds']}); every score against the large-only "
-        "output"
+        "output "
         "of the same noise.",
         "",
         *_held_out_table(held["rows"]),
@@ -90,4 +97,42 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         "![divergence](divergence.png)",
         "",
     ]
+    return "\n".join(lines)
+
+
+def analysis_markdown(document: dict[str, Any]) -> str:
+    curve, fit = document["curve"], document["fit"]
+    measures = list(curve["measures"])
+    lines = [
+        "# Divergence between the two models along the large-only trajectory",
+        "",
+        f"- command: `{document['command']}`",
+        f"- target: {document['target']}",
+        f"- {curve['samples']} samples: {len(fit['prompts'])} prompts x {len(fit['seeds'])} seeds; "
+        "mean ± standard deviation per solver step (lower: the small model agrees more)",
+        "",
+        "| step | sigma | " + " | ".join(measures) + " |",
+        "|---|---|" + "---|" * len(measures),
+    ]
+    for step, sigma in enumerate(curve["sigmas"]):
+        cells = [
+            f"{curve['measures'][m]['mean'][step]:.4f} ± {curve['measures'][m]['std'][step]:.4f}"
+            for m in measures
+        ]
+        lines.append(f"| {step} | {sigma:.3f} | " + " | ".join(cells) + " |")
+    evidence = document.get("evidence")
+    if evidence:
+        lines += [
+            "",
+            f"Which measure predicts the quality lost with the small model on each window of "
+            f"{evidence['window']} steps (Spearman's rho, per score; higher: a better proxy):",
+            "",
+            "| score | " + " | ".join(measures) + " |",
+            "|---|" + "---|" * len(measures),
+        ]
+        for score, rhos in evidence["correlations"].items():
+            lines.append(
+                f"| {score} | " + " | ".join(f"{rhos.get(m, float('nan')):.2f}" for m in measures) + " |"
+            )
+    lines += ["", "![divergence](divergence.png)", ""]
     return "\n".join(lines)

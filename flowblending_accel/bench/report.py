@@ -14,7 +14,7 @@ import torch
 from ..metrics.quality import psnr, ssim
 from ..support.files import write_atomic
 
-SCHEMA = "flowblending-accel/bench/v1"
+SCHEMA = "flowblending-accel/bench/v2"  # v2: flop_ratio renamed flop_reduction (baseline / row)
 
 
 def output_quality(output: Any, reference: Any) -> dict[str, float] | None:
@@ -74,7 +74,7 @@ def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
     ]
     for row in table:
         s, x, q = row["seconds"], row["speedup"], row["quality"]
-        flop = f"{1 / row['flop_ratio']:.3f}" if row["flop_ratio"] else "—"
+        flop = f"{1 / row['flop_reduction']:.3f}" if row["flop_reduction"] else "—"
         quality = f"{q['psnr_db']:.2f} dB / {q['ssim']:.4f}" if q else "—"
         lines.append(
             f"| {row['label']} | {s['median']:.4f} [{s['q1']:.4f}, {s['q3']:.4f}] | {x['median']:.3f} "
@@ -128,7 +128,7 @@ def plot(table: list[dict[str, Any]]) -> bytes:
         [a - row["speedup"]["q1"] for a, row in zip(achieved, table, strict=True)],
         [row["speedup"]["q3"] - a for a, row in zip(achieved, table, strict=True)],
     ]
-    flop = [row["flop_ratio"] or 0 for row in table]
+    flop = [row["flop_reduction"] or 0 for row in table]
     positions = np.arange(len(table))
     figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(table)), 4))
     axis.bar(positions - 0.2, achieved, 0.4, yerr=errors, label="measured speedup (median, IQR)")

@@ -195,7 +195,7 @@ def summarise(results: dict[str, RowMeasurement], quality) -> list[dict[str, Any
                 "calls": m.calls,
                 "steps": m.steps,
                 "flops": {**m.flops, "total": flops},
-                "flop_ratio": base_flops / flops if flops else None,
+                "flop_reduction": base_flops / flops if flops else None,  # baseline FLOPs / row FLOPs
                 "ideal_speedup": ideal,
                 "efficiency": statistics.median(ratios) / ideal,
                 "peak_memory_bytes": m.peak_memory,

@@ -19,6 +19,7 @@ from ..accelerators import StackTarget, accelerated, dynamo_counts, parse_accele
 from ..api import add_flowblending_listener, flowblending_stats
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
+from ..schedule import Schedule
 from ..targets import Target
 
 GRID_PROMPTS = ["a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down"]
@@ -64,21 +65,41 @@ SCENARIOS: dict[str, Scenario] = {
 def user_scenarios(config, flags: dict[str, Any]) -> dict[str, Scenario]:
     """The config file's ``[[check.scenarios]]``: each a target (the file's settings, the scenario's own
     over them, command-line flags over both), a schedule, a stack and the metrics to gate."""
-    from ..targets.resolve import TargetOptions, build_target, check_target
+    return {entry["name"]: user_scenario(entry, config, flags) for entry in config.check.get("scenarios", [])}
 
-    found = {}
-    for entry in config.check.get("scenarios", []):
-        options = TargetOptions.merged(flags, {**config.values, **entry})
-        checked = check_target(options)  # every scenario's target is checked before any is built
-        found[entry["name"]] = Scenario(
-            entry["name"],
-            lambda options=options, checked=checked: build_target(options, checked),
-            entry.get("schedule", config.get("schedule", "L40-S40-L20")),
-            tuple(entry.get("stack", config.get("stack", ()))),
-            entry.get("ratio_baseline"),
-            tuple(entry["metrics"]) if "metrics" in entry else None,
-        )
-    return found
+
+def user_scenario(entry: dict[str, Any], config, flags: dict[str, Any]) -> Scenario:
+    """One scenario from a config entry (or the command line's target); checked, not built."""
+    from ..accelerators import as_configs, validate_configs, validate_for_family
+    from ..targets.resolve import (
+        OWN_TARGET_KEYS,
+        TargetOptions,
+        build_target,
+        check_target,
+        known_family,
+    )
+
+    inherited = dict(config.values)
+    if any(entry.get(key) for key in ("target", "large", "small")):  # its own target: not the file's
+        inherited = {k: v for k, v in inherited.items() if k not in OWN_TARGET_KEYS}
+    options = TargetOptions.merged(flags, {**inherited, **entry})
+    checked = check_target(options)  # every scenario's target is checked before any is built
+    stack = tuple(entry.get("stack") or config.get("stack", ()))
+    schedule = entry.get("schedule") or config.get("schedule", "L40-S40-L20")
+    Schedule.parse(schedule)
+    configs = as_configs(stack)
+    validate_configs(configs, options.device)
+    known = known_family(options, checked)
+    if known is not None:
+        validate_for_family(configs, *known)
+    return Scenario(
+        entry["name"],
+        lambda: build_target(options, checked),
+        schedule,
+        stack,
+        entry.get("ratio_baseline"),
+        tuple(entry["metrics"]) if entry.get("metrics") else None,
+    )
 
 
 def trace_hash(trace: list[tuple[int, str]]) -> str:

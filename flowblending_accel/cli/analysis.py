@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ def _common(parser) -> None:
         "--fit-prompts",
         type=whole_number(1),
         default=None,
-        help="prompts to fit on (default: 12 of the embedded pair's 40; half of yours); the rest "
-        "are held out",
+        help="prompts to fit on (default: 12 of the embedded pair's 40; half of yours); calibrate "
+        "holds the rest out, analyze fits on all of yours unless this picks some",
     )
     parser.add_argument(
         "--scorers",
@@ -42,13 +43,15 @@ def _common(parser) -> None:
 def register(commands) -> None:
     analyze = commands.add_parser(
         "analyze",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="velocity divergence between the two models along the trajectory",
-        description=(
+        description=textwrap.fill(
             "Evaluate both models on the same latent at every solver step of the large-only trajectory and "
             "report 1 - cos and relative L2 of velocities and predicted x0, and the state perturbation, per "
             "step (mean and spread over the fit prompts x seeds). With --windows W, also measure the quality "
             "lost by running the small model on each window of W steps and rank-correlate every measure "
-            "with it."
+            "with it.",
+            100,
         ),
     )
     _common(analyze)
@@ -59,13 +62,15 @@ def register(commands) -> None:
     analyze.set_defaults(run=run_analyze)
     calibrate = commands.add_parser(
         "calibrate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         help="choose stage boundaries automatically under a quality tolerance or FLOP budget",
-        description=(
+        description=textwrap.fill(
             "Find the schedule (any number of stages) with the fewest FLOPs whose verified quality is at "
             "least --tolerance on every scorer (default: the scores of --match on the same fit set), or the "
             "best one "
             "within --flop-budget. Every divergence measure proposes placements; generation verifies them. "
-            "Then compare the result with --match and large-only on the held-out prompts and seeds."
+            "Then compare the result with --match and large-only on the held-out prompts and seeds.",
+            100,
         ),
     )
     _common(calibrate)
@@ -120,10 +125,6 @@ class Workload:
     def calls(self) -> list[dict]:
         return self.target.calls(self.fit, self.seeds)
 
-    @property
-    def guidance(self) -> float:
-        return float(self.target.base.get("guidance_scale", 1.0))
-
 
 def _prepare(args, calibrating: bool) -> Workload:
     """Check everything the user gave, then build the target and the workload (fit / held-out split)."""
@@ -132,8 +133,7 @@ def _prepare(args, calibrating: bool) -> Workload:
     from ..metrics.flops import flops_per_call
     from ..metrics.scorers import build_scorers, check_scorer_names
     from ..support.files import check_output_folder
-    from ..targets.prompts import split
-    from ..targets.resolve import build_target, check_target
+    from ..targets.resolve import build_target, check_target, given_prompts, known_family
 
     options, config = target_settings(args)
     check_output_folder(args.output)
@@ -146,26 +146,52 @@ def _prepare(args, calibrating: bool) -> Workload:
     embedded = options.kind == "embedded"
     names = list(setting(args, config, "scorers", ["classifier", "ssim"] if embedded else ["ssim"]))
     check_scorer_names(names, {"classifier": None} if embedded else {})
+    known = known_family(options, checked)
+    if "temporal" in names and known is not None and known[0].output_field == "images":
+        raise ValueError(f"scorer temporal: the {known[0].name} pipeline makes images; it needs videos.")
     if calibrating:
         _check_goal(args, names)
     seeds = int(setting(args, config, "seeds", 2))
+    holdout_seeds = [100 + s for s in range(getattr(args, "holdout_seeds", 4))]
+    fit_count = args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None)
+    prompts = given_prompts(options, checked)
+    if prompts is not None:  # a prompts file too short to hold prompts out is refused before building
+        _split(prompts, fit_count, names, holdout_seeds, calibrating)
+    _check_windows(args, options.steps)
     torch.set_num_threads(args.threads)
     target = build_target(options, checked, embedded_prompts=EMBEDDED_PROMPTS)
-    fit_count = args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None)
-    fit, held_out = split(target.prompts, fit_count or max(1, len(target.prompts) // 2))
-    if getattr(args, "windows", 0) > target.base.get("num_inference_steps", 10**6):
-        raise ValueError(f"--windows {args.windows} is longer than the run's steps; use at most --steps.")
+    _check_windows(args, target.base.get("num_inference_steps"))
+    fit, held_out = _split(target.prompts, fit_count, names, holdout_seeds, calibrating)
     reference, sets = build_scorers(names, target.scorers)
-    holdout_seeds = [100 + s for s in range(getattr(args, "holdout_seeds", 4))]
-    for scorer in sets:
-        if len(held_out) * len(holdout_seeds) < scorer.minimum_samples:
-            raise ValueError(
-                f"scorer {scorer.name}: a Fréchet distance needs at least {scorer.minimum_samples} "
-                "held-out samples; give more prompts or --holdout-seeds."
-            )
     workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {})
     workload.flops = flops_per_call(target.pipe, target.small, workload.calls[0])
     return workload
+
+
+def _check_windows(args, steps: int | None) -> None:
+    if steps is not None and getattr(args, "windows", 0) > steps:
+        raise ValueError(
+            f"--windows {args.windows} is longer than the run's {steps} steps; use at most that."
+        )
+
+
+def _split(prompts: list, fit_count: int | None, names: list[str], holdout_seeds: list[int], holding: bool):
+    """(fit, held-out) prompts; refused when a set scorer (Fréchet distance) would get too few samples.
+    Without ``holding`` (analyze) every prompt is fitted on unless ``fit_count`` picks some."""
+    from ..metrics.scorers import SetScorer, is_set_scorer
+    from ..targets.prompts import split
+
+    if not holding and (fit_count is None or fit_count >= len(prompts)):
+        return prompts, []
+    fit, held_out = split(prompts, fit_count or max(1, len(prompts) // 2))
+    minimum = SetScorer.minimum_samples
+    for name in filter(is_set_scorer, names) if holding else ():
+        if len(held_out) * len(holdout_seeds) < minimum:
+            raise ValueError(
+                f"scorer {name}: a Fréchet distance needs at least {minimum} held-out samples; give more "
+                "prompts or --holdout-seeds."
+            )
+    return fit, held_out
 
 
 def _check_goal(args, names: list[str]) -> None:
@@ -183,6 +209,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ..analysis.evaluate import quality_function
     from ..analysis.evidence import window_evidence
     from ..analysis.plots import divergence_plot
+    from ..analysis.report import analysis_markdown
     from ..support.files import write_atomic
     from ..support.progress import progress
 
@@ -195,7 +222,7 @@ def run_analyze(args: argparse.Namespace) -> int:
             target.pipe,
             target.small,
             calls,
-            work.guidance,
+            work.target.guidance_scale,
             progress=advance,
             output_field=target.output_field,
         )
@@ -222,13 +249,9 @@ def run_analyze(args: argparse.Namespace) -> int:
     }
     write_atomic(args.output / "analysis.json", (json.dumps(document, indent=2) + "\n").encode())
     write_atomic(args.output / "divergence.png", divergence_plot(curve, args.overlay, evidence))
-    summary = {
-        "sigmas": [round(s, 3) for s in curve.sigmas],
-        **{m: [round(v, 4) for v in curve.mean(m)] for m in curve.values},
-        "evidence_spearman": evidence.correlations if evidence else None,
-    }
-    print(json.dumps(summary, indent=1))
-    print(f"analysis.json and divergence.png written to {args.output}/")
+    write_atomic(args.output / "analysis.md", analysis_markdown(document).encode())
+    print((args.output / "analysis.md").read_text())
+    print(f"analysis.json, analysis.md and divergence.png written to {args.output}/")
     return 0
 
 
@@ -247,7 +270,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
             target.pipe,
             target.small,
             work.calls,
-            work.guidance,
+            work.target.guidance_scale,
             work.flops,
             quality_function(work.scorers),
             measure=args.measure,

@@ -47,22 +47,27 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..accelerators import Stack, StackTarget, as_configs, validate_configs
+    from ..accelerators import Stack, StackTarget, as_configs, validate_configs, validate_for_family
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
+    from ..schedule import Schedule
     from ..support.env import device_name, versions
     from ..support.files import check_output_folder, free_output_folder
     from ..support.progress import progress
-    from ..targets.resolve import build_target, check_target
+    from ..targets.resolve import build_target, check_target, known_family
 
     # Everything a user can get wrong is refused here, before any model is built.
     options, config = target_settings(args)
     schedule = setting(args, config, "schedule", "L40-S40-L20")
+    Schedule.parse(schedule)
     stack = list(setting(args, config, "stack", DEFAULT_STACK))
     configs = as_configs(stack)
     validate_configs(configs, options.device)
     check_output_folder(args.output)
     checked = check_target(options)
+    known = known_family(options, checked)
+    if known is not None:  # a cache or solver the pipeline's family cannot take, before loading it
+        validate_for_family(configs, *known)
     torch.set_num_threads(args.threads)
     target = build_target(options, checked)
     Stack.of(configs).validate(StackTarget.of(target.pipe, target.small))  # what depends on the pipeline

@@ -54,19 +54,33 @@ def register(commands) -> None:
         "--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here"
     )
     check.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    check.add_argument(
+        "--schedule", default=None, help="the command line's target: its schedule (default L40-S40-L20)"
+    )
+    check.add_argument(
+        "--stack", nargs="*", default=None, help="the command line's target: its accelerators (default none)"
+    )
     add_target_options(check)  # for the config file's scenarios: flags override what the file says
     check.set_defaults(run=run)
 
 
-def _scenarios(args, expectations, config=None):
-    """The scenarios to run: ``--scenario``, else the config file's, else those in the expected file."""
-    from ..check.scenarios import SCENARIOS, user_scenarios
+def _scenarios(args, expectations, config):
+    """The scenarios to run: ``--scenario``, else the command line's target (scenario ``target``), else the
+    config file's, else those in the expected file."""
+    from ..check.scenarios import SCENARIOS, user_scenario, user_scenarios
 
     flags = {name: getattr(args, name, None) for name in TARGET_FLAGS}
-    known = {**SCENARIOS, **(user_scenarios(config, flags) if config is not None else {})}
-    configured = [
-        entry["name"] for entry in (config.check.get("scenarios", []) if config is not None else [])
-    ]
+    known = {**SCENARIOS, **user_scenarios(config, flags)}
+    configured = [entry["name"] for entry in config.check.get("scenarios", [])]
+    if args.target is not None or args.large is not None:
+        entry = {"name": "target", "schedule": args.schedule, "stack": args.stack, "ratio_baseline": "L100"}
+        known["target"] = user_scenario(entry, config, flags)
+        configured = ["target"]
+    elif args.schedule is not None or args.stack is not None:
+        raise ValueError(
+            "--schedule/--stack set the command line's target: name one with --target or --large/--small "
+            "(scenarios in the config file carry their own)."
+        )
     names = args.scenario or configured or sorted({e.scenario for e in expectations})
     if not names:
         raise ValueError(

@@ -75,7 +75,12 @@ def add_target_options(parser: argparse.ArgumentParser, prompts: bool = True) ->
     group.add_argument(
         "--steps", type=whole_number(1), default=None, help="solver steps (the target's default)"
     )
-    group.add_argument("--guidance-scale", type=positive_number, default=None, help="CFG scale")
+    group.add_argument(
+        "--guidance-scale",
+        type=positive_number,
+        default=None,
+        help="the call's guidance_scale (CFG scale; Flux: its distilled guidance)",
+    )
     group.add_argument("--negative-prompt", default=None, help="negative prompt for every call")
     if prompts:
         group.add_argument(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..schedulers import SCHEDULER_NAMES
 from .common import whole_number
 
-FAMILIES = ("wan", "ltx", "sd")
+FAMILIES = ("wan", "ltx", "sd", "flux")
+SAVED_FAMILIES = ("wan", "wan2.2", "ltx", "sd", "flux")
 
 
 def register(commands) -> None:
@@ -20,17 +22,42 @@ def register(commands) -> None:
             "Random weights show the routing, not the quality: `flowblending-accel demo` shows that."
         ),
     )
-    tiny.add_argument("--family", choices=FAMILIES, default="wan", help="pipeline family (default wan)")
+    tiny.add_argument(
+        "--family",
+        choices=SAVED_FAMILIES,
+        default="wan",
+        help="pipeline family (default wan; wan2.2: --save only)",
+    )
     tiny.add_argument("--schedule", default="L40-S40-L20", help="stages (default L40-S40-L20)")
     tiny.add_argument("--steps", type=whole_number(1), default=20, help="num_inference_steps (default 20)")
     tiny.add_argument(
         "--scheduler", choices=SCHEDULER_NAMES, default=None, help="solver (default: the pipeline's)"
     )
     tiny.add_argument("--axis", choices=("step", "sigma"), default="step", help="stage axis (default step)")
+    tiny.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        metavar="FOLDER",
+        help="instead, save the tiny pipeline (with a tiny text stack: it takes prompt strings) to "
+        "FOLDER/pipeline and its small denoiser to FOLDER/small, to try the tools' --large/--small offline",
+    )
     tiny.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.save is not None:
+        from ..support.files import check_output_folder
+        from ..testing import save_tiny_folders
+
+        check_output_folder(args.save)
+        large, small = save_tiny_folders(args.save, args.family)
+        print(f"saved: --large {large} --small {small}")
+        return 0
+    if args.family not in FAMILIES:
+        raise ValueError(
+            f"--family {args.family}: the routing report runs on {', '.join(FAMILIES)}; --save any."
+        )
     print(tiny_report(args.family, args.schedule, args.steps, args.scheduler, args.axis))
     return 0
 
@@ -51,7 +78,7 @@ def tiny_report(
     with torch.inference_mode():
         baseline = target.output(pipe(**kwargs))
         with flowblending(pipe, small, schedule, axis=axis) as router:
-            plan = router.plan(steps, **_plan_kwargs(family, steps))
+            plan = router.plan(steps, **_plan_kwargs(target.family.passes_sigmas, steps))
             routed = target.output(pipe(**target.call_kwargs(0)))
             stats = router.last_run
     # A second run counts FLOPs: counting slows calls, so not the one above.
@@ -76,10 +103,10 @@ def tiny_report(
     return "\n".join(lines)
 
 
-def _plan_kwargs(family: str, steps: int) -> dict:
-    if family != "ltx":
+def _plan_kwargs(passes_sigmas: bool, steps: int) -> dict:
+    if not passes_sigmas:
         return {}
-    # LTXPipeline passes its own sigma grid linspace(1, 1/N, N) to the scheduler.
+    # LTX and Flux pipelines pass their own sigma grid linspace(1, 1/N, N) to the scheduler.
     import numpy as np
 
     return {"sigmas": np.linspace(1.0, 1.0 / steps, steps)}

@@ -69,6 +69,11 @@ def as_video(output: Any) -> torch.Tensor:
     return video.permute(0, 1, 4, 2, 3)
 
 
+def is_set_scorer(name: str) -> bool:
+    """Whether scorer ``name`` scores whole sets (a Fréchet distance) rather than each sample."""
+    return name.partition(":")[0] == "fd"
+
+
 def check_scorer_names(names: list[str], offered: dict[str, Callable]) -> None:
     """Refuse an unknown scorer (or a missing feature folder) before any work."""
     for name in names:
@@ -99,7 +104,7 @@ def build_scorers(names: list[str], offered: dict[str, Callable]) -> tuple[list[
         elif kind in EXTRACTOR_KINDS:
             extractor_name, _, folder = rest.partition("=")
             extractor = _load_extractor(extractor_name, folder)
-            if kind == "feature":
+            if not is_set_scorer(name):
                 reference.append(Scorer(name, _feature_similarity(extractor)))
             else:
                 sets.append(SetScorer(name, _frechet(extractor)))

@@ -62,3 +62,20 @@ def progress(description: str, total: int | None, enabled: bool = True, stream=N
         yield lines.advance
     finally:
         lines.close()
+
+
+@contextmanager
+def quiet_library_bars() -> Iterator[None]:
+    """No per-component bars from diffusers and transformers while loading or saving models (a tool shows its
+    own progress; theirs would interleave with it)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    shown = [m for m in (diffusers_logging, transformers_logging) if m.is_progress_bar_enabled()]
+    for module in shown:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module in shown:
+            module.enable_progress_bar()

@@ -3,6 +3,7 @@ the prompts of its default workload, how many prompts one call takes, and how to
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,17 @@ class Target:
     def large(self) -> torch.nn.Module:
         """The pipeline's (first) routed denoiser."""
         return getattr(self.pipe, self.family.present_denoisers(self.pipe)[0])
+
+    @property
+    def guidance_scale(self) -> float:
+        """The classifier-free guidance scale the calls run at: the family's CFG argument in the shared
+        call arguments, else the pipeline call's own default (1: no CFG)."""
+        name = self.family.cfg_scale_arg
+        if name in self.base:
+            return float(self.base[name])
+        parameter = inspect.signature(type(self.pipe).__call__).parameters.get(name)
+        default = parameter.default if parameter is not None else None
+        return float(default) if isinstance(default, int | float) else 1.0
 
     def output(self, result: Any) -> Any:
         """The generated frames or images of a pipeline call's ``result``."""

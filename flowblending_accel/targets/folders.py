@@ -19,6 +19,7 @@ import torch
 
 from ..compat import check_configs
 from ..families import Family, family_for_class
+from ..support.progress import quiet_library_bars
 from .base import Target
 from .prompts import Prompt
 
@@ -33,7 +34,8 @@ class FolderPair:
     small: str
     pipeline_class: type | None  # None for a hub id (read when it loads)
     family: Family | None
-    denoiser: str | None
+    denoiser: str | None  # the first routed denoiser (the small folder's layout follows it)
+    denoisers: tuple[str, ...]  # every routed denoiser the folder holds
     small_subfolder: str | None  # None: a bare model folder
 
 
@@ -43,28 +45,33 @@ def check_folders(large: str, small: str) -> FolderPair:
     if not large_path.exists():
         if not HUB_ID.match(large):
             raise ValueError(f"--large {large}: no such folder (nor a hub id like owner/name).")
-        return FolderPair(large, small, None, None, None, "transformer")
+        return FolderPair(large, small, None, None, None, (), "transformer")
     index = large_path / "model_index.json"
     if not index.is_file():
         raise ValueError(f"--large {large}: not a diffusers pipeline folder (no model_index.json).")
     components = json.loads(index.read_text())
     pipeline_class = _pipeline_class(components.get("_class_name"), large)
     present = {name for name, value in components.items() if isinstance(value, list) and value[0] is not None}
-    family = family_for_class(pipeline_class, present)
-    denoisers = [name for name in family.denoisers if name in present]
-    if not denoisers:
+    try:
+        family = family_for_class(pipeline_class, present)
+    except ValueError as error:
         raise ValueError(
-            f"--large {large}: {pipeline_class.__name__} folder holds no denoiser FlowBlending "
-            f"knows (looked for {', '.join(family.denoisers)})."
-        )
+            f"--large {large}: {error} Point --large at a pipeline folder holding one."
+        ) from None
+    denoisers = [name for name in family.denoisers if name in present]
     denoiser = denoisers[0]
     small_config, subfolder = _small_config(small, denoiser)
-    large_config = json.loads((large_path / denoiser / "config.json").read_text())
+    config_file = large_path / denoiser / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"--large {large}: model_index.json names a {denoiser} but {config_file} is missing."
+        )
+    large_config = json.loads(config_file.read_text())
     if small_config is not None:
         check_configs(
             large_config, small_config, family, f"--large {large} {denoiser}", small_name=f"--small {small}"
         )
-    return FolderPair(large, small, pipeline_class, family, denoiser, subfolder)
+    return FolderPair(large, small, pipeline_class, family, denoiser, tuple(denoisers), subfolder)
 
 
 def _pipeline_class(name: str | None, folder: str) -> type:
@@ -97,10 +104,11 @@ def folder_target(
     from diffusers.models import AutoModel
 
     try:
-        pipe = DiffusionPipeline.from_pretrained(pair.large, dtype=dtype).to(device)
-        denoiser = pair.denoiser or pipe_denoiser(pipe)
-        kwargs = {"subfolder": pair.small_subfolder or denoiser} if pair.small_subfolder else {}
-        small = AutoModel.from_pretrained(pair.small, dtype=dtype, **kwargs).to(device).eval()
+        with quiet_library_bars():
+            pipe = DiffusionPipeline.from_pretrained(pair.large, dtype=dtype).to(device)
+            denoiser = pair.denoiser or pipe_denoiser(pipe)
+            kwargs = {"subfolder": pair.small_subfolder or denoiser} if pair.small_subfolder else {}
+            small = AutoModel.from_pretrained(pair.small, dtype=dtype, **kwargs).to(device).eval()
     except OSError as error:
         raise ValueError(f"--large {pair.large} / --small {pair.small}: cannot load ({error}).") from None
     pipe.set_progress_bar_config(disable=True)

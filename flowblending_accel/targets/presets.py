@@ -43,6 +43,14 @@ class Preset:
     steps: int
     guidance: float
 
+    @property
+    def pipeline_class_name(self) -> str:
+        return "LTXPipeline" if self.kind == "ltx" else "WanPipeline"
+
+    @property
+    def denoisers(self) -> tuple[str, ...]:
+        return ("transformer", "transformer_2") if self.kind == "wan22" else ("transformer",)
+
 
 PRESETS = {
     "wan2.1-14b+1.3b": Preset("wan", "14b", "1.3b", 4096, 512, (480, 832, 81), 50, 5.0),

@@ -75,6 +75,11 @@ def split(
     prompts: list[Prompt], fit: int, option: str = "--fit-prompts"
 ) -> tuple[list[Prompt], list[Prompt]]:
     """``fit`` prompts spread over the list to fit on, the rest held out (both non-empty)."""
+    if len(prompts) < 2:
+        raise ValueError(
+            f"calibration fits on some prompts and reports on others it never saw, so it needs at least 2 "
+            f"prompts; there is {len(prompts)}: give more with --prompts."
+        )
     if not 1 <= fit < len(prompts):
         raise ValueError(
             f"{option} {fit}: calibration fits on some prompts and reports on the others it never "

@@ -26,14 +26,26 @@ CALL_OPTIONS = {
     "guidance_scale": "guidance_scale",
     "negative_prompt": "negative_prompt",
 }
+# Option -> how a user names it: the flag, or the key in the config file.
 OPTION_NAMES = {
-    "height": "--height",
-    "width": "--width",
-    "frames": "--frames",
-    "steps": "--steps",
-    "guidance_scale": "--guidance-scale",
-    "negative_prompt": "--negative-prompt",
+    "height": "--height (height)",
+    "width": "--width (width)",
+    "frames": "--frames (frames)",
+    "steps": "--steps (steps)",
+    "guidance_scale": "--guidance-scale (guidance_scale)",
+    "negative_prompt": "--negative-prompt (negative_prompt)",
 }
+# Settings that describe one target: a config-file scenario naming its own target does not inherit them.
+OWN_TARGET_KEYS = (
+    "target",
+    "large",
+    "small",
+    "pair",
+    "height",
+    "width",
+    "frames",
+    "negative_prompt",
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +134,7 @@ def check_target(options: TargetOptions) -> Any:
 
         pair = check_folders(options.large, options.small)
         if pair.pipeline_class is not None:
-            _applies(options, pair.pipeline_class)
+            _applies(options, pair.pipeline_class, prompts)
         if not prompts:
             raise ValueError(
                 "--large/--small: give the prompts to run with --prompts FILE (one prompt a line, or "
@@ -133,6 +145,36 @@ def check_target(options: TargetOptions) -> Any:
 
     find_factory(options.target)
     return prompts
+
+
+def given_prompts(options: TargetOptions, checked: Any) -> list[Prompt] | None:
+    """The prompts known before building (a ``--prompts`` file), else ``None`` (the target's own)."""
+    if options.kind == "folders":
+        return checked[1]
+    return checked if options.kind in ("embedded", "factory") else None
+
+
+def known_family(options: TargetOptions, checked: Any) -> tuple[Any, tuple[str, ...]] | None:
+    """``(Family, routed denoiser attributes)`` when known before building (``checked``: what
+    :func:`check_target` returned); ``None`` for a factory or a hub id (known once loaded)."""
+    import diffusers
+
+    from ..families import family_for_class
+
+    kind = options.kind
+    if kind == "folders":
+        pair = checked[0]
+        return (pair.family, pair.denoisers) if pair.family is not None else None
+    if kind == "embedded":
+        pipeline_class, denoisers = diffusers.WanPipeline, ("transformer",)
+    elif kind == "random":
+        from .presets import check_preset
+
+        preset = check_preset(options.target.split(":", 1)[1])
+        pipeline_class, denoisers = getattr(diffusers, preset.pipeline_class_name), preset.denoisers
+    else:
+        return None
+    return family_for_class(pipeline_class, set(denoisers)), denoisers
 
 
 def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: int | None = None) -> Target:
@@ -174,7 +216,7 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
         target = factory_target(options.target, options.device, dtype, base, checked)
         if _takes(type(target.pipe), "output_type"):
             target.base.setdefault("output_type", "np")  # outputs the scorers can read
-    _applies(options, type(target.pipe))
+    _applies(options, type(target.pipe), target.prompts)
     return target
 
 
@@ -185,18 +227,39 @@ def _refuse(options: TargetOptions, names: tuple[str, ...], why: str) -> None:
 
 
 def _takes(pipeline_class: type, argument: str) -> bool:
+    """Whether the pipeline's call names ``argument``. A call naming nothing but ``**kwargs`` (a wrapper)
+    takes anything; diffusers' calls name every argument (their ``**kwargs`` catch deprecated ones)."""
     parameters = inspect.signature(pipeline_class.__call__).parameters
-    return argument in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    named = [p for p in parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    wrapper = len(named) <= 1 and any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return argument in parameters or wrapper
 
 
-def _applies(options: TargetOptions, pipeline_class: type) -> None:
-    """Refuse a size or call option the pipeline does not take (e.g. --frames for an image pipeline)."""
+def _applies(options: TargetOptions, pipeline_class: type, prompts: list[Prompt] | None = None) -> None:
+    """Refuse a size or call option, or a prompt's own call argument, that the pipeline does not take (e.g.
+    --frames for an image pipeline)."""
     for name in options.given_call_options():
         if not _takes(pipeline_class, CALL_OPTIONS[name]):
             raise ValueError(
                 f"{OPTION_NAMES[name]} does not apply to {pipeline_class.__name__}: its call takes no "
                 f"{CALL_OPTIONS[name]}."
             )
+    for prompt in prompts or []:
+        for argument in prompt.arguments:
+            if not _takes(pipeline_class, argument):
+                raise ValueError(
+                    f"--prompts: {prompt.text!r} sets {argument}, which {pipeline_class.__name__}'s call "
+                    "does not take; remove it from the prompts file."
+                )
 
 
-__all__ = ["CALL_OPTIONS", "DTYPES", "Prompt", "TargetOptions", "build_target", "check_target"]
+__all__ = [
+    "CALL_OPTIONS",
+    "DTYPES",
+    "Prompt",
+    "TargetOptions",
+    "build_target",
+    "check_target",
+    "given_prompts",
+    "known_family",
+]

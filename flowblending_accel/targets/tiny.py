@@ -1,5 +1,5 @@
-"""Tiny random-weight targets (Wan, LTX, SD) from :mod:`flowblending_accel.testing`: routing and counts on a
-CPU in seconds, no quality. The check gate's built-in scenarios run on them."""
+"""Tiny random-weight targets (Wan, LTX, SD, Flux) from :mod:`flowblending_accel.testing`: routing and
+counts on a CPU in seconds, no quality. The check gate's built-in scenarios run on them."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ BUILDERS = {
     "wan": (testing.tiny_wan_pair, testing.tiny_wan_pipeline, testing.wan_call_kwargs),
     "ltx": (testing.tiny_ltx_pair, testing.tiny_ltx_pipeline, testing.ltx_call_kwargs),
     "sd": (testing.tiny_unet_pair, testing.tiny_sd_pipeline, testing.sd_call_kwargs),
+    "flux": (testing.tiny_flux_pair, testing.tiny_flux_pipeline, testing.flux_call_kwargs),
 }
 
 

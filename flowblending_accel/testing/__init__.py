@@ -3,13 +3,18 @@
 The core never imports this package; tests, the ``tiny`` command and the tools' tiny targets do.
 """
 
+from .folders import FOLDER_FAMILIES, save_tiny_folders
 from .text import tiny_text_encoder, tiny_tokenizer, with_text
 from .tiny import (
     TEXT_DIM,
     TEXT_TOKENS,
+    flux_call_kwargs,
     ltx_call_kwargs,
     sd_call_kwargs,
     text_embeddings,
+    tiny_flux_pair,
+    tiny_flux_pipeline,
+    tiny_flux_transformer,
     tiny_ltx_pair,
     tiny_ltx_pipeline,
     tiny_ltx_transformer,
@@ -24,6 +29,12 @@ from .tiny import (
 )
 
 __all__ = [
+    "FOLDER_FAMILIES",
+    "flux_call_kwargs",
+    "save_tiny_folders",
+    "tiny_flux_pair",
+    "tiny_flux_pipeline",
+    "tiny_flux_transformer",
     "TEXT_DIM",
     "TEXT_TOKENS",
     "ltx_call_kwargs",

@@ -105,11 +105,22 @@ def tiny_text_encoder(kind: str, seed: int = 0):
     raise ValueError(f"text encoder kind {kind!r} must be 'umt5', 't5' or 'clip'.")
 
 
-TEXT_OF_FAMILY = {"wan": ("umt5", 512), "ltx": ("t5", 128), "sd": ("clip", 16)}
+# Family -> its text stacks: (tokenizer attribute, encoder attribute, encoder kind, tokenizer max length).
+TEXT_OF_FAMILY = {
+    "wan": (("tokenizer", "text_encoder", "umt5", 512),),
+    "ltx": (("tokenizer", "text_encoder", "t5", 128),),
+    "sd": (("tokenizer", "text_encoder", "clip", 16),),
+    "flux": (("tokenizer", "text_encoder", "clip", 16), ("tokenizer_2", "text_encoder_2", "t5", 512)),
+}
 
 
 def with_text(pipe, family: str, seed: int = 0):
-    """``pipe`` with a tiny tokenizer and text encoder of its family registered (returns ``pipe``)."""
-    kind, max_length = TEXT_OF_FAMILY[family]
-    pipe.register_modules(tokenizer=tiny_tokenizer(max_length), text_encoder=tiny_text_encoder(kind, seed))
+    """``pipe`` with tiny tokenizers and text encoders of its family registered (returns ``pipe``)."""
+    modules = {}
+    for tokenizer, encoder, kind, max_length in TEXT_OF_FAMILY[family]:
+        modules[tokenizer] = tiny_tokenizer(max_length)
+        modules[encoder] = tiny_text_encoder(kind, seed)
+    pipe.register_modules(**modules)
+    if hasattr(pipe, "tokenizer_max_length"):  # read from the tokenizer when the pipeline was built (Flux)
+        pipe.tokenizer_max_length = modules["tokenizer"].model_max_length
     return pipe

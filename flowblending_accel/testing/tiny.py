@@ -193,6 +193,60 @@ def tiny_sd_pipeline(unet=None, scheduler=None, seed: int = 0):
     return pipe
 
 
+def tiny_flux_transformer(double: int = 2, single: int = 2, heads: int = 2, seed: int = 0):
+    from diffusers import FluxTransformer2DModel
+
+    return _seeded(
+        seed,
+        lambda: FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4,
+            num_layers=double,
+            num_single_layers=single,
+            attention_head_dim=16,
+            num_attention_heads=heads,
+            joint_attention_dim=TEXT_DIM,
+            pooled_projection_dim=TEXT_DIM,
+            axes_dims_rope=[4, 4, 8],
+        ),
+    )
+
+
+def tiny_flux_pair(seed: int = 0):
+    """(large, small): 2 double + 2 single blocks x 2 heads vs 1 + 1 x 1 head."""
+    return tiny_flux_transformer(2, 2, 2, seed=seed), tiny_flux_transformer(1, 1, 1, seed=seed + 1)
+
+
+def tiny_flux_pipeline(transformer=None, scheduler=None, seed: int = 0):
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    vae = _seeded(
+        seed,
+        lambda: AutoencoderKL(
+            sample_size=32,
+            block_out_channels=(4,),
+            layers_per_block=1,
+            latent_channels=1,
+            norm_num_groups=1,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.0609,
+            scaling_factor=1.5035,
+        ),
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler or FlowMatchEulerDiscreteScheduler(),
+        vae=vae,
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=None,
+        tokenizer_2=None,
+        transformer=transformer if transformer is not None else tiny_flux_pair(seed)[0],
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def text_embeddings(
     batch: int = 1, tokens: int = TEXT_TOKENS, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,5 +309,28 @@ def sd_call_kwargs(
         guidance_scale=guidance_scale,
         output_type="latent",
         generator=torch.Generator().manual_seed(seed),
+        **extra,
+    )
+
+
+def flux_call_kwargs(
+    steps: int = 10, true_cfg_scale: float = 1.0, seed: int = 0, **extra: Any
+) -> dict[str, Any]:
+    """Guidance-distilled style by default (one call per step); ``true_cfg_scale > 1`` adds the negative
+    branch (two calls per step)."""
+    positive, negative = text_embeddings()
+    pooled = dict(pooled_prompt_embeds=positive[:, 0], negative_pooled_prompt_embeds=negative[:, 0])
+    cfg = dict(negative_prompt_embeds=negative, true_cfg_scale=true_cfg_scale) if true_cfg_scale > 1 else {}
+    if not cfg:
+        pooled.pop("negative_pooled_prompt_embeds")
+    return dict(
+        prompt_embeds=positive,
+        height=16,
+        width=16,
+        num_inference_steps=steps,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(seed),
+        **pooled,
+        **cfg,
         **extra,
     )
