@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..support.progress import quiet_library_bars
 from .base import Target
 from .prompts import Prompt
 
@@ -29,7 +30,8 @@ def embedded_target(
         parse_prompt(prompt.text)  # the pair only knows its language
         if prompt.arguments:
             raise ValueError(f"the embedded pair takes no per-prompt arguments ({sorted(prompt.arguments)}).")
-    pipe, small = load_demo_pipeline(path)
+    with quiet_library_bars():
+        pipe, small = load_demo_pipeline(path)
     pipe.to(device)
     small.to(device)
     base = dict(
@@ -44,7 +46,7 @@ def embedded_target(
         pipe,
         small,
         device,
-        f"embedded pair, {len(chosen)} prompts per call, {steps} steps, CFG {guidance_scale:g}",
+        f"embedded pair, a seed's prompts in one call, {steps} steps, CFG {guidance_scale:g}",
         base,
         chosen,
         batch=None,
