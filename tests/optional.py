@@ -14,3 +14,4 @@ def _missing(module: str, extra: str):
 
 needs_deepcache = _missing("DeepCache", "deepcache")
 needs_cachedit = _missing("cache_dit", "cache-dit")
+needs_torchao = _missing("torchao", "quantize")

@@ -13,6 +13,7 @@ spec                                       config
 ``cache-dit``                              ``CacheDiT()``
 ``compile``                                ``RegionalCompile()``
 ``attn:flash``                             ``AttentionBackend("flash")``
+``quantize:int8``, ``quantize:float8``       ``Quantize("int8")`` (torchao; ``auto``: float8 where it runs)
 ``tensorrt``                               ``TensorRT()``
 ``offload:1``                              ``OffloadInactive(prefetch_steps=1)``
 =========================================  =====================================================
@@ -325,6 +326,64 @@ class AttentionBackend(AcceleratorConfig):
                 _needs_package(package, f"attention backend {backend!r} for the {role} model", "xformers")
             if backend != "native":
                 _needs_cuda(f"attention backend {backend!r}", device)
+
+
+FLOAT8_CAPABILITY = (8, 9)  # float8 matmuls: Ada and Hopper (sm_89, sm_90) and later
+
+
+def float8_runs(device: str) -> bool:
+    """Whether float8 dynamic quantization runs on ``device`` (a CUDA GPU of compute capability 8.9+)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(torch.device(device)) >= FLOAT8_CAPABILITY
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class Quantize(AcceleratorConfig):
+    """torchao quantization of both models' linear layers: ``int8`` weight-only (CPU and GPU), ``float8``
+    dynamic activation and weight (GPUs of compute capability 8.9+, e.g. H100), ``auto``: float8 where it
+    runs, else int8. The full-precision weights are kept to restore on removal (memory: the quantized copy
+    comes on top of them)."""
+
+    mode: str = "auto"
+
+    names = ("quantize",)
+    kind = "quantize"
+    spec_help = "quantize[:int8|float8|auto] (torchao)"
+    implementation = ".quantize:QuantizeAccelerator"
+    exclusive_with = ("tensorrt",)
+    clash_reasons = {"tensorrt": "TensorRT builds its engines at its own precision."}
+    MODES = ("auto", "int8", "float8")
+
+    def __post_init__(self) -> None:
+        if self.mode not in self.MODES:
+            raise ValueError(f"Quantize.mode={self.mode!r} must be one of {', '.join(self.MODES)}.")
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> Quantize:
+        return cls(value or "auto")
+
+    @property
+    def spec(self) -> str:
+        return f"quantize:{self.mode}"
+
+    def resolved(self, device: str) -> str:
+        """The mode that runs on ``device``."""
+        if self.mode != "auto":
+            return self.mode
+        return "float8" if float8_runs(device) else "int8"
+
+    def check_environment(self, device: str) -> None:
+        _needs_package("torchao", "quantize", "quantize")
+        if self.mode == "float8" and not float8_runs(device):
+            raise ValueError(
+                f"{self.spec} needs a CUDA GPU of compute capability {FLOAT8_CAPABILITY[0]}."
+                f"{FLOAT8_CAPABILITY[1]} or later (Ada, Hopper) on --device; use quantize:int8 or "
+                "quantize:auto."
+            )
 
 
 @register_accelerator

@@ -60,6 +60,10 @@ def _fmt_mem(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**30:.2f} GiB"
 
 
+def _counter(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) else str(value)
+
+
 def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
     lines = [
         f"# FlowBlending stack benchmark: {context['target']}",
@@ -98,7 +102,7 @@ def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
     counters = [
         f"- {row['label']}: "
         + "; ".join(
-            f"{kind} " + ", ".join(f"{k} {v:.3g}" for k, v in values.items())
+            f"{kind} " + ", ".join(f"{k} {_counter(v)}" for k, v in values.items())
             for kind, values in row["counters"].items()
         )
         for row in table

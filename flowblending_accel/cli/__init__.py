@@ -8,6 +8,7 @@ records the command line and sends every user error down one path: one line on s
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -28,7 +29,7 @@ commands:
   calibrate     choose stage boundaries automatically under a quality tolerance or FLOP budget
   check         CI gate: fail a change that regresses routing, FLOPs, recompiles, caching or speedup
   plan          print which model runs each solver step for a schedule and a scheduler
-  tiny          route a tiny random-weight pipeline (Wan, LTX or SD) on the CPU and print what happened
+  tiny          route a tiny random-weight pipeline on the CPU and print what happened (or --save it)
   train-demo    train the embedded pair (resumable) or, with --classifier, its metrics classifier
   export-demo   write a training checkpoint as a diffusers pipeline folder
 """
@@ -49,9 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Import-time notices of optional libraries that every diffusers import triggers once they are installed
+# (torchao on a CPU: kernel libraries it cannot load, diffusers' note about them, torch's deprecation of how
+# torchao registers enums). They say nothing about the command's work.
+QUIET_LOGGERS = ("torchao", "diffusers.quantizers.torchao.torchao_quantizer", "torch.utils._pytree")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # transformers warns about optional image backends whenever diffusers imports its pipelines.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
