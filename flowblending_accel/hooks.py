@@ -180,3 +180,26 @@ def group_offloading_of(module: torch.nn.Module) -> Any | None:
     """The ``GroupOffloadingConfig`` of ``enable_group_offload`` on ``module``, else None."""
     hook = _first_hook(module, "group_offloading")
     return getattr(hook, "config", None) if hook is not None else None
+
+
+_BACKEND_FIELD = "_attention_backend"  # diffusers' per-processor attention backend
+_UNSET = object()
+
+
+def attention_backend_states(model: torch.nn.Module) -> list[tuple[Any, Any]]:
+    """``(processor, its own backend value or unset)`` for every attention processor of ``model`` that takes
+    a backend: what :func:`restore_attention_backends` puts back exactly (a compiled graph guards on it)."""
+    states = []
+    for module in model.modules():
+        processor = getattr(module, "processor", None)
+        if processor is not None and hasattr(processor, _BACKEND_FIELD):
+            states.append((processor, vars(processor).get(_BACKEND_FIELD, _UNSET)))
+    return states
+
+
+def restore_attention_backends(states: Iterable[tuple[Any, Any]]) -> None:
+    for processor, value in states:
+        if value is _UNSET:
+            vars(processor).pop(_BACKEND_FIELD, None)
+        else:
+            setattr(processor, _BACKEND_FIELD, value)

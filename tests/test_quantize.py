@@ -101,3 +101,41 @@ def test_bench_reports_the_quality_cost_beside_the_speed(tmp_path):
     quantized = rows[-1]
     assert quantized["label"] == "+quantize:int8" and quantized["quality"]["ssim"] < 1.0
     assert quantized["counters"]["quantize"]["large.mode"] == "int8"
+
+
+@needs_torchao
+def test_removal_leaves_the_modules_as_they_were(wan_pair):
+    """A compiled graph guards on each module's attributes: quantizing, then removing, must leave none."""
+    large, small = wan_pair
+    pipe = tiny_wan_pipeline(large)
+    before = {name: set(vars(m)) for name, m in large.named_modules()}
+    apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8"])
+    remove_stack(pipe)
+    assert {name: set(vars(m)) for name, m in large.named_modules()} == before
+
+
+def test_attention_backend_removal_restores_processors_and_the_active_backend(wan_pair):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    large, small = wan_pair
+    pipe = tiny_wan_pipeline(large)
+    processors = [m.processor for m in large.modules() if hasattr(m, "processor")]
+    before = [dict(vars(p)) for p in processors]
+    active = _AttentionBackendRegistry.get_active_backend()[0]
+    apply_stack(pipe, small, "L40-S40-L20", ["attn:native"])
+    remove_stack(pipe)
+    assert [dict(vars(p)) for p in processors] == before
+    assert _AttentionBackendRegistry.get_active_backend()[0] == active
+
+
+@pytest.mark.slow
+@needs_torchao
+def test_rows_of_other_accelerators_do_not_recompile_a_compiled_row():
+    from flowblending_accel.bench.runner import Row, cumulative_rows, measure_rows
+    from flowblending_accel.targets.presets import preset_target
+
+    target = preset_target("tiny-wan", "cpu", torch.float32, steps=10)
+    rows = cumulative_rows("L40-S40-L20", [])
+    rows += [Row(f"+{spec}", "L40-S40-L20", (spec,)) for spec in ("compile", "attn:native", "quantize:int8")]
+    results = measure_rows(target, rows, 2, count_flops="derived")
+    assert {label: m.graphs_after_warmup for label, m in results.items()}["+compile"] == 0

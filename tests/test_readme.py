@@ -51,3 +51,16 @@ def test_readme_python_examples_run_as_written(monkeypatch):
     for block in blocks:
         exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102
     assert namespace["router"].last_run.steps_per_model == {"large": 15, "small": 10}  # 25 DPM++ steps
+
+
+def test_readme_performance_section_is_rendered_from_the_committed_results():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "performance_table", ROOT / "benchmarks" / "performance_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.render() in (ROOT / "README.md").read_text(), (
+        "run python benchmarks/performance_table.py --write"
+    )

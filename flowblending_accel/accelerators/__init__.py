@@ -23,6 +23,7 @@ from .configs import (
     StepReduction,
     TaylorSeer,
     TensorRT,
+    best_attention_backend,
 )
 from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator, register_accelerator, spec_help
 
@@ -65,6 +66,7 @@ __all__ = [
     "accelerated",
     "applied_stack",
     "apply_stack",
+    "best_attention_backend",
     "as_configs",
     "calibrate_mag_ratios",
     "dynamo_counts",

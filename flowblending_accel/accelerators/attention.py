@@ -1,11 +1,25 @@
-"""Per-model attention backends (native, flash, sage, xformers ...) through diffusers' AttentionMixin."""
+"""Per-model attention backends (native, flash, sage, xformers ...) through diffusers' AttentionMixin.
+
+diffusers' ``set_attention_backend`` also makes the backend the process's active one, and its reset leaves
+each processor with an attribute it did not have; removal here puts both back exactly, so rows without the
+backend run as they did before (and compiled graphs, which guard on those attributes, stay valid).
+"""
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from typing import Any
+
+from ..hooks import attention_backend_states, restore_attention_backends
 from .runtime import Accelerator, StackTarget
 
 
 class AttentionBackendAccelerator(Accelerator):
+    def __init__(self, config) -> None:
+        super().__init__(config)
+        self._states: list[tuple[Any, Any]] = []
+        self._active = ExitStack()
+
     def check(self, target: StackTarget, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
             if not hasattr(model, "set_attention_backend"):
@@ -15,11 +29,18 @@ class AttentionBackendAccelerator(Accelerator):
                 )
 
     def apply(self, target: StackTarget) -> None:
+        from diffusers.models.attention_dispatch import attention_backend
+
         backends = self.config.backends()
+        self._active.enter_context(attention_backend(backends["large"]))  # restores the active one on exit
+        self._states = [
+            state for model in target.models().values() for state in attention_backend_states(model)
+        ]
         for role in ("large", "small"):
             for model in target.models(role).values():
                 model.set_attention_backend(backends[role])
 
     def remove(self, target: StackTarget) -> None:
-        for model in target.models().values():
-            model.reset_attention_backend()
+        restore_attention_backends(self._states)
+        self._states = []
+        self._active.close()

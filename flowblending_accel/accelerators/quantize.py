@@ -16,8 +16,10 @@ import torch
 
 from .runtime import Accelerator, StackTarget
 
-# float8 matmuls (torch._scaled_mm) need both dimensions divisible by 16.
+# float8 matmuls (torch._scaled_mm) need both dimensions divisible by 16; layers a checkpoint keeps in
+# float32 (Wan's time embedding) stay as they are.
 FLOAT8_MULTIPLE = 16
+FLOAT8_FROM = (torch.bfloat16, torch.float16)
 
 
 @contextmanager
@@ -48,7 +50,9 @@ def _linears(model: torch.nn.Module, mode: str) -> dict[str, torch.nn.Linear]:
         found = {
             name: m
             for name, m in found.items()
-            if m.in_features % FLOAT8_MULTIPLE == 0 and m.out_features % FLOAT8_MULTIPLE == 0
+            if m.in_features % FLOAT8_MULTIPLE == 0
+            and m.out_features % FLOAT8_MULTIPLE == 0
+            and m.weight.dtype in FLOAT8_FROM
         }
     return found
 
@@ -89,10 +93,14 @@ class QuantizeAccelerator(Accelerator):
 
         mode = self.config.resolved(str(_device_of(model)))
         originals = {name: layer.weight for name, layer in layers.items()}
+        attributes = {name: set(vars(layer)) for name, layer in layers.items()}
         chosen = set(map(id, layers.values()))
         with _quiet_torchao():
             quantize_(model, _torchao_config(mode), filter_fn=lambda module, _: id(module) in chosen)
         quantized = {name: layer.weight for name, layer in layers.items()}
+        for name, layer in layers.items():  # e.g. an extra_repr: compiled graphs guard on the module's dict
+            for added in set(vars(layer)) - attributes[name]:
+                delattr(layer, added)
         self._summary[label] = {
             "mode": mode,
             "layers": len(layers),

@@ -64,14 +64,10 @@ def _counter(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, int | float) else str(value)
 
 
-def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
+def table_lines(table: list[dict[str, Any]]) -> list[str]:
+    """The rows as a markdown table: time, speedup, ideal, efficiency, FLOPs, calls, memory, recompiles,
+    quality."""
     lines = [
-        f"# FlowBlending stack benchmark: {context['target']}",
-        "",
-        f"- device: {context['device']}; versions: {context['versions']}",
-        f"- command: `{context['command']}`",
-        f"- {context['description']}; {context['repeats']} interleaved rounds after a warm-up round",
-        "",
         "| row | wall s (median [IQR]) | speedup vs baseline | time-ideal | efficiency | FLOPs vs baseline |"
         " calls L / S | peak memory | recompiles | PSNR / SSIM vs baseline |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -88,17 +84,11 @@ def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
             f"{_fmt_mem(row['peak_memory_bytes'])} | "
             f"{row['recompiles_after_warmup']} | {quality} |"
         )
-    lines += [
-        "",
-        "Speedup: median over rounds of baseline time / row time in the same round. Time-ideal: "
-        "the speedup the",
-        "row's denoiser calls would give at the per-call "
-        "times measured for each model alone (time outside the",
-        "denoiser, e.g. text encoding, VAE and scheduler, scaled by the step count); efficiency = achieved /",
-        "time-ideal (cache hits make calls cheaper, so cached rows can exceed 1). "
-        "FLOPs are counted per call with",
-        "torch.utils.flop_counter in an eager pass, attention included; a FLOP ratio is not a speedup.",
-    ]
+    return lines
+
+
+def counter_lines(table: list[dict[str, Any]]) -> list[str]:
+    """One line per row with accelerator counters (cache hits, graphs, switches, quantized bytes)."""
     counters = [
         f"- {row['label']}: "
         + "; ".join(
@@ -108,13 +98,39 @@ def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
         for row in table
         if row.get("counters")
     ]
-    if counters:
-        lines += [
-            "",
-            "Accelerator counters (totals over the row's runs, warm-up included, unless they say per run; "
-            "attention: the FLOP pass; exposed_switch_seconds: the wait for a prefetched model):",
-            *counters,
-        ]
+    if not counters:
+        return []
+    return [
+        "",
+        "Accelerator counters (totals over the row's runs, warm-up included, unless they say per run; "
+        "attention: the FLOP pass; exposed_switch_seconds: the wait for a prefetched model):",
+        *counters,
+    ]
+
+
+READING = [
+    "Speedup: median over rounds of baseline time / row time in the same round. Time-ideal: the speedup the",
+    "row's denoiser calls would give at the per-call times measured for each model alone (time outside the",
+    "denoiser, e.g. text encoding, VAE and scheduler, scaled by the step count); efficiency = achieved /",
+    "time-ideal (cache hits make calls cheaper, so cached rows can exceed 1). "
+    "FLOPs are counted per call with",
+    "torch.utils.flop_counter in an eager pass, attention included; a FLOP ratio is not a speedup.",
+]
+
+
+def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
+    lines = [
+        f"# FlowBlending stack benchmark: {context['target']}",
+        "",
+        f"- device: {context['device']}; versions: {context['versions']}",
+        f"- command: `{context['command']}`",
+        f"- {context['description']}; {context['repeats']} interleaved rounds after a warm-up round",
+        "",
+        *table_lines(table),
+        "",
+        *READING,
+        *counter_lines(table),
+    ]
     if not any(row["peak_memory_bytes"] for row in table):
         lines += ["", "Peak memory is CUDA's max_memory_allocated; on a CPU run it is not measured (—)."]
     return "\n".join(lines) + "\n"

@@ -61,7 +61,8 @@ class RowMeasurement:
     flops: dict[str, int] = field(default_factory=dict)
 
 
-def _timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int | None]:
+def timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int | None]:
+    """One pipeline call: seconds (CUDA events on a GPU), the output, CUDA's peak memory (None on a CPU)."""
     if target.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -81,7 +82,7 @@ def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int
     with accelerated(target.pipe, target.small, row.schedule, measurement.accelerators) as (_, stack):
         kwargs = stack.without_owned(target.call_kwargs(seed))
         graphs_before = dynamo_counts()["graphs"]
-        seconds, output, peak = _timed_call(target, kwargs)
+        seconds, output, peak = timed_call(target, kwargs)
         if not timed:
             return
         measurement.graphs_after_warmup += dynamo_counts()["graphs"] - graphs_before
@@ -113,10 +114,19 @@ def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
 
 
 def measure_rows(
-    target: Target, rows: list[Row], repeats: int, seed: int = 0, progress=None
+    target: Target,
+    rows: list[Row],
+    repeats: int,
+    seed: int = 0,
+    progress=None,
+    deadline: float | None = None,
+    count_flops: str = "all",
 ) -> dict[str, RowMeasurement]:
     """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C keeps finished
-    rounds."""
+    rounds; past ``deadline`` (``time.monotonic()``) no new round starts once one is timed.
+    ``count_flops="derived"`` counts only the baseline, the small-only probe and cached rows in an eager
+    pass; every other row's FLOPs are its calls times those per-call FLOPs (exact: a call's work does not
+    depend on the step it runs at)."""
     everything = rows + [Row(PROBE, "S100")]
     results = {
         row.label: RowMeasurement(row, [parse_accelerator(s).create() for s in row.stack])
@@ -134,13 +144,34 @@ def measure_rows(
                     for measurement in results.values():
                         for accelerator in measurement.accelerators:
                             accelerator.mark_warm()
+                elif deadline is not None and time.monotonic() > deadline:
+                    break
         except KeyboardInterrupt:
             _keep_complete_rounds(results)
-    for row in everything:
+    counted = [row for row in everything if count_flops == "all" or _needs_flop_pass(row, rows)]
+    for row in counted:
         _flop_pass(target, results[row.label], seed)
         if progress is not None:
             progress(1)
+    if count_flops != "all":
+        _derive_flops(results, rows[0], [row for row in everything if row not in counted])
     return results
+
+
+def _needs_flop_pass(row: Row, rows: list[Row]) -> bool:
+    cached = any(parse_accelerator(spec).kind == "cache" for spec in row.stack)
+    return row is rows[0] or row.label == PROBE or cached
+
+
+def _derive_flops(results: dict[str, RowMeasurement], baseline: Row, rows: list[Row]) -> None:
+    base, probe = results[baseline.label], results[PROBE]
+    per_call = {
+        "large": base.flops.get("large", 0) / max(base.calls.get("large", 0), 1),
+        "small": probe.flops.get("small", 0) / max(probe.calls.get("small", 0), 1),
+    }
+    for row in rows:
+        measurement = results[row.label]
+        measurement.flops = {m: round(n * per_call.get(m, 0)) for m, n in measurement.calls.items()}
 
 
 def _keep_complete_rounds(results: dict[str, RowMeasurement]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 from pathlib import Path
 
 
@@ -32,10 +33,43 @@ def versions() -> dict[str, str]:
         "diffusers": diffusers.__version__,
         "python": platform.python_version(),
     }
-    try:
-        import transformers
-
-        found["transformers"] = transformers.__version__
-    except ImportError:
-        pass
+    for distribution in ("transformers", "torchao", "torch-tensorrt"):  # read without importing them
+        try:
+            found[distribution] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
     return found
+
+
+def accelerator_details(device: str) -> dict[str, object]:
+    """For a CUDA device: its name, compute capability, memory, the CUDA runtime torch was built with and the
+    driver version (from nvidia-smi, when it is there); for a CPU, its name."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return {"device": device_name(device)}
+    index = torch.device(device).index or 0
+    properties = torch.cuda.get_device_properties(index)
+    return {
+        "device": device_name(device),
+        "compute_capability": f"{properties.major}.{properties.minor}",
+        "memory_gib": round(properties.total_memory / 2**30, 1),
+        "cuda_runtime": torch.version.cuda,
+        "driver": _driver_version(index),
+    }
+
+
+def _driver_version(index: int) -> str | None:
+    import subprocess
+
+    try:
+        answer = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", f"--id={index}"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return answer.stdout.strip() or None

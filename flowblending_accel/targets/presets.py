@@ -10,6 +10,8 @@ so quality columns are skipped; FLOPs and wall time are those of the real sizes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,8 +83,8 @@ def preset_target(
     """The preset's pipeline and small model, random-initialised on ``device`` in ``dtype``."""
     preset = check_preset(name)
     torch.manual_seed(0)
-    with torch.device(device):
-        pipe, small = _ltx(preset, dtype) if preset.kind == "ltx" else _wan(preset, dtype)
+    with torch.device(device), _default_dtype(dtype):  # built in place: a 14B model never exists in float32
+        pipe, small = _ltx(preset) if preset.kind == "ltx" else _wan(preset)
     pipe.set_progress_bar_config(disable=True)
     default_height, default_width, default_frames = preset.size
     base = dict(
@@ -104,7 +106,27 @@ def preset_target(
     )
 
 
-def _wan(preset: Preset, dtype: torch.dtype) -> tuple[Any, Any]:
+@contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _loaded_like(model: torch.nn.Module) -> torch.nn.Module:
+    """Built in the default dtype, then, as ``from_pretrained(torch_dtype=...)`` does, the modules the class
+    keeps in float32 (norms, time embedding) put back in float32: the precision of a real checkpoint."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or []
+    for name, module in model.named_modules():
+        if any(part in keep for part in name.split(".")):
+            module.float()
+    return model.eval()
+
+
+def _wan(preset: Preset) -> tuple[Any, Any]:
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
 
     common = dict(
@@ -118,12 +140,12 @@ def _wan(preset: Preset, dtype: torch.dtype) -> tuple[Any, Any]:
         eps=1e-6,
         rope_max_seq_len=1024,
     )
-    large = WanTransformer3DModel(**common, **WAN[preset.large]).to(dtype).eval()
-    small = WanTransformer3DModel(**common, **WAN[preset.small]).to(dtype).eval()
+    large = _loaded_like(WanTransformer3DModel(**common, **WAN[preset.large]))
+    small = _loaded_like(WanTransformer3DModel(**common, **WAN[preset.small]))
     experts = {}
     if preset.kind == "wan22":
         experts = dict(
-            transformer_2=WanTransformer3DModel(**common, **WAN[preset.large]).to(dtype).eval(),
+            transformer_2=_loaded_like(WanTransformer3DModel(**common, **WAN[preset.large])),
             boundary_ratio=0.875,
         )
     tiny = preset.large == "tiny"
@@ -147,7 +169,7 @@ def _wan(preset: Preset, dtype: torch.dtype) -> tuple[Any, Any]:
     return pipe, small
 
 
-def _ltx(preset: Preset, dtype: torch.dtype) -> tuple[Any, Any]:
+def _ltx(preset: Preset) -> tuple[Any, Any]:
     from diffusers import (
         AutoencoderKLLTXVideo,
         FlowMatchEulerDiscreteScheduler,
@@ -166,8 +188,8 @@ def _ltx(preset: Preset, dtype: torch.dtype) -> tuple[Any, Any]:
         patch_size_t=1,
         caption_channels=preset.text_dim,
     )
-    large = LTXVideoTransformer3DModel(**common, **LTX[preset.large]).to(dtype).eval()
-    small = LTXVideoTransformer3DModel(**common, **LTX[preset.small]).to(dtype).eval()
+    large = _loaded_like(LTXVideoTransformer3DModel(**common, **LTX[preset.large]))
+    small = _loaded_like(LTXVideoTransformer3DModel(**common, **LTX[preset.small]))
     vae = tiny_ltx_vae() if tiny else AutoencoderKLLTXVideo().eval()
     pipe = LTXPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
