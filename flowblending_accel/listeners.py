@@ -68,6 +68,11 @@ class RouterListener:
     def on_call(self, router: Any, call: CallEvent) -> None:
         """A denoiser call finished."""
 
+    def answer(self, router: Any, record: Any, args: tuple, kwargs: dict) -> Any:
+        """The output to use for this call instead of running the model (a call replayed from an earlier,
+        identical run), or ``None`` to run it. ``record`` is the call's :class:`~.stats.CallRecord`."""
+        return None
+
     def on_run_end(self, router: Any, stats: RunStats) -> None:
         """The run ended (finished, or aborted by an exception or an interrupted loop)."""
 
@@ -75,3 +80,8 @@ class RouterListener:
 def listens_to_calls(listener: RouterListener) -> bool:
     """Whether ``listener`` overrides ``on_call`` (the router skips building call events otherwise)."""
     return type(listener).on_call is not RouterListener.on_call
+
+
+def answers_calls(listener: RouterListener) -> bool:
+    """Whether ``listener`` overrides ``answer`` (the router asks none otherwise)."""
+    return type(listener).answer is not RouterListener.answer

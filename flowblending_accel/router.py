@@ -36,7 +36,7 @@ from . import hooks
 from .compat import check_adapters, check_placement, device_of
 from .denoiser import RoutedDenoiser
 from .follow import Follower
-from .listeners import CallEvent, RouterListener, SegmentStart, listens_to_calls
+from .listeners import CallEvent, RouterListener, SegmentStart, answers_calls, listens_to_calls
 from .plan import Plan
 from .schedule import FlowBlendingWarning, Schedule
 from .session import RunSession
@@ -112,6 +112,7 @@ class ModelRouter(ModelHook):
         self._session: RunSession | None = None
         self._listeners: list[RouterListener] = []
         self._call_listeners = False
+        self._answering: list[RouterListener] = []
         self._follower = Follower()
 
     # ------------------------------------------------------------------------------- read-only state
@@ -185,11 +186,15 @@ class ModelRouter(ModelHook):
                 "subclass RouterListener and override the events you need."
             )
         self._listeners.append(listener)
-        self._call_listeners = any(map(listens_to_calls, self._listeners))
+        self._listeners_changed()
 
     def remove_listener(self, listener: RouterListener) -> None:
         self._listeners.remove(listener)
+        self._listeners_changed()
+
+    def _listeners_changed(self) -> None:
         self._call_listeners = any(map(listens_to_calls, self._listeners))
+        self._answering = [listener for listener in self._listeners if answers_calls(listener)]
 
     def as_denoiser(
         self, sigmas: Any, *, order: int = 1, calls_per_iteration: int = 1, sigma_kind: str = "flow"
@@ -375,7 +380,10 @@ class ModelRouter(ModelHook):
         record = CallRecord(step, model, planned.stage, planned.timestep, planned.sigma, iteration)
         timer = _Timer(session.timing)
         try:
-            if self.count_flops:
+            output = self._answered(record, args, kwargs)
+            if output is not None:
+                record.replayed = True
+            elif self.count_flops:
                 with FlopCounterMode(display=False) as counter:
                     output = self.call_model(model, *args, **kwargs)
                 record.flops = counter.get_total_flops()
@@ -388,6 +396,13 @@ class ModelRouter(ModelHook):
         if self._call_listeners:
             self._notify("on_call", CallEvent(record, args, kwargs, output))
         return output
+
+    def _answered(self, record: CallRecord, args: tuple, kwargs: dict) -> Any:
+        for listener in self._answering:
+            output = listener.answer(self, record, args, kwargs)
+            if output is not None:
+                return output
+        return None
 
     def _abort(self, error: BaseException) -> None:
         # Leave both models reusable: no half-written cache state survives into the next run.

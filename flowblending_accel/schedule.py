@@ -204,12 +204,15 @@ def _percentages(text: str, numbers: list[str]) -> list[Fraction]:
     percents = [Fraction(number) for number in numbers]
     if any(p <= 0 for p in percents):
         raise ValueError(f"schedule {text!r}: every stage needs a positive percentage.")
-    if sum(percents) != 100:
+    total = sum(percents)
+    # A schedule printed from step counts carries rounded thirds and sixths (L16.6667-S16.6667-L66.6667):
+    # a sum off by its rounding is read as the shares it was printed from.
+    if abs(total - 100) > Fraction(1, 1000) * len(percents):
         raise ValueError(
-            f"schedule {text!r}: percentages sum to {float(sum(percents)):g}; they must sum to 100 "
+            f"schedule {text!r}: percentages sum to {float(total):.6g}; they must sum to 100 "
             "(e.g. 'L40-S40-L20')."
         )
-    return percents
+    return [percent * 100 / total for percent in percents]
 
 
 def _round_half_up(value: Fraction) -> int:

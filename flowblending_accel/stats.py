@@ -19,6 +19,7 @@ class CallRecord:
     iteration: int | None = None
     seconds: float | None = None
     flops: int | None = None
+    replayed: bool = False  # answered by a listener (an identical earlier call), not computed
 
 
 @dataclass

@@ -34,7 +34,7 @@ from ..plan import Plan
 from ..schedule import Schedule
 from .divergence import DivergenceCurve, divergence_curve, replay
 from .evidence import window_evidence
-from .scores import Scores, as_scores, margin, passes, probing
+from .scores import Scores, as_scores, loss_ratio, margin, passes, probing
 from .transfer import Grid, Transfer, sigma_schedule, transfer
 
 
@@ -317,15 +317,21 @@ def calibrate_tolerance(
 def calibrate_budget(
     calibrator: Calibrator, flop_budget: float, reference: Scores | None = None, verify: int = 3
 ) -> Calibration:
-    """The best verified quality (mean score) among the proposals for the ``verify`` least-saving step counts
-    within ``flop_budget`` (a fraction of large-only FLOPs)."""
+    """The best verified quality among the proposals for the ``verify`` least-saving step counts within
+    ``flop_budget`` (a fraction of large-only FLOPs): the smallest worst-score loss relative to
+    ``reference`` (:func:`.scores.loss_ratio`), or the best mean score without one."""
     n = len(calibrator.costs)
     fitting = [m for m in range(n + 1) if calibrator.flop_ratio(m) <= flop_budget + 1e-12]
     if not fitting:
         return _result(
             calibrator, None, reference, f"no schedule fits a FLOP budget of {flop_budget:g} of large-only."
         )
-    best = max((calibrator.best_verified(m) for m in fitting[:verify]), key=lambda c: c.mean_quality)
+    verified = [c for m in fitting[:verify] for c in calibrator.candidates(m)]
+    verified = [calibrator.verify(c) for c in verified]
+    if reference:
+        best = min(verified, key=lambda c: loss_ratio(c.quality, reference))
+    else:
+        best = max(verified, key=lambda c: c.mean_quality)
     return _result(
         calibrator,
         best,

@@ -25,6 +25,22 @@ def margin(scores: Scores, tolerance: Scores) -> float:
     return min((scores[name] - minimum) / (abs(minimum) or 1.0) for name, minimum in tolerance.items())
 
 
+def loss_ratio(scores: Scores, reference: Scores) -> float:
+    """The worst score's loss as a multiple of the reference's loss (1: as good as the reference; lower is
+    better). A similarity bounded by 1 (SSIM, feature cosine) loses ``1 - s``; any other score (PSNR in dB)
+    is taken relative: ``reference / s``. Unlike a mean of raw scores, no score's range outweighs
+    another's."""
+    worst = 0.0
+    for name, ref in reference.items():
+        score = scores[name]
+        if ref <= 1.0 and score <= 1.0:
+            ratio = (1.0 - score) / max(1.0 - ref, 1e-9)
+        else:
+            ratio = ref / score if score > 0 else float("inf")
+        worst = max(worst, ratio)
+    return worst
+
+
 @contextmanager
 def probing() -> Iterator[None]:
     """Schedules generated as probes (candidates, windows): advice meant for a user's own schedule, such as

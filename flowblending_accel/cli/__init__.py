@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import analysis, bench, check, demo, plan, tiny
+from . import analysis, bench, check, demo, plan, tiny, tune
 from .common import OneLineParser, run_command
 
 DESCRIPTION = """\
@@ -27,6 +27,7 @@ commands:
   bench         baseline, +FlowBlending, +step reduction, +cache, +compile ... measured in one run
   analyze       velocity divergence between the two models along the trajectory (and what predicts harm)
   calibrate     choose stage boundaries automatically under a quality tolerance or FLOP budget
+  tune          tune boundaries, step count and cache threshold jointly under a tolerance or a budget
   check         CI gate: fail a change that regresses routing, FLOPs, recompiles, caching or speedup
   plan          print which model runs each solver step for a schedule and a scheduler
   tiny          route a tiny random-weight pipeline on the CPU and print what happened (or --save it)
@@ -34,7 +35,7 @@ commands:
   export-demo   write a training checkpoint as a diffusers pipeline folder
 """
 
-COMMAND_MODULES = (demo, bench, analysis, check, plan, tiny)
+COMMAND_MODULES = (demo, bench, analysis, tune, check, plan, tiny)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,38 +6,10 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from ..analysis.measures import MEASURES
 from .common import positive_number, whole_number
-from .targeting import add_target_options, setting, target_settings
-
-EMBEDDED_FIT_PROMPTS, EMBEDDED_PROMPTS = 12, 40
-
-
-def _common(parser) -> None:
-    add_target_options(parser)
-    parser.add_argument("--seeds", type=whole_number(1), default=None, help="seeds per prompt (default 2)")
-    parser.add_argument(
-        "--fit-prompts",
-        type=whole_number(1),
-        default=None,
-        help="prompts to fit on (default: 12 of the embedded pair's 40; half of yours); calibrate "
-        "holds the rest out, analyze fits on all of yours unless this picks some",
-    )
-    parser.add_argument(
-        "--scorers",
-        nargs="+",
-        default=None,
-        metavar="NAME",
-        help="quality vs large-only: psnr, ssim, temporal, feature:dino=PATH, fd:clip=PATH, "
-        "module:function, classifier (embedded); default classifier and ssim for the "
-        "embedded pair, ssim otherwise",
-    )
-    parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--output", type=Path, required=True, help="results folder")
+from .workload import add_workload_options, fit_and_seeds, prepare_workload, tolerance_from
 
 
 def register(commands) -> None:
@@ -54,7 +26,7 @@ def register(commands) -> None:
             100,
         ),
     )
-    _common(analyze)
+    add_workload_options(analyze)
     analyze.add_argument(
         "--windows", type=whole_number(0), default=0, help="window size of the evidence run (0: skip)"
     )
@@ -73,7 +45,7 @@ def register(commands) -> None:
             100,
         ),
     )
-    _common(calibrate)
+    add_workload_options(calibrate)
     goal = calibrate.add_mutually_exclusive_group()
     goal.add_argument(
         "--tolerance",
@@ -110,90 +82,6 @@ def register(commands) -> None:
     calibrate.set_defaults(run=run_calibrate)
 
 
-@dataclass
-class Workload:
-    target: Any
-    fit: list
-    held_out: list
-    seeds: list[int]
-    holdout_seeds: list[int]
-    scorers: list
-    set_scorers: list
-    flops: dict[str, int]
-
-    @property
-    def calls(self) -> list[dict]:
-        return self.target.calls(self.fit, self.seeds)
-
-
-def _prepare(args, calibrating: bool) -> Workload:
-    """Check everything the user gave, then build the target and the workload (fit / held-out split)."""
-    import torch
-
-    from ..metrics.flops import flops_per_call
-    from ..metrics.scorers import build_scorers, check_scorer_names
-    from ..support.files import check_output_folder
-    from ..targets.resolve import build_target, check_target, given_prompts, known_family
-
-    options, config = target_settings(args)
-    check_output_folder(args.output)
-    checked = check_target(options)
-    if options.kind == "random":
-        raise ValueError(
-            f"--target {options.target}: random weights make noise; there is no quality to analyse. "
-            "Use the embedded pair, your folders or your factory."
-        )
-    embedded = options.kind == "embedded"
-    names = list(setting(args, config, "scorers", ["classifier", "ssim"] if embedded else ["ssim"]))
-    check_scorer_names(names, {"classifier": None} if embedded else {})
-    known = known_family(options, checked)
-    if "temporal" in names and known is not None and known[0].output_field == "images":
-        raise ValueError(f"scorer temporal: the {known[0].name} pipeline makes images; it needs videos.")
-    if calibrating:
-        _check_goal(args, names)
-    seeds = int(setting(args, config, "seeds", 2))
-    holdout_seeds = [100 + s for s in range(getattr(args, "holdout_seeds", 4))]
-    fit_count = args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None)
-    prompts = given_prompts(options, checked)
-    if prompts is not None:  # a prompts file too short to hold prompts out is refused before building
-        _split(prompts, fit_count, names, holdout_seeds, calibrating)
-    _check_windows(args, options.steps)
-    torch.set_num_threads(args.threads)
-    target = build_target(options, checked, embedded_prompts=EMBEDDED_PROMPTS)
-    _check_windows(args, target.base.get("num_inference_steps"))
-    fit, held_out = _split(target.prompts, fit_count, names, holdout_seeds, calibrating)
-    reference, sets = build_scorers(names, target.scorers)
-    workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {})
-    workload.flops = flops_per_call(target.pipe, target.small, workload.calls[0])
-    return workload
-
-
-def _check_windows(args, steps: int | None) -> None:
-    if steps is not None and getattr(args, "windows", 0) > steps:
-        raise ValueError(
-            f"--windows {args.windows} is longer than the run's {steps} steps; use at most that."
-        )
-
-
-def _split(prompts: list, fit_count: int | None, names: list[str], holdout_seeds: list[int], holding: bool):
-    """(fit, held-out) prompts; refused when a set scorer (Fréchet distance) would get too few samples.
-    Without ``holding`` (analyze) every prompt is fitted on unless ``fit_count`` picks some."""
-    from ..metrics.scorers import SetScorer, is_set_scorer
-    from ..targets.prompts import split
-
-    if not holding and (fit_count is None or fit_count >= len(prompts)):
-        return prompts, []
-    fit, held_out = split(prompts, fit_count or max(1, len(prompts) // 2))
-    minimum = SetScorer.minimum_samples
-    for name in filter(is_set_scorer, names) if holding else ():
-        if len(held_out) * len(holdout_seeds) < minimum:
-            raise ValueError(
-                f"scorer {name}: a Fréchet distance needs at least {minimum} held-out samples; give more "
-                "prompts or --holdout-seeds."
-            )
-    return fit, held_out
-
-
 def _check_goal(args, names: list[str]) -> None:
     if args.flop_budget is not None and args.flop_budget > 1:
         raise ValueError(
@@ -201,7 +89,7 @@ def _check_goal(args, names: list[str]) -> None:
         )
     if args.tolerance is not None:
         reference = [name for name in names if not name.startswith("fd:")]
-        _tolerance(args.tolerance, dict.fromkeys(reference, 0.0))
+        tolerance_from(args.tolerance, dict.fromkeys(reference, 0.0))
 
 
 def run_analyze(args: argparse.Namespace) -> int:
@@ -213,7 +101,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    work = _prepare(args, calibrating=False)
+    work = prepare_workload(args, holding=False)
     calls, target = work.calls, work.target
     steps = target.base.get("num_inference_steps", 0)
     total = len(calls) * (1 + (steps // args.windows if args.windows else 0))
@@ -243,7 +131,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     document = {
         "command": args.command_line,
         "target": target.description,
-        "fit": _set(work.fit, work.seeds),
+        "fit": fit_and_seeds(work.fit, work.seeds),
         "curve": curve.to_dict(),
         "evidence": evidence.to_dict() if evidence else None,
     }
@@ -263,7 +151,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    work = _prepare(args, calibrating=True)
+    work = prepare_workload(args, holding=True, check_goal=_check_goal)
     target = work.target
     with progress("calibrating (pipeline calls)", None) as advance:
         calibrator = Calibrator(
@@ -282,7 +170,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if args.flop_budget is not None:
             result = calibrate_budget(calibrator, args.flop_budget, reference)
         else:
-            result = calibrate_tolerance(calibrator, _tolerance(args.tolerance, reference), reference)
+            result = calibrate_tolerance(calibrator, tolerance_from(args.tolerance, reference), reference)
         held_calls = target.calls(work.held_out, work.holdout_seeds)
         names = [prompt.text for seed in work.holdout_seeds for prompt in work.held_out]
         held = evaluate_schedules(
@@ -301,8 +189,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "command": args.command_line,
         "target": target.description,
         "calibration": result.to_dict(),
-        "fit": _set(work.fit, work.seeds),
-        "held_out": {**_set(work.held_out, work.holdout_seeds), "rows": held},
+        "fit": fit_and_seeds(work.fit, work.seeds),
+        "held_out": {**fit_and_seeds(work.held_out, work.holdout_seeds), "rows": held},
         "flops_per_call": work.flops,
         "scorers": [s.name for s in work.scorers + work.set_scorers],
         "sensitivity": calibrator.evidence.to_dict() if calibrator.evidence else None,
@@ -317,28 +205,3 @@ def run_calibrate(args: argparse.Namespace) -> int:
     )
     print((args.output / "calibration.md").read_text())
     return 0
-
-
-def _set(prompts: list, seeds: list[int]) -> dict[str, Any]:
-    return {"prompts": [prompt.text for prompt in prompts], "seeds": seeds}
-
-
-def _tolerance(values: list[str] | None, reference: dict[str, float]) -> float | dict[str, float]:
-    """``--tolerance``: None -> the reference scores; a bare number -> every score; else SCORER=MIN pairs."""
-    if values is None:
-        return reference
-    try:
-        if len(values) == 1 and "=" not in values[0]:
-            return float(values[0])
-        pairs = dict(value.rsplit("=", 1) for value in values)
-        tolerance = {name: float(minimum) for name, minimum in pairs.items()}
-    except ValueError as error:
-        raise ValueError(
-            f"--tolerance {' '.join(values)}: write SCORER=MIN pairs or one number ({error})."
-        ) from None
-    unknown = sorted(set(tolerance) - set(reference))
-    if unknown:
-        raise ValueError(
-            f"--tolerance: unknown score {', '.join(unknown)}; scores here are {', '.join(reference)}."
-        )
-    return tolerance

@@ -20,7 +20,12 @@ from .text import build_text_encoder, build_tokenizer
 def load_checkpoint_modules(checkpoint: Path, use_ema: bool = True) -> dict[str, torch.nn.Module]:
     """Large, small and text encoder with the checkpoint's (EMA) weights."""
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    modules = {"large": build_large(), "small": build_small(), "text_encoder": build_text_encoder()}
+    builders = recipe_of(state).builders()
+    modules = {
+        "large": build_large(**builders["large"]),
+        "small": build_small(**builders["small"]),
+        "text_encoder": build_text_encoder(),
+    }
     for name, module in modules.items():
         weights = dict(state["models"][name])
         if use_ema:
@@ -30,15 +35,26 @@ def load_checkpoint_modules(checkpoint: Path, use_ema: bool = True) -> dict[str,
     return modules
 
 
+def recipe_of(state: dict):
+    """The training config a checkpoint was made with (fields added since default to the shipped recipe)."""
+    from .train import TrainConfig
+
+    known = {k: v for k, v in state["config"].items() if k in TrainConfig.__dataclass_fields__}
+    if "pixel_norm" in known:
+        known["pixel_norm"] = tuple(known["pixel_norm"])
+    return TrainConfig(**known)
+
+
 def export_pair(checkpoint: Path, folder: Path, classifier: Path | None = None, use_ema: bool = True) -> Path:
     """Write the pipeline folder atomically (a temporary sibling, then a rename)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 
     modules = load_checkpoint_modules(checkpoint, use_ema)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     pipe = WanPipeline(
         tokenizer=build_tokenizer(),
         text_encoder=modules["text_encoder"],
-        vae=build_vae(),
+        vae=build_vae(**recipe_of(state).builders()["vae"]),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
         transformer=modules["large"],
     )

@@ -52,23 +52,24 @@ def demo_call_kwargs(
     )
 
 
-def _transformer(spec: dict, seed: int):
+def _transformer(spec: dict, seed: int, common: dict | None = None):
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(seed)
-    return WanTransformer3DModel(**COMMON, **spec)
+    return WanTransformer3DModel(**{**COMMON, **(common or {})}, **spec)
 
 
-def build_large(seed: int = 0):
-    return _transformer(LARGE, seed)
+def build_large(seed: int = 0, overrides: dict | None = None, common: dict | None = None):
+    """The large transformer; ``overrides`` change its size, ``common`` what both models share (ablations)."""
+    return _transformer({**LARGE, **(overrides or {})}, seed, common)
 
 
-def build_small(seed: int = 1):
-    return _transformer(SMALL, seed)
+def build_small(seed: int = 1, overrides: dict | None = None, common: dict | None = None):
+    return _transformer({**SMALL, **(overrides or {})}, seed, common)
 
 
-def build_vae() -> PixelShuffleVAE:
-    return PixelShuffleVAE(pixel_mean=PIXEL_MEAN, pixel_std=PIXEL_STD).eval()
+def build_vae(pixel_mean: float = PIXEL_MEAN, pixel_std: float = PIXEL_STD) -> PixelShuffleVAE:
+    return PixelShuffleVAE(pixel_mean=pixel_mean, pixel_std=pixel_std).eval()
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:

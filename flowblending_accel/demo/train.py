@@ -15,14 +15,14 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .data import load_bitmaps, sample_batch
-from .models import build_large, build_small, build_vae, encode_prompts
+from .models import PIXEL_MEAN, PIXEL_STD, build_large, build_small, build_vae, encode_prompts
 from .text import build_text_encoder, build_tokenizer
 
 
@@ -44,6 +44,22 @@ class TrainConfig:
     # sigma to s*sigma / (1 + (s-1)*sigma)). 1.0 is plain logit-normal, which leaves sigma > 0.9 (where the
     # digit's identity is decided from text) almost untrained.
     timestep_shift: float = 1.0
+    # Recipe knobs for ablations (the shipped recipe leaves them at their defaults): size overrides of the
+    # large / small transformer, of what both share (e.g. patch_size), the pixel normalisation of the
+    # pixel-shuffle latents, and training the large model alone.
+    large_overrides: dict = field(default_factory=dict)
+    small_overrides: dict = field(default_factory=dict)
+    common_overrides: dict = field(default_factory=dict)
+    pixel_norm: tuple[float, float] = (PIXEL_MEAN, PIXEL_STD)
+    train_small: bool = True
+
+    def builders(self) -> dict:
+        """Keyword arguments that rebuild this recipe's modules (training, export)."""
+        return {
+            "large": dict(overrides=self.large_overrides, common=self.common_overrides),
+            "small": dict(overrides=self.small_overrides, common=self.common_overrides),
+            "vae": dict(pixel_mean=self.pixel_norm[0], pixel_std=self.pixel_norm[1]),
+        }
 
 
 class _Ema:
@@ -67,11 +83,12 @@ class Trainer:
         torch.set_num_threads(config.threads)
         self.tokenizer = build_tokenizer()
         self.text_encoder = build_text_encoder(seed=config.seed).train()
+        builders = config.builders()
         self.large, self.small = (
-            build_large(seed=config.seed).train(),
-            build_small(seed=config.seed + 1).train(),
+            build_large(seed=config.seed, **builders["large"]).train(),
+            build_small(seed=config.seed + 1, **builders["small"]).train(),
         )
-        self.vae = build_vae()
+        self.vae = build_vae(**builders["vae"])
         self.large_opt = self._optimizer(list(self.large.parameters()) + list(self.text_encoder.parameters()))
         self.small_opt = self._optimizer(list(self.small.parameters()))
         self.ema = {name: _Ema(module, config.ema_decay) for name, module in self.modules().items()}
@@ -113,10 +130,10 @@ class Trainer:
         text = encode_prompts(self.tokenizer, self.text_encoder, prompts)
         lr = self.learning_rate(self.step)
         losses = {}
-        for name, model, optimizer, context in (
-            ("large", self.large, self.large_opt, text),
-            ("small", self.small, self.small_opt, text.detach()),
-        ):
+        pairs = [("large", self.large, self.large_opt, text)]
+        if c.train_small:
+            pairs.append(("small", self.small, self.small_opt, text.detach()))
+        for name, model, optimizer, context in pairs:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             prediction = model(

@@ -1,0 +1,163 @@
+"""The files ``tune`` writes: tuned.toml (the chosen schedule and stack as the config file takes them),
+tune.md (goal, pick, held-out comparison, frontier, search cost) and tune.png (the Pareto frontier with
+the hand-picked schedule and each accelerator alone marked)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+
+def tuned_toml(document: dict[str, Any]) -> str:
+    chosen = document["chosen"]
+    return (
+        f"# flowblending-accel tune: {chosen['message']}\n"
+        f"# `{document['command']}`; copy into flowblending.toml, or pass as --config to bench and check.\n"
+        f"schedule = {json.dumps(chosen['schedule'])}\n"
+        f"stack = {json.dumps(chosen['stack'])}\n"
+    )
+
+
+def _ci(entry: dict | None) -> str:
+    if not entry:
+        return "—"
+    return f"{entry['mean']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
+
+
+def _scores(scores: dict | None) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in scores.items()) if scores else "rejected on the first call"
+
+
+def _held_out(rows: dict[str, dict]) -> list[str]:
+    names = list(next(r for n, r in rows.items() if n != "LLL")["scores"])
+    extras = list(rows["LLL"]["extras"])
+    header = ["row", "schedule", "stack", "FLOPs vs LLL", *[f"{n} vs LLL" for n in names], *extras]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in rows.items():
+        cells = [name, row["schedule"], " ".join(row["stack"]) or "—", f"{row['flop_ratio']:.3f}"]
+        cells += [_ci(row["scores"].get(n)) for n in names] + [_ci(row["extras"].get(e)) for e in extras]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _evaluations(entries: list[dict]) -> list[str]:
+    lines = ["| point | FLOPs vs large-only | scores on the fit set |", "|---|---|---|"]
+    lines += [f"| {e['label']} | {e['flop_ratio']:.3f} | {_scores(e['scores'])} |" for e in entries]
+    return lines
+
+
+def tune_markdown(document: dict[str, Any]) -> str:
+    chosen, cost, goal, space = document["chosen"], document["cost"], document["goal"], document["space"]
+    timing, held, fit = document["timing"], document["held_out"], document["fit"]
+    stack = " ".join(chosen["stack"]) or "no stack"
+    match = document["match"]["schedule"]
+    lines = [
+        "# Tuned FlowBlending stack",
+        "",
+        f"- command: `{document['command']}`",
+        f"- target: {document['target']}",
+        f"- space: step counts {list(space['step_counts'])} (solver {space['solver']} below the target's "
+        f"own), FirstBlockCache thresholds {list(space['thresholds']) or 'none'}, small stage without "
+        f"guidance tried: {space['small_distilled']}",
+        f"- goal: {_goal(goal)}; quality against the large-only, full-step, uncached output",
+        f"- **chosen: `{chosen['schedule']}` + `{stack}`** — {chosen['message']}; worst-score loss "
+        f"{chosen['loss_ratio_vs_match']:.2f}x that of {match} on the fit set",
+        *[f"- note: {note}" for note in chosen.get("advice", [])],
+        f"- as bench takes it: `{chosen['bench']}` (tuned.toml holds it for the config file)",
+        f"- measured wall time vs large-only: tuned {_speed(timing.get('tuned'))}, {match} alone "
+        f"{_speed(timing.get('FlowBlending alone'))}",
+        "",
+        f"Held-out validation ({len(held['prompts'])} prompts × {len(held['seeds'])} seeds never seen by the "
+        f"search; fit set: {len(fit['prompts'])} prompts × {len(fit['seeds'])} seeds); every score against "
+        "the large-only, full-step output of the same noise, 95 % intervals:",
+        "",
+        *_held_out(held["rows"]),
+        "",
+        _cost(cost),
+    ]
+    grid = document.get("grid")
+    if grid:
+        pick = grid["pick"]
+        found = f"`{pick['label']}` ({pick['flop_ratio']:.3f} of large-only FLOPs, {_scores(pick['scores'])})"
+        lines += [
+            "",
+            f"Exhaustive grid ({grid['points']} points, {grid['extra_pipeline_calls']} more pipeline calls): "
+            f"its pick is {found if pick else 'none'}; the search picked `{chosen['schedule']} "
+            f"{' '.join(chosen['stack'])}`.",
+        ]
+    lines += ["", "Per step count: " + "; ".join(f"{k}: {v}" for k, v in document["per_step_count"].items())]
+    lines += [
+        "",
+        "Pareto frontier (FLOPs against every score, fit set):",
+        "",
+        *_evaluations(document["frontier"]),
+    ]
+    lines += ["", "![frontier](tune.png)", ""]
+    return "\n".join(lines)
+
+
+def _cost(cost: dict) -> str:
+    return (
+        f"Search cost: {cost['pipeline_calls']} pipeline calls ({cost['points_evaluated']} points, "
+        f"{cost['points_rejected_early']} rejected on their first call; {cost['denoiser_calls_replayed']} "
+        f"denoiser calls replayed from shared prefixes, {cost['denoiser_calls_computed']} computed) against "
+        f"{cost['grid_pipeline_calls']} pipeline calls ({cost['grid_denoiser_calls']} denoiser calls) for "
+        f"the grid of {cost['grid_points']} points"
+        + (" — **stopped: the call budget was spent**" if cost["budget_spent"] else "")
+        + "."
+    )
+
+
+def _goal(goal: dict) -> str:
+    if goal["flop_budget"] is not None:
+        return f"best quality within {goal['flop_budget']:.0%} of large-only FLOPs"
+    if goal["latency_budget"] is not None:
+        return f"best quality within {goal['latency_budget']:.0%} of large-only wall time (measured)"
+    return "fewest FLOPs keeping " + ", ".join(f"{k} >= {v:.4f}" for k, v in goal["tolerance"].items())
+
+
+def _speed(entry: dict | None) -> str:
+    if not entry:
+        return "—"
+    s = entry["speedup"]
+    return f"{s['median']:.2f}x [{s['q1']:.2f}, {s['q3']:.2f}]"
+
+
+def tune_plot(document: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [e for e in document["evaluations"] if e["scores"]]
+    names = list(scored[0]["scores"]) if scored else []
+    figure, axes = plt.subplots(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4.2), squeeze=False)
+    frontier = {e["label"] for e in document["frontier"]}
+    for axis, name in zip(axes[0], names, strict=False):
+        axis.scatter(
+            [e["flop_ratio"] for e in scored],
+            [e["scores"][name] for e in scored],
+            s=10,
+            c="lightgray",
+            label="evaluated",
+        )
+        front = sorted((e for e in scored if e["label"] in frontier), key=lambda e: e["flop_ratio"])
+        axis.plot(
+            [e["flop_ratio"] for e in front], [e["scores"][name] for e in front], "o-", ms=4, label="frontier"
+        )
+        for label, entry in document["alone"].items():
+            if entry["scores"]:
+                axis.scatter(entry["flop_ratio"], entry["scores"][name], marker="s", s=40, label=label)
+        fit = document["chosen"]["fit"]
+        if fit and fit["scores"]:
+            axis.scatter(fit["flop_ratio"], fit["scores"][name], marker="*", s=160, c="red", label="tuned")
+        axis.set_xlabel("FLOPs vs large-only, full steps")
+        axis.set_ylabel(f"{name} vs large-only (fit set)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    stream = io.BytesIO()
+    figure.savefig(stream, format="png", dpi=110)
+    plt.close(figure)
+    return stream.getvalue()

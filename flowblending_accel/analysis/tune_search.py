@@ -1,0 +1,219 @@
+"""The joint search of :mod:`.tune`: per step count, the most small steps that still pass (bisection over
+the divergence curve's placements, refined a step at a time), then the highest cache threshold that still
+passes on those points; or, under a FLOP budget, the best quality that fits. Also the exhaustive grid over
+the same space (to check the search against) and the Pareto frontier of everything evaluated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .calibrate import shifted
+from .scores import Scores, loss_ratio, passes
+from .tune import BudgetSpent, Evaluation, Evaluator, Point
+
+
+@dataclass(frozen=True)
+class TuneSpace:
+    """What may change. ``step_counts`` descending, the first the target's own; ``solver`` runs the
+    smaller counts (``None``: the target's own scheduler); ``thresholds`` ascending FirstBlockCache
+    thresholds (empty: no cache); ``distilled``: also try the small stage without guidance."""
+
+    step_counts: tuple[int, ...]
+    solver: str | None
+    thresholds: tuple[float, ...] = ()
+    distilled: bool = False
+    refine_rounds: int = 2
+
+    @property
+    def full_steps(self) -> int:
+        return self.step_counts[0]
+
+    def solver_for(self, steps: int) -> str | None:
+        return None if steps == self.full_steps else self.solver
+
+
+@dataclass
+class SearchResult:
+    chosen: Evaluation | None
+    message: str
+    budget_spent: bool = False
+    per_step_count: dict[int, str] = field(default_factory=dict)
+
+
+def _passing(evaluator: Evaluator, points: list[Point], tolerance: Scores) -> Evaluation | None:
+    evaluated = [evaluator.evaluate(point, tolerance) for point in points]
+    passing = [e for e in evaluated if e.scores is not None and passes(e.scores, tolerance)]
+    return min(passing, key=lambda e: loss_ratio(e.scores, tolerance), default=None)
+
+
+def _first_passing(evaluator: Evaluator, points: list[Point], tolerance: Scores) -> Evaluation | None:
+    for point in points:
+        evaluation = evaluator.evaluate(point, tolerance)
+        if evaluation.scores is not None and passes(evaluation.scores, tolerance):
+            return evaluation
+    return None
+
+
+def _one_stage(steps: int, k: int) -> list[tuple[str, ...]]:
+    """Every placement of ``k`` contiguous small steps among ``steps`` (L-S-L, S-L, L-S)."""
+    return [("large",) * s + ("small",) * k + ("large",) * (steps - s - k) for s in range(steps - k + 1)]
+
+
+def _refined(evaluator: Evaluator, seed: Point, tolerance: Scores, rounds: int) -> Evaluation | None:
+    """Move one small stage a step at a time from ``seed`` while that helps, until a placement passes."""
+    current = evaluator.evaluate(seed, tolerance)
+    for _ in range(rounds):
+        neighbours = [replace(seed, models=tuple(models)) for models in shifted(list(current.point.models))]
+        found = _passing(evaluator, neighbours, tolerance)
+        if found is not None:
+            return found
+        scored = [evaluator.evaluations[p] for p in neighbours if evaluator.evaluations[p].screen]
+        best = min(scored, key=lambda e: loss_ratio(e.screen, tolerance), default=None)
+        if best is None or loss_ratio(best.screen, tolerance) >= loss_ratio(current.screen, tolerance):
+            return None
+        current, seed = best, best.point
+    return None
+
+
+def _most_small_steps(evaluator, space, steps, proposals, tolerance, match) -> Evaluation | None:
+    """Bisection over the count of small steps at ``steps`` solver steps (0 small steps passes)."""
+    solver = space.solver_for(steps)
+    best = evaluator.evaluate(Point(("large",) * steps, solver), tolerance)
+    low, high = 0, steps - 1
+    while low < high:
+        k = (low + high + 1) // 2
+        points = [Point(models, solver) for models in proposals.get(k, [])]
+        if match is not None and match.count("small") == k:
+            points.insert(0, Point(match, solver))
+        found = _passing(evaluator, points, tolerance)
+        if found is None and points:
+            found = _refined(evaluator, points[0], tolerance, space.refine_rounds)
+        if found is None:  # the proxies missed: every one-stage placement, each screened on one call
+            found = _first_passing(evaluator, [Point(m, solver) for m in _one_stage(steps, k)], tolerance)
+        if found is not None:
+            low, best = k, found
+        else:
+            high = k - 1
+    # Quality is not always monotone in k (random weights, a late small stage): the proposals for more small
+    # steps than the bisection settled on are screened too (one call each when they fail).
+    for k in range(best.point.small_steps + 1, steps):
+        points = [Point(models, solver) for models in proposals.get(k, [])]
+        found = _passing(evaluator, points, tolerance)
+        if found is not None:
+            best = found
+    return best
+
+
+def search_tolerance(
+    evaluator: Evaluator, space: TuneSpace, tolerance: Scores, guidance: float, match
+) -> SearchResult:
+    """The fewest FLOPs whose scores all reach ``tolerance``; ``match(steps)`` maps the hand-picked schedule
+    to a step count."""
+    feasible: list[Evaluation] = []
+    result = SearchResult(None, "")
+    try:
+        for steps in space.step_counts:
+            base = evaluator.evaluate(Point(("large",) * steps, space.solver_for(steps)), tolerance)
+            if base.scores is None or not passes(base.scores, tolerance):
+                result.per_step_count[steps] = "large-only fails: fewer steps are not tried"
+                break
+            proposals = evaluator.placements(steps, space.solver_for(steps), guidance)
+            best = _most_small_steps(evaluator, space, steps, proposals, tolerance, match(steps))
+            result.per_step_count[steps] = f"{best.point.small_steps} small steps pass"
+            feasible.append(best)
+            feasible += _with_cache(evaluator, space, best.point, tolerance)
+            if space.distilled and best.point.small_steps:
+                unguided = evaluator.evaluate(replace(best.point, small_guidance="off"), tolerance)
+                if unguided.scores is not None and passes(unguided.scores, tolerance):
+                    feasible.append(unguided)
+    except BudgetSpent:
+        result.budget_spent = True
+    passing = [e for e in feasible if e.scores is not None and passes(e.scores, tolerance)]
+    result.chosen = min(passing, key=lambda e: e.flop_ratio, default=None)
+    wanted = ", ".join(f"{name} >= {value:.4g}" for name, value in tolerance.items())
+    result.message = (
+        f"fewest FLOPs keeping {wanted}" if result.chosen else f"nothing but the baseline keeps {wanted}"
+    )
+    return result
+
+
+def _with_cache(evaluator: Evaluator, space: TuneSpace, point: Point, tolerance: Scores) -> list[Evaluation]:
+    """The point under each cache threshold, raised until one fails."""
+    found = []
+    for threshold in space.thresholds:
+        evaluation = evaluator.evaluate(replace(point, cache=threshold), tolerance)
+        if evaluation.scores is None or not passes(evaluation.scores, tolerance):
+            break
+        found.append(evaluation)
+    return found
+
+
+def search_budget(
+    evaluator: Evaluator, space: TuneSpace, budget: float, reference: Scores, guidance: float, match
+) -> SearchResult:
+    """The best quality (smallest worst-score loss relative to ``reference``) within ``budget`` of the
+    large-only, full-step FLOPs."""
+    fitting: list[Evaluation] = []
+    result = SearchResult(None, "")
+    per_call, full = evaluator.per_call, space.full_steps
+    try:
+        for steps in space.step_counts:
+            solver = space.solver_for(steps)
+            small_share = per_call["small"] / per_call["large"]
+            k_min = next(
+                (k for k in range(steps + 1) if (steps - k + k * small_share) / full <= budget + 1e-12), None
+            )
+            if k_min is None:
+                result.per_step_count[steps] = "no placement fits"
+                continue
+            proposals = evaluator.placements(steps, solver, guidance) if k_min else {0: [("large",) * steps]}
+            points = [Point(models, solver) for models in proposals.get(k_min, [])]
+            if match(steps) is not None and match(steps).count("small") == k_min:
+                points.append(Point(match(steps), solver))
+            evaluated = [evaluator.evaluate(point) for point in points]
+            fitting += [e for e in evaluated if e.flop_ratio <= budget + 1e-12]
+            best = min(evaluated, key=lambda e: loss_ratio(e.scores, reference))
+            for k in (k_min - 1, k_min - 2):  # a cache may pay for a small step less
+                if k >= 0 and k in proposals:
+                    fitting += _cached_within(evaluator, space, Point(proposals[k][0], solver), budget)
+            result.per_step_count[steps] = f"{k_min} small steps fit uncached; best {best.point.label()}"
+    except BudgetSpent:
+        result.budget_spent = True
+    scored = [e for e in fitting if e.scores is not None]
+    result.chosen = min(scored, key=lambda e: loss_ratio(e.scores, reference), default=None)
+    result.message = f"best quality within {budget:.0%} of large-only full-step FLOPs"
+    return result
+
+
+def _cached_within(evaluator: Evaluator, space: TuneSpace, point: Point, budget: float) -> list[Evaluation]:
+    for threshold in space.thresholds:  # the lowest threshold that fits loses the least
+        evaluation = evaluator.evaluate(replace(point, cache=threshold))
+        if evaluation.flop_ratio <= budget + 1e-12:
+            return [evaluation]
+    return []
+
+
+def grid_points(space: TuneSpace) -> list[Point]:
+    """Every point of the space with at most one small stage (L-S-L, L-S, S-L, all-large)."""
+    points = []
+    for steps in space.step_counts:
+        placements = [("large",) * steps] + [m for k in range(1, steps) for m in _one_stage(steps, k)]
+        for models in placements:
+            for cache in (None, *space.thresholds):
+                points.append(Point(models, space.solver_for(steps), cache))
+    return points
+
+
+def frontier(evaluations: list[Evaluation]) -> list[Evaluation]:
+    """The evaluated points no other point beats on FLOPs and every score at once."""
+    scored = [e for e in evaluations if e.scores is not None]
+
+    def dominates(a: Evaluation, b: Evaluation) -> bool:
+        no_worse = a.flop_ratio <= b.flop_ratio and all(a.scores[n] >= b.scores[n] for n in b.scores)
+        better = a.flop_ratio < b.flop_ratio or any(a.scores[n] > b.scores[n] for n in b.scores)
+        return no_worse and better
+
+    return sorted(
+        (e for e in scored if not any(dominates(o, e) for o in scored if o is not e)),
+        key=lambda e: e.flop_ratio,
+    )

@@ -1,0 +1,110 @@
+"""``flowblending-accel tune``: the whole stack tuned jointly on any target."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import positive_number, whole_number
+from .workload import add_workload_options
+
+QUALITY_FREE = ("compile", "attention", "engine", "memory")  # stack kinds that do not change the output
+
+
+def register(commands) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="tune boundaries, step count and cache threshold jointly under a tolerance or a budget",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Search stage boundaries (any number of stages), the step count of a step-reduction solver,\n"
+            "a FirstBlockCache threshold and, for a distilled small model, guidance on the small stage,\n"
+            "jointly. Quality is against the large-only, full-step, uncached output of the same noise.\n"
+            "Goal: the fewest FLOPs keeping --tolerance (default: the scores of --match at full steps),\n"
+            "the best quality within --flop-budget, or within --latency-budget (measured, interleaved).\n"
+            "Writes tune.json, tune.md, tune.png (the Pareto frontier) and tuned.toml (the chosen schedule\n"
+            "and stack, as the config file, bench and check take them), validated on held-out prompts."
+        ),
+    )
+    add_workload_options(tune)
+    goal = tune.add_mutually_exclusive_group()
+    goal.add_argument("--tolerance", nargs="+", default=None, metavar="SCORER=MIN", help="minimum scores")
+    goal.add_argument(
+        "--flop-budget", type=positive_number, default=None, help="fraction of large-only FLOPs"
+    )
+    goal.add_argument(
+        "--latency-budget", type=positive_number, default=None, help="fraction of large-only wall time"
+    )
+    tune.add_argument("--match", default="L40-S40-L20", help="hand-picked schedule to match (default)")
+    tune.add_argument(
+        "--step-counts",
+        nargs="+",
+        type=whole_number(2),
+        default=None,
+        help="solver step counts to try (default: the target's, and 70, 50, 40, 30 %% of it)",
+    )
+    tune.add_argument("--solver", default=None, help="step-reduction solver (default: one the family takes)")
+    tune.add_argument(
+        "--cache-thresholds",
+        nargs="*",
+        type=positive_number,
+        default=None,
+        help="FirstBlockCache thresholds to try, ascending (default 0.05 0.1 0.2 0.3; none: no cache)",
+    )
+    tune.add_argument(
+        "--small-distilled", action="store_true", help="also try the small stage without guidance"
+    )
+    tune.add_argument(
+        "--extra-stack",
+        nargs="*",
+        default=(),
+        help="members that do not change the output (compile, attn:<backend>, offload), added to the "
+        "written stack and the timing",
+    )
+    tune.add_argument(
+        "--max-calls", type=whole_number(1), default=None, help="pipeline calls the search may spend"
+    )
+    tune.add_argument("--grid", action="store_true", help="also run the exhaustive grid of the space")
+    tune.add_argument("--repeats", type=whole_number(1), default=5, help="timing rounds (default 5)")
+    tune.add_argument(
+        "--holdout-seeds", type=whole_number(1), default=4, help="held-out seeds per held-out prompt"
+    )
+    tune.set_defaults(run=run_tune)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Everything checkable before the target is built."""
+    from ..accelerators import as_configs
+    from ..schedule import Schedule
+    from ..schedulers import SCHEDULER_NAMES
+
+    Schedule.parse(args.match)
+    if args.flop_budget is not None and args.flop_budget > 1:
+        raise ValueError(
+            f"--flop-budget {args.flop_budget:g} is a fraction of large-only FLOPs: give one in (0, 1]."
+        )
+    if args.latency_budget is not None and args.latency_budget > 1:
+        raise ValueError(
+            f"--latency-budget {args.latency_budget:g} is a fraction of large-only time: (0, 1]."
+        )
+    if args.solver is not None and args.solver not in SCHEDULER_NAMES:
+        raise ValueError(f"--solver {args.solver!r} is unknown; choose one of {', '.join(SCHEDULER_NAMES)}.")
+    thresholds = args.cache_thresholds
+    if thresholds is not None and list(thresholds) != sorted(thresholds):
+        raise ValueError(
+            f"--cache-thresholds {' '.join(map(str, thresholds))}: give them in ascending order."
+        )
+    for config in as_configs(list(args.extra_stack)):
+        if config.kind not in QUALITY_FREE:
+            raise ValueError(
+                f"--extra-stack {config.spec}: only members that leave the output as it is go there "
+                f"({', '.join(QUALITY_FREE)}); tune searches steps and caches itself."
+            )
+    if args.max_calls is not None and args.grid:
+        raise ValueError("--grid runs every point of the space; it takes no --max-calls.")
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from .tune_run import run
+
+    check_options(args)
+    return run(args)

@@ -1,0 +1,249 @@
+"""What ``flowblending-accel tune`` runs once its options are checked: the search on the fit set, the points
+each accelerator reaches alone, the optional exhaustive grid, the held-out validation and the timing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from .workload import fit_and_seeds, prepare_workload, tolerance_from
+
+DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2, 0.3)
+STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3)
+SOLVERS = {"flow": ("dpm++", "unipc", "euler"), "vp": ("dpm++-vp", "euler-vp", "ddim")}
+
+
+def _check_goal(args, names: list[str]) -> None:
+    if args.tolerance is not None:
+        tolerance_from(args.tolerance, dict.fromkeys([n for n in names if not n.startswith("fd:")], 0.0))
+
+
+def target_steps(target) -> int:
+    """The step count the target's calls run (its own argument, else the pipeline call's default)."""
+    import inspect
+
+    if "num_inference_steps" in target.base:
+        return int(target.base["num_inference_steps"])
+    parameter = inspect.signature(type(target.pipe).__call__).parameters.get("num_inference_steps")
+    return int(parameter.default) if parameter is not None else 50
+
+
+def _space(args, target):
+    from ..accelerators import StackTarget, StepReduction
+    from ..analysis.tune_search import TuneSpace
+    from ..solver import scheduler_kind
+
+    full = target_steps(target)
+    counts = args.step_counts or [max(2, round(full * f)) for f in STEP_FRACTIONS]
+    counts = tuple(sorted({full, *counts}, reverse=True))
+    stack_target = StackTarget.of(target.pipe, target.small)
+    kind = target.family.solver_kind or scheduler_kind(target.pipe.scheduler)
+    solver = args.solver
+    for name in (solver,) if solver else SOLVERS[kind]:
+        try:
+            StepReduction(name, 2).check_family(target.family, stack_target.denoisers, kind)
+            solver = name
+            break
+        except ValueError as error:
+            if args.solver:
+                raise ValueError(f"--solver {args.solver}: {error}") from None
+    unets = any(target.family.is_unet(d) for d in stack_target.denoisers)
+    thresholds = (
+        ()
+        if unets
+        else tuple(args.cache_thresholds if args.cache_thresholds is not None else DEFAULT_THRESHOLDS)
+    )
+    return TuneSpace(counts, solver, thresholds, args.small_distilled)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.scores import loss_ratio
+    from ..analysis.tune import Evaluator, Point
+    from ..analysis.tune_report import tune_markdown, tune_plot, tuned_toml
+    from ..analysis.tune_search import frontier, search_budget, search_tolerance
+    from ..schedule import Schedule
+    from ..support.files import write_atomic
+    from ..support.progress import progress
+
+    work = prepare_workload(args, holding=True, check_goal=_check_goal)
+    target = work.target
+    space = _space(args, target)
+    full = space.full_steps
+
+    def match(steps: int) -> tuple[str, ...]:
+        return tuple(Schedule.parse(args.match).models_for_step_count(steps))
+
+    with progress("tuning (pipeline calls)", None) as advance:
+        evaluator = Evaluator(target, work.calls, work.scorers, full, progress=advance)
+        matched = evaluator.evaluate(Point(match(full)))
+        # The call budget is the search's own: the reference and the hand-picked schedule come first.
+        evaluator.max_calls = args.max_calls and evaluator.pipeline_calls + args.max_calls
+        goal = _goal(args, matched.scores)
+        if args.flop_budget is not None or args.latency_budget is not None:
+            budget = args.flop_budget or args.latency_budget
+            result = search_budget(evaluator, space, budget, matched.scores, target.guidance_scale, match)
+        else:
+            result = search_tolerance(evaluator, space, goal, target.guidance_scale, match)
+        evaluator.max_calls = None
+        chosen = result.chosen.point if result.chosen else Point(("large",) * full)
+        alone = _alone_points(space, chosen, match(full))
+        for point in alone.values():
+            evaluator.evaluate(point)
+        grid = _grid(evaluator, space, args, goal, matched.scores) if args.grid else None
+        timing = _timing(target, args, match(full), chosen)
+        if args.latency_budget is not None:
+            chosen, timing = _by_latency(
+                target, args, evaluator, matched.scores, (chosen, timing), match(full)
+            )
+        held = Evaluator(
+            target, target.calls(work.held_out, work.holdout_seeds), work.scorers, full, progress=advance
+        )
+        prompts = [p.text for _ in work.holdout_seeds for p in work.held_out]
+        rows = {"LLL": held.held_out(Point(("large",) * full), prompts)}
+        rows.update(
+            {name: held.held_out(point, prompts) for name, point in {**alone, "tuned": chosen}.items()}
+        )
+    evaluations = list(evaluator.evaluations.values())
+    document = {
+        "command": args.command_line,
+        "target": target.description,
+        "space": {
+            "step_counts": space.step_counts,
+            "solver": space.solver,
+            "thresholds": space.thresholds,
+            "small_distilled": space.distilled,
+        },
+        "goal": {"tolerance": goal, "flop_budget": args.flop_budget, "latency_budget": args.latency_budget},
+        "match": {"schedule": args.match, "scores": matched.scores},
+        "chosen": {
+            **_point_dict(chosen, args.extra_stack),
+            "message": result.message,
+            "fit": evaluator.evaluations.get(chosen).to_dict() if chosen in evaluator.evaluations else None,
+            "loss_ratio_vs_match": loss_ratio(evaluator.evaluate(chosen).scores, matched.scores),
+        },
+        "per_step_count": result.per_step_count,
+        "cost": _cost(evaluator, space, len(work.calls), result.budget_spent),
+        "evaluations": [e.to_dict() for e in evaluations],
+        "frontier": [e.to_dict() for e in frontier(evaluations)],
+        "alone": {name: evaluator.evaluations[p].to_dict() for name, p in alone.items()},
+        "grid": grid,
+        "held_out": {**fit_and_seeds(work.held_out, work.holdout_seeds), "rows": rows},
+        "fit": fit_and_seeds(work.fit, work.seeds),
+        "timing": timing,
+    }
+    write_atomic(args.output / "tune.json", (json.dumps(document, indent=2, default=str) + "\n").encode())
+    write_atomic(args.output / "tuned.toml", tuned_toml(document).encode())
+    write_atomic(args.output / "tune.md", tune_markdown(document).encode())
+    write_atomic(args.output / "tune.png", tune_plot(document))
+    print((args.output / "tune.md").read_text())
+    return 0
+
+
+def _goal(args, match_scores: dict[str, float]) -> dict[str, float]:
+    if args.tolerance is None:
+        return dict(match_scores)
+    tolerance = tolerance_from(args.tolerance, match_scores)
+    return tolerance if isinstance(tolerance, dict) else dict.fromkeys(match_scores, tolerance)
+
+
+def _alone_points(space, chosen, matched) -> dict[str, Any]:
+    """FlowBlending alone (the hand-picked schedule, full steps), the step reduction alone and the cache alone
+    (each at the tuned point's setting), for the frontier plot and the held-out table."""
+    from ..analysis.tune import Point
+
+    points = {"FlowBlending alone": Point(matched)}
+    if chosen.steps != space.full_steps:
+        points["step reduction alone"] = Point(("large",) * chosen.steps, chosen.solver)
+    if chosen.cache:
+        points["cache alone"] = Point(("large",) * space.full_steps, None, chosen.cache)
+    return points
+
+
+def _point_dict(point, extra) -> dict[str, Any]:
+    stack = [*point.stack, *extra]
+    return {
+        "schedule": point.schedule,
+        "stack": stack,
+        "small_guidance": point.small_guidance,
+        "bench": f"flowblending-accel bench --schedule {point.schedule} --stack {' '.join(stack)}".rstrip(),
+    }
+
+
+def _cost(evaluator, space, calls_per_point: int, spent: bool) -> dict[str, Any]:
+    from ..analysis.tune_search import grid_points
+
+    grid = grid_points(space)
+    per_step = evaluator.reference_large_calls / space.full_steps
+    return {
+        "pipeline_calls": evaluator.pipeline_calls,
+        "denoiser_calls_computed": evaluator.replay.computed,
+        "denoiser_calls_replayed": evaluator.replay.replayed,
+        "points_evaluated": len(evaluator.evaluations),
+        "points_rejected_early": sum(e.rejected for e in evaluator.evaluations.values()),
+        "grid_points": len(grid),
+        "grid_pipeline_calls": len(grid) * calls_per_point,
+        "grid_denoiser_calls": round(sum(p.steps for p in grid) * per_step * calls_per_point),
+        "budget_spent": spent,
+    }
+
+
+def _grid(evaluator, space, args, goal, reference) -> dict[str, Any]:
+    """Every point of the space, fully evaluated, and the grid's own pick by the same rule."""
+    from ..analysis.scores import loss_ratio, passes
+    from ..analysis.tune_search import grid_points
+
+    spent = evaluator.pipeline_calls
+    evaluated = [evaluator.evaluate(point) for point in grid_points(space)]
+    scored = [e for e in evaluated if e.scores is not None]
+    if args.flop_budget is not None:
+        fitting = [e for e in scored if e.flop_ratio <= args.flop_budget + 1e-12]
+        pick = min(fitting, key=lambda e: loss_ratio(e.scores, reference), default=None)
+    else:
+        pick = min((e for e in scored if passes(e.scores, goal)), key=lambda e: e.flop_ratio, default=None)
+    return {
+        "points": len(evaluated),
+        "extra_pipeline_calls": evaluator.pipeline_calls - spent,
+        "pick": pick.to_dict() if pick else None,
+    }
+
+
+def _timing(target, args, matched, chosen) -> dict[str, Any]:
+    """Wall time of large-only, the hand-picked schedule and the tuned stack, interleaved in one process."""
+    from ..analysis.scores import probing
+    from ..analysis.tune import Point
+    from ..bench.runner import Row, measure_rows, summarise
+
+    rows = [
+        Row("large only", "L100"),
+        Row("FlowBlending alone", Point(matched).schedule),
+        Row("tuned", chosen.schedule, (*chosen.stack, *args.extra_stack)),
+    ]
+    with probing():  # the tuned schedule's advice (e.g. "ends small") is in the report, not in the log
+        measured = measure_rows(target, rows, args.repeats, count_flops="derived")
+    table = summarise(measured, lambda *_: None)
+    return {
+        row["label"]: {
+            "speedup": row["speedup"],
+            "seconds": row["seconds"],
+            "recompiles": row["recompiles_after_warmup"],
+        }
+        for row in table
+    }
+
+
+def _by_latency(target, args, evaluator, reference, fallback, matched):
+    """Under --latency-budget: the best-quality frontier point whose measured time fits (else the FLOP-budget
+    pick and its timing, said in the report)."""
+    from ..analysis.scores import loss_ratio
+    from ..analysis.tune_search import frontier
+
+    chosen, timing = fallback
+    best, best_timing = None, timing
+    for evaluation in frontier(list(evaluator.evaluations.values())):
+        measured = _timing(target, args, matched, evaluation.point)
+        if 1 / measured["tuned"]["speedup"]["median"] <= args.latency_budget + 1e-12 and (
+            best is None or loss_ratio(evaluation.scores, reference) < loss_ratio(best.scores, reference)
+        ):
+            best, best_timing = evaluation, measured
+    return (best.point if best else chosen), best_timing

@@ -1,0 +1,126 @@
+"""``flowblending-accel tune`` on a tiny Wan folder: the pick respects its goal, is reproducible, round-trips
+into bench and check through tuned.toml, costs less than the grid it replaces (and agrees with it), and
+every bad budget or knob is refused before a model is loaded. Prefix replay is exact."""
+
+import json
+
+import pytest
+import torch
+
+from flowblending_accel import add_flowblending_listener, flowblending
+from flowblending_accel.analysis.replay import PrefixReplay
+from flowblending_accel.analysis.scores import passes
+from flowblending_accel.cli import main
+from flowblending_accel.targets import folders
+from flowblending_accel.testing import save_tiny_folders, tiny_wan_pipeline, wan_call_kwargs
+
+PROMPTS = [
+    "a cat playing guitar",
+    "a dog on the moon",
+    "a polar bear washing dishes",
+    "a teddy bear in the city",
+]
+SMALL_SPACE = ["--step-counts", "10", "6", "--cache-thresholds", "0.1", "0.3"]
+
+
+@pytest.fixture(scope="module")
+def wan(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    large, small = save_tiny_folders(root, "wan")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return ["--large", large, "--small", small, "--prompts", str(root / "prompts.txt")]
+
+
+def _tune(wan, tmp_path, *extra, name="out"):
+    argv = ["tune", *wan, "--height", "16", "--width", "16", "--frames", "5", "--steps", "10"]
+    argv += ["--scorers", "psnr", "ssim", "--seeds", "1", "--holdout-seeds", "1", "--repeats", "1"]
+    assert main([*argv, *SMALL_SPACE, *extra, "--output", str(tmp_path / name)]) == 0
+    return json.loads((tmp_path / name / "tune.json").read_text())
+
+
+def test_the_pick_keeps_the_tolerance_and_round_trips_into_bench_and_check(wan, tmp_path):
+    document = _tune(wan, tmp_path)
+    chosen, goal = document["chosen"], document["goal"]["tolerance"]
+    assert goal == document["match"]["scores"]  # default: the hand-picked schedule's fit-set scores
+    assert passes(chosen["fit"]["scores"], goal) and chosen["fit"]["flop_ratio"] < 0.683  # below L40-S40-L20
+    assert list(document["held_out"]["rows"])[0] == "LLL" and "tuned" in document["held_out"]["rows"]
+    cost = document["cost"]
+    assert cost["pipeline_calls"] < cost["grid_pipeline_calls"] and cost["denoiser_calls_replayed"] > 0
+    toml = tmp_path / "out" / "tuned.toml"
+    size = ["--height", "16", "--width", "16", "--frames", "5", "--steps", "10", "--config", str(toml)]
+    assert main(["bench", *wan, *size, "--repeats", "1", "--output", str(tmp_path / "bench")]) == 0
+    rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
+    assert rows[1]["schedule"] == chosen["schedule"] and rows[-1]["stack"] == chosen["stack"]
+    expected = str(tmp_path / "expected.csv")
+    assert main(["check", *wan, *size, "--expected", expected, "--update"]) == 0
+    assert main(["check", *wan, *size, "--expected", expected]) == 0
+
+
+def test_a_flop_budget_is_respected(wan, tmp_path):
+    document = _tune(wan, tmp_path, "--flop-budget", "0.45")
+    assert document["chosen"]["fit"]["flop_ratio"] <= 0.45
+
+
+@pytest.mark.slow
+def test_reproducible_and_compared_with_the_grid(wan, tmp_path):
+    first = _tune(wan, tmp_path, "--grid", name="a")
+    second = _tune(wan, tmp_path, name="b")
+    assert first["chosen"]["schedule"] == second["chosen"]["schedule"]
+    assert first["chosen"]["stack"] == second["chosen"]["stack"]
+    assert first["chosen"]["fit"]["scores"] == second["chosen"]["fit"]["scores"]
+    grid, cost = first["grid"], first["cost"]
+    assert grid["points"] == cost["grid_points"] and grid["pick"] is not None
+    assert passes(grid["pick"]["scores"], first["goal"]["tolerance"])
+    # Random weights make quality jump with the placement; the search is checked against the grid on the
+    # embedded pair (benchmarks/results/tune-grid); here it must at least beat FlowBlending alone.
+    assert first["chosen"]["fit"]["flop_ratio"] < first["alone"]["FlowBlending alone"]["flop_ratio"]
+
+
+def test_a_call_budget_stops_the_search_and_still_writes(wan, tmp_path):
+    document = _tune(wan, tmp_path, "--max-calls", "3")
+    assert document["cost"]["budget_spent"] is True
+    assert (tmp_path / "out" / "tune.md").read_text().count("call budget was spent") == 1
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    def loaded(*args, **kwargs):
+        raise AssertionError("a model was loaded before the input was refused")
+
+    monkeypatch.setattr(folders, "folder_target", loaded)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--flop-budget", "1.5"], "--flop-budget 1.5 is a fraction of large-only FLOPs"),
+        (["--latency-budget", "2"], "--latency-budget 2 is a fraction of large-only time"),
+        (["--cache-thresholds", "0.3", "0.1"], "give them in ascending order"),
+        (["--extra-stack", "fbc"], "--extra-stack fbc:0.05: only members that leave the output"),
+        (["--solver", "nope"], "--solver 'nope' is unknown"),
+        (["--match", "L40-X60"], "unknown model letter 'X'"),
+        (["--grid", "--max-calls", "4"], "--grid runs every point of the space; it takes no --max-calls"),
+        (["--tolerance", "psnr=high"], "write SCORER=MIN pairs"),
+        (["--tolerance", "lpips=0.3"], "unknown score lpips"),
+        (["--flop-budget", "0.5", "--tolerance", "psnr=30"], "not allowed with argument"),
+    ],
+)
+def test_bad_budgets_and_knobs_are_refused_before_loading(wan, tmp_path, capsys, no_loading, extra, message):
+    argv = ["tune", *wan, "--scorers", "psnr", *extra, "--output", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prefix_replay_is_exact_and_saves_calls(wan_pair):
+    large, small = wan_pair
+    pipe = tiny_wan_pipeline(large)
+    with flowblending(pipe, small, "L40-S50-L10"):
+        expected = pipe(**wan_call_kwargs(steps=10)).frames
+    replay = PrefixReplay()
+    replay.context = "call 0"
+    for schedule in ("L40-S40-L20", "L40-S50-L10"):
+        with flowblending(pipe, small, schedule):
+            add_flowblending_listener(pipe, replay)
+            frames = pipe(**wan_call_kwargs(steps=10)).frames
+    assert torch.equal(frames, expected)
+    assert replay.replayed == 16 and replay.mismatched == 0  # steps 0-7 (two CFG calls each) came from memory
