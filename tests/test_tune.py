@@ -124,3 +124,19 @@ def test_prefix_replay_is_exact_and_saves_calls(wan_pair):
             frames = pipe(**wan_call_kwargs(steps=10)).frames
     assert torch.equal(frames, expected)
     assert replay.replayed == 16 and replay.mismatched == 0  # steps 0-7 (two CFG calls each) came from memory
+
+
+def test_counting_a_cached_points_flops_leaves_the_fit_noise_alone(tmp_path):
+    """A FLOP count runs the pipeline: it must not advance the fit calls' generators (every later point
+    would then be scored on other noise than its reference)."""
+    from flowblending_accel.analysis.tune import Evaluator, Point
+    from flowblending_accel.metrics.scorers import build_scorers
+    from flowblending_accel.targets.presets import preset_target
+
+    target = preset_target("tiny-wan", "cpu", torch.float32, steps=6)
+    scorers, _ = build_scorers(["psnr"], {})
+    evaluator = Evaluator(target, target.calls(target.prompts, [0, 1]), scorers, 6)
+    before = evaluator.evaluate(Point(("large",) * 2 + ("small",) * 2 + ("large",) * 2)).scores
+    evaluator.evaluate(Point(("large",) * 6, cache=0.3))
+    evaluator.evaluations.clear()
+    assert evaluator.evaluate(Point(("large",) * 2 + ("small",) * 2 + ("large",) * 2)).scores == before

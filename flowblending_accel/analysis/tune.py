@@ -124,7 +124,9 @@ class Evaluator:
         self.max_calls, self.progress = options.get("max_calls"), options.get("progress")
         self.replay, self.pipeline_calls = PrefixReplay(), 0
         self.evaluations: dict[Point, Evaluation] = {}
-        self.per_call = flops_per_call(target.pipe, target.small, fit_calls[0])
+        # Every use of a call goes through replay(): a generator advances when it is used, and the fit calls'
+        # noise must be the same for every point and for the reference.
+        self.per_call = flops_per_call(target.pipe, target.small, replay(fit_calls[0]))
         full = Point(("large",) * full_steps)
         self.reference = [self._run(full, kwargs, index) for index, kwargs in enumerate(fit_calls)]
         self.reference_large_calls = self._last_calls.get("large", 0)
@@ -160,7 +162,7 @@ class Evaluator:
         if point.cache is None:  # exact: a call's work does not depend on its step
             return sum(n * self.per_call[m] for m, n in calls.items()) / reference
         # A cache skips work per call: count it on the first fit call.
-        kwargs = dict(self.calls[0])
+        kwargs = replay(self.calls[0])
         if point.solver:
             kwargs.pop("num_inference_steps", None)  # the step reduction owns it
         else:
