@@ -40,7 +40,7 @@ def register(commands) -> None:
         nargs="+",
         type=whole_number(2),
         default=None,
-        help="solver step counts to try (default: the target's, and 70, 50, 40, 30 %% of it)",
+        help="solver step counts to try (default: the target's, and 70, 50, 40, 30, 25, 20 %% of it)",
     )
     tune.add_argument("--solver", default=None, help="step-reduction solver (default: one the family takes)")
     tune.add_argument(
@@ -48,7 +48,7 @@ def register(commands) -> None:
         nargs="*",
         type=positive_number,
         default=None,
-        help="FirstBlockCache thresholds to try, ascending (default 0.05 0.1 0.2 0.3; none: no cache)",
+        help="FirstBlockCache thresholds to try, ascending (default 0.05 0.1 0.15 0.2 0.3; none: no cache)",
     )
     tune.add_argument(
         "--small-distilled", action="store_true", help="also try the small stage without guidance"

@@ -9,8 +9,8 @@ from typing import Any
 
 from .workload import fit_and_seeds, prepare_workload, tolerance_from
 
-DEFAULT_THRESHOLDS = (0.05, 0.1, 0.2, 0.3)
-STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3)
+DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
+STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2)
 SOLVERS = {"flow": ("dpm++", "unipc", "euler"), "vp": ("dpm++-vp", "euler-vp", "ddim")}
 
 
