@@ -56,20 +56,26 @@ def test_the_pick_keeps_the_tolerance_and_round_trips_into_bench_and_check(wan, 
     assert main(["check", *wan, *size, "--expected", expected]) == 0
 
 
-def test_a_flop_budget_is_respected(wan, tmp_path):
-    document = _tune(wan, tmp_path, "--flop-budget", "0.45")
+def test_a_flop_budget_is_respected_and_a_hand_made_stack_is_scored_beside_the_pick(wan, tmp_path):
+    document = _tune(wan, tmp_path, "--flop-budget", "0.45", "--compare", "L50-S50 dpm++:6 fbc:0.3")
     assert document["chosen"]["fit"]["flop_ratio"] <= 0.45
+    compared = document["alone"]["compared: L50-S50 dpm++:6 fbc:0.3"]
+    assert compared["label"] == "L50-S50 dpm++:6 fbc:0.3" and compared["scores"]
+    row = document["held_out"]["rows"]["compared: L50-S50 dpm++:6 fbc:0.3"]
+    assert row["stack"] == ["dpm++:6", "fbc:0.3"] and row["schedule"] == "L50-S50"
 
 
 @pytest.mark.slow
 def test_reproducible_and_compared_with_the_grid(wan, tmp_path):
-    first = _tune(wan, tmp_path, "--grid", name="a")
-    second = _tune(wan, tmp_path, name="b")
+    grid_space = ["--steps", "6", "--step-counts", "4", "--cache-thresholds", "0.3"]  # 62 points
+    first = _tune(wan, tmp_path, *grid_space, "--grid", name="a")
+    second = _tune(wan, tmp_path, *grid_space, name="b")
     assert first["chosen"]["schedule"] == second["chosen"]["schedule"]
     assert first["chosen"]["stack"] == second["chosen"]["stack"]
     assert first["chosen"]["fit"]["scores"] == second["chosen"]["fit"]["scores"]
     grid, cost = first["grid"], first["cost"]
     assert grid["points"] == cost["grid_points"] and grid["pick"] is not None
+    assert cost == second["cost"]  # the search's own cost, whether or not the grid ran after it
     assert passes(grid["pick"]["scores"], first["goal"]["tolerance"])
     # Random weights make quality jump with the placement; the search is checked against the grid on the
     # embedded pair (benchmarks/results/tune-grid); here it must at least beat FlowBlending alone.
@@ -103,6 +109,8 @@ def no_loading(monkeypatch):
         (["--tolerance", "psnr=high"], "write SCORER=MIN pairs"),
         (["--tolerance", "lpips=0.3"], "unknown score lpips"),
         (["--flop-budget", "0.5", "--tolerance", "psnr=30"], "not allowed with argument"),
+        (["--compare", "L40-S40-L20 compile"], "compile is not a knob tune compares"),
+        (["--compare", "L40-S40-L20 dpm++:8 unipc:6"], "unipc:6 is not a knob tune compares"),
     ],
 )
 def test_bad_budgets_and_knobs_are_refused_before_loading(wan, tmp_path, capsys, no_loading, extra, message):
@@ -140,3 +148,56 @@ def test_counting_a_cached_points_flops_leaves_the_fit_noise_alone(tmp_path):
     evaluator.evaluate(Point(("large",) * 6, cache=0.3))
     evaluator.evaluations.clear()
     assert evaluator.evaluate(Point(("large",) * 2 + ("small",) * 2 + ("large",) * 2)).scores == before
+
+
+def test_the_frontier_keeps_the_shorter_stack_of_tied_points_and_drops_dominated_ones():
+    from flowblending_accel.analysis.tune import Evaluation, Point
+    from flowblending_accel.analysis.tune_search import frontier
+
+    steps = ("large",) * 6
+    plain = Evaluation(Point(steps, "dpm++"), 0.3, {"ssim": 0.9})
+    idle_cache = Evaluation(Point(steps, "dpm++", cache=0.05), 0.3, {"ssim": 0.9})
+    worse = Evaluation(Point(steps, "dpm++", cache=0.3), 0.3, {"ssim": 0.8})
+    cheaper = Evaluation(Point(("large",) * 4, "dpm++"), 0.2, {"ssim": 0.7})
+    rejected = Evaluation(Point(("small",) * 4, "dpm++"), 0.1, None, rejected=True)
+    assert frontier([idle_cache, worse, plain, cheaper, rejected]) == [cheaper, plain]
+
+
+class _Landscape:
+    """The evaluator's interface over a known quality landscape (no pipeline): each small step costs 0.01
+    and a cache threshold t costs 0.05 t per large step it covers, skipping t of the work; a small step
+    costs 0.1 of a large one. The search must find what the grid finds."""
+
+    per_call = {"large": 1.0, "small": 0.1}
+
+    def __init__(self, full):
+        self.full, self.evaluations = full, {}
+
+    def evaluate(self, point, must_reach=None):
+        from flowblending_accel.analysis.tune import Evaluation
+
+        if point not in self.evaluations:
+            k, large = point.small_steps, point.steps - point.small_steps
+            skip = point.cache or 0.0
+            flops = (large + 0.1 * k) * (1 - skip) / self.full
+            score = 1 - 0.01 * k - 0.05 * skip * large / self.full - 0.02 * (self.full - point.steps)
+            self.evaluations[point] = Evaluation(point, flops, {"q": score}, {"q": score})
+        return self.evaluations[point]
+
+    def placements(self, steps, solver, guidance):
+        from flowblending_accel.analysis.tune_search import _one_stage
+
+        return {k: _one_stage(steps, k)[1:2] for k in range(1, steps)}
+
+
+def test_a_cache_can_pay_for_fewer_small_steps_and_the_search_finds_the_grids_pick():
+    from flowblending_accel.analysis.scores import passes
+    from flowblending_accel.analysis.tune_search import TuneSpace, grid_points, search_tolerance
+
+    space = TuneSpace((10, 8), "dpm++", (0.1, 0.2, 0.3))
+    landscape = _Landscape(10)
+    result = search_tolerance(landscape, space, {"q": 0.955}, 3.0, lambda steps: None)
+    grid = [landscape.evaluate(p) for p in grid_points(space)]
+    best = min((e for e in grid if passes(e.scores, {"q": 0.955})), key=lambda e: e.flop_ratio)
+    assert result.chosen.flop_ratio == pytest.approx(best.flop_ratio)
+    assert result.chosen.point.cache is not None and result.chosen.point.small_steps < 4

@@ -69,6 +69,26 @@ class Point:
         parts = [self.schedule, *self.stack]
         return " ".join(parts) + (" small-guidance-off" if self.small_guidance == "off" else "")
 
+    @classmethod
+    def parse(cls, text: str, full_steps: int) -> Point:
+        """A stack as ``bench`` takes it, ``"L40-S40-L20 dpm++:10 fbc:0.2"``: a schedule, then at most one
+        step-reduction solver and one FirstBlockCache (the knobs a point has)."""
+        from ..accelerators import FirstBlockCache, StepReduction
+
+        schedule, *members = text.split()
+        solver, steps, cache = None, full_steps, None
+        for config in map(parse_accelerator, members):
+            if isinstance(config, StepReduction) and solver is None:
+                solver, steps = config.solver, config.steps
+            elif isinstance(config, FirstBlockCache) and cache is None:
+                cache = config.threshold
+            else:
+                raise ValueError(
+                    f"{text!r}: {config.spec} is not a knob tune compares; give a schedule, at most one "
+                    "step-reduction solver (dpm++:10) and one FirstBlockCache (fbc:0.2)."
+                )
+        return cls(tuple(Schedule.parse(schedule).models_for_step_count(steps)), solver, cache)
+
 
 @dataclass
 class Evaluation:

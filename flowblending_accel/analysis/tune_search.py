@@ -122,6 +122,7 @@ def search_tolerance(
             result.per_step_count[steps] = f"{best.point.small_steps} small steps pass"
             feasible.append(best)
             feasible += _with_cache(evaluator, space, best.point, tolerance)
+            feasible += _cache_for_small_steps(evaluator, space, steps, proposals, feasible[-1], tolerance)
             if space.distilled and best.point.small_steps:
                 unguided = evaluator.evaluate(replace(best.point, small_guidance="off"), tolerance)
                 if unguided.scores is not None and passes(unguided.scores, tolerance):
@@ -145,6 +146,46 @@ def _with_cache(evaluator: Evaluator, space: TuneSpace, point: Point, tolerance:
         if evaluation.scores is None or not passes(evaluation.scores, tolerance):
             break
         found.append(evaluation)
+    return found
+
+
+def _passing_at(evaluator, space, steps: int, k: int, proposals, tolerance) -> Evaluation | None:
+    """A passing uncached placement of ``k`` small steps at ``steps``: one already evaluated, else the
+    proposals for ``k``."""
+    solver = space.solver_for(steps)
+    known = [
+        e
+        for e in evaluator.evaluations.values()
+        if e.point.steps == steps
+        and e.point.solver == solver
+        and e.point.cache is None
+        and e.point.small_guidance == "on"
+        and e.point.small_steps == k
+        and e.scores is not None
+        and passes(e.scores, tolerance)
+    ]
+    if known:
+        return min(known, key=lambda e: loss_ratio(e.scores, tolerance))
+    return _passing(evaluator, [Point(models, solver) for models in proposals.get(k, [])], tolerance)
+
+
+def _cache_for_small_steps(evaluator, space, steps, proposals, record, tolerance) -> list[Evaluation]:
+    """A cache can pay for fewer small steps: below the most that pass, each count's passing placement under
+    the cache thresholds, down while that lowers the FLOPs (two counts in a row without a gain end it)."""
+    if not space.thresholds:
+        return []
+    found, misses = [], 0
+    for k in range(record.point.small_steps - 1, -1, -1):
+        placement = _passing_at(evaluator, space, steps, k, proposals, tolerance)
+        cached = _with_cache(evaluator, space, placement.point, tolerance) if placement else []
+        found += cached
+        lowest = min(cached, key=lambda e: e.flop_ratio, default=None)
+        if lowest is not None and lowest.flop_ratio < record.flop_ratio:
+            record, misses = lowest, 0
+        else:
+            misses += 1
+            if misses == 2:
+                break
     return found
 
 
@@ -205,13 +246,15 @@ def grid_points(space: TuneSpace) -> list[Point]:
 
 
 def frontier(evaluations: list[Evaluation]) -> list[Evaluation]:
-    """The evaluated points no other point beats on FLOPs and every score at once."""
+    """The evaluated points no other point beats on FLOPs and every score at once. Of points that tie on
+    all of them (a cache threshold too tight to skip anything) the one with the shorter stack stays."""
     scored = [e for e in evaluations if e.scores is not None]
 
     def dominates(a: Evaluation, b: Evaluation) -> bool:
         no_worse = a.flop_ratio <= b.flop_ratio and all(a.scores[n] >= b.scores[n] for n in b.scores)
         better = a.flop_ratio < b.flop_ratio or any(a.scores[n] > b.scores[n] for n in b.scores)
-        return no_worse and better
+        simpler = len(a.point.stack) < len(b.point.stack)
+        return no_worse and (better or simpler)
 
     return sorted(
         (e for e in scored if not any(dominates(o, e) for o in scored if o is not e)),

@@ -61,6 +61,14 @@ def register(commands) -> None:
         "written stack and the timing",
     )
     tune.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar='"SCHEDULE [SOLVER:N] [fbc:T]"',
+        help="a hand-made stack to score beside the pick, on the fit and held-out sets and the plot "
+        '(repeatable), e.g. --compare "L40-S40-L20 dpm++:10 fbc:0.2"',
+    )
+    tune.add_argument(
         "--max-calls", type=whole_number(1), default=None, help="pipeline calls the search may spend"
     )
     tune.add_argument("--grid", action="store_true", help="also run the exhaustive grid of the space")
@@ -74,6 +82,7 @@ def register(commands) -> None:
 def check_options(args: argparse.Namespace) -> None:
     """Everything checkable before the target is built."""
     from ..accelerators import as_configs
+    from ..analysis.tune import Point
     from ..schedule import Schedule
     from ..schedulers import SCHEDULER_NAMES
 
@@ -99,6 +108,8 @@ def check_options(args: argparse.Namespace) -> None:
                 f"--extra-stack {config.spec}: only members that leave the output as it is go there "
                 f"({', '.join(QUALITY_FREE)}); tune searches steps and caches itself."
             )
+    for text in args.compare:
+        Point.parse(text, 100)
     if args.max_calls is not None and args.grid:
         raise ValueError("--grid runs every point of the space; it takes no --max-calls.")
 

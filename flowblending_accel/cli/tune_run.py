@@ -86,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = search_tolerance(evaluator, space, goal, target.guidance_scale, match)
         evaluator.max_calls = None
+        cost = _cost(evaluator, space, len(work.calls), result.budget_spent)  # the search's, before the rest
         chosen = result.chosen.point if result.chosen else Point(("large",) * full)
         alone = _alone_points(space, chosen, match(full))
+        alone.update({f"compared: {text}": Point.parse(text, full) for text in args.compare})
         for point in alone.values():
             evaluator.evaluate(point)
         grid = _grid(evaluator, space, args, goal, matched.scores) if args.grid else None
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             "loss_ratio_vs_match": loss_ratio(evaluator.evaluate(chosen).scores, matched.scores),
         },
         "per_step_count": result.per_step_count,
-        "cost": _cost(evaluator, space, len(work.calls), result.budget_spent),
+        "cost": cost,
         "evaluations": [e.to_dict() for e in evaluations],
         "frontier": [e.to_dict() for e in frontier(evaluations)],
         "alone": {name: evaluator.evaluations[p].to_dict() for name, p in alone.items()},
