@@ -134,18 +134,67 @@ def shipped_reference(classifier) -> dict:
     }
 
 
-def markdown(results: dict, command: str) -> str:
+@torch.no_grad()
+def conditioning_probe(classifier, clips: int = 256) -> list[dict]:
+    """Does the prompt alone decide the digit? The shipped large model's guided clean prediction from
+    (almost) pure noise, where the clip itself says nothing, read by the classifier, per guidance scale."""
+    from types import SimpleNamespace
+
+    from flowblending_accel.demo.models import load_demo_pipeline
+
+    pipe, _ = load_demo_pipeline()
+    model = SimpleNamespace(large=pipe.transformer, vae=pipe.vae)
+    generator = torch.Generator().manual_seed(79)
+    batch = sample_batch(load_bitmaps("test"), clips, generator)
+    clean = pipe.vae.encode(batch.clips).latent_dist.mode()
+    conditional = encode_prompts(pipe.tokenizer, pipe.text_encoder, batch.prompts)
+    unconditional = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] * clips)
+    noise = torch.randn(clean.shape, generator=generator)
+    rows = []
+    for sigma in (1.0, 0.95, 0.9):
+        noisy = (1 - sigma) * clean + sigma * noise
+        for guidance in (1.0, 3.0, 8.0):
+            x0 = noisy - sigma * _guided(model, noisy, sigma, conditional, unconditional, guidance)
+            digit, direction = _read(model, classifier, x0, batch)
+            rows.append({"sigma": sigma, "guidance": guidance, "x0_digit": digit, "x0_direction": direction})
+            print("conditioning", json.dumps(rows[-1]), flush=True)
+    rows.append({"sigma": 1.0, "guidance": "ideal", **_ideal_at_pure_noise(classifier)})
+    return rows
+
+
+@torch.no_grad()
+def _ideal_at_pure_noise(classifier, clips: int = 4000) -> dict:
+    """What a perfect model predicts from pure noise is the mean clip of its prompt (over writers and
+    start positions); how often the classifier reads that mean's digit bounds the probe at sigma 1."""
+    batch = sample_batch(load_bitmaps("test"), clips, torch.Generator().manual_seed(5))
+    means, digits, directions = [], [], []
+    for digit in range(10):
+        for direction in range(4):
+            chosen = (batch.digits == digit) & (batch.directions == direction)
+            means.append(batch.clips[chosen].mean(0))
+            digits.append(digit)
+            directions.append(direction)
+    read_digits, read_directions, _ = classifier(torch.stack(means))
+    return {
+        "x0_digit": float((read_digits.argmax(1) == torch.tensor(digits)).float().mean()),
+        "x0_direction": float((read_directions.argmax(1) == torch.tensor(directions)).float().mean()),
+    }
+
+
+def markdown(results: dict, command: str, conditioning: list[dict] | None = None) -> str:
     lines = [
         "# Embedded pair: why is digit identity weak? (large model alone, short runs)",
         "",
         f"`{command}`; held-out writers; the metrics classifier reads each clip (its ceiling on real clips: "
-        "digit 0.961, motion 1.000). x0@σ: the guided one-step clean prediction from noise level σ.",
+        "digit 0.961, motion 1.000). x0@σ: the guided one-step clean prediction from noise level σ. "
+        "Validation losses compare within one pixel normalisation (raw-pixels trains on another scale).",
         "",
         "| variant | change | params | step | val loss | x0 digit @0.9 | @0.7 | @0.5 | sampled digit | "
         "sampled motion | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, result in results.items():
+    order = ["shipped", "baseline", *[n for n in VARIANTS if n != "baseline"]]
+    for name, result in sorted(results.items(), key=lambda item: order.index(item[0])):
         for row in result["rows"]:
             lines.append(
                 f"| {name} | {result['overrides'] or '—'} | {result['parameters']:,} | {row['step']} | "
@@ -153,6 +202,22 @@ def markdown(results: dict, command: str) -> str:
                 f"{row['x0_digit@0.5']:.3f} | {row['sampled_digit']:.3f} | {row['sampled_direction']:.3f} | "
                 f"{row['seconds']} |"
             )
+    if conditioning:
+        lines += [
+            "",
+            "Does the prompt alone decide the digit? The shipped large model's guided one-step clean "
+            "prediction "
+            "at high noise (σ 1.0: pure noise, the clip says nothing), read by the classifier "
+            "(`--conditioning`, 256 held-out clips; *ideal*: the mean clip of each of the 40 prompts, what a "
+            "perfect model predicts from pure noise):",
+            "",
+            "| σ | guidance | x0 digit | x0 motion |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['sigma']} | {r['guidance']} | {r['x0_digit']:.3f} | {r['x0_direction']:.3f} |"
+            for r in conditioning
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -167,20 +232,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/demo-ablations"))
     parser.add_argument("--scratch", type=Path, default=Path("runs/ablations"))
+    parser.add_argument(
+        "--conditioning", action="store_true", help="also probe the shipped model's prompt-only prediction"
+    )
     args = parser.parse_args()
     command = f"python benchmarks/demo_ablations.py --steps {args.steps} --every {args.every}"
     classifier = load_classifier(default_pair_path() / CLASSIFIER_SUBFOLDER)
     path = args.output / "ablations.json"
-    results = json.loads(path.read_text())["variants"] if path.exists() else {}
+    document = json.loads(path.read_text()) if path.exists() else {}
+    results = document.get("variants", {})
+    conditioning = document.get("conditioning")
+    if args.conditioning:
+        conditioning = conditioning_probe(classifier)
     if "shipped" not in results:
         results["shipped"] = shipped_reference(classifier)
     for name in args.variants:
         if name in results and results[name]["rows"] and results[name]["rows"][-1]["step"] >= args.steps:
             continue
         results[name] = run_variant(name, args.steps, args.every, classifier, args.scratch, args.threads)
-        args.output.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"command": command, "variants": results}, indent=2) + "\n")
-        (args.output / "ablations.md").write_text(markdown(results, command))
+        _write(args.output, command, results, conditioning)
+    _write(args.output, command, results, conditioning)
+
+
+def _write(output: Path, command: str, results: dict, conditioning: list[dict] | None) -> None:
+    output.mkdir(parents=True, exist_ok=True)
+    document = {"command": command, "variants": results, "conditioning": conditioning}
+    (output / "ablations.json").write_text(json.dumps(document, indent=2) + "\n")
+    (output / "ablations.md").write_text(markdown(results, command, conditioning))
 
 
 if __name__ == "__main__":

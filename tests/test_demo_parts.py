@@ -119,3 +119,16 @@ def test_export_and_reload(short_training, tmp_path):
         **CALL_DEFAULTS,
     ).frames
     assert frames.shape == (1, FRAMES, CANVAS, CANVAS, 1)
+
+
+def test_the_export_command_writes_a_card_with_the_recipe_ablations(short_training, tmp_path):
+    from flowblending_accel.cli import main
+
+    _, _, folder = short_training
+    ablations = tmp_path / "ablations.md"
+    ablations.write_text("# Embedded pair: ablations\n\n| variant | step |\n|---|---|\n| wide | 400 |\n")
+    argv = ["export-demo", str(folder / "checkpoint.pt"), str(tmp_path / "pair")]
+    assert main([*argv, "--card-ablations", str(ablations)]) == 0
+    card = (tmp_path / "pair" / "README.md").read_text()
+    assert "## Recipe ablations: why digit identity is weak\n\n| variant | step |" in card
+    assert "| wide | 400 |" in card and "# Embedded pair: ablations" not in card

@@ -126,6 +126,12 @@ def _register_export(commands) -> None:
         default=None,
         help="demo results.json to quote in the model card (the card is always written)",
     )
+    export.add_argument(
+        "--card-ablations",
+        type=Path,
+        default=None,
+        help="ablations.md of benchmarks/demo_ablations.py to include in the model card",
+    )
     export.set_defaults(run=run_export_command)
 
 
@@ -212,6 +218,8 @@ def run_export_command(args: argparse.Namespace) -> int:
         "export": args.command_line,
         "classifier": "flowblending-accel train-demo --classifier --output runs/classifier --threads 2",
     }
-    write_card(folder, args.checkpoint.parent / "log.jsonl", config, args.card_results, commands)
+    write_card(
+        folder, args.checkpoint.parent / "log.jsonl", config, args.card_results, commands, args.card_ablations
+    )
     print(folder)
     return 0

@@ -35,6 +35,7 @@ def model_card(
     results: dict[str, Any] | None,
     classifier: dict[str, Any] | None,
     commands: dict[str, str],
+    ablations: str | None = None,
 ) -> str:
     last = log[-1] if log else {}
     lines = [
@@ -109,11 +110,22 @@ def model_card(
                     f"| {name} ({row['schedule']}) | {row['flops_vs_lll']:.3f} | "
                     f"{row['digit_accuracy']['mean']:.3f} | {row['direction_accuracy']['mean']:.3f} |"
                 )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (ablation_section(ablations) if ablations else "")
+
+
+def ablation_section(markdown: str) -> str:
+    """The recipe ablations (``benchmarks/demo_ablations.py``'s ablations.md) as a section of the card."""
+    body = markdown.split("\n", 1)[1] if markdown.startswith("# ") else markdown
+    return "\n## Recipe ablations: why digit identity is weak\n" + body
 
 
 def write_card(
-    folder: Path, checkpoint_log: Path, config: dict[str, Any], results: Path | None, commands: dict[str, str]
+    folder: Path,
+    checkpoint_log: Path,
+    config: dict[str, Any],
+    results: Path | None,
+    commands: dict[str, str],
+    ablations: Path | None = None,
 ) -> None:
     from ..support.files import write_atomic
 
@@ -121,4 +133,5 @@ def write_card(
     classifier_report = folder / "classifier" / "classifier.json"
     classifier = json.loads(classifier_report.read_text()) if classifier_report.exists() else None
     loaded = json.loads(results.read_text()) if results else None
-    write_atomic(folder / "README.md", model_card(log, config, loaded, classifier, commands).encode())
+    text = ablations.read_text() if ablations else None
+    write_atomic(folder / "README.md", model_card(log, config, loaded, classifier, commands, text).encode())
