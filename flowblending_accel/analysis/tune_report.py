@@ -143,8 +143,14 @@ def tune_plot(document: dict[str, Any]) -> bytes:
             label="evaluated",
         )
         front = sorted((e for e in scored if e["label"] in frontier), key=lambda e: e["flop_ratio"])
+        # Markers only: the frontier is joint over FLOPs and every score, so in one score's panel its points
+        # are not monotone and a line through them would zigzag.
         axis.plot(
-            [e["flop_ratio"] for e in front], [e["scores"][name] for e in front], "o-", ms=4, label="frontier"
+            [e["flop_ratio"] for e in front],
+            [e["scores"][name] for e in front],
+            "o",
+            ms=5,
+            label="frontier (FLOPs and every score)",
         )
         for label, entry in document["alone"].items():
             if entry["scores"]:
@@ -152,6 +158,9 @@ def tune_plot(document: dict[str, Any]) -> bytes:
         fit = document["chosen"]["fit"]
         if fit and fit["scores"]:
             axis.scatter(fit["flop_ratio"], fit["scores"][name], marker="*", s=160, c="red", label="tuned")
+        wanted = (document["goal"].get("tolerance") or {}).get(name)
+        if wanted is not None:
+            axis.axhline(wanted, color="red", lw=0.8, ls="--", label="tolerance")
         axis.set_xlabel("FLOPs vs large-only, full steps")
         axis.set_ylabel(f"{name} vs large-only (fit set)")
         axis.grid(alpha=0.3)
