@@ -132,3 +132,13 @@ def test_the_export_command_writes_a_card_with_the_recipe_ablations(short_traini
     card = (tmp_path / "pair" / "README.md").read_text()
     assert "## Recipe ablations: why digit identity is weak\n\n| variant | step |" in card
     assert "| wide | 400 |" in card and "# Embedded pair: ablations" not in card
+
+
+def test_train_demo_takes_the_large_models_size_and_learning_rate(tmp_path):
+    from flowblending_accel.cli import main
+
+    argv = ["train-demo", "--output", str(tmp_path), "--steps", "1", "--lr", "0.001"]
+    assert main([*argv, "--large-size", "num_layers=2", "ffn_dim=64"]) == 0
+    state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert state["config"]["lr"] == 0.001
+    assert state["config"]["large_overrides"] == {"num_layers": 2, "ffn_dim": 64}

@@ -30,6 +30,10 @@ def a_file(tmp_path):
 
 
 CASES = {
+    "bad large size": (
+        ["train-demo", "--large-size", "heads=8"],
+        "--large-size 'heads=8': write KEY=N with N a positive whole number and KEY one of num_layers",
+    ),
     "two caches": (
         ["bench", "--stack", "fbc", "taylorseer"],
         "stack has several feature caches ['fbc:0.05', 'taylorseer']",

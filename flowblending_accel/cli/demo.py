@@ -99,6 +99,17 @@ def _register_train(commands) -> None:
         default=1.0,
         help="shift training timesteps toward high noise (default 1.0: plain logit-normal)",
     )
+    train.add_argument(
+        "--lr", type=positive_number, default=5e-4, help="peak AdamW learning rate (default 5e-4)"
+    )
+    train.add_argument(
+        "--large-size",
+        nargs="+",
+        default=[],
+        metavar="KEY=N",
+        help="the large model's size, e.g. num_attention_heads=8 ffn_dim=768 (keys: num_layers, "
+        "num_attention_heads, attention_head_dim, ffn_dim; default: the shipped 5 x 5 x 32, FFN 512)",
+    )
     train.add_argument("--classifier", action="store_true", help="train the metrics classifier into --output")
     train.set_defaults(run=run_train_command)
 
@@ -175,9 +186,26 @@ def run_demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def large_size(pairs: list[str]) -> dict[str, int]:
+    """``["num_attention_heads=8", ...]`` as config overrides of the large model, checked."""
+    from ..demo.models import LARGE
+
+    sizes = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in LARGE or not value.isdigit() or int(value) < 1:
+            raise ValueError(
+                f"--large-size {pair!r}: write KEY=N with N a positive whole number and KEY one of "
+                f"{', '.join(LARGE)}."
+            )
+        sizes[key] = int(value)
+    return sizes
+
+
 def run_train_command(args: argparse.Namespace) -> int:
     from ..support.files import check_output_folder
 
+    sizes = large_size(args.large_size)
     check_output_folder(args.output)
     if args.classifier:
         import torch
@@ -192,7 +220,12 @@ def run_train_command(args: argparse.Namespace) -> int:
     from ..demo.train import TrainConfig, train_pair
 
     config = TrainConfig(
-        steps=args.steps, threads=args.threads, seed=args.seed, timestep_shift=args.timestep_shift
+        steps=args.steps,
+        threads=args.threads,
+        seed=args.seed,
+        timestep_shift=args.timestep_shift,
+        lr=args.lr,
+        large_overrides=sizes,
     )
     trainer = train_pair(config, args.output, until=args.until)
     print(f"step {trainer.step}; checkpoint {trainer.checkpoint_path}")

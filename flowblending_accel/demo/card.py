@@ -55,7 +55,8 @@ def model_card(
         "split by index: 4/5 train writers, 1/5 held-out test writers (metrics use the held-out ones).",
         "",
         "## Models",
-        f"- large: {_params(LARGE)}; small: {_params(SMALL)}; shared: patch {COMMON['patch_size']}, "
+        f"- large: {_params({**LARGE, **config.get('large_overrides', {})})}; small: {_params(SMALL)}; "
+        f"shared: patch {COMMON['patch_size']}, "
         f"{COMMON['in_channels']} latent channels, text width {COMMON['text_dim']}.",
         "- VAE: `PixelShuffleVAE`, a fixed lossless 2x4x4 space/time-to-depth (pixel space; "
         "see its docstring),"
