@@ -82,6 +82,16 @@ def test_reproducible_and_compared_with_the_grid(wan, tmp_path):
     assert first["chosen"]["fit"]["flop_ratio"] < first["alone"]["FlowBlending alone"]["flop_ratio"]
 
 
+@pytest.mark.slow
+def test_a_latency_budget_picks_a_timed_frontier_point(wan, tmp_path):
+    small = ["--steps", "6", "--step-counts", "4", "--cache-thresholds"]  # few frontier points to time
+    document = _tune(wan, tmp_path, *small, "--latency-budget", "0.5")
+    frontier = {e["label"] for e in document["frontier"]}
+    chosen = " ".join([document["chosen"]["schedule"], *document["chosen"]["stack"]])
+    assert chosen in frontier or document["chosen"]["fit"]["flop_ratio"] <= 0.5  # else the FLOP-budget pick
+    assert document["goal"]["latency_budget"] == 0.5 and document["timing"]["tuned"]["speedup"]["median"] > 0
+
+
 def test_a_call_budget_stops_the_search_and_still_writes(wan, tmp_path):
     document = _tune(wan, tmp_path, "--max-calls", "3")
     assert document["cost"]["budget_spent"] is True
