@@ -52,15 +52,33 @@ def _guided(trainer: Trainer, latents, sigma, conditional, unconditional, guidan
     return velocity[1] + guidance * (velocity[0] - velocity[1])
 
 
+def _held_out_prompts(model, clips: int, generator: torch.Generator):
+    """A batch of held-out clips and its prompts encoded with and without the text (for CFG)."""
+    batch = sample_batch(load_bitmaps("test"), clips, generator)
+    conditional = encode_prompts(model.tokenizer, model.text_encoder, batch.prompts)
+    unconditional = encode_prompts(model.tokenizer, model.text_encoder, [""] * clips)
+    return batch, conditional, unconditional
+
+
+def _shipped_model():
+    """The shipped pair's large model with its text stack and VAE, shaped like a Trainer for the probes."""
+    from types import SimpleNamespace
+
+    from flowblending_accel.demo.models import load_demo_pipeline
+
+    pipe, _ = load_demo_pipeline()
+    return SimpleNamespace(
+        large=pipe.transformer, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, vae=pipe.vae
+    )
+
+
 @torch.no_grad()
 def probe(trainer: Trainer, classifier, clips: int = 256, guidance: float = 3.0) -> dict:
     trainer.large.eval()
     trainer.text_encoder.eval()
     generator = torch.Generator().manual_seed(77)
-    batch = sample_batch(load_bitmaps("test"), clips, generator)
+    batch, conditional, unconditional = _held_out_prompts(trainer, clips, generator)
     clean = trainer.vae.encode(batch.clips).latent_dist.mode()
-    conditional = encode_prompts(trainer.tokenizer, trainer.text_encoder, batch.prompts)
-    unconditional = encode_prompts(trainer.tokenizer, trainer.text_encoder, [""] * clips)
     result = {}
     for sigma in SIGMAS:
         noisy = (1 - sigma) * clean + sigma * torch.randn(clean.shape, generator=generator)
@@ -86,9 +104,7 @@ def _sampled(trainer: Trainer, classifier, guidance: float, clips: int = 80, ste
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     generator = torch.Generator().manual_seed(78)
-    batch = sample_batch(load_bitmaps("test"), clips, generator)
-    conditional = encode_prompts(trainer.tokenizer, trainer.text_encoder, batch.prompts)
-    unconditional = encode_prompts(trainer.tokenizer, trainer.text_encoder, [""] * clips)
+    batch, conditional, unconditional = _held_out_prompts(trainer, clips, generator)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     scheduler.set_timesteps(steps)
     shape = trainer.vae.encode(batch.clips[:1]).latent_dist.mode().shape[1:]
@@ -117,16 +133,9 @@ def run_variant(name: str, steps: int, every: int, classifier, scratch: Path, th
 
 def shipped_reference(classifier) -> dict:
     """The same probe on the shipped pair's large model (EMA weights, 13,000 steps)."""
-    from types import SimpleNamespace
-
-    from flowblending_accel.demo.models import load_demo_pipeline
-
-    pipe, _ = load_demo_pipeline()
-    model = SimpleNamespace(
-        large=pipe.transformer, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, vae=pipe.vae
-    )
+    model = _shipped_model()
     row = {"step": 13000, "seconds": 0.0, "val_loss": 0.0926, **probe(model, classifier)}
-    parameters = sum(p.numel() for p in pipe.transformer.parameters())
+    parameters = sum(p.numel() for p in model.large.parameters())
     return {
         "overrides": {"shipped": "EMA weights; val loss from its card"},
         "parameters": parameters,
@@ -138,17 +147,10 @@ def shipped_reference(classifier) -> dict:
 def conditioning_probe(classifier, clips: int = 256) -> list[dict]:
     """Does the prompt alone decide the digit? The shipped large model's guided clean prediction from
     (almost) pure noise, where the clip itself says nothing, read by the classifier, per guidance scale."""
-    from types import SimpleNamespace
-
-    from flowblending_accel.demo.models import load_demo_pipeline
-
-    pipe, _ = load_demo_pipeline()
-    model = SimpleNamespace(large=pipe.transformer, vae=pipe.vae)
+    model = _shipped_model()
     generator = torch.Generator().manual_seed(79)
-    batch = sample_batch(load_bitmaps("test"), clips, generator)
-    clean = pipe.vae.encode(batch.clips).latent_dist.mode()
-    conditional = encode_prompts(pipe.tokenizer, pipe.text_encoder, batch.prompts)
-    unconditional = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] * clips)
+    batch, conditional, unconditional = _held_out_prompts(model, clips, generator)
+    clean = model.vae.encode(batch.clips).latent_dist.mode()
     noise = torch.randn(clean.shape, generator=generator)
     rows = []
     for sigma in (1.0, 0.95, 0.9):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..accelerators import StackTarget, accelerated, parse_accelerator
+from ..accelerators import FirstBlockCache, StackTarget, StepReduction, accelerated, parse_accelerator
 from ..api import add_flowblending_listener, flowblending_stats
 from ..metrics.flops import flops_per_call, run_flops
 from ..metrics.intervals import mean_interval
@@ -73,8 +73,6 @@ class Point:
     def parse(cls, text: str, full_steps: int) -> Point:
         """A stack as ``bench`` takes it, ``"L40-S40-L20 dpm++:10 fbc:0.2"``: a schedule, then at most one
         step-reduction solver and one FirstBlockCache (the knobs a point has)."""
-        from ..accelerators import FirstBlockCache, StepReduction
-
         schedule, *members = text.split()
         solver, steps, cache = None, full_steps, None
         for config in map(parse_accelerator, members):
