@@ -142,3 +142,41 @@ def test_train_demo_takes_the_large_models_size_and_learning_rate(tmp_path):
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["config"]["lr"] == 0.001
     assert state["config"]["large_overrides"] == {"num_layers": 2, "ffn_dim": 64}
+
+
+def test_generated_clips_cross_the_centre_and_the_classifier_reads_them_anywhere():
+    from flowblending_accel.demo.data import DIGIT_SIZE
+
+    bitmaps = load_bitmaps("train")
+    centre = sample_batch(bitmaps, 8, torch.Generator().manual_seed(4))
+    anywhere = sample_batch(bitmaps, 8, torch.Generator().manual_seed(4), placement="anywhere")
+    assert centre.prompts == anywhere.prompts  # same draws, only the path moves
+    ink = (centre.clips[:, 0, 0] > -1).float()  # first frame, (B, H, W)
+    rows, cols = ink.amax(2), ink.amax(1)
+    middle = (CANVAS - DIGIT_SIZE) // 2
+    for b, direction in enumerate(centre.directions.tolist()):
+        across = rows[b] if direction < 2 else cols[b]  # left/right move along x, so rows lie across
+        assert across[:middle].sum() == 0 and across[middle + DIGIT_SIZE :].sum() == 0
+    assert not torch.equal(centre.clips, anywhere.clips)
+    with pytest.raises(ValueError, match="placement='middle' must be one of"):
+        sample_batch(bitmaps, 2, torch.Generator(), placement="middle")
+
+
+def test_training_starts_from_an_exported_pair(short_training, tmp_path):
+    from flowblending_accel.demo.export import export_pair
+    from flowblending_accel.demo.train import TrainConfig, Trainer
+
+    _, config, folder = short_training
+    pair = export_pair(folder / "checkpoint.pt", tmp_path / "pair")
+    started = Trainer(TrainConfig(init_from=str(pair), threads=1), tmp_path / "fine-tune")
+    state = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+    for name, module in started.modules().items():
+        for key, value in module.state_dict().items():
+            # the exported weights are the EMA copies (float tensors), buffers the model's own
+            expected = state["ema"][name].get(key, state["models"][name][key])
+            assert torch.equal(value, expected), (name, key)
+            if key in started.ema[name].shadow:
+                assert torch.equal(started.ema[name].shadow[key], expected)
+    mismatch = r"its large does not fit this recipe \(size mismatch .*\(--large-size\)"
+    with pytest.raises(ValueError, match=mismatch):
+        Trainer(TrainConfig(init_from=str(pair), large_overrides={"ffn_dim": 64}), tmp_path / "other")

@@ -34,6 +34,10 @@ CASES = {
         ["train-demo", "--large-size", "heads=8"],
         "--large-size 'heads=8': write KEY=N with N a positive whole number and KEY one of num_layers",
     ),
+    "init from a non-pair": (
+        ["train-demo", "--init-from", "runs/no-such-pair"],
+        "--init-from runs/no-such-pair: not an exported pair (no model_index.json)",
+    ),
     "two caches": (
         ["bench", "--stack", "fbc", "taylorseer"],
         "stack has several feature caches ['fbc:0.05', 'taylorseer']",

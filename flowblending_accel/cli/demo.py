@@ -110,6 +110,14 @@ def _register_train(commands) -> None:
         help="the large model's size, e.g. num_attention_heads=8 ffn_dim=768 (keys: num_layers, "
         "num_attention_heads, attention_head_dim, ffn_dim; default: the shipped 5 x 5 x 32, FFN 512)",
     )
+    train.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="PAIR",
+        help="start a fresh run from an exported pair's weights (fine-tune), e.g. the shipped "
+        "flowblending_accel/assets/demo_pair; same model sizes required",
+    )
     train.add_argument("--classifier", action="store_true", help="train the metrics classifier into --output")
     train.set_defaults(run=run_train_command)
 
@@ -207,6 +215,11 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     sizes = large_size(args.large_size)
     check_output_folder(args.output)
+    if args.init_from is not None and not (args.init_from / "model_index.json").exists():
+        raise ValueError(
+            f"--init-from {args.init_from}: not an exported pair (no model_index.json); pass a folder "
+            "written by `flowblending-accel export-demo`."
+        )
     if args.classifier:
         import torch
 
@@ -226,6 +239,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         timestep_shift=args.timestep_shift,
         lr=args.lr,
         large_overrides=sizes,
+        init_from=str(args.init_from or ""),
     )
     trainer = train_pair(config, args.output, until=args.until)
     print(f"step {trainer.step}; checkpoint {trainer.checkpoint_path}")

@@ -65,7 +65,7 @@ def train_classifier(
     generator = torch.Generator().manual_seed(seed)
     loss_value = float("nan")
     for _ in range(steps):
-        batch = sample_batch(bitmaps, batch_size, generator)
+        batch = sample_batch(bitmaps, batch_size, generator, placement="anywhere")
         clips = batch.clips + noise * torch.randn(batch.clips.shape, generator=generator)
         digit_logits, direction_logits, _ = model(clips)
         loss = nn.functional.cross_entropy(digit_logits, batch.digits) + nn.functional.cross_entropy(
@@ -83,8 +83,10 @@ def train_classifier(
 
 @torch.no_grad()
 def evaluate_classifier(model: ClipClassifier, clips: int = 1000, seed: int = 1) -> tuple[float, float, int]:
-    """Accuracy on real clips of the held-out test writers."""
-    batch = sample_batch(load_bitmaps("test"), clips, torch.Generator().manual_seed(seed))
+    """Accuracy on real clips of the held-out test writers, drawn anywhere on the canvas."""
+    batch = sample_batch(
+        load_bitmaps("test"), clips, torch.Generator().manual_seed(seed), placement="anywhere"
+    )
     digit_logits, direction_logits, _ = model(batch.clips)
     return (
         float((digit_logits.argmax(1) == batch.digits).float().mean()),

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from .data import load_bitmaps, sample_batch
-from .models import PIXEL_MEAN, PIXEL_STD, build_large, build_small, build_vae, encode_prompts
+from .models import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    SMALL_SUBFOLDER,
+    build_large,
+    build_small,
+    build_vae,
+    encode_prompts,
+)
 from .text import build_text_encoder, build_tokenizer
 
 
@@ -52,6 +60,9 @@ class TrainConfig:
     common_overrides: dict = field(default_factory=dict)
     pixel_norm: tuple[float, float] = (PIXEL_MEAN, PIXEL_STD)
     train_small: bool = True
+    # An exported pair folder whose weights a fresh run starts from (fine-tuning); "" starts from random
+    # weights. A checkpoint in the output folder always wins, so a resumed sitting ignores it.
+    init_from: str = ""
 
     def builders(self) -> dict:
         """Keyword arguments that rebuild this recipe's modules (training, export)."""
@@ -89,6 +100,8 @@ class Trainer:
             build_small(seed=config.seed + 1, **builders["small"]).train(),
         )
         self.vae = build_vae(**builders["vae"])
+        if config.init_from:
+            self._start_from_pair(Path(config.init_from))
         self.large_opt = self._optimizer(list(self.large.parameters()) + list(self.text_encoder.parameters()))
         self.small_opt = self._optimizer(list(self.small.parameters()))
         self.ema = {name: _Ema(module, config.ema_decay) for name, module in self.modules().items()}
@@ -98,6 +111,27 @@ class Trainer:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"large": self.large, "small": self.small, "text_encoder": self.text_encoder}
+
+    def _start_from_pair(self, folder: Path) -> None:
+        """Load an exported pair's weights; its architecture must be this recipe's."""
+        from diffusers import WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        sources = {
+            "large": (WanTransformer3DModel, "transformer"),
+            "small": (WanTransformer3DModel, SMALL_SUBFOLDER),
+            "text_encoder": (UMT5EncoderModel, "text_encoder"),
+        }
+        for name, module in self.modules().items():
+            kind, subfolder = sources[name]
+            try:  # from_pretrained resolves tied weights; strict loading then checks every shape
+                module.load_state_dict(kind.from_pretrained(folder / subfolder).state_dict(), strict=True)
+            except (OSError, RuntimeError) as error:
+                details = [line.strip() for line in str(error).splitlines() if line.strip()]
+                raise ValueError(
+                    f"init_from={str(folder)!r}: its {name} does not fit this recipe ({details[-1]}); pass a "
+                    "pair exported with the same model sizes (--large-size) or drop --init-from."
+                ) from None
 
     def _optimizer(self, parameters):
         return torch.optim.AdamW(parameters, lr=self.config.lr, weight_decay=self.config.weight_decay)
