@@ -121,17 +121,21 @@ def test_export_and_reload(short_training, tmp_path):
     assert frames.shape == (1, FRAMES, CANVAS, CANVAS, 1)
 
 
-def test_the_export_command_writes_a_card_with_the_recipe_ablations(short_training, tmp_path):
+def test_the_export_command_writes_a_card_with_the_recipe_ablations_and_notes(short_training, tmp_path):
     from flowblending_accel.cli import main
 
     _, _, folder = short_training
     ablations = tmp_path / "ablations.md"
     ablations.write_text("# Embedded pair: ablations\n\n| variant | step |\n|---|---|\n| wide | 400 |\n")
     argv = ["export-demo", str(folder / "checkpoint.pt"), str(tmp_path / "pair")]
-    assert main([*argv, "--card-ablations", str(ablations)]) == 0
+    notes = tmp_path / "reading.md"
+    notes.write_text("## Reading\n\nThe prompt decides the digit.\n")
+    assert main([*argv, "--card-ablations", str(ablations), "--card-notes", str(notes)]) == 0
     card = (tmp_path / "pair" / "README.md").read_text()
-    assert "## Recipe ablations: why digit identity is weak\n\n| variant | step |" in card
+    assert "## Recipe ablations: what decides digit identity\n\n| variant | step |" in card
     assert "| wide | 400 |" in card and "# Embedded pair: ablations" not in card
+    assert card.endswith("| wide | 400 |\n\n## Reading\n\nThe prompt decides the digit.\n")
+    assert "crosses the canvas along its centre line" in card
 
 
 def test_train_demo_takes_the_large_models_size_and_learning_rate(tmp_path):
@@ -180,3 +184,13 @@ def test_training_starts_from_an_exported_pair(short_training, tmp_path):
     mismatch = r"its large does not fit this recipe \(size mismatch .*\(--large-size\)"
     with pytest.raises(ValueError, match=mismatch):
         Trainer(TrainConfig(init_from=str(pair), large_overrides={"ffn_dim": 64}), tmp_path / "other")
+
+
+def test_a_fine_tuned_pairs_card_names_where_it_started():
+    from flowblending_accel.demo.card import model_card
+
+    config = {"init_from": "runs/demo-pair-v1", "placement": "centre"}
+    card = model_card([], config, None, None, {"train": ["first", "second"]})
+    assert "- started from the pair in `runs/demo-pair-v1`" in card
+    assert "- commands, in order: `first`; then `second`" in card
+    assert "started from" not in model_card([], {}, None, None, {})

@@ -151,6 +151,12 @@ def _register_export(commands) -> None:
         default=None,
         help="ablations.md of benchmarks/demo_ablations.py to include in the model card",
     )
+    export.add_argument(
+        "--card-notes",
+        type=Path,
+        default=None,
+        help="a hand-written markdown file (e.g. the reading of the ablations) appended to the model card",
+    )
     export.set_defaults(run=run_export_command)
 
 
@@ -266,7 +272,13 @@ def run_export_command(args: argparse.Namespace) -> int:
         "classifier": "flowblending-accel train-demo --classifier --output runs/classifier --threads 2",
     }
     write_card(
-        folder, args.checkpoint.parent / "log.jsonl", config, args.card_results, commands, args.card_ablations
+        folder,
+        args.checkpoint.parent / "log.jsonl",
+        config,
+        args.card_results,
+        commands,
+        args.card_ablations,
+        args.card_notes,
     )
     print(folder)
     return 0

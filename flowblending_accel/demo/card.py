@@ -29,6 +29,26 @@ def _history(log: list[dict[str, Any]], key: str, default: Any) -> str:
     return ", ".join(spans) or "unknown"
 
 
+def _placement(placement: str) -> str:
+    if placement == "centre":
+        return (
+            "Each clip crosses the canvas along its centre line, so the prompt fixes all but the "
+            "writer's hand "
+            "(`placement='centre'`)."
+        )
+    return "Each clip's path lies anywhere across its direction of motion (`placement='anywhere'`)."
+
+
+def _lineage(config: dict[str, Any]) -> list[str]:
+    """A fine-tuned pair names where it started; its log and steps below are the fine-tune's own."""
+    if not config.get("init_from"):
+        return []
+    return [
+        f"- started from the pair in `{config['init_from']}` (its own training is the first commands below); "
+        "the steps, clock and losses above and below are this fine-tune's."
+    ]
+
+
 def model_card(
     log: list[dict[str, Any]],
     config: dict[str, Any],
@@ -36,6 +56,7 @@ def model_card(
     classifier: dict[str, Any] | None,
     commands: dict[str, str],
     ablations: str | None = None,
+    notes: str | None = None,
 ) -> str:
     last = log[-1] if log else {}
     lines = [
@@ -53,6 +74,7 @@ def model_card(
         'grayscale frames at 2 px per frame, left / right / up / down, prompted `"a 7 moving left"`. '
         "Bitmaps are",
         "split by index: 4/5 train writers, 1/5 held-out test writers (metrics use the held-out ones).",
+        _placement(config.get("placement", "anywhere")),
         "",
         "## Models",
         f"- large: {_params({**LARGE, **config.get('large_overrides', {})})}; small: {_params(SMALL)}; "
@@ -76,6 +98,7 @@ def model_card(
         f"{_history(log, 'timestep_shift', 1.0)}; CPU threads: {_history(log, 'threads', 1)} (thread count "
         "changes float summation order, not the recipe); "
         f"{last.get('seconds', 0) / 3600:.1f} h in the final sitting's clock.",
+        *_lineage(config),
         "- commands, in order: " + "; then ".join(f"`{c}`" for c in commands.get("train", [])),
         f"- export: `{commands.get('export')}`",
         "",
@@ -111,13 +134,14 @@ def model_card(
                     f"| {name} ({row['schedule']}) | {row['flops_vs_lll']:.3f} | "
                     f"{row['digit_accuracy']['mean']:.3f} | {row['direction_accuracy']['mean']:.3f} |"
                 )
-    return "\n".join(lines) + "\n" + (ablation_section(ablations) if ablations else "")
+    card = "\n".join(lines) + "\n" + (ablation_section(ablations) if ablations else "")
+    return card + ("\n" + notes.strip() + "\n" if notes else "")
 
 
 def ablation_section(markdown: str) -> str:
     """The recipe ablations (``benchmarks/demo_ablations.py``'s ablations.md) as a section of the card."""
     body = markdown.split("\n", 1)[1] if markdown.startswith("# ") else markdown
-    return "\n## Recipe ablations: why digit identity is weak\n" + body
+    return "\n## Recipe ablations: what decides digit identity\n" + body
 
 
 def write_card(
@@ -127,7 +151,9 @@ def write_card(
     results: Path | None,
     commands: dict[str, str],
     ablations: Path | None = None,
+    notes: Path | None = None,
 ) -> None:
+    """``notes``: a hand-written markdown file (the reading of the ablations) appended as it is."""
     from ..support.files import write_atomic
 
     log = [json.loads(line) for line in checkpoint_log.read_text().splitlines() if line.strip()]
@@ -135,4 +161,6 @@ def write_card(
     classifier = json.loads(classifier_report.read_text()) if classifier_report.exists() else None
     loaded = json.loads(results.read_text()) if results else None
     text = ablations.read_text() if ablations else None
-    write_atomic(folder / "README.md", model_card(log, config, loaded, classifier, commands, text).encode())
+    extra = notes.read_text() if notes else None
+    card = model_card(log, config, loaded, classifier, commands, text, extra)
+    write_atomic(folder / "README.md", card.encode())

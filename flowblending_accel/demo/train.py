@@ -60,6 +60,7 @@ class TrainConfig:
     common_overrides: dict = field(default_factory=dict)
     pixel_norm: tuple[float, float] = (PIXEL_MEAN, PIXEL_STD)
     train_small: bool = True
+    placement: str = "centre"  # where clips lie across their motion (data.PLACEMENTS); ablations use both
     # An exported pair folder whose weights a fresh run starts from (fine-tuning); "" starts from random
     # weights. A checkpoint in the output folder always wins, so a resumed sitting ignores it.
     init_from: str = ""
@@ -157,7 +158,7 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         c = self.config
         generator = torch.Generator().manual_seed(c.seed * 1_000_003 + self.step)
-        batch = sample_batch(self.bitmaps, c.batch_size, generator)
+        batch = sample_batch(self.bitmaps, c.batch_size, generator, c.placement)
         drop = torch.rand(c.batch_size, generator=generator) < c.cond_dropout
         prompts = ["" if d else p for d, p in zip(drop.tolist(), batch.prompts, strict=True)]
         noisy, timestep, target = self._inputs(generator, batch.clips, prompts, c.timestep_shift)
@@ -187,7 +188,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------- validation
     def _validation_batch(self):
         generator = torch.Generator().manual_seed(10_000 + self.config.seed)
-        batch = sample_batch(load_bitmaps("test"), 128, generator)
+        batch = sample_batch(load_bitmaps("test"), 128, generator, self.config.placement)
         noisy, timestep, target = self._inputs(generator, batch.clips, batch.prompts)
         return batch.prompts, noisy, timestep, target
 
