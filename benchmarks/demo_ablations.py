@@ -145,7 +145,7 @@ def run_variant(name: str, steps: int, every: int, classifier, scratch: Path, th
     return {"overrides": {k: str(v) for k, v in overrides.items()}, "parameters": parameters, "rows": rows}
 
 
-PAIRS = {"first pair": ("anywhere", 13000, 0.0926), "shipped": ("centre", 13000 + 4000, None)}
+PAIRS = {"first pair": ("anywhere", 13000, 0.0926), "shipped pair": ("centre", 13000 + 4000, 0.0596)}
 
 
 def pair_reference(name: str, folder: Path, classifier) -> dict:
@@ -154,7 +154,8 @@ def pair_reference(name: str, folder: Path, classifier) -> dict:
     model = _pair_model(folder, placement)
     row = {"step": steps, "seconds": 0.0, "val_loss": val_loss, **probe(model, classifier)}
     parameters = sum(p.numel() for p in model.large.parameters())
-    return {"overrides": {name: f"EMA weights, clips {placement}"}, "parameters": parameters, "rows": [row]}
+    overrides = {"weights": f"EMA, clips {placement}"}
+    return {"overrides": overrides, "parameters": parameters, "rows": [row]}
 
 
 @torch.no_grad()
@@ -229,7 +230,7 @@ def _ideal_at_pure_noise(classifier, placement: str, clips: int = 4000) -> dict:
 
 def markdown(results: dict, command: str, pairs: dict) -> str:
     lines = [
-        "# Embedded pair: why is digit identity weak? (large model alone, short runs)",
+        "# Embedded pair: what decides digit identity? (pairs, and short runs of the large model alone)",
         "",
         f"`{command}`; held-out writers; the metrics classifier reads each clip (its ceiling on real clips: "
         "digit 0.961, motion 1.000). x0@σ: the guided one-step clean prediction from noise level σ. "
@@ -308,7 +309,7 @@ def main() -> None:
     path = args.output / "ablations.json"
     document = json.loads(path.read_text()) if path.exists() else {}
     results, pairs = document.get("variants", {}), document.get("pairs", {})
-    folders = {"shipped": default_pair_path(), "first pair": args.first_pair}
+    folders = {"shipped pair": default_pair_path(), "first pair": args.first_pair}
     for name, folder in folders.items():
         if folder is not None and (name not in results or args.conditioning):
             results[name] = pair_reference(name, folder, classifier)

@@ -142,9 +142,10 @@ def test_train_demo_takes_the_large_models_size_and_learning_rate(tmp_path):
     from flowblending_accel.cli import main
 
     argv = ["train-demo", "--output", str(tmp_path), "--steps", "1", "--lr", "0.001"]
+    argv += ["--placement", "anywhere"]
     assert main([*argv, "--large-size", "num_layers=2", "ffn_dim=64"]) == 0
     state = torch.load(tmp_path / "checkpoint.pt", map_location="cpu", weights_only=False)
-    assert state["config"]["lr"] == 0.001
+    assert state["config"]["lr"] == 0.001 and state["config"]["placement"] == "anywhere"
     assert state["config"]["large_overrides"] == {"num_layers": 2, "ffn_dim": 64}
 
 
@@ -194,3 +195,12 @@ def test_a_fine_tuned_pairs_card_names_where_it_started():
     assert "- started from the pair in `runs/demo-pair-v1`" in card
     assert "- commands, in order: `first`; then `second`" in card
     assert "started from" not in model_card([], {}, None, None, {})
+
+
+def test_train_demo_offers_exactly_the_datas_placements():
+    from flowblending_accel.cli import build_parser
+    from flowblending_accel.demo.data import PLACEMENTS
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command")
+    placement = next(a for a in commands.choices["train-demo"]._actions if a.dest == "placement")
+    assert tuple(placement.choices) == PLACEMENTS  # the CLI spells them out so --help needs no torch

@@ -111,6 +111,13 @@ def _register_train(commands) -> None:
         "num_attention_heads, attention_head_dim, ffn_dim; default: the shipped 5 x 5 x 32, FFN 512)",
     )
     train.add_argument(
+        "--placement",
+        choices=("centre", "anywhere"),
+        default="centre",
+        help="where clips cross the canvas: along its centre line (default; the prompt fixes all but the "
+        "writer's hand) or anywhere across their motion (the first shipped pair's data)",
+    )
+    train.add_argument(
         "--init-from",
         type=Path,
         default=None,
@@ -246,6 +253,7 @@ def run_train_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         large_overrides=sizes,
         init_from=str(args.init_from or ""),
+        placement=args.placement,
     )
     trainer = train_pair(config, args.output, until=args.until)
     print(f"step {trainer.step}; checkpoint {trainer.checkpoint_path}")
