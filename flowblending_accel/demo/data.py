@@ -9,7 +9,7 @@ right: *which* digit (structure), a steady straight motion (temporal coherence),
 The generated clips cross the canvas along its centre line (``placement="centre"``), so the prompt fixes
 everything but the writer's hand. Letting the start position vary as well (``"anywhere"``) blurs what a
 prompt means at high noise: the mean clip of a prompt, which is what a denoiser predicts from pure noise,
-shows its digit to the metrics classifier 35 % of the time instead of 90 %, and a model trained that way
+shows its digit to the metrics classifier 30 % of the time instead of 90 %, and a model trained that way
 picks its digit from its own early samples rather than from the prompt (see the demo pair's model card).
 The metrics classifier still trains on ``"anywhere"`` clips, so it reads a digit wherever it is drawn.
 """
