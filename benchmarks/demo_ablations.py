@@ -305,6 +305,8 @@ def main() -> None:
     parser.add_argument("--first-pair", type=Path, default=None, help="the first shipped pair's folder")
     args = parser.parse_args()
     command = f"python benchmarks/demo_ablations.py --steps {args.steps} --every {args.every}"
+    command += " --conditioning" * args.conditioning
+    command += f" --first-pair {args.first_pair}" if args.first_pair else ""
     classifier = load_classifier(default_pair_path() / CLASSIFIER_SUBFOLDER)
     path = args.output / "ablations.json"
     document = json.loads(path.read_text()) if path.exists() else {}

@@ -149,7 +149,7 @@ def test_train_demo_takes_the_large_models_size_and_learning_rate(tmp_path):
     assert state["config"]["large_overrides"] == {"num_layers": 2, "ffn_dim": 64}
 
 
-def test_generated_clips_cross_the_centre_and_the_classifier_reads_them_anywhere():
+def test_generated_clips_cross_the_centre_and_anywhere_moves_only_the_path():
     from flowblending_accel.demo.data import DIGIT_SIZE
 
     bitmaps = load_bitmaps("train")
@@ -182,6 +182,11 @@ def test_training_starts_from_an_exported_pair(short_training, tmp_path):
             assert torch.equal(value, expected), (name, key)
             if key in started.ema[name].shadow:
                 assert torch.equal(started.ema[name].shadow[key], expected)
+    (tmp_path / "no-small").mkdir()
+    (tmp_path / "no-small" / "transformer").symlink_to(pair / "transformer")
+    unreadable = "cannot read its transformer_small .*written by `flowblending-accel"
+    with pytest.raises(ValueError, match=unreadable):
+        Trainer(TrainConfig(init_from=str(tmp_path / "no-small")), tmp_path / "missing")
     mismatch = r"its large does not fit this recipe \(size mismatch .*\(--large-size\)"
     with pytest.raises(ValueError, match=mismatch):
         Trainer(TrainConfig(init_from=str(pair), large_overrides={"ffn_dim": 64}), tmp_path / "other")
@@ -204,3 +209,46 @@ def test_train_demo_offers_exactly_the_datas_placements():
     commands = next(a for a in build_parser()._actions if a.dest == "command")
     placement = next(a for a in commands.choices["train-demo"]._actions if a.dest == "placement")
     assert tuple(placement.choices) == PLACEMENTS  # the CLI spells them out so --help needs no torch
+
+
+def test_a_resumed_sitting_keeps_its_weights_its_start_and_its_placement(short_training, tmp_path):
+    from flowblending_accel.demo.export import export_pair
+    from flowblending_accel.demo.train import TrainConfig, Trainer, train_pair
+
+    _, config, folder = short_training
+    pair = export_pair(folder / "checkpoint.pt", tmp_path / "pair")
+    recipe = dict(steps=2, batch_size=4, warmup_steps=1, checkpoint_every=1, threads=1)
+    first = train_pair(TrainConfig(init_from=str(pair), **recipe), tmp_path / "run", progress=False)
+    pair_moved = pair.rename(tmp_path / "moved")  # a resume must not read the pair again
+    resumed = Trainer(TrainConfig(init_from=str(pair), **recipe), tmp_path / "run")
+    assert resumed.load() and resumed.step == 2 and resumed.config.init_from == str(pair)
+    for key, value in first.large.state_dict().items():
+        assert torch.equal(resumed.large.state_dict()[key], value), key
+    without = Trainer(TrainConfig(**recipe), tmp_path / "run")
+    assert without.load() and without.config.init_from == str(pair)  # the card still names the start
+    with pytest.raises(ValueError, match="trained with placement centre; pass --placement centre"):
+        Trainer(TrainConfig(placement="anywhere", **recipe), tmp_path / "run").load()
+    assert pair_moved.exists()
+
+
+def test_the_classifier_sees_digits_anywhere_and_the_report_compares_centred_clips(monkeypatch):
+    from flowblending_accel.demo import classifier as classifier_module
+    from flowblending_accel.demo.data import DIGIT_SIZE
+
+    seen = []
+    real_sample = classifier_module.sample_batch
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("placement", args[3] if len(args) > 3 else "centre"))
+        return real_sample(*args, **kwargs)
+
+    monkeypatch.setattr(classifier_module, "sample_batch", recording)
+    model, _ = classifier_module.train_classifier(seed=0, steps=1, batch_size=4)
+    classifier_module.evaluate_classifier(model, clips=4)
+    assert seen == ["anywhere"] * 3  # one training batch, the report's evaluation, ours
+    clips = reference_clips(["a 4 moving right", "a 4 moving down"], seed=3).clips
+    ink = clips[:, 0, 0] > -1  # first frame
+    middle = (CANVAS - DIGIT_SIZE) // 2
+    assert not ink[0, :middle].any() and not ink[0, middle + DIGIT_SIZE :].any()  # rows across "right"
+    # columns lie across "down"
+    assert not ink[1, :, :middle].any() and not ink[1, :, middle + DIGIT_SIZE :].any()

@@ -15,7 +15,7 @@ import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -101,7 +101,7 @@ class Trainer:
             build_small(seed=config.seed + 1, **builders["small"]).train(),
         )
         self.vae = build_vae(**builders["vae"])
-        if config.init_from:
+        if config.init_from and not self.checkpoint_path.exists():  # a resumed sitting keeps its own weights
             self._start_from_pair(Path(config.init_from))
         self.large_opt = self._optimizer(list(self.large.parameters()) + list(self.text_encoder.parameters()))
         self.small_opt = self._optimizer(list(self.small.parameters()))
@@ -126,8 +126,16 @@ class Trainer:
         for name, module in self.modules().items():
             kind, subfolder = sources[name]
             try:  # from_pretrained resolves tied weights; strict loading then checks every shape
-                module.load_state_dict(kind.from_pretrained(folder / subfolder).state_dict(), strict=True)
-            except (OSError, RuntimeError) as error:
+                loaded = kind.from_pretrained(folder / subfolder)
+            except OSError as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(
+                    f"init_from={str(folder)!r}: cannot read its {subfolder} ({first}); pass a folder "
+                    "written by `flowblending-accel export-demo`."
+                ) from None
+            try:
+                module.load_state_dict(loaded.state_dict(), strict=True)
+            except RuntimeError as error:
                 details = [line.strip() for line in str(error).splitlines() if line.strip()]
                 raise ValueError(
                     f"init_from={str(folder)!r}: its {name} does not fit this recipe ({details[-1]}); pass a "
@@ -234,11 +242,16 @@ class Trainer:
         if not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        if state["config"]["seed"] != self.config.seed:
-            raise ValueError(
-                f"{self.checkpoint_path} was trained with seed {state['config']['seed']}; "
-                "use it or a new --output."
-            )
+        saved = state["config"]
+        # checkpoints from before placements existed were all trained on clips placed anywhere
+        for key, before in (("seed", None), ("placement", "anywhere")):
+            if saved.get(key, before) != getattr(self.config, key):
+                raise ValueError(
+                    f"{self.checkpoint_path} was trained with {key} {saved.get(key, before)}; "
+                    f"pass --{key} {saved.get(key, before)} or a new --output."
+                )
+        if saved.get("init_from") and not self.config.init_from:  # the card names where the run started
+            self.config = replace(self.config, init_from=saved["init_from"])
         for name, module in self.modules().items():
             module.load_state_dict(state["models"][name])
             self.ema[name].shadow = state["ema"][name]
