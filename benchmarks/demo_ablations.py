@@ -64,9 +64,13 @@ def _held_out_prompts(model, clips: int, generator: torch.Generator):
     """A batch of held-out clips (placed as the model was trained) and its prompts encoded with and
     without the text (for CFG)."""
     batch = sample_batch(load_bitmaps("test"), clips, generator, model.config.placement)
-    conditional = encode_prompts(model.tokenizer, model.text_encoder, batch.prompts)
-    unconditional = encode_prompts(model.tokenizer, model.text_encoder, [""] * clips)
-    return batch, conditional, unconditional
+    return (batch, *_with_and_without_text(model, batch.prompts))
+
+
+def _with_and_without_text(model, prompts: list[str]):
+    """``prompts`` encoded as given and as empty prompts: the two branches of classifier-free guidance."""
+    conditional = encode_prompts(model.tokenizer, model.text_encoder, prompts)
+    return conditional, encode_prompts(model.tokenizer, model.text_encoder, [""] * len(prompts))
 
 
 def _pair_model(folder: Path, placement: str):
@@ -187,8 +191,7 @@ def prompt_or_signal(model, classifier, clips: int = 256) -> list[dict]:
     batch = sample_batch(load_bitmaps("test"), clips, generator, model.config.placement)
     other = (batch.digits + torch.randint(1, 10, (clips,), generator=generator)) % 10
     prompts = [prompt_for(int(d), DIRECTIONS[int(s)]) for d, s in zip(other, batch.directions, strict=True)]
-    conditional = encode_prompts(model.tokenizer, model.text_encoder, prompts)
-    unconditional = encode_prompts(model.tokenizer, model.text_encoder, [""] * clips)
+    conditional, unconditional = _with_and_without_text(model, prompts)
     clean = model.vae.encode(batch.clips).latent_dist.mode()
     rows = []
     for sigma in (0.95, 0.9, 0.8, 0.7, 0.5):
