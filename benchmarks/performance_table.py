@@ -22,12 +22,17 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def _row(row: dict) -> str:
     x = row["speedup"]
     flops = f"{1 / row['flop_reduction']:.3f}" if row.get("flop_reduction") else "—"
+    speedup = f"{x['median']:.2f} [{x['q1']:.2f}, {x['q3']:.2f}]" if x else "—"
     return (
-        f"| {row['label']} | {x['median']:.2f} [{x['q1']:.2f}, {x['q3']:.2f}] | {row['ideal_speedup']:.2f} | "
-        f"{row['efficiency']:.2f} | {flops} | {row['recompiles_after_warmup']} |"
+        f"| {row['label']} | {speedup} | {_number(row['ideal_speedup'])} | "
+        f"{_number(row['efficiency'])} | {flops} | {row['recompiles_after_warmup']} |"
     )
 
 
@@ -70,24 +75,19 @@ def gpu_section() -> list[str]:
     if not runs:
         return lines + [
             "",
-            "**Not measured yet**: no GPU has been available to this project. The suite is ready and runs in "
-            "CI as a CPU dry run; on a CUDA machine: `bash benchmarks/gpu/run.sh` (see "
-            "[benchmarks/gpu](benchmarks/gpu/README.md)).",
+            "**Not measured yet**: no GPU has been available to this project since the suite was split into "
+            "parts. It is rehearsed in CI on tiny presets; on a CUDA machine it runs as five short calls, "
+            "`bash benchmarks/gpu/run.sh smoke` first (see [benchmarks/gpu](benchmarks/gpu/README.md)).",
         ]
     for path in runs:
-        document = _load(path)
-        environment = document["sections"]["environment"]["result"]
-        wan = document["sections"]["wan"]
-        lines += [
-            "",
-            f"{environment.get('device')}, `{document['context']['command']}` "
-            f"([suite.md]({path.parent.relative_to(ROOT)}/suite.md)):",
-            "",
-        ]
-        if wan["status"] != "done":
-            lines.append(f"Wan section: {wan['status']} ({wan['reason']}).")
-            continue
-        lines += [*HEADER, *[_row(row) for row in wan["result"]["rows"][1:]]]
+        for device in _load(path)["devices"]:
+            wan, stack = device["sections"]["wan"], device["sections"]["stack"]
+            lines += ["", f"{device['device']} ([suite.md]({path.parent.relative_to(ROOT)}/suite.md)):", ""]
+            rows = [row for row in wan["rows"] + stack["rows"] if row["label"] != "baseline (large only)"]
+            if not rows:
+                lines.append(f"Wan section: {wan['status']}.")
+                continue
+            lines += [*HEADER, *[_row(row) for row in rows]]
     return lines
 
 

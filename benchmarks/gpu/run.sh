@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# The GPU evidence suite in one device call, from the repository root on the GPU machine:
-#   bash benchmarks/gpu/run.sh [OUTPUT_FOLDER]        # default: $OUT/gpu on the device machine
+# One part of the GPU evidence suite: one short device call, from the repository root on the GPU machine.
+#   bash benchmarks/gpu/run.sh PART [--resume DIR ...]       PART: smoke, wan, stack, individual or ltx
 # 1. installs the wheels carried in .whl/ (benchmarks/gpu/fetch_wheels.sh) offline into /tmp/site;
-# 2. runs `flowblending-accel bench --suite gpu` under a hard time limit (SUITE_SECONDS, default 480): each
-#    section is time-boxed and written when it ends, and the limit's SIGTERM still writes what was measured.
+# 2. runs the part: it prints its estimated wall time, then runs each section in its own process with its
+#    own time box, appending every measured row to $OUT/PART.jsonl (and its output to $OUT/PART.log) as it is
+#    measured. The part's 240 s budget counts from this script's start, the install included.
+# SUITE=rehearsal runs the same part on tiny presets on a CPU (what the tests do); OUT defaults to
+# flowblending-suite/$SUITE.
 set -uo pipefail
-output="${1:-${OUT:-benchmarks/results}/gpu}"
+started=$(date +%s.%N)
+part="${1:?name a part: smoke, wan, stack, individual or ltx (see benchmarks/gpu/README.md)}"
+shift
+suite="${SUITE:-gpu}"
+output="${OUT:-flowblending-suite/$suite}"
 mkdir -p "$output"
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -13,8 +20,9 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
 fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
-python3 -c "import torch, diffusers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'diffusers', diffusers.__version__)" || exit 1
-timeout -k 30 "${SUITE_SECONDS:-480}" python3 -m flowblending_accel.cli bench --suite gpu --output "$output" \
-  --overwrite 2>&1 | tee "$output/suite.log"
-exit "${PIPESTATUS[0]}"
+if [ "$suite" = gpu ]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv || true
+fi
+# The part stops itself within its budget; this outer limit only catches a part runner that could not.
+timeout -k 10 300 python3 -m flowblending_accel.cli bench --suite "$suite" --part "$part" --output "$output" \
+  --started "$started" "$@"

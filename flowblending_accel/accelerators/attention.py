@@ -7,11 +7,29 @@ backend run as they did before (and compiled graphs, which guard on those attrib
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from ..hooks import attention_backend_states, restore_attention_backends
 from .runtime import Accelerator, StackTarget
+
+
+def _not_the_experimental_note(record: logging.LogRecord) -> bool:
+    return "Attention backends are an experimental feature" not in record.getMessage()
+
+
+@contextmanager
+def _without_experimental_note() -> Iterator[None]:
+    """diffusers logs that attention backends are experimental on every set and reset; a stack applies and
+    removes them every bench round, so the note would fill the log. Other warnings pass."""
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addFilter(_not_the_experimental_note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_not_the_experimental_note)
 
 
 class AttentionBackendAccelerator(Accelerator):
@@ -36,11 +54,13 @@ class AttentionBackendAccelerator(Accelerator):
         self._states = [
             state for model in target.models().values() for state in attention_backend_states(model)
         ]
-        for role in ("large", "small"):
-            for model in target.models(role).values():
-                model.set_attention_backend(backends[role])
+        with _without_experimental_note():
+            for role in ("large", "small"):
+                for model in target.models(role).values():
+                    model.set_attention_backend(backends[role])
 
     def remove(self, target: StackTarget) -> None:
-        restore_attention_backends(self._states)
+        with _without_experimental_note():
+            restore_attention_backends(self._states)
         self._states = []
         self._active.close()

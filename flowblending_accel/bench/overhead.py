@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,31 +22,48 @@ from ..targets import Target
 from .runner import spread, timed_call
 
 
-def pipeline_overhead(target: Target, repeats: int, warmup: int = 3) -> dict[str, Any]:
-    """Paired per-call overhead of the router (``L100``) in ``target``'s pipeline."""
-    calls_per_run, plain, routed, diffs, identical = 0, [], [], [], True
+def overhead_pairs(target: Target, repeats: int, warmup: int = 3) -> Iterator[dict[str, Any]]:
+    """Unwrapped then routed (``L100``) calls of ``target``'s workload, same seed; yields each pair after
+    ``warmup`` untimed ones: both times, the denoiser calls per run, and whether the outputs are equal
+    bit for bit."""
     with torch.inference_mode():
         for index in range(warmup + repeats):
-            seconds_plain, reference, _ = timed_call(target, target.call_kwargs(0))
+            seconds_plain, reference, peak_plain = timed_call(target, target.call_kwargs(0))
             with flowblending(target.pipe, target.small, "L100") as router:
-                seconds_routed, output, _ = timed_call(target, target.call_kwargs(0))
-                calls_per_run = sum(router.last_run.calls_per_model.values())
+                seconds_routed, output, peak_routed = timed_call(target, target.call_kwargs(0))
+                calls = sum(router.last_run.calls_per_model.values())
             if index < warmup:
                 continue
-            identical = identical and torch.equal(torch.as_tensor(output), torch.as_tensor(reference))
-            plain.append(seconds_plain)
-            routed.append(seconds_routed)
-            diffs.append((seconds_routed - seconds_plain) / calls_per_run)
+            yield {
+                "unwrapped_seconds": seconds_plain,
+                "routed_seconds": seconds_routed,
+                "calls_per_run": calls,
+                "bit_identical": torch.equal(torch.as_tensor(output), torch.as_tensor(reference)),
+                "peak_memory_bytes": max(filter(None, [peak_plain, peak_routed]), default=None),
+            }
+
+
+def summarise_pairs(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The overhead per call (median of the paired differences over the calls per run), run times, and
+    whether every pair was bit-identical."""
+    calls = pairs[0]["calls_per_run"]
+    plain = [pair["unwrapped_seconds"] for pair in pairs]
+    routed = [pair["routed_seconds"] for pair in pairs]
+    diffs = [(pair["routed_seconds"] - pair["unwrapped_seconds"]) / calls for pair in pairs]
     return {
-        "target": target.description,
-        "calls_per_run": calls_per_run,
-        "repeats": repeats,
+        "calls_per_run": calls,
+        "repeats": len(pairs),
         "run_seconds": {"unwrapped": spread(plain), "routed_all_large": spread(routed)},
-        "call_seconds_unwrapped": statistics.median(plain) / calls_per_run,
+        "call_seconds_unwrapped": statistics.median(plain) / calls,
         "overhead_per_call_seconds": spread(diffs),
-        "overhead_fraction_of_run": statistics.median(diffs) * calls_per_run / statistics.median(plain),
-        "bit_identical": identical,
+        "overhead_fraction_of_run": statistics.median(diffs) * calls / statistics.median(plain),
+        "bit_identical": all(pair["bit_identical"] for pair in pairs),
     }
+
+
+def pipeline_overhead(target: Target, repeats: int, warmup: int = 3) -> dict[str, Any]:
+    """Paired per-call overhead of the router (``L100``) in ``target``'s pipeline."""
+    return {"target": target.description, **summarise_pairs(list(overhead_pairs(target, repeats, warmup)))}
 
 
 class _NullDenoiser(torch.nn.Module):

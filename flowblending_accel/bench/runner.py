@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..accelerators import Accelerator, Stack, StackTarget, accelerated, dynamo_counts, parse_accelerator
-from ..api import flowblending_stats
+from ..api import add_flowblending_listener, flowblending_stats
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
 from ..targets import Target
@@ -77,23 +77,66 @@ def timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int 
     return time.perf_counter() - start, output, None
 
 
-def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int) -> None:
-    row = measurement.row
-    with accelerated(target.pipe, target.small, row.schedule, measurement.accelerators) as (_, stack):
+@dataclass
+class RowRun:
+    """One pipeline call of one row with its stack applied: what ``run_row`` measured."""
+
+    seconds: float
+    output: Any
+    peak_memory: int | None
+    graphs: int  # graphs compiled during the call
+    model_seconds: dict[str, float]
+    calls: dict[str, int]
+    steps: int
+    described: list[dict[str, Any]]
+    counters: dict[str, Any]
+
+
+def run_row(
+    target: Target,
+    row: Row,
+    accelerators: list[Accelerator],
+    seed: int = 0,
+    listeners: tuple = (),
+    inspect=None,
+) -> RowRun:
+    """Apply ``row``'s schedule and ``accelerators``, time one call of ``target``'s workload under ``seed``,
+    remove them again. ``listeners`` follow the run; ``inspect(pipe)`` runs while the stack is still on."""
+    with accelerated(target.pipe, target.small, row.schedule, accelerators) as (_, stack):
+        for listener in listeners:
+            add_flowblending_listener(target.pipe, listener)
         kwargs = stack.without_owned(target.call_kwargs(seed))
         graphs_before = dynamo_counts()["graphs"]
         seconds, output, peak = timed_call(target, kwargs)
-        if not timed:
-            return
-        measurement.graphs_after_warmup += dynamo_counts()["graphs"] - graphs_before
+        graphs = dynamo_counts()["graphs"] - graphs_before
         stats = flowblending_stats(target.pipe)
-        measurement.seconds.append(seconds)
-        measurement.model_seconds.append(stats.seconds_per_model)
-        measurement.calls, measurement.steps = stats.calls_per_model, stats.num_steps
-        measurement.peak_memory = max(filter(None, [measurement.peak_memory, peak]), default=None)
-        measurement.described, measurement.counters = stack.describe(), stack.counters()
-        if measurement.output is None:
-            measurement.output = output
+        if inspect is not None:
+            inspect(target.pipe)
+        return RowRun(
+            seconds,
+            output,
+            peak,
+            graphs,
+            stats.seconds_per_model,
+            stats.calls_per_model,
+            stats.num_steps,
+            stack.describe(),
+            stack.counters(),
+        )
+
+
+def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int) -> None:
+    run = run_row(target, measurement.row, measurement.accelerators, seed)
+    if not timed:
+        return
+    measurement.graphs_after_warmup += run.graphs
+    measurement.seconds.append(run.seconds)
+    measurement.model_seconds.append(run.model_seconds)
+    measurement.calls, measurement.steps = run.calls, run.steps
+    measurement.peak_memory = max(filter(None, [measurement.peak_memory, run.peak_memory]), default=None)
+    measurement.described, measurement.counters = run.described, run.counters
+    if measurement.output is None:
+        measurement.output = run.output
 
 
 def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
@@ -119,11 +162,10 @@ def measure_rows(
     repeats: int,
     seed: int = 0,
     progress=None,
-    deadline: float | None = None,
     count_flops: str = "all",
 ) -> dict[str, RowMeasurement]:
-    """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C keeps finished
-    rounds; past ``deadline`` (``time.monotonic()``) no new round starts once one is timed.
+    """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C (or a SIGTERM made
+    into one) stops at once: finished rounds are kept and no FLOP pass runs (the rows have no FLOPs).
     ``count_flops="derived"`` counts only the baseline, the small-only probe and cached rows in an eager
     pass; every other row's FLOPs are its calls times those per-call FLOPs (exact: a call's work does not
     depend on the step it runs at)."""
@@ -144,10 +186,9 @@ def measure_rows(
                     for measurement in results.values():
                         for accelerator in measurement.accelerators:
                             accelerator.mark_warm()
-                elif deadline is not None and time.monotonic() > deadline:
-                    break
         except KeyboardInterrupt:
             _keep_complete_rounds(results)
+            return results
     counted = [row for row in everything if count_flops == "all" or _needs_flop_pass(row, rows)]
     for row in counted:
         _flop_pass(target, results[row.label], seed)

@@ -8,13 +8,12 @@ records the command line and sends every user error down one path: one line on s
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import shlex
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..support.env import quiet_optional_libraries
 from . import analysis, bench, check, demo, plan, tiny, tune
 from .common import OneLineParser, run_command
 
@@ -51,17 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Import-time notices of optional libraries that every diffusers import triggers once they are installed
-# (torchao on a CPU: kernel libraries it cannot load, diffusers' note about them, torch's deprecation of how
-# torchao registers enums). They say nothing about the command's work.
-QUIET_LOGGERS = ("torchao", "diffusers.quantizers.torchao.torchao_quantizer", "torch.utils._pytree")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    # transformers warns about optional image backends whenever diffusers imports its pipelines.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_optional_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..accelerators import spec_help
 from .common import whole_number
+from .suite import add_suite_options, run_suite_command
 from .targeting import add_target_options, setting, target_settings
 
 DEFAULT_STACK = ["dpm++:10", "fbc:0.05", "compile"]
@@ -42,15 +43,7 @@ def register(commands) -> None:
     bench.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     bench.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results folder")
     bench.add_argument("--overwrite", action="store_true", help="replace results already in --output")
-    bench.add_argument(
-        "--suite",
-        choices=("gpu", "dry-run"),
-        default=None,
-        help="instead, the evidence suite: router overhead, Wan 2.1 14B+1.3B FlowBlending and the cumulative "
-        "stack, each accelerator alone, LTX 13B+2B, peak memory with offload, time-boxed to about 6 "
-        "minutes on one H100-class GPU (default output benchmarks/results/gpu/<device>/); dry-run: the same "
-        "code on tiny presets on the CPU",
-    )
+    add_suite_options(bench)
     bench.set_defaults(run=run)
 
 
@@ -67,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from ..targets.resolve import build_target, check_target, known_family
 
     if args.suite is not None:
-        return run_suite_command(args)
+        return run_suite_command(args, DEFAULT_OUTPUT)
     # Everything a user can get wrong is refused here, before any model is built.
     options, config = target_settings(args)
     schedule = setting(args, config, "schedule", "L40-S40-L20")
@@ -103,70 +96,3 @@ def run(args: argparse.Namespace) -> int:
     print((folder / "bench.md").read_text())
     print(f"bench.json, github-action-benchmark JSON, bench.md and bench.png written to {folder}/")
     return 0
-
-
-SUITE_CLASHES = (
-    "target",
-    "large",
-    "small",
-    "pair",
-    "height",
-    "width",
-    "frames",
-    "steps",
-    "schedule",
-    "stack",
-)
-
-
-def run_suite_command(args: argparse.Namespace) -> int:
-    from ..bench.suite import SECTIONS, SUITES, run_suite
-    from ..bench.suite_report import write_suite
-    from ..support.env import device_name
-    from ..support.files import check_output_folder, free_output_folder
-    from ..support.progress import progress
-    from .common import resolve_device
-
-    given = [f"--{name.replace('_', '-')}" for name in SUITE_CLASHES if getattr(args, name, None) is not None]
-    if given:
-        raise ValueError(f"--suite sets its own targets and sizes; drop {', '.join(given)}.")
-    size = SUITES[args.suite]
-    if args.suite == "gpu":
-        resolve_device("cuda")  # refused here, with the way out, on a machine without a CUDA GPU
-    output = (
-        args.output if args.output != DEFAULT_OUTPUT else _suite_folder(args.suite, device_name(size.device))
-    )
-    check_output_folder(output)
-    folder = free_output_folder(output, args.overwrite, marker="suite.md")
-    context = {
-        "suite": args.suite,
-        "command": args.command_line,
-        "started": _utc_now(),
-        "sizes": _sizes(size),
-    }
-    with progress("suite sections", len(SECTIONS)) as advance:
-        sections = run_suite(size, lambda done: write_suite(folder, done, context), progress=advance)
-    print((folder / "suite.md").read_text())
-    print(f"suite.json, suite.md and suite.png written to {folder}/")
-    return 0 if all(section.status in ("done", "skipped") for section in sections.values()) else 1
-
-
-def _suite_folder(suite: str, device: str) -> Path:
-    if suite != "gpu":
-        return Path("flowblending-suite-dry-run")
-    slug = "".join(c if c.isalnum() else "-" for c in device.split(":", 1)[-1].strip().lower()).strip("-")
-    return Path("benchmarks/results/gpu") / slug
-
-
-def _sizes(size) -> str:
-    return (
-        f"{size.wan} at {size.wan_size[1]}x{size.wan_size[0]}, {size.wan_size[2]} frames; {size.ltx} at "
-        f"{size.ltx_size[1]}x{size.ltx_size[0]}, {size.ltx_size[2]} frames; {size.steps} steps (every stage "
-        f"of L40-S40-L20 non-empty), {size.dtype}, {size.repeats} timed rounds after a warm-up"
-    )
-
-
-def _utc_now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

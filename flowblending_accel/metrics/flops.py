@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..accelerators import accelerated, as_configs
@@ -43,6 +46,91 @@ def capture_first_call(module: torch.nn.Module) -> Iterator[dict[str, Any]]:
         yield captured
     finally:
         handle.remove()
+
+
+class _Captured(Exception):
+    """Raised by :func:`first_call_arguments`'s hook: the pipeline stops at its first denoiser call."""
+
+
+def first_call_arguments(pipe: Any, module: torch.nn.Module, call_kwargs: dict[str, Any]) -> tuple:
+    """``(args, kwargs)`` of the first call ``pipe(**call_kwargs)`` makes to ``module``; the pipeline stops
+    there, before any step, so this works on a pipeline built on the ``meta`` device too (no weights, no
+    arithmetic)."""
+    captured: dict[str, Any] = {}
+
+    def grab(_module, args, kwargs):
+        captured.update(args=args, kwargs=kwargs)
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            pipe(**call_kwargs)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError(f"the pipeline never called its {type(module).__name__}.")
+    return captured["args"], captured["kwargs"]
+
+
+class _LargestTensor(TorchDispatchMode):
+    """The bytes of the largest output of a weight matmul or convolution (a feed-forward layer's hidden
+    activations, usually): what a call's activations peak around. Attention's score matrices are left out:
+    fused attention kernels never hold them, though ``meta`` tensors take the unfused path."""
+
+    LAYERS = ("aten.mm.default", "aten.addmm.default", "aten.convolution.default")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if str(func) in self.LAYERS:
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    self.largest = max(self.largest, leaf.numel() * leaf.element_size())
+        return out
+
+
+@dataclass(frozen=True)
+class CallCount:
+    """One counted call: its FLOPs, the share of them in the model's repeated blocks (what a feature cache
+    skips), and the largest tensor it made."""
+
+    flops: int
+    block_flops: int
+    largest_tensor_bytes: int
+
+
+def repeated_block_paths(model: torch.nn.Module) -> list[str]:
+    """Paths of the model's repeated transformer blocks: the classes diffusers lists in
+    ``_repeated_blocks`` (what regional compile compiles), else the children of its longest ModuleList."""
+    names = set(getattr(model, "_repeated_blocks", None) or ())
+    found = [path for path, module in model.named_modules() if type(module).__name__ in names]
+    if found:
+        return found
+    lists = [(path, m) for path, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        return []
+    path, longest = max(lists, key=lambda item: len(item[1]))
+    return [f"{path}.{index}" if path else str(index) for index in range(len(longest))]
+
+
+@torch.no_grad()
+def count_call(module: torch.nn.Module, args: tuple = (), kwargs: dict | None = None) -> CallCount:
+    """Count one ``module(*args, **kwargs)`` (on real or ``meta`` tensors alike)."""
+    largest = _LargestTensor()
+    with FlopCounterMode(display=False) as counter, largest:
+        module(*args, **(kwargs or {}))
+    per_module = counter.get_flop_counts()
+    root = type(module).__name__
+    blocks = sum(
+        sum(per_module.get(f"{root}.{path}", {}).values()) for path in repeated_block_paths(module)
+    )
+    return CallCount(int(counter.get_total_flops()), int(blocks), largest.largest)
 
 
 @torch.no_grad()
@@ -85,4 +173,14 @@ def run_flops(
     return {model: int(value) for model, value in sorted(stats.flops_per_model.items())}, stats
 
 
-__all__ = ["NOT_COUNTABLE", "call_flops", "capture_first_call", "flops_per_call", "run_flops"]
+__all__ = [
+    "NOT_COUNTABLE",
+    "CallCount",
+    "call_flops",
+    "capture_first_call",
+    "count_call",
+    "first_call_arguments",
+    "flops_per_call",
+    "repeated_block_paths",
+    "run_flops",
+]

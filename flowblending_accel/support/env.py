@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import metadata
 from pathlib import Path
+
+
+def quiet_optional_libraries() -> None:
+    """For a command line program (never done on import): transformers' notes about optional image
+    backends, which it prints whenever diffusers imports its pipelines, say nothing about the work. (The
+    package drops the import notices of torchao and torch itself, in ``flowblending_accel/__init__.py``.)"""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def device_name(device: str | None = None) -> str:

@@ -23,6 +23,8 @@ from .prompts import Prompt
 WAN = {
     "14b": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
     "1.3b": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
+    # The 1.3B's width in two layers: a compatible small model for an all-large run, which never calls it.
+    "1.3b-2layers": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=2),
     "tiny": dict(num_attention_heads=4, attention_head_dim=12, ffn_dim=64, num_layers=3),
     "tiny-small": dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=2),
 }
@@ -56,6 +58,7 @@ class Preset:
 
 PRESETS = {
     "wan2.1-14b+1.3b": Preset("wan", "14b", "1.3b", 4096, 512, (480, 832, 81), 50, 5.0),
+    "wan2.1-1.3b": Preset("wan", "1.3b", "1.3b-2layers", 4096, 512, (480, 832, 81), 50, 5.0),
     "wan2.2-a14b": Preset("wan22", "14b", "1.3b", 4096, 512, (480, 832, 81), 40, 4.0),
     "ltx-13b+2b": Preset("ltx", "13b", "2b", 4096, 128, (480, 704, 121), 40, 3.0),
     "tiny-wan": Preset("wan", "tiny", "tiny-small", 32, 8, (16, 16, 5), 10, 5.0),
@@ -160,9 +163,10 @@ def _wan(preset: Preset) -> tuple[Any, Any]:
         if tiny
         else AutoencoderKLWan()
     )
-    scheduler = UniPCMultistepScheduler(
-        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
-    )
+    with torch.device("cpu"):  # a scheduler's tables stay on the host whatever device the models use
+        scheduler = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+        )
     pipe = WanPipeline(
         tokenizer=None, text_encoder=None, vae=vae.eval(), scheduler=scheduler, transformer=large, **experts
     )
@@ -191,8 +195,10 @@ def _ltx(preset: Preset) -> tuple[Any, Any]:
     large = _loaded_like(LTXVideoTransformer3DModel(**common, **LTX[preset.large]))
     small = _loaded_like(LTXVideoTransformer3DModel(**common, **LTX[preset.small]))
     vae = tiny_ltx_vae() if tiny else AutoencoderKLLTXVideo().eval()
+    with torch.device("cpu"):  # a scheduler's tables stay on the host whatever device the models use
+        scheduler = FlowMatchEulerDiscreteScheduler()
     pipe = LTXPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        scheduler=scheduler,
         vae=vae,
         text_encoder=None,
         tokenizer=None,

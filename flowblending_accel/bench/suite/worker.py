@@ -1,0 +1,353 @@
+"""One section of the suite, in its own process (the part runner starts it with a time box):
+
+    python -m flowblending_accel.bench.suite.worker --suite gpu --section wan --journal OUT/wan.jsonl \\
+        --run ID --deadline EPOCH [--resume DIR ...] [--gpu-memory BYTES]
+
+It writes a line to the part file for everything it measures, as soon as it is measured; a row starts only
+if its expected time (its last run, else the cost model scaled by how the section's runs compared with it)
+fits before the deadline; SIGTERM stops it at once. Rows measured earlier under the same fingerprint (in
+``--resume`` part files or the journal itself) are not measured again.
+
+``FLOWBLENDING_SUITE_FAULT=hang|crash|oom:<section>/<row label>[;...]`` injects faults before those rows'
+first timed runs: the rehearsal checks with it that hangs, crashes and out-of-memory errors are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ...support.env import quiet_optional_libraries
+from .costs import PROFILES, row_memory, row_seconds, warmup_extra_seconds
+from .guard import Clock, Progress, inject_fault
+from .journal import Journal, fingerprint, read_lines, rows_measured, section_finished
+from .measure import RowState, count_flops, run_timed, run_warmup
+from .plan import BASELINE, Section, Suite, SuiteRow, suite_named
+
+
+@dataclass
+class Context:
+    suite: Suite
+    section: Section
+    journal: Journal
+    clock: Clock
+    progress: Progress
+    resume: list[Path]
+    gpu_memory: int | None
+    setup: dict[str, Any] = field(default_factory=dict)
+
+
+def _setup(suite: Suite, section: Section) -> dict[str, Any]:
+    from ...support.env import accelerator_details, versions
+    from ...support.memory import host_total_bytes
+
+    details = accelerator_details(suite.device)
+    return {
+        "suite": suite.name,
+        "device": details["device"],
+        "details": details,
+        "versions": versions(),
+        "dtype": suite.dtype,
+        "workload": asdict(section.workload),
+        "host_memory_bytes": host_total_bytes(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
+
+
+def _target(ctx: Context):
+    import torch
+
+    from ...targets.presets import preset_target
+
+    height, width, frames = ctx.section.workload.size
+    ctx.progress.say(f"building {ctx.section.workload.describe()} on {ctx.suite.device}")
+    return preset_target(
+        ctx.section.workload.preset,
+        ctx.suite.device,
+        getattr(torch, ctx.suite.dtype),
+        height,
+        width,
+        frames,
+        ctx.section.workload.steps,
+    )
+
+
+# ---- smoke and overhead: pairs of unwrapped and routed runs -------------------------------------------
+
+
+def _pairs(ctx: Context, target, warmup: int) -> int:
+    from ..overhead import overhead_pairs
+
+    written = 0
+    ctx.progress.say(f"{warmup} warm-up pairs, then {ctx.section.repeats} timed pairs")
+    for index, pair in enumerate(overhead_pairs(target, ctx.section.repeats, warmup)):
+        ctx.journal.write("pair", round=index + 1, **pair)
+        written += 1
+        last = pair["unwrapped_seconds"] + pair["routed_seconds"]
+        if not ctx.clock.fits(last):
+            ctx.journal.write("skipped", reason=_box_reason(ctx, last, "the remaining pairs"))
+            break
+    return written
+
+
+def run_smoke(ctx: Context) -> None:
+    _pairs(ctx, _target(ctx), warmup=1)
+
+
+def run_overhead(ctx: Context) -> None:
+    from ..overhead import isolated_router_cost
+
+    _pairs(ctx, _target(ctx), warmup=3)
+    ctx.progress.say("the router alone over a null denoiser (CPU time)")
+    isolated = isolated_router_cost(ctx.section.repeats * 5, 20)
+    ctx.journal.write("overhead", isolated=isolated)
+
+
+# ---- rows: interleaved rounds against the large-only baseline -----------------------------------------
+
+
+def _box_reason(ctx: Context, expected: float, what: str) -> str:
+    return (
+        f"time box: {max(ctx.clock.left(), 0):.0f} s of the section's {ctx.section.box:.0f} s were left and "
+        f"{what} needs about {expected:.0f} s"
+    )
+
+
+def _refusal(ctx: Context, row: SuiteRow, backend: str) -> str | None:
+    """Why ``row`` cannot run here (a member this machine lacks, or memory it would not fit), or None."""
+    from ...support.memory import gib, host_total_bytes
+
+    for config in row.configs(backend):
+        try:
+            config.check_environment(ctx.suite.device)
+        except ValueError as error:
+            return str(error)
+    need = row_memory(row, ctx.section.workload, ctx.suite.dtype)
+    host_total = host_total_bytes() or 0
+    on_gpu = ctx.suite.device.startswith("cuda")
+    # --gpu-memory stands in for the device's own (on a CPU rehearsal too, which then checks it as a GPU's)
+    total = ctx.gpu_memory or (ctx.setup["details"].get("memory_gib", 0) * 2**30 if on_gpu else None)
+    if total and need["device"] > 0.9 * total:
+        return f"estimated peak {gib(need['device'])} is above 90 % of the GPU's {gib(total)}"
+    host = need["host"] + (0 if on_gpu or total else need["device"])
+    if host_total and host > 0.5 * host_total:
+        return f"estimated host peak {gib(host)} is above half the host's {gib(host_total)}"
+    return None
+
+
+def _earlier(ctx: Context) -> list[dict[str, Any]]:
+    """Lines of earlier runs: the ``--resume`` part files and this part file itself."""
+    return list(read_lines([*ctx.resume, *([ctx.journal.path] if ctx.journal.path.exists() else [])]))
+
+
+def _rows_to_run(ctx: Context, backend: str) -> list[SuiteRow] | None:
+    """The rows to measure here (the baseline first), or None when there are none (the section's end
+    is written, saying why)."""
+    print_ = ctx.journal.base["fingerprint"]
+    done = rows_measured(_earlier(ctx), ctx.section.name, print_, ctx.section.repeats)
+    wanted = [row for row in ctx.section.measured_rows if row.label not in done]
+    if wanted and BASELINE not in wanted:  # new rows pair with a baseline timed in the same process
+        wanted.insert(0, BASELINE)
+    ctx.journal.write(
+        "section",
+        rows=[row.label for row in ctx.section.measured_rows],
+        measured_earlier=sorted(done),
+        box_seconds=ctx.section.box,
+    )
+    if not wanted:
+        ctx.journal.write("section_end", status="done", note="every row was measured earlier (resumed)")
+        return None
+    runnable = []
+    for row in wanted:
+        reason = _refusal(ctx, row, backend)
+        if reason is None:
+            runnable.append(row)
+        else:
+            ctx.journal.write("skipped", row=row.label, reason=reason)
+    if BASELINE not in runnable:
+        reason = "the baseline cannot run here (see its line): no row can be paired with it"
+        ctx.journal.write("section_end", status="skipped", reason=reason)
+        return None
+    return runnable
+
+
+def _estimate(ctx: Context, row: SuiteRow, warm: bool, scaled: bool = True) -> float:
+    """The cost model's time for a run of ``row`` (its warm-up adds compile and quantize), scaled by how
+    the section's plain runs so far compared with the model."""
+    profile = PROFILES[ctx.suite.name]
+    work, dtype = ctx.section.workload, ctx.suite.dtype
+    base = row_seconds(row, work, dtype, profile) * (ctx.clock.scale() if scaled else 1.0)
+    return base + (0.0 if warm else warmup_extra_seconds(row, work, dtype, profile))
+
+
+def _fits(ctx: Context, state: RowState, warm: bool) -> bool:
+    expected = state.last_seconds if state.last_seconds is not None else _estimate(ctx, state.row, warm)
+    if ctx.clock.fits(expected):
+        return True
+    what = f"row '{state.row.label}'" + ("" if warm else " (its warm-up)")
+    ctx.journal.write("skipped", row=state.row.label, reason=_box_reason(ctx, expected, what))
+    return False
+
+
+def _attempt(ctx: Context, state: RowState, run) -> dict[str, Any] | None:
+    """``run()`` for one row; a CUDA out-of-memory error drops that row (recorded) and frees what it held,
+    and the section goes on with the others."""
+    import torch
+
+    try:
+        return run()
+    except torch.OutOfMemoryError as error:
+        state.dropped = True
+        ctx.journal.write("failed", row=state.row.label, reason=f"CUDA out of memory: {error}")
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return None
+
+
+def _warm_up(ctx: Context, target, states: list[RowState]) -> None:
+    ctx.progress.say("warm-up: each row once (compiles, quantizes, every model, stage and CFG branch)")
+    for state in states:
+        if not _fits(ctx, state, warm=False):
+            state.dropped = True
+            continue
+        ctx.progress.say("warm-up", row=state.row.label)
+        warm = _attempt(ctx, state, lambda state=state: run_warmup(target, state))
+        if warm is None:
+            continue
+        if not state.row.kinds() & {"compile", "quantize", "engine"}:  # a plain run: calibrates the model
+            ctx.clock.record(warm["seconds"], _estimate(ctx, state.row, warm=True, scaled=False))
+        ctx.journal.write("warmup", row=state.row.label, stack=list(state.specs), **warm)
+
+
+def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any], first: int) -> None:
+    """``repeats`` interleaved rounds of ``states`` (the baseline among them), numbered from ``first``."""
+    baseline = next(state for state in states if state.row == BASELINE)
+    for index in range(ctx.section.repeats):
+        shift = index % len(states)  # the baseline first: a cut-short round still pairs
+        for state in states[shift:] + states[:shift]:
+            if state.dropped or not _fits(ctx, state, warm=True):
+                state.dropped = True
+                continue
+            ctx.progress.say(f"round {first + index}", row=state.row.label)
+
+            def timed(state=state):
+                inject_fault(ctx.section.name, state.row.label)
+                return run_timed(target, state, flops, states)
+
+            sample = _attempt(ctx, state, timed)
+            if sample is not None:
+                ctx.journal.write("sample", round=first + index, **sample)
+        if baseline.dropped:  # nothing left to pair with
+            return
+
+
+def _phases(states: list[RowState]) -> list[list[RowState]]:
+    """Eager rows first, then the compiled ones, each phase warmed up and timed against the baseline on its
+    own: a compile that runs past the box loses its own rows, not the ones measured before it."""
+    compiled = [state for state in states if not state.eager]
+    eager = [state for state in states if state.eager]
+    baseline = next(state for state in states if state.row == BASELINE)
+    return [eager] + ([[baseline, *compiled]] if compiled else [])
+
+
+def _run_rows(ctx: Context) -> None:
+    from ...accelerators import best_attention_backend
+
+    backend = best_attention_backend(ctx.suite.device)
+    rows = _rows_to_run(ctx, backend)
+    if rows is None:
+        return
+    target = _target(ctx)
+    states = [RowState(row, row.specs(backend)) for row in rows]
+    flops, first = None, 1
+    for phase in _phases(states):
+        _warm_up(ctx, target, [state for state in phase if not state.warmed])
+        if flops is None:
+            if any(state.row == BASELINE and state.dropped for state in phase):
+                raise RuntimeError("the baseline's warm-up did not run (see its line): nothing can be paired")
+            ctx.progress.say("counting one call per model")
+            flops = count_flops(target, states)
+            ctx.journal.write("flops", **flops)
+        _rounds(ctx, target, phase, flops, first)
+        first += ctx.section.repeats
+    ctx.journal.write("section_end", status="done")
+
+
+def run_rows(ctx: Context) -> None:
+    import torch
+
+    with torch.inference_mode():
+        _run_rows(ctx)
+
+
+def run_section(ctx: Context) -> None:
+    """The section's runner, unless a run under the same fingerprint already finished it."""
+    if ctx.section.kind != "rows" and section_finished(
+        _earlier(ctx), ctx.section.name, ctx.journal.base["fingerprint"]
+    ):
+        ctx.journal.write("section_end", status="done", note="measured earlier (resumed)")
+        return
+    RUNNERS[ctx.section.kind](ctx)
+    if ctx.section.kind != "rows":
+        ctx.journal.write("section_end", status="done")
+
+
+RUNNERS = {"smoke": run_smoke, "overhead": run_overhead, "rows": run_rows}
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flowblending_accel.bench.suite.worker")
+    parser.add_argument("--suite", required=True)
+    parser.add_argument("--part", required=True)
+    parser.add_argument("--section", required=True)
+    parser.add_argument("--journal", type=Path, required=True)
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--deadline", type=float, required=True, help="seconds since the epoch")
+    parser.add_argument("--resume", type=Path, nargs="*", default=[])
+    parser.add_argument("--gpu-memory", type=int, default=None, help="bytes")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    quiet_optional_libraries()
+    signal.signal(signal.SIGTERM, _interrupt)
+    suite = suite_named(args.suite)
+    section = suite.section(args.section)
+    progress = Progress(section.name)
+    base = dict(suite=suite.name, part=args.part, section=section.name, run=args.run)
+    journal = Journal(args.journal, **base)
+    try:
+        setup = _setup(suite, section)
+        journal = Journal(args.journal, **base, setup=setup, fingerprint=fingerprint(setup))
+        ctx = Context(
+            suite, section, journal, Clock(args.deadline), progress, args.resume, args.gpu_memory, setup
+        )
+        run_section(ctx)
+    except KeyboardInterrupt:
+        journal.write("interrupted", row=progress.row, reason="stopped by SIGTERM or Ctrl-C")
+        return 143
+    except Exception as error:  # recorded with the row in hand; the part runner goes on
+        tail = traceback.format_exc().strip().splitlines()[-6:]
+        journal.write("failed", row=progress.row, reason=f"{type(error).__name__}: {error}", traceback=tail)
+        print("\n".join(tail), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+__all__ = ["main"]
+
+if __name__ == "__main__":
+    sys.exit(main())
