@@ -91,11 +91,21 @@ class Follower:
 def _layerwise_casting(large: torch.nn.Module, small: torch.nn.Module) -> None:
     casting = hooks.layerwise_casting_of(large)
     if (
-        casting is not None
-        and hooks.layerwise_casting_of(small) is None
-        and hasattr(small, "enable_layerwise_casting")
+        casting is None
+        or hooks.layerwise_casting_of(small) is not None
+        or not hasattr(small, "enable_layerwise_casting")
     ):
-        small.enable_layerwise_casting(storage_dtype=casting[0], compute_dtype=casting[1])
+        return
+    storage, compute = casting
+    # The layers casting skips (norms, embeddings, the projections in and out) keep the dtype the large
+    # model's have (``pipe.to(dtype=...)`` before the casting): the small model is put in it first, or its
+    # skipped layers would meet inputs of another dtype.
+    skipped = next(
+        (p.dtype for p in large.parameters() if p.is_floating_point() and p.dtype != storage), compute
+    )
+    if dtype_of(small) != skipped:
+        small.to(dtype=skipped)
+    small.enable_layerwise_casting(storage_dtype=storage, compute_dtype=compute)
 
 
 def _compute_dtype(large: torch.nn.Module, small: torch.nn.Module) -> None:
@@ -117,14 +127,19 @@ def _attention_processors(large: torch.nn.Module, small: torch.nn.Module) -> Non
         return
     kind = _shared_kind(large_procs.values())
     mine = _shared_kind(small_procs.values())
+    if kind == "SlicedAttnProcessor" and hasattr(small, "set_attention_slice"):
+        wanted = _slice_size(large, large_procs)  # compared by value: a new slice size is followed too
+        if mine != kind or _slice_size(small, small_procs) != wanted:
+            small.set_attention_slice(wanted)
+        return
+    if kind == "XFormersAttnProcessor" and hasattr(small, "set_use_memory_efficient_attention_xformers"):
+        op = getattr(next(iter(large_procs.values())), "attention_op", None)
+        if mine != kind or getattr(next(iter(small_procs.values())), "attention_op", None) != op:
+            small.set_use_memory_efficient_attention_xformers(True, op)
+        return
     if kind == mine:
         return
-    if kind == "SlicedAttnProcessor" and hasattr(small, "set_attention_slice"):
-        small.set_attention_slice(_slice_size(large, large_procs))
-    elif kind == "XFormersAttnProcessor" and hasattr(small, "set_use_memory_efficient_attention_xformers"):
-        op = getattr(next(iter(large_procs.values())), "attention_op", None)
-        small.set_use_memory_efficient_attention_xformers(True, op)
-    elif mine == "SlicedAttnProcessor" and hasattr(small, "set_attention_slice"):
+    if mine == "SlicedAttnProcessor" and hasattr(small, "set_attention_slice"):
         small.set_attention_slice(None)  # slicing turned off on the large model
     elif mine == "XFormersAttnProcessor" and hasattr(small, "set_use_memory_efficient_attention_xformers"):
         small.set_use_memory_efficient_attention_xformers(False)

@@ -24,9 +24,61 @@ def _run(pipe):
 def test_spec_round_trips_and_bad_modes_are_refused():
     assert parse_accelerator("quantize:int8") == Quantize("int8")
     assert parse_accelerator("quantize") == Quantize("auto") and Quantize("float8").spec == "quantize:float8"
+    assert parse_accelerator("quantize:float8:host") == Quantize("float8", "host")
+    assert parse_accelerator("quantize:drop") == Quantize("auto", "drop")
+    assert parse_accelerator(Quantize("int8", "drop").spec) == Quantize("int8", "drop")
     with pytest.raises(ValueError, match="Quantize.mode='int4' must be one of auto, int8, float8"):
         parse_accelerator("quantize:int4")
+    with pytest.raises(ValueError, match=r"write quantize\[:int8\|float8\|auto\]\[:host\|drop\]"):
+        parse_accelerator("quantize:int8:host:extra")
     assert Quantize().resolved("cpu") == "int8"
+    assert Quantize().keeps("cpu") == "drop" and Quantize().keeps("cuda") == "host"
+    assert Quantize("int8", "drop").for_rounds() == Quantize("int8", "host")
+
+
+def _held_bytes(models, accelerator) -> int:
+    """Every tensor the models and the accelerator hold, each storage once (quantized inner tensors too)."""
+    from flowblending_accel.accelerators.quantize import _nbytes
+
+    seen, total = set(), 0
+    kept = [
+        w for table in accelerator._weights.values() for pair in table.values() for w in pair if w is not None
+    ]
+    for tensor in [t for m in models for t in [*m.parameters(), *m.buffers()]] + kept:
+        parts = [tensor] if type(tensor) in (torch.Tensor, torch.nn.Parameter) else None
+        if parts is None:
+            names, _ = tensor.__tensor_flatten__()
+            parts = [getattr(tensor, name) for name in names]
+        for part in parts:
+            key = part.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += _nbytes(part)
+    return total
+
+
+@needs_torchao
+def test_on_a_cpu_quantizing_drops_the_full_precision_weights_and_removal_says_how_to_get_them_back():
+    from flowblending_accel import FlowBlendingWarning
+    from flowblending_accel.testing import tiny_wan_pair
+
+    large, small = (model.to(torch.bfloat16) for model in tiny_wan_pair())
+    pipe = tiny_wan_pipeline(large)
+    target = StackTarget.of(pipe, small)
+    accelerator = Quantize("int8").create()
+    before = _held_bytes([large, small], accelerator)
+    Stack([accelerator]).apply(target)
+    after = _held_bytes([large, small], accelerator)
+    assert after < 0.6 * before, (after, before)
+    counters = accelerator.counters()
+    assert counters["large.full_precision"] == "dropped" and counters["large.host_bytes_kept"] == 0
+    assert counters["large.device_weight_bytes_after"] < counters["large.device_weight_bytes_before"]
+    with pytest.warns(
+        FlowBlendingWarning, match="load the models again .from_pretrained.; to keep a host copy"
+    ):
+        Stack([accelerator]).remove(target)
+    assert any(type(p) is not torch.nn.Parameter for p in large.parameters())  # still quantized, and said so
+    Stack([accelerator]).apply(target)  # applying again works: the quantized weights are there
 
 
 @needs_torchao
@@ -40,15 +92,16 @@ def test_int8_under_the_router_then_removed_bit_for_bit(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     reference = _run(pipe)
-    router, stack = apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8"])
+    router, stack = apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
     quantized_weights = [p for p in large.parameters() if type(p) is not torch.nn.Parameter]
     routed = _run(pipe)
     counters = stack.counters()["quantize"]
     assert router.last_run.calls_per_model == {"large": 12, "small": 8}
     assert counters["large.mode"] == counters["small.mode"] == "int8"
-    assert (
-        counters["large.weight_bytes_after"] < 0.35 * counters["large.weight_bytes_before"]
-    )  # int8 + scales
+    assert counters["large.full_precision"] == "host" and counters["large.host_bytes_kept"] > 0
+    assert (  # float32 linear weights -> int8 + scales; the other layers stay
+        counters["large.device_weight_bytes_after"] < 0.5 * counters["large.device_weight_bytes_before"]
+    )
     assert quantized_weights and not torch.equal(routed, reference)
     remove_stack(pipe)
     assert all(type(p) is torch.nn.Parameter for p in large.parameters())
@@ -59,7 +112,7 @@ def test_int8_under_the_router_then_removed_bit_for_bit(wan_pair):
 def test_reapplying_swaps_the_same_quantized_weights_back_in(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
-    accelerator = Quantize("int8").create()
+    accelerator = Quantize("int8", "host").create()
     target = StackTarget.of(pipe, small)
     stack = Stack([accelerator])
     stack.apply(target)
@@ -74,7 +127,7 @@ def test_reapplying_swaps_the_same_quantized_weights_back_in(wan_pair):
 def test_composes_with_a_cache_and_regional_compile(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
-    router, stack = apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8", "fbc:0.05", "compile"])
+    router, stack = apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8:host", "fbc:0.05", "compile"])
     _run(pipe)
     stack.mark_warm()
     _run(pipe)
@@ -109,7 +162,7 @@ def test_removal_leaves_the_modules_as_they_were(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     before = {name: set(vars(m)) for name, m in large.named_modules()}
-    apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8"])
+    apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
     remove_stack(pipe)
     assert {name: set(vars(m)) for name, m in large.named_modules()} == before
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES
@@ -362,30 +362,55 @@ def float8_runs(device: str) -> bool:
 class Quantize(AcceleratorConfig):
     """torchao quantization of both models' linear layers: ``int8`` weight-only (CPU and GPU), ``float8``
     dynamic activation and weight (GPUs of compute capability 8.9+, e.g. H100), ``auto``: float8 where it
-    runs, else int8. The full-precision weights are kept to restore on removal (memory: the quantized copy
-    comes on top of them)."""
+    runs, else int8. ``full_precision``: where the full-precision weights go once quantized (``auto``: host
+    memory when the model is on an accelerator, dropped on a CPU; ``host``; ``drop``): never beside the
+    quantized ones on the device."""
 
     mode: str = "auto"
+    full_precision: str = "auto"
 
     names = ("quantize",)
     kind = "quantize"
-    spec_help = "quantize[:int8|float8|auto] (torchao)"
+    spec_help = "quantize[:int8|float8|auto][:host|drop] (torchao)"
     implementation = ".quantize:QuantizeAccelerator"
     exclusive_with = ("tensorrt",)
     clash_reasons = {"tensorrt": "TensorRT builds its engines at its own precision."}
     MODES = ("auto", "int8", "float8")
+    KEEPS = ("auto", "host", "drop")
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
             raise ValueError(f"Quantize.mode={self.mode!r} must be one of {', '.join(self.MODES)}.")
+        if self.full_precision not in self.KEEPS:
+            raise ValueError(
+                f"Quantize.full_precision={self.full_precision!r} must be one of {', '.join(self.KEEPS)}."
+            )
 
     @classmethod
     def from_spec(cls, name: str, value: str) -> Quantize:
-        return cls(value or "auto")
+        parts = [part for part in value.split(":") if part]
+        modes = [part for part in parts if part not in cls.KEEPS or part == "auto"][:1]
+        keeps = [part for part in parts if part in cls.KEEPS and part != "auto"]
+        if len(parts) > len(modes) + len(keeps):
+            raise ValueError(
+                f"accelerator 'quantize:{value}': write quantize[:int8|float8|auto][:host|drop], e.g. "
+                "'quantize:float8:host'."
+            )
+        return cls(modes[0] if modes else "auto", keeps[0] if keeps else "auto")
 
     @property
     def spec(self) -> str:
-        return f"quantize:{self.mode}"
+        return f"quantize:{self.mode}" + ("" if self.full_precision == "auto" else f":{self.full_precision}")
+
+    def keeps(self, device: str) -> str:
+        """``host`` or ``drop``: what becomes of the full-precision weights of a model on ``device``."""
+        if self.full_precision != "auto":
+            return self.full_precision
+        return "drop" if device == "cpu" else "host"
+
+    def for_rounds(self) -> Quantize:
+        """Kept in host memory: a tool that removes and applies the stack every round needs them back."""
+        return replace(self, full_precision="host")
 
     def resolved(self, device: str) -> str:
         """The mode that runs on ``device``."""

@@ -1,25 +1,39 @@
 """torchao quantization of every routed model (int8 weight-only, or float8 dynamic activation and weight).
 
 ``quantize_`` swaps each linear layer's weight for a quantized tensor subclass; the module, its class and
-its hooks stay, so the router, the caches and compile see the same modules. The first application
-quantizes; the accelerator keeps both weight sets, so removing it puts the full-precision weights back and
-applying it again (every bench round) swaps the quantized ones in without quantizing again.
+its hooks stay, so the router, the caches and compile see the same modules.
+
+Quantizing is meant to save memory, so the full-precision weights leave the model's device as each layer
+is quantized (one layer at a time: the peak is the model plus one layer, never two copies of it):
+
+* ``full_precision="auto"`` (the default): kept in host memory when the model is on an accelerator, dropped
+  when it is on the CPU (a host copy would be the very memory quantizing saves);
+* ``"host"``: always kept in host memory (on a CPU: the original tensors, nothing copied);
+* ``"drop"``: dropped.
+
+Removal puts kept weights back on the model's device; applying again (every bench round) swaps the
+quantized ones in without quantizing again. After a drop, removal leaves the quantized weights and says how
+to get the full-precision ones back. Tools that apply and remove a stack many times take
+:meth:`~.configs.Quantize.for_rounds`, which keeps them.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from ..schedule import FlowBlendingWarning
 from .runtime import Accelerator, StackTarget
 
 # float8 matmuls (torch._scaled_mm) need both dimensions divisible by 16; layers a checkpoint keeps in
 # float32 (Wan's time embedding) stay as they are.
 FLOAT8_MULTIPLE = 16
 FLOAT8_FROM = (torch.bfloat16, torch.float16)
+HOST = torch.device("cpu")
 
 
 @contextmanager
@@ -57,12 +71,35 @@ def _linears(model: torch.nn.Module, mode: str) -> dict[str, torch.nn.Linear]:
     return found
 
 
+def device_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every parameter and buffer the model holds on its device, quantized weights included."""
+    return sum(_nbytes(t) for t in [*model.parameters(), *model.buffers()])
+
+
+def _move(weight: torch.nn.Parameter, device: torch.device) -> None:
+    """Move a kept weight in place (the same Parameter), as a normal tensor even under inference mode."""
+    if weight.device != device:
+        with torch.inference_mode(False):
+            weight.data = weight.data.to(device)
+
+
+def _peak_reset(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int | None:
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
 class QuantizeAccelerator(Accelerator):
     def __init__(self, config) -> None:
         super().__init__(config)
-        # id(model) -> (layer name -> (full-precision weight, quantized weight))
-        self._weights: dict[int, dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]]] = {}
-        self._summary: dict[str, dict[str, Any]] = {}  # label -> mode, layers, weight bytes before/after
+        # id(model) -> (layer name -> (full-precision weight, or None once dropped; quantized weight))
+        self._weights: dict[int, dict[str, tuple[torch.nn.Parameter | None, torch.nn.Parameter]]] = {}
+        self._devices: dict[int, torch.device] = {}
+        self._summary: dict[str, dict[str, Any]] = {}  # label -> mode, layers, bytes, where, peak
 
     def check(self, target: StackTarget, others: list[Accelerator]) -> None:
         self.config.check_environment(str(target.device or "cpu"))
@@ -81,39 +118,69 @@ class QuantizeAccelerator(Accelerator):
 
     def apply(self, target: StackTarget) -> None:
         for label, model in target.models().items():
-            layers = _linears(model, self.config.resolved(str(_device_of(model))))
             if id(model) not in self._weights:
-                self._weights[id(model)] = self._quantize(label, model, layers)
-            for name, (_, quantized) in self._weights[id(model)].items():
-                layers[name].weight = quantized
+                self._weights[id(model)] = self._quantize(label, model)
+                continue
+            modules = dict(model.named_modules())
+            for name, (original, quantized) in self._weights[id(model)].items():
+                modules[name].weight = quantized
+                if original is not None:  # back where it waits while the quantized weights run
+                    _move(original, HOST)
 
-    def _quantize(self, label: str, model: torch.nn.Module, layers: dict[str, torch.nn.Linear]) -> dict:
+    def _quantize(self, label: str, model: torch.nn.Module) -> dict:
         with _quiet_torchao():
             from torchao.quantization import quantize_
 
-        mode = self.config.resolved(str(_device_of(model)))
-        originals = {name: layer.weight for name, layer in layers.items()}
-        attributes = {name: set(vars(layer)) for name, layer in layers.items()}
-        chosen = set(map(id, layers.values()))
-        with _quiet_torchao():
-            quantize_(model, _torchao_config(mode), filter_fn=lambda module, _: id(module) in chosen)
-        quantized = {name: layer.weight for name, layer in layers.items()}
-        for name, layer in layers.items():  # e.g. an extra_repr: compiled graphs guard on the module's dict
-            for added in set(vars(layer)) - attributes[name]:
+        device = _device_of(model)
+        mode, keep = self.config.resolved(str(device)), self.config.keeps(str(device))
+        layers = _linears(model, mode)
+        before, full_bytes = device_bytes(model), sum(_nbytes(layer.weight) for layer in layers.values())
+        _peak_reset(device)
+        weights = {}
+        config = _torchao_config(mode)
+        for name, layer in layers.items():  # one layer at a time: never two copies of the model on the device
+            original, attributes = layer.weight, set(vars(layer))
+            with _quiet_torchao():
+                quantize_(layer, config)
+            for added in set(vars(layer)) - attributes:  # e.g. an extra_repr: compiled graphs guard on it
                 delattr(layer, added)
+            if keep == "host":
+                _move(original, HOST)
+            weights[name] = (original if keep == "host" else None, layer.weight)
+        self._devices[id(model)] = device
         self._summary[label] = {
             "mode": mode,
             "layers": len(layers),
-            "weight_bytes_before": sum(_nbytes(w) for w in originals.values()),
-            "weight_bytes_after": sum(_nbytes(w) for w in quantized.values()),
+            "full_precision": keep if keep == "host" else "dropped",
+            "device_weight_bytes_before": before,
+            "device_weight_bytes_after": device_bytes(model),
+            "host_bytes_kept": full_bytes if keep == "host" else 0,
+            "peak_memory_bytes_quantizing": _peak(device),
         }
-        return {name: (originals[name], quantized[name]) for name in layers}
+        return weights
 
     def remove(self, target: StackTarget) -> None:
-        for model in target.models().values():
+        dropped = []
+        for label, model in target.models().items():
             modules = dict(model.named_modules())
+            device = self._devices.get(id(model), _device_of(model))
             for name, (original, _) in self._weights.get(id(model), {}).items():
+                if original is None:
+                    dropped.append(label)
+                    continue
+                _move(original, device)
                 modules[name].weight = original
+        if dropped:
+            warnings.warn(self._dropped_message(sorted(set(dropped))), FlowBlendingWarning, stacklevel=3)
+
+    def _dropped_message(self, labels: list[str]) -> str:
+        return (
+            f"quantize: removed, but the {' and '.join(labels)} model(s) keep their quantized weights: the "
+            "full-precision ones were dropped when quantized, to save memory (full_precision='drop', the "
+            "default on a CPU). To get them back, load the models again (from_pretrained); to keep a host "
+            f"copy that removal puts back, quantize with Quantize({self.config.mode!r}, "
+            f"full_precision='host') or the spec 'quantize:{self.config.mode}:host'."
+        )
 
     def counters(self) -> dict[str, Any]:
         return {

@@ -71,6 +71,11 @@ class AcceleratorConfig:
                 return f"{self.name} cannot be stacked with {other.name}: {reason}"
         return None
 
+    def for_rounds(self) -> AcceleratorConfig:
+        """This config as a tool uses it when it applies and removes the stack many times (bench rounds):
+        one whose removal restores the models exactly."""
+        return self
+
     def create(self) -> Any:
         """A fresh runtime accelerator for this config (it holds the state of one application)."""
         module, _, cls = self.implementation.partition(":")

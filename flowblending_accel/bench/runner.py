@@ -171,7 +171,7 @@ def measure_rows(
     depend on the step it runs at)."""
     everything = rows + [Row(PROBE, "S100")]
     results = {
-        row.label: RowMeasurement(row, [parse_accelerator(s).create() for s in row.stack])
+        row.label: RowMeasurement(row, [parse_accelerator(s).for_rounds().create() for s in row.stack])
         for row in everything
     }
     with torch.inference_mode():

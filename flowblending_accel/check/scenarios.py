@@ -109,7 +109,7 @@ def trace_hash(trace: list[tuple[int, str]]) -> str:
 def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -> dict[str, Any]:
     """Warm-up call, measured call (and a FLOP-counting call); ``inject`` runs between warm-up and measure."""
     target = scenario.build()
-    members = [parse_accelerator(spec).create() for spec in scenario.stack]
+    members = [parse_accelerator(spec).for_rounds().create() for spec in scenario.stack]
     compiled = any(member.kind == "compile" for member in members)
     with accelerated(target.pipe, target.small, scenario.schedule, members) as (_, stack):
         call = lambda: stack.without_owned(target.call_kwargs(0))  # noqa: E731  (fresh generators per call)

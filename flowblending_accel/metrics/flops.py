@@ -163,7 +163,7 @@ def run_flops(
 ) -> tuple[dict[str, int], RunStats]:
     """FLOPs per model of one ``pipe(**call_kwargs)`` under ``schedule`` and the countable part of ``stack``.
     Returns the FLOPs and the run's stats; ``listeners`` (e.g. an attention meter) follow the same run."""
-    countable = [config for config in as_configs(stack) if config.kind not in NOT_COUNTABLE]
+    countable = [config.for_rounds() for config in as_configs(stack) if config.kind not in NOT_COUNTABLE]
     with accelerated(pipe, small, schedule, countable, count_flops=True, timing="off"):
         for listener in listeners:
             add_flowblending_listener(pipe, listener)

@@ -206,8 +206,8 @@ def row_memory(row: SuiteRow, workload: Workload, dtype: str) -> dict[str, int]:
     weights = costs.weight_bytes
     resident = weights["large"] + weights["small"] + weights["pipeline"]
     host, kinds = 0, row.kinds()
-    if "quantize" in kinds:  # the 8-bit copy beside the full-precision weights
-        resident += (costs.parameters["large"] + costs.parameters["small"]) * 1
+    if "quantize" in kinds:  # quantized a layer at a time; the full-precision weights wait on the host
+        host += weights["large"] + weights["small"]
     if "memory" in kinds:  # the inactive model waits on the host; while one is prefetched both are here
         host += max(weights["large"], weights["small"])
     activations = 3 * costs.largest_activation_bytes  # a layer's input, its widest output, the next

@@ -38,7 +38,7 @@ class RowState:
 
     def __post_init__(self) -> None:
         self.configs = as_configs(self.specs)
-        self.accelerators = [config.create() for config in self.configs]
+        self.accelerators = [config.for_rounds().create() for config in self.configs]
 
     @property
     def runner_row(self) -> Row:
