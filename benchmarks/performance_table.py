@@ -81,7 +81,7 @@ def gpu_section() -> list[str]:
         ]
     for path in runs:
         for device in _load(path)["devices"]:
-            wan, stack = device["sections"]["wan"], device["sections"]["stack"]
+            wan, stack = device["sections"]["wan"], device["sections"]["compile"]
             lines += ["", f"{device['device']} ([suite.md]({path.parent.relative_to(ROOT)}/suite.md)):", ""]
             rows = [row for row in wan["rows"] + stack["rows"] if row["label"] != "baseline (large only)"]
             if not rows:

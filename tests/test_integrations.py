@@ -138,8 +138,9 @@ def test_recipe_main_runs_to_the_written_output(name, tmp_path, capsys):
     assert [p.name for p in written.parent.iterdir()] == [output]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("mode", ["model", "group"])
 @pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small"])
-def test_recipe_offload_keeps_routing(name, tmp_path):
+def test_recipe_offload_keeps_routing(name, mode, tmp_path):
     family = "wan" if name.startswith("wan21") else "wan2.2"
     pipeline, small = _folders(tmp_path, family)
     argv = [
@@ -160,12 +161,58 @@ def test_recipe_offload_keeps_routing(name, tmp_path):
         "--dtype",
         "float32",
         "--offload",
+        mode,
         "--output",
         str(tmp_path / "video.gif"),
     ]
     pytest.importorskip("imageio")
     result = recipe(name).main(argv)
     assert result["stats"].steps_per_model == LSL_10
+
+
+RECIPE_FAMILIES = {
+    "wan21_14b_1p3b": "wan",
+    "wan22_a14b_small": "wan2.2",
+    "ltx_13b_2b": "ltx",
+    "sd15_bksdm_deepcache": "sd",
+}
+
+
+ENABLES = {
+    "model": "enable_model_cpu_offload",
+    "group": "enable_group_offload",
+    "sequential": "enable_sequential_cpu_offload",
+}
+
+
+@pytest.mark.parametrize("mode", list(ENABLES))
+@pytest.mark.parametrize("name", list(RECIPE_FAMILIES))
+def test_recipe_offload_never_moves_the_whole_pipeline_to_the_accelerator(name, mode, tmp_path, monkeypatch):
+    """A spy on every ``.to``: the pipeline is loaded on the CPU and handed to the offload mode, and no
+    model, pipeline or the small one goes to the accelerator whole (this machine has none: the modes are
+    recorded, not run)."""
+    from diffusers import DiffusionPipeline
+    from diffusers.models.modeling_utils import ModelMixin
+
+    pipeline, small = _folders(tmp_path, RECIPE_FAMILIES[name])
+    moves, modes = [], []
+
+    def spy_to(original):
+        def to(self, *args, **kwargs):
+            moves.append((type(self).__name__, args, kwargs))
+            return original(self, *args, **kwargs)
+
+        return to
+
+    monkeypatch.setattr(DiffusionPipeline, "to", spy_to(DiffusionPipeline.to))
+    monkeypatch.setattr(ModelMixin, "to", spy_to(ModelMixin.to))
+    for method in ("enable_model_cpu_offload", "enable_sequential_cpu_offload", "enable_group_offload"):
+        monkeypatch.setattr(DiffusionPipeline, method, lambda self, *a, _m=method, **k: modes.append(_m))
+    pipe, small_model, members = recipe(name).load(pipeline, small, "cuda", torch.float32, mode)
+    cuda = [m for m in moves if any("cuda" in str(v) for v in (*m[1], *m[2].values()))]
+    assert cuda == [] and modes == [ENABLES[mode]]
+    assert next(small_model.parameters()).device.type == "cpu"
+    assert members == (["offload:1"] if mode == "group" and name != "wan22_a14b_small" else [])
 
 
 def test_recipe_refuses_an_output_under_a_file(tmp_path):

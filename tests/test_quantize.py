@@ -29,11 +29,11 @@ def test_spec_round_trips_and_bad_modes_are_refused():
     assert parse_accelerator(Quantize("int8", "drop").spec) == Quantize("int8", "drop")
     with pytest.raises(ValueError, match="Quantize.mode='int4' must be one of auto, int8, float8"):
         parse_accelerator("quantize:int4")
-    with pytest.raises(ValueError, match=r"write quantize\[:int8\|float8\|auto\]\[:host\|drop\]"):
+    with pytest.raises(ValueError, match=r"write quantize\[:int8\|float8\|auto\]\[:host\|drop\|device\]"):
         parse_accelerator("quantize:int8:host:extra")
     assert Quantize().resolved("cpu") == "int8"
     assert Quantize().keeps("cpu") == "drop" and Quantize().keeps("cuda") == "host"
-    assert Quantize("int8", "drop").for_rounds() == Quantize("int8", "host")
+    assert Quantize("int8", "drop").for_rounds() == Quantize("int8", "device")
 
 
 def _held_bytes(models, accelerator) -> int:

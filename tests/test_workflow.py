@@ -1,6 +1,7 @@
 """The shipped GitHub workflow installs from the repository, names only files that exist, and every
 flowblending-accel command in it parses."""
 
+import os
 import re
 import shlex
 import shutil
@@ -71,3 +72,52 @@ def test_the_user_pipeline_job_passes_as_written(tmp_path, monkeypatch):
     assert codes == [0, 0]
     assert "lsl-unipc-fbc" in (project / "user-summary.md").read_text()
     assert (project / "expected.csv").read_bytes() == (example / "expected.csv").read_bytes()  # no --update
+
+
+CPU_TORCH_HERE = "pip install torch==2.13.0"  # this machine's CPU build (the workflow's line pulls from PyPI)
+
+
+def _job_script(job: dict, venv: Path, checkout: Path) -> str:
+    """The job's run steps as one bash script, unchanged but for the torch line, run from ``checkout``."""
+    default = job.get("defaults", {}).get("run", {}).get("working-directory", ".")
+    lines = ["set -euo pipefail", f". {venv}/bin/activate", "export PIP_DISABLE_PIP_VERSION_CHECK=1"]
+    for step in job["steps"]:
+        if "run" not in step:
+            continue
+        folder = checkout / step.get("working-directory", default)
+        run = step["run"].replace(
+            "pip install torch --index-url https://download.pytorch.org/whl/cpu", CPU_TORCH_HERE
+        )
+        lines += [f"cd {folder}", run]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.slow
+def test_each_cpu_job_installs_and_passes_as_written_in_a_fresh_venv(tmp_path):
+    """A checkout of the tracked files, a fresh venv per job, exactly the job's install and commands."""
+    import subprocess
+    import sys
+
+    checkout = tmp_path / "checkout"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.splitlines():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, checkout / name)
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    for name in ("deterministic", "user-pipeline"):  # the ratio job needs a runner of its own
+        venv = tmp_path / f"venv-{name}"
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        summary = tmp_path / f"{name}-summary.md"
+        done = subprocess.run(
+            ["bash", "-c", _job_script(workflow["jobs"][name], venv, checkout)],
+            env={  # this machine's pip settings (where the CPU torch lies) pass; the dev venv does not
+                **{k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")},
+                **workflow["env"],
+                "GITHUB_STEP_SUMMARY": str(summary),
+            },
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+        assert done.returncode == 0, f"job {name}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert summary.read_text().strip(), f"job {name} wrote no summary"

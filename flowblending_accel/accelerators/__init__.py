@@ -10,6 +10,7 @@ form. The configs and the registry import no torch; the runtime names load on fi
 from importlib import import_module
 
 from .configs import (
+    OFFLOAD_MODES,
     AttentionBackend,
     CacheDiT,
     DeepCache,
@@ -41,10 +42,12 @@ _RUNTIME = {
     "calibrate_mag_ratios": "caches",
     "StackOwnsArgumentWarning": "calls",
     "dynamo_counts": "compile",
+    "enable_offload": "offload",
 }
 
 __all__ = [
     "KIND_ORDER",
+    "OFFLOAD_MODES",
     "Accelerator",
     "AcceleratorConfig",
     "AttentionBackend",
@@ -70,6 +73,7 @@ __all__ = [
     "as_configs",
     "calibrate_mag_ratios",
     "dynamo_counts",
+    "enable_offload",
     "parse_accelerator",
     "register_accelerator",
     "remove_stack",

@@ -19,6 +19,11 @@ import torch
 
 from .runtime import Accelerator, StackTarget
 
+# A cache's hooks inside the compiled blocks make dynamo compile a variant per (context name, head or tail
+# block, cache state length ...): two models and two CFG branches pass dynamo's default limit of 8, and the
+# blocks past it run eagerly, unnoticed. With a cache in the stack the limit is raised while applied.
+CACHED_RECOMPILE_LIMIT = 64
+
 
 def dynamo_counts() -> dict[str, int]:
     from torch._dynamo.utils import counters
@@ -45,6 +50,8 @@ class RegionalCompileAccelerator(Accelerator):
         self._run_start: dict[str, int] | None = None
         self._open_runs = 0  # Wan 2.2: one router per expert, their runs overlap
         self._fullgraph: bool | None = config.fullgraph
+        self._cached = False
+        self._limit: int | None = None  # dynamo's recompile limit before apply, while raised
 
     def check(self, target: StackTarget, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
@@ -59,8 +66,13 @@ class RegionalCompileAccelerator(Accelerator):
                 "Python); leave fullgraph unset."
             )
         self._fullgraph = self.config.fullgraph if self.config.fullgraph is not None else not cached
+        self._cached = cached
 
     def apply(self, target: StackTarget) -> None:
+        if self._cached:
+            config = torch._dynamo.config
+            self._limit = config.recompile_limit
+            config.recompile_limit = max(self._limit, CACHED_RECOMPILE_LIMIT)
         for model in target.models().values():
             model.compile_repeated_blocks(fullgraph=self._fullgraph, dynamic=False, mode=self.config.mode)
             self._compiled.append(model)
@@ -68,6 +80,8 @@ class RegionalCompileAccelerator(Accelerator):
     def remove(self, target: StackTarget) -> None:
         while self._compiled:
             uncompile(self._compiled.pop())
+        if self._limit is not None:
+            torch._dynamo.config.recompile_limit, self._limit = self._limit, None
 
     def mark_warm(self) -> None:
         self._warm = True

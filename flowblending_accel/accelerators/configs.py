@@ -37,21 +37,43 @@ _BACKEND_PACKAGES = {
 }
 
 
+# Memory modes for a pipeline loaded on the CPU (``enable_offload``): every component resident, diffusers'
+# model, group and sequential CPU offload.
+OFFLOAD_MODES = ("none", "model", "group", "sequential")
+
 # Fastest first, as measured by their authors on Hopper; the native cuDNN SDPA backend ships with torch.
 _BACKEND_PREFERENCE = ("_flash_3", "flash", "sage", "_native_cudnn")
 
 
 def best_attention_backend(device: str) -> str:
-    """The fastest attention backend this machine can run on ``device`` (``native`` off CUDA)."""
+    """The fastest attention backend that runs on ``device`` here (``native`` off CUDA): the first of the
+    preferred ones whose package is installed and which answers a tiny attention call on the device."""
     import torch
 
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return "native"
     for backend in _BACKEND_PREFERENCE:
         package = _BACKEND_PACKAGES.get(backend)
-        if package is None or importlib.util.find_spec(package) is not None:
+        if (package is None or importlib.util.find_spec(package) is not None) and _backend_runs(
+            backend, device
+        ):
             return backend
     return "native"
+
+
+def _backend_runs(backend: str, device: str) -> bool:
+    """One tiny bf16 attention call through diffusers' dispatcher: a kernel that is installed but does not run
+    on this GPU (or this torch) is found here, not in the middle of a measurement."""
+    import torch
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    try:
+        query = torch.randn(1, 64, 2, 64, device=device, dtype=torch.bfloat16)  # (batch, tokens, heads, dim)
+        dispatch_attention_fn(query, query, query, backend=AttentionBackendName(backend))
+        torch.cuda.synchronize(device)
+    except Exception:  # any failure means: not this backend
+        return False
+    return True
 
 
 def _value(name: str, value: str, cast: type, form: str) -> Any:
@@ -363,20 +385,20 @@ class Quantize(AcceleratorConfig):
     """torchao quantization of both models' linear layers: ``int8`` weight-only (CPU and GPU), ``float8``
     dynamic activation and weight (GPUs of compute capability 8.9+, e.g. H100), ``auto``: float8 where it
     runs, else int8. ``full_precision``: where the full-precision weights go once quantized (``auto``: host
-    memory when the model is on an accelerator, dropped on a CPU; ``host``; ``drop``): never beside the
-    quantized ones on the device."""
+    memory when the model is on an accelerator, dropped on a CPU; ``host``; ``drop``; ``device``: left beside
+    the quantized ones, for tools that apply and remove the stack every round)."""
 
     mode: str = "auto"
     full_precision: str = "auto"
 
     names = ("quantize",)
     kind = "quantize"
-    spec_help = "quantize[:int8|float8|auto][:host|drop] (torchao)"
+    spec_help = "quantize[:int8|float8|auto][:host|drop|device] (torchao)"
     implementation = ".quantize:QuantizeAccelerator"
     exclusive_with = ("tensorrt",)
     clash_reasons = {"tensorrt": "TensorRT builds its engines at its own precision."}
     MODES = ("auto", "int8", "float8")
-    KEEPS = ("auto", "host", "drop")
+    KEEPS = ("auto", "host", "drop", "device")
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
@@ -393,7 +415,7 @@ class Quantize(AcceleratorConfig):
         keeps = [part for part in parts if part in cls.KEEPS and part != "auto"]
         if len(parts) > len(modes) + len(keeps):
             raise ValueError(
-                f"accelerator 'quantize:{value}': write quantize[:int8|float8|auto][:host|drop], e.g. "
+                f"accelerator 'quantize:{value}': write quantize[:int8|float8|auto][:host|drop|device], e.g. "
                 "'quantize:float8:host'."
             )
         return cls(modes[0] if modes else "auto", keeps[0] if keeps else "auto")
@@ -403,14 +425,16 @@ class Quantize(AcceleratorConfig):
         return f"quantize:{self.mode}" + ("" if self.full_precision == "auto" else f":{self.full_precision}")
 
     def keeps(self, device: str) -> str:
-        """``host`` or ``drop``: what becomes of the full-precision weights of a model on ``device``."""
+        """``host``, ``device`` or ``drop``: what becomes of the full-precision weights of a model on
+        ``device``."""
         if self.full_precision != "auto":
             return self.full_precision
         return "drop" if device == "cpu" else "host"
 
     def for_rounds(self) -> Quantize:
-        """Kept in host memory: a tool that removes and applies the stack every round needs them back."""
-        return replace(self, full_precision="host")
+        """Kept where they are: a tool that removes and applies the stack every round needs them back at
+        once, without moving a model's weights to the host and back each time."""
+        return replace(self, full_precision="device")
 
     def resolved(self, device: str) -> str:
         """The mode that runs on ``device``."""

@@ -7,8 +7,11 @@ current model's compute; at the segment start the router waits for that copy (th
 recorded per switch) and sends the finished model back to the CPU. On a machine without an accelerator
 both devices are the CPU: nothing moves, and the recorded cost is the bookkeeping alone.
 
-Works with ``enable_model_cpu_offload``: accelerate then places the large model per call, so only the small
-model is managed here.
+Works with ``enable_model_cpu_offload`` and ``enable_group_offload``: the pipeline's own offloading then
+places the large model, so only the small model is managed here, on the large model's execution device.
+
+:func:`enable_offload` puts a pipeline loaded on the CPU into one of the memory modes (``model``,
+``group``, ``sequential``) without ever moving the whole of it to the accelerator.
 """
 
 from __future__ import annotations
@@ -18,7 +21,55 @@ from typing import Any
 
 import torch
 
+from .. import hooks
+from .configs import OFFLOAD_MODES
 from .runtime import Accelerator, StackTarget
+
+
+def enable_offload(pipe: Any, device: str, mode: str) -> list[str]:
+    """Put ``pipe`` (its weights still on the CPU, as ``from_pretrained`` loads them) on ``device`` in memory
+    mode ``mode``; returns the stack members the mode asks for beside it.
+
+    * ``none``: every component on ``device`` (``pipe.to``);
+    * ``model``: diffusers' model CPU offload (each component on the device while it runs);
+    * ``group``: group offload, a block at a time with the next one prefetched on a CUDA stream; the small
+      model is kept whole on the CPU and prefetched before its stage starts (``offload:1``);
+    * ``sequential``: sequential CPU offload (each leaf layer on the device while it runs; the slowest).
+
+    The small model follows whichever mode the large one is in (the router's follower).
+    """
+    if mode not in OFFLOAD_MODES:
+        raise ValueError(f"--offload {mode!r}: choose one of {', '.join(OFFLOAD_MODES)}.")
+    if mode == "none":
+        pipe.to(device)
+        return []
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+        return []
+    if mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+        return []
+    on_gpu = torch.device(device).type == "cuda"
+    pipe.enable_group_offload(
+        onload_device=torch.device(device),
+        offload_device=torch.device("cpu"),
+        offload_type="block_level",
+        num_blocks_per_group=1,
+        non_blocking=on_gpu,
+        use_stream=on_gpu,
+    )
+    return ["offload:1"]
+
+
+def execution_device(model: torch.nn.Module) -> torch.device | None:
+    """Where ``model`` computes: its offload hook's device (model or group offload), else its weights'."""
+    hook = getattr(model, "_hf_hook", None)
+    if getattr(hook, "execution_device", None) is not None:
+        return torch.device(hook.execution_device)
+    group = hooks.group_offloading_of(model)
+    if group is not None:
+        return torch.device(group.onload_device)
+    return next((p.device for p in model.parameters()), None)
 
 
 class OffloadAccelerator(Accelerator):
@@ -43,12 +94,13 @@ class OffloadAccelerator(Accelerator):
 
     def apply(self, target: StackTarget) -> None:
         self._models = target.models()
-        if hasattr(
-            self._models["large"], "_hf_hook"
-        ):  # accelerate's model offload already manages the large model
-            self._models = {"small": self._models["small"]}
-        self.device = target.device
+        large = self._models["large"]
+        self.device = execution_device(large) or target.device
+        if hasattr(large, "_hf_hook") or hooks.group_offloading_of(large) is not None:
+            self._models = {"small": self._models["small"]}  # the pipeline's offloading places the large one
         self._stream = torch.cuda.Stream() if self.device.type == "cuda" else None
+        if "small" in self._models:  # off the device before any run, so a run's peak is what it holds
+            self._models["small"].to(self.offload_device)
 
     def remove(self, target: StackTarget) -> None:
         for model in self._models.values():
@@ -92,16 +144,20 @@ class OffloadAccelerator(Accelerator):
         if not segment.after_switch:
             return
         start = time.perf_counter()
+        other = "small" if model == "large" else "large"
         event = self._pending.pop(model, None)
         if event is not None:
             torch.cuda.current_stream().wait_event(event)
         elif model in self._models and model not in self._prefetched:
-            self._move(model, self.device)  # not prefetched (prefetch_steps 0): the copy is fully exposed
+            # Not prefetched (prefetch_steps 0): the finished model leaves first, so the two are never on
+            # the device together (the peak is the larger one); the copies are fully exposed.
+            if other in self._models:
+                self._move(other, self.offload_device)
+            self._move(model, self.device)
         if self.device.type == "cuda":
             torch.cuda.current_stream().synchronize()
         self.switch_seconds.append(time.perf_counter() - start)
         self._prefetched.discard(model)
-        other = "small" if model == "large" else "large"
         if other in self._models:
             self._move(other, self.offload_device)
 

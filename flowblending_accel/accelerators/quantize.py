@@ -9,12 +9,13 @@ is quantized (one layer at a time: the peak is the model plus one layer, never t
 * ``full_precision="auto"`` (the default): kept in host memory when the model is on an accelerator, dropped
   when it is on the CPU (a host copy would be the very memory quantizing saves);
 * ``"host"``: always kept in host memory (on a CPU: the original tensors, nothing copied);
+* ``"device"``: left on the model's device beside the quantized ones (more memory; removing and applying
+  again moves nothing: what tools that apply the stack every round use, ``Quantize.for_rounds``);
 * ``"drop"``: dropped.
 
-Removal puts kept weights back on the model's device; applying again (every bench round) swaps the
-quantized ones in without quantizing again. After a drop, removal leaves the quantized weights and says how
-to get the full-precision ones back. Tools that apply and remove a stack many times take
-:meth:`~.configs.Quantize.for_rounds`, which keeps them.
+Removal puts kept weights back on the model's device; applying again swaps the quantized ones in without
+quantizing again. After a drop, removal leaves the quantized weights and says how to get the full-precision
+ones back. A failure while quantizing (out of memory) puts back the layers already done, when kept.
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ def _torchao_config(mode: str) -> Any:
     with _quiet_torchao():
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig
 
+    # set_inductor_config=False: torchao would otherwise switch on coordinate-descent tuning for the whole
+    # process, so every later compile (other bench rows too) tunes each kernel.
     if mode == "float8":
-        return Float8DynamicActivationFloat8WeightConfig()
-    return Int8WeightOnlyConfig()
+        return Float8DynamicActivationFloat8WeightConfig(set_inductor_config=False)
+    return Int8WeightOnlyConfig(set_inductor_config=False)
 
 
 def _linears(model: torch.nn.Module, mode: str) -> dict[str, torch.nn.Linear]:
@@ -74,6 +77,13 @@ def _linears(model: torch.nn.Module, mode: str) -> dict[str, torch.nn.Linear]:
 def device_bytes(model: torch.nn.Module) -> int:
     """Bytes of every parameter and buffer the model holds on its device, quantized weights included."""
     return sum(_nbytes(t) for t in [*model.parameters(), *model.buffers()])
+
+
+def _put_back(layers: dict[str, torch.nn.Linear], weights: dict[str, tuple], device: torch.device) -> None:
+    for name, (original, _) in weights.items():
+        if original is not None:
+            _move(original, device)
+            layers[name].weight = original
 
 
 def _move(weight: torch.nn.Parameter, device: torch.device) -> None:
@@ -122,9 +132,10 @@ class QuantizeAccelerator(Accelerator):
                 self._weights[id(model)] = self._quantize(label, model)
                 continue
             modules = dict(model.named_modules())
+            keep = self.config.keeps(str(self._devices[id(model)]))
             for name, (original, quantized) in self._weights[id(model)].items():
                 modules[name].weight = quantized
-                if original is not None:  # back where it waits while the quantized weights run
+                if original is not None and keep == "host":  # back where it waits while quantized ones run
                     _move(original, HOST)
 
     def _quantize(self, label: str, model: torch.nn.Module) -> dict:
@@ -136,22 +147,29 @@ class QuantizeAccelerator(Accelerator):
         layers = _linears(model, mode)
         before, full_bytes = device_bytes(model), sum(_nbytes(layer.weight) for layer in layers.values())
         _peak_reset(device)
-        weights = {}
+        weights: dict[str, tuple] = {}
         config = _torchao_config(mode)
-        for name, layer in layers.items():  # one layer at a time: never two copies of the model on the device
-            original, attributes = layer.weight, set(vars(layer))
-            with _quiet_torchao():
-                quantize_(layer, config)
-            for added in set(vars(layer)) - attributes:  # e.g. an extra_repr: compiled graphs guard on it
-                delattr(layer, added)
-            if keep == "host":
-                _move(original, HOST)
-            weights[name] = (original if keep == "host" else None, layer.weight)
+        try:
+            for (
+                name,
+                layer,
+            ) in layers.items():  # a layer at a time: never two copies of the model on the device
+                original, attributes = layer.weight, set(vars(layer))
+                with _quiet_torchao():
+                    quantize_(layer, config)
+                for added in set(vars(layer)) - attributes:  # e.g. an extra_repr: compiled graphs guard on it
+                    delattr(layer, added)
+                if keep == "host":
+                    _move(original, HOST)
+                weights[name] = (None if keep == "drop" else original, layer.weight)
+        except BaseException:
+            _put_back(layers, weights, device)  # half-quantized models do not stay behind
+            raise
         self._devices[id(model)] = device
         self._summary[label] = {
             "mode": mode,
             "layers": len(layers),
-            "full_precision": keep if keep == "host" else "dropped",
+            "full_precision": {"host": "host", "device": "device", "drop": "dropped"}[keep],
             "device_weight_bytes_before": before,
             "device_weight_bytes_after": device_bytes(model),
             "host_bytes_kept": full_bytes if keep == "host" else 0,

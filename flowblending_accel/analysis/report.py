@@ -46,6 +46,32 @@ def _set(entry: dict | None) -> str:
     )
 
 
+def cost_lines(document: dict[str, Any]) -> list[str]:
+    """What the run cost against its plan, and, at a proxy size, whether the pick held at full size."""
+    lines = []
+    cost = document.get("run")
+    if cost:
+        estimate = cost["estimated_seconds"]
+        lines.append(
+            f"- cost: {cost['plan']}; {cost['seconds']:.0f} s in all"
+            + (f" (estimated after the first call: at most {estimate:.0f} s)" if estimate else "")
+        )
+    proxy = document.get("proxy") or (
+        {"proxy_size": document["proxy_size"]} if document.get("proxy_size") else None
+    )
+    if proxy:
+        size = "x".join(str(v) for v in proxy["proxy_size"].values())
+        if "held" in proxy:
+            verdict = "**held**" if proxy["held"] else "**did not hold**"
+            lines.append(
+                f"- fitted at the proxy size {size}; validated at full size on the held-out prompts: the "
+                f"pick {verdict} ({proxy['why']})"
+            )
+        else:
+            lines.append(f"- fitted at the proxy size {size}")
+    return lines
+
+
 def calibration_markdown(document: dict[str, Any]) -> str:
     result, held = document["calibration"], document["held_out"]
     lines = [
@@ -66,6 +92,7 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         "shift or step count with "
         "`flowblending-accel plan --calibration calibration.json --scheduler S --shift X --steps N`, "
         "which also says when a recalibration is advisable",
+        *cost_lines(document),
         "",
         "Candidates verified on the calibration set (scores vs large-only, higher is better):",
         "",
@@ -110,6 +137,7 @@ def analysis_markdown(document: dict[str, Any]) -> str:
         f"- target: {document['target']}",
         f"- {curve['samples']} samples: {len(fit['prompts'])} prompts x {len(fit['seeds'])} seeds; "
         "mean ± standard deviation per solver step (lower: the small model agrees more)",
+        *cost_lines(document),
         "",
         "| step | sigma | " + " | ".join(measures) + " |",
         "|---|---|" + "---|" * len(measures),

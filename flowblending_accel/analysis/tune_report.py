@@ -8,6 +8,8 @@ import io
 import json
 from typing import Any
 
+from .report import cost_lines
+
 
 def tuned_toml(document: dict[str, Any]) -> str:
     chosen = document["chosen"]
@@ -67,6 +69,7 @@ def tune_markdown(document: dict[str, Any]) -> str:
         f"- as bench takes it: `{chosen['bench']}` (tuned.toml holds it for the config file)",
         f"- measured wall time vs large-only: tuned {_speed(timing.get('tuned'))}, {match} alone "
         f"{_speed(timing.get('FlowBlending alone'))}",
+        *cost_lines(document),
         "",
         f"Held-out validation ({len(held['prompts'])} prompts × {len(held['seeds'])} seeds never seen by the "
         f"search; fit set: {len(fit['prompts'])} prompts × {len(fit['seeds'])} seeds); every score against "

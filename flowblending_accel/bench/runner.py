@@ -170,8 +170,11 @@ def measure_rows(
     pass; every other row's FLOPs are its calls times those per-call FLOPs (exact: a call's work does not
     depend on the step it runs at)."""
     everything = rows + [Row(PROBE, "S100")]
+    carried = target.stack_members  # what the target's memory mode asks for, under every row's own stack
     results = {
-        row.label: RowMeasurement(row, [parse_accelerator(s).for_rounds().create() for s in row.stack])
+        row.label: RowMeasurement(
+            row, [parse_accelerator(s).for_rounds().create() for s in (*carried, *row.stack)]
+        )
         for row in everything
     }
     with torch.inference_mode():

@@ -109,7 +109,8 @@ def trace_hash(trace: list[tuple[int, str]]) -> str:
 def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -> dict[str, Any]:
     """Warm-up call, measured call (and a FLOP-counting call); ``inject`` runs between warm-up and measure."""
     target = scenario.build()
-    members = [parse_accelerator(spec).for_rounds().create() for spec in scenario.stack]
+    specs = (*target.stack_members, *scenario.stack)  # the target's memory mode, then the scenario's stack
+    members = [parse_accelerator(spec).for_rounds().create() for spec in specs]
     compiled = any(member.kind == "compile" for member in members)
     with accelerated(target.pipe, target.small, scenario.schedule, members) as (_, stack):
         call = lambda: stack.without_owned(target.call_kwargs(0))  # noqa: E731  (fresh generators per call)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import textwrap
+from dataclasses import replace
 
 from ..analysis.measures import MEASURES
 from .common import positive_number, whole_number
-from .workload import add_workload_options, fit_and_seeds, prepare_workload, tolerance_from
+from .workload import add_workload_options, fit_and_seeds, prepare_workload, proxy_verdict, tolerance_from
 
 
 def register(commands) -> None:
@@ -93,6 +94,7 @@ def _check_goal(args, names: list[str]) -> None:
 
 
 def run_analyze(args: argparse.Namespace) -> int:
+    from ..analysis.cost import analyze_plan
     from ..analysis.divergence import divergence_curve
     from ..analysis.evaluate import quality_function
     from ..analysis.evidence import window_evidence
@@ -101,11 +103,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    work = prepare_workload(args, holding=False)
+    work = prepare_workload(args, holding=False, plan_of=lambda counts, _: analyze_plan(counts))
     calls, target = work.calls, work.target
-    steps = target.base.get("num_inference_steps", 0)
-    total = len(calls) * (1 + (steps // args.windows if args.windows else 0))
-    with progress("analysing (pipeline calls)", total) as advance:
+    with progress("analysing (pipeline calls)", work.plan.at_most) as bar:
+        advance = work.watch(bar, args)
         curve = divergence_curve(
             target.pipe,
             target.small,
@@ -132,6 +133,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         "command": args.command_line,
         "target": target.description,
         "fit": fit_and_seeds(work.fit, work.seeds),
+        "proxy_size": work.proxy,
+        "run": advance.report(),
         "curve": curve.to_dict(),
         "evidence": evidence.to_dict() if evidence else None,
     }
@@ -145,15 +148,22 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.calibrate import Calibrator, calibrate_budget, calibrate_tolerance
+    from ..analysis.cost import calibrate_plan
     from ..analysis.evaluate import evaluate_schedules, quality_function
     from ..analysis.plots import divergence_plot
     from ..analysis.report import calibration_markdown
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    work = prepare_workload(args, holding=True, check_goal=_check_goal)
+    def plan_of(counts, _target):
+        measures = 1 if args.measure else len(MEASURES)
+        counts = counts if args.measure is None else replace(counts, window=0)
+        return calibrate_plan(counts, measures, budget_goal=args.flop_budget is not None)
+
+    work = prepare_workload(args, holding=True, check_goal=_check_goal, plan_of=plan_of)
     target = work.target
-    with progress("calibrating (pipeline calls)", None) as advance:
+    with progress("calibrating (pipeline calls)", work.plan.at_most) as bar:
+        advance = work.watch(bar, args)
         calibrator = Calibrator(
             target.pipe,
             target.small,
@@ -188,6 +198,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     document = {
         "command": args.command_line,
         "target": target.description,
+        "run": advance.report(),
+        "proxy": proxy_verdict(work, args, "calibrated", result.quality, reference, held),
         "calibration": result.to_dict(),
         "fit": fit_and_seeds(work.fit, work.seeds),
         "held_out": {**fit_and_seeds(work.held_out, work.holdout_seeds), "rows": held},

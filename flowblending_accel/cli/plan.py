@@ -38,10 +38,50 @@ def register(commands) -> None:
         "carry its schedule to --scheduler/--shift/--steps on the "
         "sigma axis and say whether a recalibration is advisable (exit 3 if so)",
     )
+    memory = plan.add_argument_group(
+        "memory plan",
+        "--memory --large FOLDER --small FOLDER: the estimated peak GPU memory of every offload mode, from "
+        "the folders' safetensors headers and configs (no weight is read)",
+    )
+    memory.add_argument("--memory", action="store_true", help="print the memory plan instead of the steps")
+    memory.add_argument("--large", metavar="FOLDER", help="the pipeline folder")
+    memory.add_argument("--small", metavar="FOLDER", help="the small denoiser's folder")
+    memory.add_argument("--gpu-memory", metavar="SIZE", help="say which modes fit SIZE (e.g. 24GiB)")
+    memory.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
+    memory.add_argument("--height", type=whole_number(1), help="pixels (the pipeline's default)")
+    memory.add_argument("--width", type=whole_number(1), help="pixels (the pipeline's default)")
+    memory.add_argument("--frames", type=whole_number(1), help="video frames (the pipeline's default)")
     plan.set_defaults(run=run)
 
 
+def _memory_plan(args: argparse.Namespace) -> int:
+    from ..support.memory import parse_size
+    from ..targets.folders import check_folders
+    from ..targets.memory import FIT_SHARE, plan_for_folders, table
+    from ..targets.resolve import TargetOptions
+
+    if not (args.large and args.small):
+        raise ValueError("--memory needs the folders: --large PIPELINE_FOLDER --small SMALL_FOLDER.")
+    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    sizes = {name: getattr(args, name) for name in ("height", "width", "frames")}
+    options = TargetOptions(large=args.large, small=args.small, dtype=args.dtype, **sizes)
+    pair = check_folders(args.large, args.small)
+    if pair.pipeline_class is None:
+        raise ValueError(f"--large {args.large}: --memory reads a local folder, not a hub id.")
+    peaks = plan_for_folders(pair, options, None)
+    name = pair.pipeline_class.__name__
+    print(f"Memory plan: {name} from {args.large}, small from {args.small}, {args.dtype}")
+    print("\n".join(table(peaks, budget)))
+    print(
+        "Estimates: weights from the safetensors headers, activations from one denoiser call on the meta "
+        f"device; the VAE's decoding is not included; a mode fits at most {FIT_SHARE:.0%} of the memory."
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.memory:
+        return _memory_plan(args)
     from ..plan import Plan
     from ..schedule import Schedule
     from ..schedulers import make_scheduler

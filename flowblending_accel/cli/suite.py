@@ -28,7 +28,8 @@ def add_suite_options(bench) -> None:
         "Real-size Wan 2.1 14B+1.3B and LTX 13B+2B with random weights, in parts of at most 4 minutes: "
         "smoke, wan, stack, individual, ltx. Each part prints its estimated wall time first, runs each "
         "section in its own process with its own time box, and appends every measured row to "
-        "<output>/<part>.jsonl as it is measured.",
+        "<output>/<part>.jsonl as it is measured. --gpu-memory SIZE refuses rows whose estimated peak is "
+        "above 90 %% of SIZE instead of the GPU's own memory.",
     )
     suite.add_argument(
         "--suite",
@@ -47,11 +48,6 @@ def add_suite_options(bench) -> None:
         default=[],
         help="earlier part files or folders: rows measured there on the same device, versions and sizes "
         "are not measured again",
-    )
-    suite.add_argument(
-        "--gpu-memory",
-        default=None,
-        help="refuse rows whose estimated peak is above 90 %% of this (e.g. 24GiB) instead of the GPU's own",
     )
     suite.add_argument("--started", type=float, default=None, help=argparse.SUPPRESS)  # run.sh's clock
 

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..accelerators.configs import OFFLOAD_MODES
 from .common import positive_number, whole_number
 
 TARGET_HELP = """\
@@ -36,6 +37,8 @@ TARGET_FLAGS = (
     "guidance_scale",
     "negative_prompt",
     "prompts",
+    "offload",
+    "gpu_memory",
 )
 
 
@@ -66,6 +69,20 @@ def add_target_options(parser: argparse.ArgumentParser, prompts: bool = True) ->
         default=None,
         choices=("float32", "bfloat16", "float16"),
         help="weights dtype (default: bfloat16 on CUDA, float32 on CPU; the embedded pair float32)",
+    )
+    group.add_argument(
+        "--offload",
+        default=None,
+        choices=OFFLOAD_MODES,
+        help="memory mode on a GPU (default none: all resident): model, group or sequential CPU offload; "
+        "the pipeline is loaded on the CPU and never moved whole to the GPU",
+    )
+    group.add_argument(
+        "--gpu-memory",
+        default=None,
+        metavar="SIZE",
+        help="refuse, before loading, a memory mode whose estimated peak does not fit SIZE (e.g. 24GiB) "
+        "instead of the GPU's own memory",
     )
     group.add_argument("--height", type=whole_number(1), default=None, help="pixels (the target's default)")
     group.add_argument("--width", type=whole_number(1), default=None, help="pixels (the target's default)")
@@ -99,24 +116,7 @@ def target_settings(args: argparse.Namespace):
     from .common import resolve_device
 
     config = find_config(args.config)
-    flags: dict[str, Any] = {
-        name: getattr(args, name, None)
-        for name in (
-            "target",
-            "large",
-            "small",
-            "pair",
-            "device",
-            "dtype",
-            "height",
-            "width",
-            "frames",
-            "steps",
-            "guidance_scale",
-            "negative_prompt",
-            "prompts",
-        )
-    }
+    flags: dict[str, Any] = {name: getattr(args, name, None) for name in TARGET_FLAGS}
     options = TargetOptions.merged(flags, config.values)
     resolve_device(options.device)
     return options, config

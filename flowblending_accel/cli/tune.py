@@ -68,9 +68,6 @@ def register(commands) -> None:
         help="a hand-made stack to score beside the pick, on the fit and held-out sets and the plot "
         '(repeatable), e.g. --compare "L40-S40-L20 dpm++:10 fbc:0.2"',
     )
-    tune.add_argument(
-        "--max-calls", type=whole_number(1), default=None, help="pipeline calls the search may spend"
-    )
     tune.add_argument("--grid", action="store_true", help="also run the exhaustive grid of the space")
     tune.add_argument("--repeats", type=whole_number(1), default=5, help="timing rounds (default 5)")
     tune.add_argument(

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from typing import Any
 
-from .workload import fit_and_seeds, prepare_workload, tolerance_from
+from .workload import fit_and_seeds, prepare_workload, proxy_verdict, target_steps, tolerance_from
+
+TIMING_ROWS = 4  # large-only, the hand-picked schedule, the tuned stack and the small-only probe
 
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
 STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2)
@@ -17,16 +20,6 @@ SOLVERS = {"flow": ("dpm++", "unipc", "euler"), "vp": ("dpm++-vp", "euler-vp", "
 def _check_goal(args, names: list[str]) -> None:
     if args.tolerance is not None:
         tolerance_from(args.tolerance, dict.fromkeys([n for n in names if not n.startswith("fd:")], 0.0))
-
-
-def target_steps(target) -> int:
-    """The step count the target's calls run (its own argument, else the pipeline call's default)."""
-    import inspect
-
-    if "num_inference_steps" in target.base:
-        return int(target.base["num_inference_steps"])
-    parameter = inspect.signature(type(target.pipe).__call__).parameters.get("num_inference_steps")
-    return int(parameter.default) if parameter is not None else 50
 
 
 def _space(args, target):
@@ -58,15 +51,24 @@ def _space(args, target):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..analysis.cost import tune_plan
     from ..analysis.scores import loss_ratio
     from ..analysis.tune import Evaluator, Point
     from ..analysis.tune_report import tune_markdown, tune_plot, tuned_toml
-    from ..analysis.tune_search import frontier, search_budget, search_tolerance
+    from ..analysis.tune_search import frontier, grid_points, search_budget, search_tolerance
     from ..schedule import Schedule
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    work = prepare_workload(args, holding=True, check_goal=_check_goal)
+    def plan_of(counts, target):
+        timing = TIMING_ROWS * (args.repeats + 1) + 3  # + the FLOP passes of the baseline, probe, a cache
+        grid = len(grid_points(_space(args, target)))
+        plan = tune_plan(counts, grid, len(args.compare), TIMING_ROWS, args.repeats, args.grid)
+        if args.latency_budget is not None:  # every frontier point is timed too: at most every grid point
+            plan = replace(plan, search=(plan.search[0], plan.search[1] + grid * timing))
+        return plan
+
+    work = prepare_workload(args, holding=True, check_goal=_check_goal, plan_of=plan_of)
     target = work.target
     space = _space(args, target)
     full = space.full_steps
@@ -74,11 +76,12 @@ def run(args: argparse.Namespace) -> int:
     def match(steps: int) -> tuple[str, ...]:
         return tuple(Schedule.parse(args.match).models_for_step_count(steps))
 
-    with progress("tuning (pipeline calls)", None) as advance:
+    with progress("tuning (pipeline calls)", work.plan.at_most) as bar:
+        advance = work.watch(bar, args)
         evaluator = Evaluator(target, work.calls, work.scorers, full, progress=advance)
         matched = evaluator.evaluate(Point(match(full)))
-        # The call budget is the search's own: the reference and the hand-picked schedule come first.
-        evaluator.max_calls = args.max_calls and evaluator.pipeline_calls + args.max_calls
+        # --max-calls holds the whole run: the search gets what the fixed parts leave.
+        evaluator.max_calls = args.max_calls and evaluator.pipeline_calls + args.max_calls - work.plan.fixed
         goal = _goal(args, matched.scores)
         if args.flop_budget is not None or args.latency_budget is not None:
             budget = args.flop_budget or args.latency_budget
@@ -117,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
             "small_distilled": space.distilled,
         },
         "goal": {"tolerance": goal, "flop_budget": args.flop_budget, "latency_budget": args.latency_budget},
+        "proxy": proxy_verdict(
+            work, args, "tuned", evaluator.evaluate(chosen).scores, matched.scores, _held_as_rows(rows)
+        ),
         "match": {"schedule": args.match, "scores": matched.scores},
         "chosen": {
             **_point_dict(chosen, args.extra_stack),
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "per_step_count": result.per_step_count,
         "cost": cost,
+        "run": advance.report(),
         "evaluations": [e.to_dict() for e in evaluations],
         "frontier": [e.to_dict() for e in frontier(evaluations)],
         "alone": {name: evaluator.evaluations[p].to_dict() for name, p in alone.items()},
@@ -140,6 +147,11 @@ def run(args: argparse.Namespace) -> int:
     write_atomic(args.output / "tune.png", tune_plot(document))
     print((args.output / "tune.md").read_text())
     return 0
+
+
+def _held_as_rows(rows: dict[str, Any]) -> dict[str, Any]:
+    """The held-out table under the names the proxy verdict reads: the pick and the hand-picked schedule."""
+    return {"tuned": rows["tuned"], "match": rows["FlowBlending alone"]}
 
 
 def _goal(args, match_scores: dict[str, float]) -> dict[str, float]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import whole_number
+from .common import positive_number, whole_number
 from .targeting import add_target_options, setting, target_settings
 
 EMBEDDED_FIT_PROMPTS, EMBEDDED_PROMPTS = 12, 40
@@ -37,6 +37,27 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--output", type=Path, required=True, help="results folder")
+    budget = parser.add_argument_group(
+        "cost",
+        "The pipeline calls the command will make are printed before the first one, and the estimated wall "
+        "time after it. A plan that cannot fit a budget is refused, naming a smaller plan that fits.",
+    )
+    budget.add_argument(
+        "--max-calls", type=whole_number(1), default=None, help="pipeline calls the whole run may make"
+    )
+    budget.add_argument(
+        "--max-minutes",
+        type=positive_number,
+        default=None,
+        help="wall time the whole run may take (checked at the first call's time)",
+    )
+    budget.add_argument(
+        "--proxy-size",
+        default=None,
+        metavar="HxWxF",
+        help="fit (analyse, calibrate, tune) at this smaller size, e.g. 240x416x9 (HxW for images); the "
+        "held-out prompts run at the full size, and the report says whether the pick held there",
+    )
 
 
 @dataclass
@@ -49,16 +70,54 @@ class Workload:
     scorers: list
     set_scorers: list
     flops: dict[str, int]
+    proxy: dict[str, int] | None = None  # the fit set's size (--proxy-size); held-out calls run full size
+    plan: Any = None  # the CallPlan, checked against --max-calls
 
     @property
     def calls(self) -> list[dict]:
-        return self.target.calls(self.fit, self.seeds)
+        return [{**call, **(self.proxy or {})} for call in self.target.calls(self.fit, self.seeds)]
+
+    def watch(self, advance, args):
+        """``advance`` that prints the estimated wall time after the first call and holds --max-minutes."""
+        from ..analysis.cost import CostWatch
+
+        return CostWatch(self.plan, advance, getattr(args, "max_minutes", None))
+
+
+PROXY_NAMES = ("height", "width", "num_frames")
+
+
+def parse_proxy_size(text: str | None) -> dict[str, int] | None:
+    """``--proxy-size 240x416x9`` (or ``240x416`` for images) as call arguments."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) not in (2, 3) or not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ValueError(
+            f"--proxy-size {text!r}: write HEIGHTxWIDTHxFRAMES (e.g. 240x416x9), or HxW for images."
+        )
+    return dict(zip(PROXY_NAMES, map(int, parts), strict=False))
+
+
+def target_steps(target) -> int:
+    """The step count the target's calls run (its own argument, else the pipeline call's default)."""
+    import inspect
+
+    if "num_inference_steps" in target.base:
+        return int(target.base["num_inference_steps"])
+    parameter = inspect.signature(type(target.pipe).__call__).parameters.get("num_inference_steps")
+    return int(parameter.default) if parameter is not None else 50
 
 
 def prepare_workload(
-    args, holding: bool, check_goal: Callable[[Any, list[str]], None] | None = None
+    args,
+    holding: bool,
+    check_goal: Callable[[Any, list[str]], None] | None = None,
+    plan_of: Callable[[Any, Any], Any] | None = None,
 ) -> Workload:
-    """Check everything the user gave, then build the target and the workload (fit / held-out split)."""
+    """Check everything the user gave, then build the target and the workload (fit / held-out split), and
+    count its plan (``plan_of(cost.Workload, target)``): refused against --max-calls, printed, before the
+    first pipeline call."""
     import torch
 
     from ..metrics.flops import flops_per_call
@@ -68,6 +127,7 @@ def prepare_workload(
 
     options, config = target_settings(args)
     check_output_folder(args.output)
+    proxy = parse_proxy_size(getattr(args, "proxy_size", None))
     checked = check_target(options)
     if options.kind == "random":
         raise ValueError(
@@ -94,9 +154,43 @@ def prepare_workload(
     _check_windows(args, target.base.get("num_inference_steps"))
     fit, held_out = _split(target.prompts, fit_count, names, holdout_seeds, holding)
     reference, sets = build_scorers(names, target.scorers)
-    workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {})
+    _check_proxy(proxy, target)
+    workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {}, proxy)
+    if plan_of is not None:
+        workload.plan = _checked_plan(args, workload, plan_of)
     workload.flops = flops_per_call(target.pipe, target.small, workload.calls[0])
     return workload
+
+
+def _checked_plan(args, work: Workload, plan_of):
+    import sys
+
+    from ..analysis.cost import Workload as Counts
+    from ..analysis.cost import check_calls
+
+    counts = Counts(
+        prompts=len(work.fit) + len(work.held_out),
+        fit_prompts=len(work.fit),
+        seeds=len(work.seeds),
+        holdout_seeds=len(work.holdout_seeds),
+        steps=target_steps(work.target),
+        window=getattr(args, "windows", 0) or getattr(args, "sensitivity_window", 0) or 0,
+        holding=bool(work.held_out),
+        batch=work.target.batch,
+    )
+    plan = check_calls(counts, lambda counted: plan_of(counted, work.target), args.max_calls)
+    print(plan.describe(), file=sys.stderr, flush=True)
+    return plan
+
+
+def _check_proxy(proxy: dict[str, int] | None, target) -> None:
+    from ..targets.resolve import pipeline_takes
+
+    for name in proxy or {}:
+        if not pipeline_takes(type(target.pipe), name):
+            raise ValueError(
+                f"--proxy-size: {type(target.pipe).__name__} takes no {name}; give HxW for an image pipeline."
+            )
 
 
 def _check_windows(args, steps: int | None) -> None:
@@ -148,3 +242,39 @@ def tolerance_from(values: list[str] | None, reference: dict[str, float]) -> flo
             f"--tolerance: unknown score {', '.join(unknown)}; scores here are {', '.join(reference)}."
         )
     return tolerance
+
+
+HELD_SLACK = 1.05  # a proxy pick holds when, at full size, its loss vs the hand-picked schedule grows <= 5 %
+
+
+def proxy_verdict(work: Workload, args, pick: str, pick_fit, match_fit, held_rows: dict) -> dict | None:
+    """With --proxy-size: whether the pick made at the proxy size held at full size, on the held-out
+    prompts. Under an explicit --tolerance, its full-size held-out scores must reach it; otherwise (the
+    default goal, the hand-picked schedule's scores, or a FLOP budget) its worst-score loss relative to the
+    hand-picked schedule at full size must be at most ``HELD_SLACK`` times what it was at the proxy size
+    (or than the hand-picked schedule's own, whichever is larger)."""
+    from ..analysis.scores import loss_ratio, passes
+
+    if work.proxy is None:
+        return None
+    if pick_fit is None or pick not in held_rows:
+        return {"proxy_size": work.proxy, "held": True, "why": "the pick is large-only: nothing to hold"}
+    full = {name: value["mean"] for name, value in held_rows[pick]["scores"].items()}
+    if getattr(args, "tolerance", None) is not None:
+        tolerance = tolerance_from(args.tolerance, match_fit)
+        goal = tolerance if isinstance(tolerance, dict) else dict.fromkeys(full, tolerance)
+        held = passes(full, goal)
+        why = f"full-size held-out scores {_scores(full)} against the tolerance {_scores(goal)}"
+    else:
+        match_full = {name: value["mean"] for name, value in held_rows["match"]["scores"].items()}
+        at_proxy, at_full = loss_ratio(pick_fit, match_fit), loss_ratio(full, match_full)
+        held = at_full <= HELD_SLACK * max(at_proxy, 1.0)
+        why = (
+            f"loss relative to the hand-picked schedule {at_proxy:.3f} at the proxy size, {at_full:.3f} at "
+            f"full size (held: at most {HELD_SLACK:g} x max(proxy, 1))"
+        )
+    return {"proxy_size": work.proxy, "held": held, "why": why}
+
+
+def _scores(scores: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in scores.items())

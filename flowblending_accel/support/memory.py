@@ -38,7 +38,13 @@ def parse_size(text: str, option: str = "--gpu-memory") -> int:
 
 
 def gib(value: float | None) -> str:
-    return "—" if value is None else f"{value / 2**30:.2f} GiB"
+    """Bytes in GiB, or in MiB / KiB when smaller (tiny test models)."""
+    if value is None:
+        return "—"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20)):
+        if abs(value) >= size / 10:
+            return f"{value / size:.2f} {unit}"
+    return f"{value / 2**10:.1f} KiB"
 
 
 def host_total_bytes() -> int | None:

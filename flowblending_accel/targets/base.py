@@ -25,6 +25,8 @@ class Target:
     batch: prompts per pipeline call (``None``: all of a seed's prompts in one call).
     quality: the outputs mean something (trained weights); random-weight presets have none.
     scorers: quality scorers only this target offers (the embedded pair's classifier), by name.
+    stack_members: accelerators every stack on this target carries (what its memory mode asks for, e.g.
+        ``offload:1`` beside group offloading); the tools put them under each row's own.
     """
 
     name: str
@@ -37,6 +39,7 @@ class Target:
     batch: int | None = 1
     quality: bool = True
     scorers: dict[str, Callable] = field(default_factory=dict)
+    stack_members: tuple[str, ...] = ()
 
     @property
     def family(self) -> Family:

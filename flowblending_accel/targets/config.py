@@ -46,6 +46,8 @@ TARGET_KEYS = (
     "negative_prompt",
     "prompts",
     "seeds",
+    "offload",
+    "gpu_memory",
 )
 KEYS = (*TARGET_KEYS, "schedule", "stack", "scorers", "check")
 SCENARIO_KEYS = ("name", "schedule", "stack", "metrics", "ratio_baseline", *TARGET_KEYS)

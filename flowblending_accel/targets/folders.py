@@ -97,20 +97,32 @@ def _small_config(small: str, denoiser: str) -> tuple[dict | None, str | None]:
 
 
 def folder_target(
-    pair: FolderPair, device: str, dtype: torch.dtype, base: dict[str, Any], prompts: list[Prompt]
+    pair: FolderPair,
+    device: str,
+    dtype: torch.dtype,
+    base: dict[str, Any],
+    prompts: list[Prompt],
+    offload: str = "none",
 ) -> Target:
-    """Load both models (``base``: the call arguments every call shares)."""
+    """Load both models on the CPU, then put them on ``device`` in memory mode ``offload`` (the whole
+    pipeline is never moved to the device in an offload mode; ``base``: the call arguments every call
+    shares)."""
     from diffusers import DiffusionPipeline
     from diffusers.models import AutoModel
 
+    from ..accelerators import enable_offload
+
     try:
         with quiet_library_bars():
-            pipe = DiffusionPipeline.from_pretrained(pair.large, dtype=dtype).to(device)
+            pipe = DiffusionPipeline.from_pretrained(pair.large, dtype=dtype)
             denoiser = pair.denoiser or pipe_denoiser(pipe)
             kwargs = {"subfolder": pair.small_subfolder or denoiser} if pair.small_subfolder else {}
-            small = AutoModel.from_pretrained(pair.small, dtype=dtype, **kwargs).to(device).eval()
+            small = AutoModel.from_pretrained(pair.small, dtype=dtype, **kwargs).eval()
     except OSError as error:
         raise ValueError(f"--large {pair.large} / --small {pair.small}: cannot load ({error}).") from None
+    members = enable_offload(pipe, device, offload)
+    if offload == "none":
+        small.to(device)  # in an offload mode the small model follows the large one at the run start
     pipe.set_progress_bar_config(disable=True)
     return Target(
         f"{pair.large} + {pair.small}",
@@ -120,6 +132,7 @@ def folder_target(
         f"{type(pipe).__name__} from {pair.large}, small from {pair.small}",
         base,
         prompts,
+        stack_members=tuple(members),
     )
 
 

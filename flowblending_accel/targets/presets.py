@@ -82,12 +82,18 @@ def preset_target(
     frames: int | None = None,
     steps: int | None = None,
     guidance_scale: float | None = None,
+    offload: str = "none",
 ) -> Target:
-    """The preset's pipeline and small model, random-initialised on ``device`` in ``dtype``."""
+    """The preset's pipeline and small model, random-initialised on ``device`` in ``dtype`` (in an offload
+    mode: built on the CPU, then put on ``device`` in that mode)."""
+    from ..accelerators import enable_offload
+
     preset = check_preset(name)
     torch.manual_seed(0)
-    with torch.device(device), _default_dtype(dtype):  # built in place: a 14B model never exists in float32
+    build_on = device if offload == "none" else "cpu"
+    with torch.device(build_on), _default_dtype(dtype):  # built in place: a 14B model never exists in float32
         pipe, small = _ltx(preset) if preset.kind == "ltx" else _wan(preset)
+    members = enable_offload(pipe, device, offload) if offload != "none" else []
     pipe.set_progress_bar_config(disable=True)
     default_height, default_width, default_frames = preset.size
     base = dict(
@@ -97,7 +103,7 @@ def preset_target(
         num_inference_steps=steps or preset.steps,
         output_type="latent",
         guidance_scale=preset.guidance if guidance_scale is None else guidance_scale,
-        **_embeddings(preset, device, dtype),
+        **_embeddings(preset, build_on, dtype),
     )
     described = (
         f"{name} random init, {dtype}, {base['width']}x{base['height']}, {base['num_frames']} frames, "
@@ -105,7 +111,15 @@ def preset_target(
         "(latent output)"
     )
     return Target(
-        f"random-weights {name}", pipe, small, device, described, base, [Prompt(None)], quality=False
+        f"random-weights {name}",
+        pipe,
+        small,
+        device,
+        described,
+        base,
+        [Prompt(None)],
+        quality=False,
+        stack_members=tuple(members),
     )
 
 

@@ -9,6 +9,7 @@ Kinds: ``embedded`` (default: the shipped pair), ``random:PRESET`` (real-size or
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -65,10 +66,19 @@ class TargetOptions:
     guidance_scale: float | None = None
     negative_prompt: str | None = None
     prompts: str | None = None
+    offload: str = "none"
+    gpu_memory: str | None = None  # "24GiB": the memory plan's budget instead of the GPU's own
 
     def __post_init__(self) -> None:
+        from ..accelerators.configs import OFFLOAD_MODES
+        from ..support.memory import parse_size
+
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}.")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"--offload {self.offload!r}: use one of {', '.join(OFFLOAD_MODES)}.")
+        if self.gpu_memory is not None:
+            parse_size(self.gpu_memory)
         if (self.large is None) != (self.small is None):
             raise ValueError(
                 "--large and --small go together: the pipeline folder and the small model's folder."
@@ -90,6 +100,10 @@ class TargetOptions:
             f"--target {self.target!r}: use embedded, random:PRESET, FILE.py:FACTORY or "
             "MODULE:FACTORY (or --large FOLDER --small FOLDER)."
         )
+
+    @property
+    def torch_dtype_name(self) -> str:
+        return self.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
 
     def given_call_options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CALL_OPTIONS if getattr(self, name) is not None}
@@ -140,6 +154,7 @@ def check_target(options: TargetOptions) -> Any:
                 "--large/--small: give the prompts to run with --prompts FILE (one prompt a line, or "
                 "JSONL with per-prompt call arguments)."
             )
+        _check_memory(options, pair, prompts)
         return pair, prompts
     from .factory import find_factory
 
@@ -183,7 +198,8 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
 
     kind = options.kind
     checked = check_target(options) if checked is None else checked
-    dtype = getattr(torch, options.dtype or ("bfloat16" if options.device.startswith("cuda") else "float32"))
+    dtype = getattr(torch, options.torch_dtype_name)
+    _note_offload_on_cpu(options)
     if kind == "embedded":
         from .embedded import embedded_target
 
@@ -203,21 +219,51 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
             options.frames,
             options.steps,
             options.guidance_scale,
+            offload=_offload_here(options),
         )
     base = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
     if kind == "folders":
         from .folders import folder_target
 
         pair, prompts = checked
-        target = folder_target(pair, options.device, dtype, {"output_type": "np", **base}, prompts)
+        target = folder_target(
+            pair, options.device, dtype, {"output_type": "np", **base}, prompts, _offload_here(options)
+        )
     else:
         from .factory import factory_target
 
         target = factory_target(options.target, options.device, dtype, base, checked)
-        if _takes(type(target.pipe), "output_type"):
+        if pipeline_takes(type(target.pipe), "output_type"):
             target.base.setdefault("output_type", "np")  # outputs the scorers can read
     _applies(options, type(target.pipe), target.prompts)
     return target
+
+
+def _offload_here(options: TargetOptions) -> str:
+    """The memory mode to load in: on a CPU there is no other memory to offload to."""
+    return options.offload if options.device.startswith("cuda") else "none"
+
+
+def _note_offload_on_cpu(options: TargetOptions) -> None:
+    if options.offload != "none" and not options.device.startswith("cuda"):
+        note = f"note: --offload {options.offload} does nothing on --device {options.device}"
+        print(f"{note}: the models already live in host memory.", file=sys.stderr)
+
+
+def _check_memory(options: TargetOptions, pair: Any, prompts: list[Prompt]) -> None:
+    """On a GPU (or against --gpu-memory), refuse a memory mode whose estimated peak does not fit, before
+    any weight is read."""
+    from ..support.memory import device_total_bytes, parse_size
+
+    budget = parse_size(options.gpu_memory) if options.gpu_memory else None
+    if budget is None and options.device.startswith("cuda"):
+        budget = device_total_bytes(options.device)
+    if budget is None or pair.pipeline_class is None:  # a CPU without a budget, or a hub id
+        return
+    from .memory import assert_fits, plan_for_folders
+
+    peaks = plan_for_folders(pair, options, prompts[0].text if prompts else None)
+    assert_fits(peaks, options.offload, budget, f"--large {pair.large}")
 
 
 def _refuse(options: TargetOptions, names: tuple[str, ...], why: str) -> None:
@@ -226,7 +272,7 @@ def _refuse(options: TargetOptions, names: tuple[str, ...], why: str) -> None:
         raise ValueError(f"{', '.join(given)} do(es) not apply to this target: {why}.")
 
 
-def _takes(pipeline_class: type, argument: str) -> bool:
+def pipeline_takes(pipeline_class: type, argument: str) -> bool:
     """Whether the pipeline's call names ``argument``. A call naming nothing but ``**kwargs`` (a wrapper)
     takes anything; diffusers' calls name every argument (their ``**kwargs`` catch deprecated ones)."""
     parameters = inspect.signature(pipeline_class.__call__).parameters
@@ -239,14 +285,14 @@ def _applies(options: TargetOptions, pipeline_class: type, prompts: list[Prompt]
     """Refuse a size or call option, or a prompt's own call argument, that the pipeline does not take (e.g.
     --frames for an image pipeline)."""
     for name in options.given_call_options():
-        if not _takes(pipeline_class, CALL_OPTIONS[name]):
+        if not pipeline_takes(pipeline_class, CALL_OPTIONS[name]):
             raise ValueError(
                 f"{OPTION_NAMES[name]} does not apply to {pipeline_class.__name__}: its call takes no "
                 f"{CALL_OPTIONS[name]}."
             )
     for prompt in prompts or []:
         for argument in prompt.arguments:
-            if not _takes(pipeline_class, argument):
+            if not pipeline_takes(pipeline_class, argument):
                 raise ValueError(
                     f"--prompts: {prompt.text!r} sets {argument}, which {pipeline_class.__name__}'s call "
                     "does not take; remove it from the prompts file."
@@ -262,4 +308,5 @@ __all__ = [
     "check_target",
     "given_prompts",
     "known_family",
+    "pipeline_takes",
 ]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from flowblending_accel import flowblending_stats
-from flowblending_accel.accelerators import accelerated, spec_help
+from flowblending_accel.accelerators import OFFLOAD_MODES, accelerated, enable_offload, spec_help
 from flowblending_accel.cli.common import positive_number, whole_number
 from flowblending_accel.metrics import psnr, ssim
 from flowblending_accel.support.files import check_output_folder, default_file_mode
@@ -64,8 +64,12 @@ def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument(
         "--offload",
-        action="store_true",
-        help="keep only the active transformer on the GPU, prefetching the next one (see the docstring)",
+        choices=OFFLOAD_MODES,
+        default="none",
+        help="memory mode: model (diffusers' model CPU offload; the small model follows), group (a block at "
+        "a time, the next one prefetched; the small model prefetched before its stage), sequential (a layer "
+        "at a time, the slowest); the pipeline is loaded on the CPU and never moved whole to the GPU "
+        "(memory of each mode: the docstring and `flowblending-accel plan --memory`)",
     )
     p.add_argument(
         "--baseline",
@@ -78,16 +82,17 @@ def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
 
 def run(
     args: argparse.Namespace,
-    load: Callable[..., tuple[Any, Any]],
+    load: Callable[..., tuple[Any, Any, list[str]]],
     defaults: Defaults,
-    offload: Callable[[Any, str], list[str]] | None = None,
     **router_options: Any,
 ) -> dict[str, Any]:
-    """Load, (baseline,) route and write; returns what it measured. ``offload(pipe, device)`` does what
-    ``--offload`` means for this recipe and returns the stack members it adds."""
+    """Load (on the CPU, then on the device in the --offload mode), (baseline,) route and write; returns what
+    it measured."""
     check_output_folder(args.output.parent, "--output")
-    pipe, small = load(args.pipeline, args.small, device=args.device, dtype=getattr(torch, args.dtype))
-    stack = list(args.stack) + ((offload or model_offload)(pipe, args.device) if args.offload else [])
+    pipe, small, members = load(
+        args.pipeline, args.small, device=args.device, dtype=getattr(torch, args.dtype), offload=args.offload
+    )
+    stack = list(args.stack) + members
     result: dict[str, Any] = {}
     if args.baseline:
         result["baseline"] = _generate(pipe, args, defaults)
@@ -102,19 +107,21 @@ def run(
     return result
 
 
-def model_offload(pipe, device: str) -> list[str]:
-    """diffusers' model CPU offload (text encoder, VAE and the large model each on the GPU only while they
-    run) and the project's offload with prefetch for the small model."""
-    pipe.enable_model_cpu_offload(device=device)
-    return ["offload:1"]
+def load_pipeline(cls, path: str, device: str, dtype: torch.dtype, offload: str, **components):
+    """The pipeline loaded on the CPU, then put on ``device`` in memory mode ``offload`` (in an offload mode
+    it is never moved whole to the device); returns it and the stack members the mode asks for."""
+    pipe = cls.from_pretrained(path, dtype=dtype, **components)
+    return pipe, enable_offload(pipe, device, offload)
 
 
-def load_denoiser(cls, path: str, attribute: str, dtype: torch.dtype, device: str):
-    """A denoiser from a bare model folder, a pipeline folder (its ``attribute`` subfolder) or a hub id."""
+def load_denoiser(cls, path: str, attribute: str, dtype: torch.dtype, device: str, offload: str = "none"):
+    """A denoiser from a bare model folder, a pipeline folder (its ``attribute`` subfolder) or a hub id; in an
+    offload mode it stays on the CPU (it follows the large model, or the offload mode prefetches it)."""
     folder = Path(path)
     bare = folder.is_dir() and (folder / "config.json").exists() and not (folder / attribute).is_dir()
     kwargs = {} if bare else {"subfolder": attribute}
-    return cls.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
+    model = cls.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    return model.to(device) if offload == "none" else model
 
 
 def _generate(pipe, args, defaults: Defaults, without: dict | None = None) -> tuple[np.ndarray, float]:

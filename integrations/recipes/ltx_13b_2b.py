@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
 
 from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
@@ -39,11 +39,24 @@ DEFAULTS = Defaults(
 )
 
 
-def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.bfloat16, **components):
+def load(
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    device="cuda",
+    dtype=torch.bfloat16,
+    offload="none",
+    **components,
+):
+    """The pipeline and the small model, loaded on the CPU, then on ``device`` in memory mode ``offload``;
+    returns them and the stack members the mode asks for."""
     from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 
-    pipe = LTXPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    return pipe, load_denoiser(LTXVideoTransformer3DModel, small, "transformer", dtype, device)
+    pipe, members = load_pipeline(LTXPipeline, pipeline, device, dtype, offload, **components)
+    return (
+        pipe,
+        load_denoiser(LTXVideoTransformer3DModel, small, "transformer", dtype, device, offload),
+        members,
+    )
 
 
 def build(
@@ -53,10 +66,11 @@ def build(
     stack=(),
     device="cuda",
     dtype=torch.bfloat16,
+    offload="none",
     **components,
 ):
-    pipe, small_model = load(pipeline, small, device, dtype, **components)
-    router, _ = apply_stack(pipe, small_model, schedule, list(stack))
+    pipe, small_model, members = load(pipeline, small, device, dtype, offload, **components)
+    router, _ = apply_stack(pipe, small_model, schedule, [*members, *stack])
     return pipe, router
 
 

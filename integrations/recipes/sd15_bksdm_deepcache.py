@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
 
 from flowblending_accel.accelerators import DeepCache, apply_stack  # noqa: E402
 
@@ -33,12 +33,21 @@ DEFAULTS = Defaults(
 )
 
 
-def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.float16, **components):
+def load(
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    device="cuda",
+    dtype=torch.float16,
+    offload="none",
+    **components,
+):
+    """The pipeline and the small model, loaded on the CPU, then on ``device`` in memory mode ``offload``;
+    returns them and the stack members the mode asks for."""
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     components.setdefault("safety_checker", None)
-    pipe = StableDiffusionPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    return pipe, load_denoiser(UNet2DConditionModel, small, "unet", dtype, device)
+    pipe, members = load_pipeline(StableDiffusionPipeline, pipeline, device, dtype, offload, **components)
+    return pipe, load_denoiser(UNet2DConditionModel, small, "unet", dtype, device, offload), members
 
 
 def build(
@@ -49,11 +58,12 @@ def build(
     device="cuda",
     dtype=torch.float16,
     stack=None,
+    offload="none",
     **components,
 ):
-    pipe, small_unet = load(pipeline, small, device, dtype, **components)
-    members = [DeepCache(interval=cache_interval)] if stack is None else list(stack)
-    router, _ = apply_stack(pipe, small_unet, schedule, members)
+    pipe, small_unet, members = load(pipeline, small, device, dtype, offload, **components)
+    chosen = [DeepCache(interval=cache_interval)] if stack is None else list(stack)
+    router, _ = apply_stack(pipe, small_unet, schedule, [*members, *chosen])
     return pipe, router
 
 

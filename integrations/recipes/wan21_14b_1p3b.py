@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
 
 from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
@@ -34,11 +34,20 @@ DEFAULTS = Defaults(
 )
 
 
-def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.bfloat16, **components):
+def load(
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    device="cuda",
+    dtype=torch.bfloat16,
+    offload="none",
+    **components,
+):
+    """The pipeline and the small model, loaded on the CPU, then on ``device`` in memory mode ``offload``;
+    returns them and the stack members the mode asks for."""
     from diffusers import WanPipeline, WanTransformer3DModel
 
-    pipe = WanPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    return pipe, load_denoiser(WanTransformer3DModel, small, "transformer", dtype, device)
+    pipe, members = load_pipeline(WanPipeline, pipeline, device, dtype, offload, **components)
+    return pipe, load_denoiser(WanTransformer3DModel, small, "transformer", dtype, device, offload), members
 
 
 def build(
@@ -49,9 +58,10 @@ def build(
     device="cuda",
     dtype=torch.bfloat16,
     small_guidance="on",
+    offload="none",
     **components,
 ):
-    pipe, small_model = load(pipeline, small, device, dtype, **components)
+    pipe, small_model, members = load(pipeline, small, device, dtype, offload, **components)
     router, _ = apply_stack(
         pipe,
         small_model,

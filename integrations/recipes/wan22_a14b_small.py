@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
 
 from flowblending_accel.accelerators import apply_stack  # noqa: E402
 
@@ -37,11 +37,23 @@ DEFAULTS = Defaults(
 EXPERTS = ("transformer", "transformer_2")
 
 
-def load(pipeline=DEFAULTS.pipeline, small=DEFAULTS.small, device="cuda", dtype=torch.bfloat16, **components):
+def load(
+    pipeline=DEFAULTS.pipeline,
+    small=DEFAULTS.small,
+    device="cuda",
+    dtype=torch.bfloat16,
+    offload="none",
+    **components,
+):
+    """The pipeline and the small model, loaded on the CPU, then on ``device`` in memory mode ``offload``;
+    returns them and the stack members the mode asks for."""
     from diffusers import WanPipeline, WanTransformer3DModel
 
-    pipe = WanPipeline.from_pretrained(pipeline, dtype=dtype, **components).to(device)
-    return pipe, load_denoiser(WanTransformer3DModel, small, "transformer", dtype, device)
+    pipe, members = load_pipeline(WanPipeline, pipeline, device, dtype, offload, **components)
+    # The project's own offload (offload:1) handles one large/small pair; with two experts the small model
+    # follows the experts' group offloading instead.
+    members = [member for member in members if not member.startswith("offload")]
+    return pipe, load_denoiser(WanTransformer3DModel, small, "transformer", dtype, device, offload), members
 
 
 def build(
@@ -51,21 +63,17 @@ def build(
     stack=(),
     device="cuda",
     dtype=torch.bfloat16,
+    offload="none",
     **components,
 ):
-    pipe, small_model = load(pipeline, small, device, dtype, **components)
-    router, _ = apply_stack(pipe, small_model, schedule, list(stack), denoisers=EXPERTS)
+    pipe, small_model, members = load(pipeline, small, device, dtype, offload, **components)
+    router, _ = apply_stack(pipe, small_model, schedule, [*members, *stack], denoisers=EXPERTS)
     return pipe, router
-
-
-def _experts_offload(pipe, device: str) -> list[str]:
-    pipe.enable_model_cpu_offload(device=device)
-    return []
 
 
 def main(argv=None):
     args = parser(__doc__, DEFAULTS).parse_args(argv)
-    return run(args, load, DEFAULTS, offload=_experts_offload, denoisers=EXPERTS)
+    return run(args, load, DEFAULTS, denoisers=EXPERTS)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class DeviceProfile:
     call_seconds: float  # fixed cost of one denoiser call: kernel launches, Python, hooks
     run_seconds: float  # a pipeline call outside the denoiser (latent output: scheduler, embeddings)
     build_parameters_per_second: float  # random initialisation
-    compile_seconds: float  # one regional compile of one block width (inductor)
+    compile_seconds: float  # one graph of a regional compile (inductor)
+    engine_seconds: float  # one TensorRT engine build of one block width
     quantize_parameters_per_second: float
     transfer_bytes_per_second: float  # host <-> device copies (offload)
     startup_seconds: float  # a fresh Python with torch and diffusers imported
@@ -43,7 +44,8 @@ PROFILES = {
         call_seconds=0.01,
         run_seconds=0.05,
         build_parameters_per_second=3e9,
-        compile_seconds=45.0,
+        compile_seconds=8.0,
+        engine_seconds=180.0,
         quantize_parameters_per_second=2e9,
         transfer_bytes_per_second=20e9,
         startup_seconds=10.0,
@@ -56,7 +58,8 @@ PROFILES = {
         call_seconds=0.004,
         run_seconds=0.02,
         build_parameters_per_second=2e7,
-        compile_seconds=20.0,
+        compile_seconds=2.0,
+        engine_seconds=180.0,
         quantize_parameters_per_second=1e7,
         transfer_bytes_per_second=5e9,
         startup_seconds=6.0,
@@ -155,8 +158,10 @@ def warmup_extra_seconds(row: SuiteRow, workload: Workload, dtype: str, profile:
     """What ``row``'s first (warm-up) run adds on top of a timed one: compiling, quantizing."""
     costs = workload_costs(workload, dtype)
     kinds, extra = row.kinds(), 0.0
-    if "compile" in kinds:
-        extra += 2 * profile.compile_seconds  # one graph per block width: the large and the small model
+    if "compile" in kinds:  # a graph per block width, and with a cache's hooks a variant per branch and block
+        extra += 2 * (8 if "cache" in kinds else 1) * profile.compile_seconds
+    if "engine" in kinds:
+        extra += 2 * profile.engine_seconds
     if "quantize" in kinds:
         extra += (
             costs.parameters["large"] + costs.parameters["small"]
@@ -167,6 +172,13 @@ def warmup_extra_seconds(row: SuiteRow, workload: Workload, dtype: str, profile:
 def build_seconds(workload: Workload, dtype: str, profile: DeviceProfile) -> float:
     costs = workload_costs(workload, dtype)
     return sum(costs.parameters.values()) / profile.build_parameters_per_second
+
+
+def _installed(row: SuiteRow) -> bool:
+    """Whether the row's members are installed here (a TensorRT row runs only where torch-tensorrt is)."""
+    import importlib.util
+
+    return "engine" not in row.kinds() or importlib.util.find_spec("torch_tensorrt") is not None
 
 
 def section_seconds(section: Section, dtype: str, profile: DeviceProfile) -> dict[str, float]:
@@ -181,7 +193,7 @@ def section_seconds(section: Section, dtype: str, profile: DeviceProfile) -> dic
             2 * (section.repeats + 1) * row_seconds(SuiteRow("L", "L100"), work, dtype, profile)
         )
     else:
-        rows = section.measured_rows
+        rows = [row for row in section.measured_rows if _installed(row)]
         once = sum(row_seconds(row, work, dtype, profile) for row in rows)
         estimate["flop_count"] = 2 * row_seconds(SuiteRow("L", "L100"), work, dtype, profile) / 20
         estimate["warmup"] = once + sum(warmup_extra_seconds(row, work, dtype, profile) for row in rows)

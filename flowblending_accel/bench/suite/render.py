@@ -12,7 +12,7 @@ from ...support.memory import gib
 from ..report import plot
 from .journal import read_lines
 from .plan import Suite
-from .summary import summarise
+from .summary import CHAIN, summarise
 
 
 def _number(value: float | None, form: str = "{:.3f}") -> str:
@@ -161,7 +161,7 @@ def suite_markdown(summary: dict[str, Any], suite: Suite, command: str) -> str:
 
 
 def _plot_rows(device: dict[str, Any]) -> list[dict[str, Any]]:
-    chain = [row for name in ("wan", "stack") for row in device["sections"][name]["rows"]]
+    chain = [row for name in CHAIN for row in device["sections"][name]["rows"]]
     seen, rows = set(), []
     for row in chain:  # each part has its own baseline: the first one stands for all
         if row["label"] not in seen and row["speedup"]:
@@ -176,7 +176,7 @@ def render(paths: list[Path], output: Path, suite: Suite, command: str) -> dict[
     output.mkdir(parents=True, exist_ok=True)
     write_atomic(output / "suite.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     write_atomic(output / "suite.md", suite_markdown(summary, suite, command).encode())
-    rows = _plot_rows(summary["devices"][0]) if summary["devices"] else []
+    rows = next((found for device in summary["devices"] if (found := _plot_rows(device))), [])
     if rows:
         write_atomic(output / "suite.png", plot(rows))
     return summary

@@ -16,6 +16,8 @@ from ..runner import spread
 from .plan import BASELINE, BLENDED, PROBE, Suite
 
 SUMMARY_SCHEMA = "flowblending-accel/suite/v2"
+CHAIN = ("wan", "compile")  # the sections of the cumulative stack, in order
+UNKNOWN_DEVICE = "unknown device (no section started)"
 
 
 def _by_device(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -27,8 +29,8 @@ def _by_device(lines: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for line in lines:
         device = (line.get("setup") or {}).get("device") or device_of_part.get((line["_file"], line["part"]))
-        grouped[device or "unknown device (no section started)"].append(line)
-    return grouped
+        grouped[device or UNKNOWN_DEVICE].append(line)
+    return dict(sorted(grouped.items(), key=lambda item: item[0] == UNKNOWN_DEVICE))  # measured ones first
 
 
 def _per_call(samples: list[dict[str, Any]], model: str) -> float | None:
@@ -98,12 +100,18 @@ def _row_summary(label: str, samples: list, baseline: list, probe: list, repeats
 
 def _section_status(lines: list[dict[str, Any]]) -> str:
     ends = [line for line in lines if line["kind"] in ("section_end", "failed", "interrupted")]
+    skipped = [line for line in lines if line["kind"] == "skipped" and line.get("row") is None]
     if not ends:
+        if skipped:  # the part runner did not start it
+            return f"skipped: {skipped[-1]['reason']}"
         return "cut short: no end recorded (stopped from outside)" if lines else "not run"
-    if any(line["kind"] == "section_end" for line in ends):
-        done_runs = {line["run"] for line in ends if line["kind"] == "section_end"}
+    finished = [line for line in ends if line["kind"] == "section_end"]
+    if finished:
+        done_runs = {line["run"] for line in finished}
         broken = [line for line in ends if line["kind"] != "section_end" and line.get("run") not in done_runs]
-        return "done" if not broken else "done, and a later run " + broken[-1]["kind"]
+        status = finished[-1].get("status", "done")
+        status = status if status == "done" else f"{status}: {finished[-1].get('reason', '')}".rstrip(": ")
+        return status if not broken else f"{status}, and a later run {broken[-1]['kind']}"
     return f"{ends[-1]['kind']}: {ends[-1]['reason']}"
 
 
@@ -144,7 +152,7 @@ def headlines(suite: Suite, sections: dict[str, Any]) -> dict[str, Any]:
         found["flowblending"] = {
             key: blended[key] for key in ("speedup", "ideal_speedup", "efficiency", "flop_reduction")
         }
-    chain = [row for name in ("wan", "stack") for row in sections.get(name, {}).get("rows", [])]
+    chain = [row for name in CHAIN for row in sections.get(name, {}).get("rows", [])]
     full = [row for row in chain if row["label"] != BASELINE.label and "tensorrt" not in row["label"]]
     if full and full[-1]["speedup"]:
         found["cumulative_stack"] = {

@@ -129,7 +129,11 @@ def _refusal(ctx: Context, row: SuiteRow, backend: str) -> str | None:
             config.check_environment(ctx.suite.device)
         except ValueError as error:
             return str(error)
-    need = row_memory(row, ctx.section.workload, ctx.suite.dtype)
+    try:
+        need = row_memory(row, ctx.section.workload, ctx.suite.dtype)
+    except Exception as error:  # the cost model could not count this workload here: measure, do not guess
+        print(f"[{ctx.section.name}] no memory estimate for '{row.label}' ({error})", flush=True)
+        return None
     host_total = host_total_bytes() or 0
     on_gpu = ctx.suite.device.startswith("cuda")
     # --gpu-memory stands in for the device's own (on a CPU rehearsal too, which then checks it as a GPU's)
@@ -183,8 +187,11 @@ def _estimate(ctx: Context, row: SuiteRow, warm: bool, scaled: bool = True) -> f
     the section's plain runs so far compared with the model."""
     profile = PROFILES[ctx.suite.name]
     work, dtype = ctx.section.workload, ctx.suite.dtype
-    base = row_seconds(row, work, dtype, profile) * (ctx.clock.scale() if scaled else 1.0)
-    return base + (0.0 if warm else warmup_extra_seconds(row, work, dtype, profile))
+    try:
+        base = row_seconds(row, work, dtype, profile) * (ctx.clock.scale() if scaled else 1.0)
+        return base + (0.0 if warm else warmup_extra_seconds(row, work, dtype, profile))
+    except Exception:  # no cost model here: the row starts, and the box holds it
+        return 0.0
 
 
 def _fits(ctx: Context, state: RowState, warm: bool) -> bool:
@@ -197,19 +204,23 @@ def _fits(ctx: Context, state: RowState, warm: bool) -> bool:
 
 
 def _attempt(ctx: Context, state: RowState, run) -> dict[str, Any] | None:
-    """``run()`` for one row; a CUDA out-of-memory error drops that row (recorded) and frees what it held,
-    and the section goes on with the others."""
+    """``run()`` for one row. A row that fails (a CUDA out-of-memory error, a backend or a compiler that
+    does not work here) is dropped and recorded with its reason, and the section goes on with the others.
+    KeyboardInterrupt (SIGTERM) is not caught: the section stops at once."""
     import torch
 
     try:
         return run()
-    except torch.OutOfMemoryError as error:
-        state.dropped = True
-        ctx.journal.write("failed", row=state.row.label, reason=f"CUDA out of memory: {error}")
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        return None
+    except Exception as error:  # one broken row must not lose the rest of the section
+        reason = f"CUDA out of memory: {error}" if isinstance(error, torch.OutOfMemoryError) else None
+        tail = traceback.format_exc().strip().splitlines()[-4:]
+        reason = reason or f"{type(error).__name__}: {error}"
+    state.dropped = True
+    ctx.journal.write("failed", row=state.row.label, reason=reason, traceback=tail)
+    gc.collect()  # outside the except block: the traceback's frames no longer hold the row's tensors
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None
 
 
 def _warm_up(ctx: Context, target, states: list[RowState]) -> None:
@@ -230,9 +241,10 @@ def _warm_up(ctx: Context, target, states: list[RowState]) -> None:
 def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any], first: int) -> None:
     """``repeats`` interleaved rounds of ``states`` (the baseline among them), numbered from ``first``."""
     baseline = next(state for state in states if state.row == BASELINE)
+    others = [state for state in states if state is not baseline]
     for index in range(ctx.section.repeats):
-        shift = index % len(states)  # the baseline first: a cut-short round still pairs
-        for state in states[shift:] + states[:shift]:
+        shift = index % max(len(others), 1)  # the baseline first (a cut-short round still pairs), the rest
+        for state in [baseline, *others[shift:], *others[:shift]]:  # rotated round by round
             if state.dropped or not _fits(ctx, state, warm=True):
                 state.dropped = True
                 continue
@@ -250,12 +262,11 @@ def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any],
 
 
 def _phases(states: list[RowState]) -> list[list[RowState]]:
-    """Eager rows first, then the compiled ones, each phase warmed up and timed against the baseline on its
-    own: a compile that runs past the box loses its own rows, not the ones measured before it."""
-    compiled = [state for state in states if not state.eager]
-    eager = [state for state in states if state.eager]
+    """Eager rows first, then each compiled row on its own, each phase warmed up and timed against the
+    baseline: a compile or an engine build that runs past the box loses only its own row."""
     baseline = next(state for state in states if state.row == BASELINE)
-    return [eager] + ([[baseline, *compiled]] if compiled else [])
+    eager = [state for state in states if state.eager]
+    return [eager] + [[baseline, state] for state in states if not state.eager]
 
 
 def _run_rows(ctx: Context) -> None:
@@ -266,7 +277,8 @@ def _run_rows(ctx: Context) -> None:
     if rows is None:
         return
     target = _target(ctx)
-    states = [RowState(row, row.specs(backend)) for row in rows]
+    shared: dict[str, Any] = {}  # one quantizer per spec for the whole section
+    states = [RowState(row, row.specs(backend), shared) for row in rows]
     flops, first = None, 1
     for phase in _phases(states):
         _warm_up(ctx, target, [state for state in phase if not state.warmed])

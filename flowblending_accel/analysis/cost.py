@@ -1,0 +1,206 @@
+"""What analyze, calibrate and tune will cost before they start, and a watch that holds them to a budget.
+
+A *plan* counts the full pipeline calls of each part of a command (fixed parts exactly; an adaptive search
+by the most it can make), so a user of a real pair knows the bill before paying it: on Wan 2.1 14B at 50
+steps one call is minutes of a GPU. ``--max-calls`` refuses a plan whose most exceeds it before any call,
+naming a smaller plan that fits; ``--max-minutes`` is checked from the first call's time (the only honest
+clock), and the run stops there when the rest would not fit.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+
+class BudgetError(ValueError):
+    """A plan that does not fit the budget the user gave: one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The sizes a plan is counted from (and what ``--fit-prompts`` / ``--seeds`` ... would change)."""
+
+    prompts: int  # all of them: the fit set and, when some are held out, the rest
+    fit_prompts: int
+    seeds: int
+    holdout_seeds: int
+    steps: int
+    window: int = 0  # analyze --windows, calibrate --sensitivity-window
+    holding: bool = True  # the prompts not fitted on are held out (calibrate, tune; not analyze)
+    batch: int | None = 1  # prompts per pipeline call (None: all of a seed's prompts in one call)
+
+    def _calls(self, prompts: int, seeds: int) -> int:
+        per_seed = 1 if self.batch is None else math.ceil(prompts / self.batch)
+        return per_seed * seeds if prompts else 0
+
+    @property
+    def fit_calls(self) -> int:
+        return self._calls(self.fit_prompts, self.seeds)
+
+    @property
+    def held_calls(self) -> int:
+        return self._calls(self.prompts - self.fit_prompts, self.holdout_seeds) if self.holding else 0
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    command: str
+    parts: tuple[tuple[str, int], ...]  # (what, pipeline calls), made whatever happens
+    search: tuple[str, int] | None = None  # (what, at most): an adaptive search stops earlier
+    stoppable: int | None = None  # the search stops at a call budget, after at least this many calls
+
+    @property
+    def fixed(self) -> int:
+        return sum(calls for _, calls in self.parts)
+
+    @property
+    def at_most(self) -> int:
+        return self.fixed + (self.search[1] if self.search else 0)
+
+    @property
+    def least(self) -> int:
+        """The fewest calls it can be held to: a search that stops at a budget needs only its first few."""
+        return self.fixed + (self.stoppable if self.stoppable is not None else self.at_most - self.fixed)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{what} {calls}" for what, calls in self.parts)
+        search = f"; {self.search[0]}: at most {self.search[1]}" if self.search else ""
+        total = f"at most {self.at_most}" if self.search else str(self.at_most)
+        return f"{self.command} will make {total} pipeline calls ({parts}{search})"
+
+
+def analyze_plan(work: Workload) -> CallPlan:
+    parts = [("FLOP count", 1), ("divergence pass", work.fit_calls)]
+    if work.window:
+        windows = math.ceil(work.steps / work.window)
+        parts.append((f"window evidence ({work.window} steps)", work.fit_calls * windows))
+    return CallPlan("analyze", tuple(parts))
+
+
+def calibrate_plan(work: Workload, measures: int, budget_goal: bool) -> CallPlan:
+    """The divergence pass, the sensitivity windows, the hand-picked schedule, the held-out comparison
+    (large-only, the hand-picked and the calibrated schedule) are fixed; the search verifies candidates: a
+    budget goal the proposals (one per measure) of 3 step counts, a tolerance goal a bisection over the
+    small-step count, each round its proposals and up to 3 refinement rounds of 4 neighbours."""
+    proposals = measures + (1 if work.window else 0)
+    parts = [("FLOP count", 1), ("divergence pass", work.fit_calls)]
+    if work.window:
+        windows = math.ceil(work.steps / work.window)
+        parts.append((f"sensitivity ({work.window} steps)", work.fit_calls * windows))
+    parts += [("hand-picked schedule", work.fit_calls), ("held-out comparison", 3 * work.held_calls)]
+    candidates = 3 * proposals if budget_goal else math.ceil(math.log2(max(work.steps, 2))) * (proposals + 12)
+    return CallPlan("calibrate", tuple(parts), ("candidate verification", candidates * work.fit_calls))
+
+
+def tune_plan(
+    work: Workload, grid_points: int, compared: int, timing_rows: int, repeats: int, grid: bool
+) -> CallPlan:
+    """The reference and the hand-picked point, each accelerator alone (at most 3) and the compared stacks,
+    the timing rounds and the held-out table are fixed; the search visits at most every grid point once."""
+    parts = [
+        ("FLOP count", 1),
+        ("reference and hand-picked", 2 * work.fit_calls),
+        ("each accelerator alone and compared", (3 + compared) * work.fit_calls),
+        ("timing", timing_rows * (repeats + 1)),
+        ("held-out table", (5 + compared) * work.held_calls),
+    ]
+    if grid:
+        parts.append(("exhaustive grid", grid_points * work.fit_calls))
+    # The search stops at --max-calls (what the fixed parts leave it), after one point at least.
+    return CallPlan("tune", tuple(parts), ("search", grid_points * work.fit_calls), stoppable=work.fit_calls)
+
+
+# Smaller plans, closest to what was asked first: the flag a user changes, and the work it leaves.
+SMALLER = (
+    ("--seeds", "1", lambda w: replace(w, seeds=1)),
+    ("--holdout-seeds", "1", lambda w: replace(w, holdout_seeds=1)),
+    ("--sensitivity-window", "0", lambda w: replace(w, window=0)),
+    ("--fit-prompts", "4", lambda w: replace(w, fit_prompts=min(w.fit_prompts, 4))),
+    ("--fit-prompts", "2", lambda w: replace(w, fit_prompts=min(w.fit_prompts, 2))),
+    ("--fit-prompts", "1", lambda w: replace(w, fit_prompts=1)),
+)
+
+
+def smaller_plan(work: Workload, plan_of: Callable[[Workload], CallPlan], calls: int) -> tuple[str, CallPlan]:
+    """The first plan (its flags, the plan) of ever smaller ones that makes at most ``calls`` calls, else
+    the smallest one (the caller says it does not fit either)."""
+    flags: dict[str, str] = {}
+    current, best = work, ("", plan_of(work))
+    for flag, value, shrink in SMALLER:
+        reduced = shrink(current)
+        if plan_of(reduced).least >= best[1].least:
+            continue  # e.g. fewer fit prompts when they share one batched call
+        flags[flag], current = value, reduced
+        best = (" ".join(f"{name} {setting}" for name, setting in flags.items()), plan_of(current))
+        if best[1].least <= calls:
+            return best
+    return best
+
+
+def check_calls(work: Workload, plan_of: Callable[[Workload], CallPlan], max_calls: int | None) -> CallPlan:
+    """The plan; refused before any call when its most exceeds ``max_calls``, naming what fits."""
+    plan = plan_of(work)
+    if max_calls is None or plan.least <= max_calls:
+        return plan
+    flags, smaller = smaller_plan(work, plan_of, max_calls)
+    needs = f"needs at least {smaller.least}" if smaller.stoppable is not None else f"makes {smaller.at_most}"
+    if smaller.least <= max_calls:
+        advice = f"with {flags} it {needs}, which fits"
+    else:
+        advice = f"even the smallest plan ({flags}) {needs}: raise --max-calls"
+    least = f" (it needs at least {plan.least})" if plan.stoppable is not None else ""
+    raise BudgetError(
+        f"--max-calls {max_calls}: {plan.describe()}{least}; {advice} (or fit at a --proxy-size)."
+    )
+
+
+class CostWatch:
+    """Wraps a progress callback: after the first pipeline call it prints the estimated wall time of the
+    plan, and stops the run when ``max_minutes`` cannot hold it."""
+
+    def __init__(self, plan: CallPlan, advance: Callable, max_minutes: float | None = None, stream=None):
+        self.plan, self.advance, self.max_minutes = plan, advance, max_minutes
+        self.stream = stream or sys.stderr
+        self.start, self.done, self.estimate = time.monotonic(), 0, None
+
+    def __call__(self, amount: float = 1) -> None:
+        self.advance(amount)
+        self.done += amount
+        if self.estimate is None and self.done >= 1:
+            per_call = (time.monotonic() - self.start) / self.done
+            self.estimate = per_call * self.plan.at_most
+            fixed = (
+                ""
+                if not self.plan.search
+                else f", the fixed parts alone {_minutes(per_call * self.plan.fixed)}"
+            )
+            print(
+                f"estimated wall time: at most {_minutes(self.estimate)} ({self.plan.at_most} calls at the "
+                f"first one's {per_call:.2f} s{fixed})",
+                file=self.stream,
+                flush=True,
+            )
+            if self.max_minutes is not None and self.estimate > 60 * self.max_minutes:
+                fitting = int(60 * self.max_minutes / per_call)
+                raise BudgetError(
+                    f"--max-minutes {self.max_minutes:g}: {self.plan.describe()}, about "
+                    f"{_minutes(self.estimate)} at the first call's {per_call:.2f} s; about {fitting} calls "
+                    f"fit (--max-calls {fitting} names the flags of a plan that small; or --proxy-size)."
+                )
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "planned_at_most": self.plan.at_most,
+            "plan": self.plan.describe(),
+            "estimated_seconds": self.estimate,
+            "seconds": time.monotonic() - self.start,
+        }
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
