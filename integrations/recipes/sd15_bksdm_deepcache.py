@@ -5,7 +5,8 @@ UNets; DeepCache's cached deep features are dropped whenever a UNet starts a seg
 
 Memory, from the public parameter counts in fp16 (estimates, not measured here): the SD 1.5 UNet ~1.7 GB,
 BK-SDM-Small's UNet ~1.0 GB, the CLIP text encoder ~0.25 GB, the VAE ~0.17 GB; ~3.1 GB resident. --offload
-adds diffusers' model CPU offload and the project's offload-with-prefetch for the small UNet.
+model|group|sequential loads on the CPU and puts the pipeline on the GPU in that mode (the small UNet follows,
+or, under group offloading, is prefetched whole before its stage).
 """
 
 from __future__ import annotations

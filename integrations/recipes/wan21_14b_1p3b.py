@@ -5,9 +5,10 @@
 
 Memory, from the public parameter counts in bf16 (estimates, not measured here): the 14B transformer
 ~28.6 GB, the 1.3B ~2.8 GB, the umT5-XXL text encoder ~11.4 GB, the VAE ~0.25 GB; all resident ~43 GB of
-weights plus activations. --offload runs diffusers' enable_model_cpu_offload (the text encoder and the VAE
-leave the GPU while denoising) with the project's offload-with-prefetch for the small model: ~31 GB of
-weights on the GPU while denoising (14B + 1.3B). A 24 GB GPU needs group offloading or an fp8 large model.
+weights plus activations. The pipeline is loaded on the CPU and put on the GPU in --offload's mode; the
+estimated peaks at 480x832, 81 frames (benchmarks/results/memory-plan): none 44.6 GiB, model 31.8 GiB (one
+component at a time; 14B + 1.3B while denoising), group 7.2 GiB (a block at a time, the next prefetched; the
+1.3B prefetched whole before its stage), sequential 5.2 GiB. On a 24 GB GPU: --offload group.
 """
 
 from __future__ import annotations

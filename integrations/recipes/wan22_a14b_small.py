@@ -9,7 +9,8 @@ The pipeline's own boundary_ratio picks the expert; inside it, the router picks 
 Memory, from the public parameter counts in bf16 (estimates, not measured here): two 14B experts ~57 GB,
 the 1.3B ~2.8 GB, the umT5-XXL text encoder ~11.4 GB; all resident ~72 GB plus activations. --offload runs
 diffusers' enable_model_cpu_offload: one expert at a time on the GPU (the small model follows it), ~31 GB of
-weights while denoising. The project's own offload mode handles one large/small pair, not two experts.
+weights while denoising. --offload group offloads a block at a time (the small model follows the experts'
+group offloading: the project's own offload mode handles one large/small pair, not two experts).
 """
 
 from __future__ import annotations
