@@ -43,6 +43,11 @@ HEADER = [
 ]
 
 
+def _threads(threads) -> str:
+    """Older results record a thread count, newer ones how the threads were chosen."""
+    return f"{threads} threads" if isinstance(threads, int) else threads
+
+
 def cpu_section() -> list[str]:
     bench = _load(RESULTS / "bench-embedded-cpu" / "bench.json")
     context = bench["context"]
@@ -52,7 +57,8 @@ def cpu_section() -> list[str]:
     return [
         "### CPU (measured)",
         "",
-        f"Embedded pair, {context['device']}, {context['threads']} threads, {context['repeats']} interleaved "
+        f"Embedded pair, {context['device']}, {_threads(context['threads'])}, {context['repeats']} "
+        "interleaved "
         f"rounds; `{context['command']}` ([bench.md](benchmarks/results/bench-embedded-cpu/bench.md)):",
         "",
         *HEADER,

@@ -54,15 +54,25 @@ def saved(tmp_path_factory):
 
 
 def _target(saved, family):
+    """No size and no step flags: the folders record theirs (tiny --save writes them) and the tools use it."""
     large, small = saved[family]
-    return ["--large", large, "--small", small, "--prompts", saved["prompts"], *FAMILIES[family][0]]
+    return ["--large", large, "--small", small, "--prompts", saved["prompts"]]
+
+
+def _size_used(capsys, family) -> None:
+    flags = FAMILIES[family][0]
+    width, height = flags[flags.index("--width") + 1], flags[flags.index("--height") + 1]
+    frames = f", {flags[flags.index('--frames') + 1]} frames" if "--frames" in flags else ""
+    printed = capsys.readouterr().err
+    assert f"size: {width}x{height}{frames}, 10 steps (the folder's flowblending_defaults.json)" in printed
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_bench_on_each_family_folder(family, saved, tmp_path):
+def test_bench_on_each_family_folder(family, saved, tmp_path, capsys):
     solver, calls = FAMILIES[family][1], FAMILIES[family][2]
-    argv = ["bench", *_target(saved, family), "--steps", "10", "--stack", solver, "--repeats", "1"]
+    argv = ["bench", *_target(saved, family), "--stack", solver, "--repeats", "1"]
     assert main([*argv, "--output", str(tmp_path / "out")]) == 0
+    _size_used(capsys, family)
     rows = json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]
     baseline, blended, reduced = rows
     assert [row["label"] for row in rows] == [
@@ -81,10 +91,11 @@ def test_bench_on_each_family_folder(family, saved, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_check_analyze_calibrate_on_each_family_folder(family, saved, tmp_path, capsys):
-    target, solver = [*_target(saved, family), "--steps", "10"], FAMILIES[family][1]
+    target, solver = _target(saved, family), FAMILIES[family][1]
     expected = tmp_path / "expected.csv"
     check = ["check", *target, "--stack", solver, "--expected", str(expected)]
     assert main([*check, "--update"]) == 0 and main(check) == 0
+    _size_used(capsys, family)
     rows = dict(line.split(",")[1:3] for line in expected.read_text().splitlines()[2:])
     per_step = FAMILIES[family][2]["large"] // 6  # one call a step, or two with split CFG
     assert (rows["calls.large"], rows["calls.small"]) == (
@@ -94,12 +105,14 @@ def test_check_analyze_calibrate_on_each_family_folder(family, saved, tmp_path, 
 
     out = tmp_path / "analyze"
     assert main(["analyze", *target, "--scorers", "psnr", "--seeds", "1", "--output", str(out)]) == 0
+    _size_used(capsys, family)
     curve = json.loads((out / "analysis.json").read_text())["curve"]
     assert len(curve["sigmas"]) == 10 and curve["samples"] == len(PROMPTS)  # CFG branches folded in
 
     out = tmp_path / "calibrate"
     calibrate = ["calibrate", *target, "--scorers", "psnr", "--flop-budget", "0.7", "--seeds", "1"]
     assert main([*calibrate, "--holdout-seeds", "1", "--output", str(out)]) == 0
+    _size_used(capsys, family)
     document = json.loads((out / "calibration.json").read_text())
     assert document["calibration"]["flop_ratio"] <= 0.7
     fit, held = document["fit"]["prompts"], document["held_out"]["prompts"]

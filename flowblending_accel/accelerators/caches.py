@@ -56,11 +56,22 @@ def _diffusers_config(config, target: StackTarget, role: str, ratios: Any):
     raise TypeError(f"{type(config).__name__} is not a diffusers cache config.")
 
 
+TAIL_SKIPPING = (FirstBlockCache, MagCache)  # caches that skip a call's remaining blocks as a whole
+
+
 class DiffusersCacheAccelerator(Accelerator):
+    """Counts, per model, the denoiser calls and, for the caches that skip a call's remaining blocks, the
+    calls whose last block ran (a hook inside it: not under compile, where a hook would change the graphs)."""
+
     def __init__(self, config) -> None:
         super().__init__(config)
         self._enabled: list[torch.nn.Module] = []
         self._iteration = 0
+        self._labels: dict[int, str] = {}
+        self._calls: dict[str, int] = {}
+        self._tails: dict[str, int] = {}
+        self._handles: list[Any] = []
+        self._count_tails = isinstance(config, TAIL_SKIPPING)
 
     def check(self, target: StackTarget, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
@@ -72,6 +83,8 @@ class DiffusersCacheAccelerator(Accelerator):
                 raise ValueError(
                     f"{self.name}: the {label} model already has a cache enabled; disable it first."
                 )
+        if any(other.kind in ("compile", "engine") for other in others):
+            self._count_tails = False
 
     def apply(self, target: StackTarget) -> None:
         ratios = getattr(self.config, "mag_ratios", None) or {}
@@ -81,12 +94,40 @@ class DiffusersCacheAccelerator(Accelerator):
                     _diffusers_config(self.config, target, role, ratios.get(label, ratios.get(role)))
                 )
                 self._enabled.append(model)
+                self._labels[id(model)] = label
                 if isinstance(self.config, MagCache):
                     _align_mag_states(model, lambda: self._iteration)
+                if self._count_tails:
+                    self._count_tail_of(label, model)
+
+    def _count_tail_of(self, label: str, model: torch.nn.Module) -> None:
+        names = set(getattr(model, "_repeated_blocks", None) or ())
+        blocks = [m for m in model.modules() if type(m).__name__ in names]
+        leaves = [m for m in (blocks[-1].modules() if blocks else ()) if not list(m.children())]
+        if leaves:  # the last block's first layer runs only when the block computes
+
+            def computed(*_, label=label) -> None:
+                self._tails[label] = self._tails.get(label, 0) + 1
+
+            self._handles.append(leaves[0].register_forward_pre_hook(computed))
 
     def remove(self, target: StackTarget) -> None:
+        while self._handles:
+            self._handles.pop().remove()
         while self._enabled:
             self._enabled.pop().disable_cache()
+
+    def on_call(self, router, call) -> None:
+        label = self._labels.get(id(router.model(call.record.model)))
+        if label is not None:
+            self._calls[label] = self._calls.get(label, 0) + 1
+
+    def counters(self) -> dict[str, Any]:
+        found: dict[str, Any] = {f"{label}.calls": count for label, count in self._calls.items()}
+        if self._count_tails:
+            for label, calls in self._calls.items():
+                found[f"{label}.tail_skipped"] = calls - self._tails.get(label, 0)
+        return found
 
     # MagCache's fresh states start at the loop iteration where the segment starts.
     def on_segment_start(self, router, segment) -> None:

@@ -127,3 +127,41 @@ def spec_help() -> str:
         if config not in seen:
             seen.append(config)
     return ", ".join(config.spec_help for config in seen)
+
+
+def as_configs(members) -> list[AcceleratorConfig]:
+    """Parse spec strings; configs, and accelerators of an earlier stack (their ``config``), pass through.
+    Imports no torch, so a command checks its stack before loading anything heavy."""
+    configs = []
+    for member in members:
+        if isinstance(member, str | AcceleratorConfig):
+            configs.append(parse_accelerator(member))
+        else:
+            configs.append(member.config)
+    return configs
+
+
+def validate_configs(configs: list[AcceleratorConfig], device: str | None = None) -> None:
+    """Checks that need no pipeline: this machine can run each member, no two clash, at most one cache."""
+    if device is not None:
+        for config in configs:  # what this machine lacks first: the most useful reason
+            config.check_environment(device)
+    for config in configs:
+        for other in configs:
+            reason = config.clashes_with(other) if other is not config else None
+            if reason:
+                raise ValueError(reason)
+    caches = [config.spec for config in configs if config.kind == "cache"]
+    if len(caches) > 1:
+        raise ValueError(
+            f"stack has several feature caches {caches}: each model takes one cache technique (diffusers "
+            "raises 'Caching has already been enabled'); keep one."
+        )
+
+
+def validate_for_family(configs: list[AcceleratorConfig], family, denoisers, solver_kind=None) -> None:
+    """Checks that need only the pipeline's family and denoiser attributes (a folder's model_index.json
+    says them): a UNet cache on a transformer, a solver of the wrong kind, one that cannot take the
+    pipeline's sigmas."""
+    for config in configs:
+        config.check_family(family, denoisers, solver_kind)

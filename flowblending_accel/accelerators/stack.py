@@ -17,51 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import apply_flowblending_, flowblending_routers, remove_flowblending_
-from ..families import Family
 from ..router import ModelRouter
 from ..solver import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
-from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator
+from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
 from .runtime import Accelerator, StackTarget
 
 _STACK_ATTRIBUTE = "_flowblending_stack"
 StackMember = str | AcceleratorConfig | Accelerator
-
-
-def as_configs(members: Iterable[StackMember]) -> list[AcceleratorConfig]:
-    """Parse spec strings; configs (and applied accelerators' configs) pass through."""
-    return [m.config if isinstance(m, Accelerator) else parse_accelerator(m) for m in members]
-
-
-def validate_configs(configs: list[AcceleratorConfig], device: str | None = None) -> None:
-    """Checks that need no pipeline: this machine can run each member, no two clash, at most one cache."""
-    if device is not None:
-        for config in configs:  # what this machine lacks first: the most useful reason
-            config.check_environment(device)
-    for config in configs:
-        for other in configs:
-            reason = config.clashes_with(other) if other is not config else None
-            if reason:
-                raise ValueError(reason)
-    caches = [config.spec for config in configs if config.kind == "cache"]
-    if len(caches) > 1:
-        raise ValueError(
-            f"stack has several feature caches {caches}: each model takes one cache technique (diffusers "
-            "raises 'Caching has already been enabled'); keep one."
-        )
-
-
-def validate_for_family(
-    configs: list[AcceleratorConfig],
-    family: Family,
-    denoisers: tuple[str, ...],
-    solver_kind: str | None = None,
-) -> None:
-    """Checks that need only the pipeline's family and denoiser attributes (a folder's model_index.json
-    says them): a UNet cache on a transformer, a solver of the wrong kind, one that cannot take the
-    pipeline's sigmas."""
-    for config in configs:
-        config.check_family(family, denoisers, solver_kind)
 
 
 @dataclass

@@ -11,6 +11,8 @@ from .runtime import Accelerator, StackTarget
 
 class StepReductionAccelerator(Accelerator):
     _previous: Any = None
+    _runs = 0
+    _steps = 0  # solver steps the runs made (the router's plan), over all runs
 
     def apply(self, target: StackTarget) -> None:
         self._previous = target.pipe.scheduler
@@ -30,3 +32,15 @@ class StepReductionAccelerator(Accelerator):
 
     def call_kwargs(self) -> dict[str, Any]:
         return {"num_inference_steps": self.config.steps}
+
+    def on_run_start(self, router, session) -> None:
+        self._runs += 1
+        self._steps += len(session.plan.steps)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "solver": self.config.solver,
+            "runs": self._runs,
+            "steps_per_run": self._steps / self._runs if self._runs else self.config.steps,
+            "scheduler": type(self._previous).__name__ if self._previous is not None else None,
+        }

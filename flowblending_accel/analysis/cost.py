@@ -163,8 +163,10 @@ class CostWatch:
     """Wraps a progress callback: after the first pipeline call it prints the estimated wall time of the
     plan, and stops the run when ``max_minutes`` cannot hold it."""
 
-    def __init__(self, plan: CallPlan, advance: Callable, max_minutes: float | None = None, stream=None):
-        self.plan, self.advance, self.max_minutes = plan, advance, max_minutes
+    def __init__(
+        self, plan: CallPlan, advance: Callable, max_minutes: float | None = None, stream=None, threads=None
+    ):
+        self.plan, self.advance, self.max_minutes, self.threads = plan, advance, max_minutes, threads
         self.stream = stream or sys.stderr
         self.start, self.done, self.estimate = time.monotonic(), 0, None
 
@@ -199,6 +201,7 @@ class CostWatch:
             "plan": self.plan.describe(),
             "estimated_seconds": self.estimate,
             "seconds": time.monotonic() - self.start,
+            "threads": self.threads.describe() if self.threads is not None else None,
         }
 
 

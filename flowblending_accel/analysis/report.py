@@ -55,6 +55,7 @@ def cost_lines(document: dict[str, Any]) -> list[str]:
         lines.append(
             f"- cost: {cost['plan']}; {cost['seconds']:.0f} s in all"
             + (f" (estimated after the first call: at most {estimate:.0f} s)" if estimate else "")
+            + (f"; {cost['threads']}" if cost.get("threads") else "")
         )
     proxy = document.get("proxy") or (
         {"proxy_size": document["proxy_size"]} if document.get("proxy_size") else None

@@ -12,13 +12,18 @@ from .report import cost_lines
 
 
 def tuned_toml(document: dict[str, Any]) -> str:
-    chosen = document["chosen"]
-    return (
-        f"# flowblending-accel tune: {chosen['message']}\n"
-        f"# `{document['command']}`; copy into flowblending.toml, or pass as --config to bench and check.\n"
-        f"schedule = {json.dumps(chosen['schedule'])}\n"
-        f"stack = {json.dumps(chosen['stack'])}\n"
-    )
+    """The pick as a settings file, with the target it was tuned for: ``--config tuned.toml`` runs on that
+    target, and is refused with another."""
+    chosen, target = document["chosen"], document.get("tuned_target", {})
+    lines = [
+        f"# flowblending-accel tune: {chosen['message']}",
+        f"# `{document['command']}`; copy into flowblending.toml, or pass as --config to bench and check.",
+        f"tuned_for = {json.dumps(target.get('identity'))}" if target.get("identity") else None,
+        *[f"{key} = {json.dumps(value)}" for key, value in target.get("settings", {}).items()],
+        f"schedule = {json.dumps(chosen['schedule'])}",
+        f"stack = {json.dumps(chosen['stack'])}",
+    ]
+    return "\n".join(line for line in lines if line is not None) + "\n"
 
 
 def _ci(entry: dict | None) -> str:

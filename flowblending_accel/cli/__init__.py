@@ -40,11 +40,13 @@ COMMAND_MODULES = (demo, bench, analysis, tune, check, plan, tiny)
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="flowblending-accel",
+        usage="flowblending-accel [-h] [--version] COMMAND ...",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # The commands are listed once, in the description above (one line each, in the order to read them).
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
     for module in COMMAND_MODULES:
         module.register(commands)
     return parser

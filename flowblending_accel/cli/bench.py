@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..accelerators import spec_help
-from .common import whole_number
+from .common import add_threads_option, whole_number
 from .suite import add_suite_options, run_suite_command
 from .targeting import add_target_options, setting, target_settings
 
-DEFAULT_STACK = ["dpm++:10", "fbc:0.05", "compile"]
 DEFAULT_OUTPUT = Path("flowblending-bench")
 
 
@@ -35,12 +35,13 @@ def register(commands) -> None:
         "--stack",
         nargs="*",
         default=None,
-        help=f"accelerators added row by row (default {' '.join(DEFAULT_STACK)}): {spec_help()}",
+        help="accelerators added row by row (default: a step reduction the pipeline's family takes, at half "
+        f"its steps, a feature cache it takes, and compile; e.g. dpm++:10 fbc:0.05 compile): {spec_help()}",
     )
     bench.add_argument(
         "--repeats", type=whole_number(1), default=5, help="timed interleaved rounds (default 5)"
     )
-    bench.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    add_threads_option(bench)
     bench.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results folder")
     bench.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     add_suite_options(bench)
@@ -48,33 +49,43 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..accelerators import Stack, StackTarget, as_configs, validate_configs, validate_for_family
-    from ..bench.report import output_quality, write_bench
-    from ..bench.runner import cumulative_rows, measure_rows, summarise
-    from ..schedule import Schedule
-    from ..support.env import device_name, versions
-    from ..support.files import check_output_folder, free_output_folder
-    from ..support.progress import progress
-    from ..targets.resolve import build_target, check_target, known_family
-
     if args.suite is not None:
         return run_suite_command(args, DEFAULT_OUTPUT)
-    # Everything a user can get wrong is refused here, before any model is built.
+    from ..accelerators import as_configs, validate_configs, validate_for_family
+    from ..schedule import Schedule
+    from ..support.files import check_output_folder
+    from ..targets.resolve import check_target, known_family
+
+    # Everything a user can get wrong is refused here, before anything heavy is imported or built.
+    check_output_folder(args.output)
     options, config = target_settings(args)
     schedule = setting(args, config, "schedule", "L40-S40-L20")
     Schedule.parse(schedule)
-    stack = list(setting(args, config, "stack", DEFAULT_STACK))
-    configs = as_configs(stack)
+    given_stack = setting(args, config, "stack", None)
+    configs = as_configs(given_stack or [])
     validate_configs(configs, options.device)
-    check_output_folder(args.output)
     checked = check_target(options)
     known = known_family(options, checked)
     if known is not None:  # a cache or solver the pipeline's family cannot take, before loading it
         validate_for_family(configs, *known)
-    torch.set_num_threads(args.threads)
+    return _measure(args, options, checked, schedule, given_stack)
+
+
+def _measure(args, options, checked, schedule: str, given_stack: list[str] | None) -> int:
+    from ..accelerators import Stack, StackTarget, as_configs
+    from ..accelerators.configs import default_stack
+    from ..bench.report import output_quality, write_bench
+    from ..bench.runner import cumulative_rows, measure_rows, summarise
+    from ..support.env import device_name, versions
+    from ..support.files import free_output_folder
+    from ..support.progress import progress
+    from ..support.threads import use_threads
+    from ..targets.resolve import build_target
+
+    threads = use_threads(args.threads)
     target = build_target(options, checked)
+    stack = list(given_stack) if given_stack is not None else _default(target, options, default_stack)
+    configs = as_configs(stack)
     Stack.of(configs).validate(StackTarget.of(target.pipe, target.small))  # what depends on the pipeline
     rows = cumulative_rows(schedule, stack)
     folder = free_output_folder(args.output, args.overwrite, marker="bench.md")
@@ -90,9 +101,20 @@ def run(args: argparse.Namespace) -> int:
         "schedule": schedule,
         "stack": stack,
         "command": args.command_line,
-        "threads": args.threads,
+        "threads": threads.describe(),
     }
     write_bench(folder, table, context)
     print((folder / "bench.md").read_text())
     print(f"bench.json, github-action-benchmark JSON, bench.md and bench.png written to {folder}/")
     return 0
+
+
+def _default(target, options, default_stack) -> list[str]:
+    """The stack bench measures when none is given: members the target's family and this machine take."""
+    from ..accelerators import StackTarget
+    from .workload import target_steps
+
+    denoisers = StackTarget.of(target.pipe, target.small).denoisers
+    stack = default_stack(target.family, denoisers, target_steps(target), options.device)
+    print(f"stack: {' '.join(stack)} (the default for a {target.family.name} pipeline)", file=sys.stderr)
+    return stack

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import whole_number
+from .common import add_threads_option, whole_number
 from .targeting import TARGET_FLAGS, add_target_options
 
 
@@ -53,7 +53,7 @@ def register(commands) -> None:
     check.add_argument(
         "--benchmark-json", type=Path, default=None, help="write github-action-benchmark JSON here"
     )
-    check.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    add_threads_option(check)
     check.add_argument(
         "--schedule", default=None, help="the command line's target: its schedule (default L40-S40-L20)"
     )
@@ -107,12 +107,11 @@ def measure_ratio(scenario, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..check.gate import compare, exit_code, read_expected, render_csv, updated_rows
     from ..check.report import benchmark_json, summary_markdown
     from ..check.scenarios import run_scenario
     from ..support.files import write_atomic
+    from ..support.threads import use_threads
     from ..targets.config import find_config
 
     config = find_config(args.config)
@@ -129,8 +128,8 @@ def run(args: argparse.Namespace) -> int:
         )
     expectations = read_expected(args.expected)
     scenarios = _scenarios(args, expectations, config)  # every target checked before any is built
-    torch.set_num_threads(args.threads)
     measured = {}
+    use_threads(args.threads)
     for scenario in scenarios:
         measured[scenario.name] = run_scenario(scenario)
         if args.ratio and scenario.ratio_baseline:

@@ -79,3 +79,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
+
+
+def add_threads_option(parser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=whole_number(1),
+        default=None,
+        help="torch CPU threads (default: the usable cores that are idle at the start, lowered when other "
+        "processes keep cores busy; a number given here is kept)",
+    )

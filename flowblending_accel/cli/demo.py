@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..demo.schedules import SCHEDULES
-from .common import non_negative_number, positive_number, whole_number
+from .common import add_threads_option, non_negative_number, positive_number, whole_number
 
 
 def register(commands) -> None:
@@ -67,7 +67,7 @@ def _register_demo(commands) -> None:
         "five (default 20)",
     )
     demo.add_argument("--seed", type=whole_number(0), default=0, help="base seed (default 0)")
-    demo.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    add_threads_option(demo)
     demo.add_argument(
         "--pair", type=Path, default=None, help="a demo pair folder (default: the embedded one)"
     )

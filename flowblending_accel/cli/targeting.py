@@ -112,12 +112,13 @@ def add_target_options(parser: argparse.ArgumentParser, prompts: bool = True) ->
 def target_settings(args: argparse.Namespace):
     """``(TargetOptions, Config)`` from the flags and the config file; the device is checked here."""
     from ..targets.config import find_config
-    from ..targets.resolve import TargetOptions
+    from ..targets.resolve import TargetOptions, check_tuned_for
     from .common import resolve_device
 
     config = find_config(args.config)
     flags: dict[str, Any] = {name: getattr(args, name, None) for name in TARGET_FLAGS}
     options = TargetOptions.merged(flags, config.values)
+    check_tuned_for(options, config.get("tuned_for"), config.source)
     resolve_device(options.device)
     return options, config
 

@@ -14,7 +14,6 @@ TIMING_ROWS = 4  # large-only, the hand-picked schedule, the tuned stack and the
 
 DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
 STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2)
-SOLVERS = {"flow": ("dpm++", "unipc", "euler"), "vp": ("dpm++-vp", "euler-vp", "ddim")}
 
 
 def _check_goal(args, names: list[str]) -> None:
@@ -24,6 +23,7 @@ def _check_goal(args, names: list[str]) -> None:
 
 def _space(args, target):
     from ..accelerators import StackTarget, StepReduction
+    from ..accelerators.configs import solver_for_family
     from ..analysis.tune_search import TuneSpace
     from ..solver import scheduler_kind
 
@@ -33,14 +33,13 @@ def _space(args, target):
     stack_target = StackTarget.of(target.pipe, target.small)
     kind = target.family.solver_kind or scheduler_kind(target.pipe.scheduler)
     solver = args.solver
-    for name in (solver,) if solver else SOLVERS[kind]:
+    if solver:
         try:
-            StepReduction(name, 2).check_family(target.family, stack_target.denoisers, kind)
-            solver = name
-            break
+            StepReduction(solver, 2).check_family(target.family, stack_target.denoisers, kind)
         except ValueError as error:
-            if args.solver:
-                raise ValueError(f"--solver {args.solver}: {error}") from None
+            raise ValueError(f"--solver {args.solver}: {error}") from None
+    else:
+        solver = solver_for_family(target.family, stack_target.denoisers, kind)
     unets = any(target.family.is_unet(d) for d in stack_target.denoisers)
     thresholds = (
         ()
@@ -113,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     document = {
         "command": args.command_line,
         "target": target.description,
+        "tuned_target": _tuned_target(args),
         "space": {
             "step_counts": space.step_counts,
             "solver": space.solver,
@@ -147,6 +147,26 @@ def run(args: argparse.Namespace) -> int:
     write_atomic(args.output / "tune.png", tune_plot(document))
     print((args.output / "tune.md").read_text())
     return 0
+
+
+TUNED_SETTINGS = ("target", "large", "small", "pair", "prompts", "height", "width", "frames", "steps")
+
+
+def _tuned_target(args) -> dict[str, Any]:
+    """The target tune ran on: its identity, and the settings that rebuild it (local paths made absolute)."""
+    from pathlib import Path
+
+    from .targeting import target_settings
+
+    options, _ = target_settings(args)
+    settings = {}
+    for name in TUNED_SETTINGS:
+        value = getattr(options, name)
+        if value is None or (name == "target" and value == "embedded" and options.large is not None):
+            continue
+        local = isinstance(value, str) and Path(value).exists()
+        settings[name] = str(Path(value).resolve()) if local else value
+    return {"identity": options.identity(), "settings": settings}
 
 
 def _held_as_rows(rows: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import positive_number, whole_number
+from .common import add_threads_option, positive_number, whole_number
 from .targeting import add_target_options, setting, target_settings
 
 EMBEDDED_FIT_PROMPTS, EMBEDDED_PROMPTS = 12, 40
@@ -35,7 +35,7 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
         "module:function, classifier (embedded); default classifier and ssim for the "
         "embedded pair, ssim otherwise",
     )
-    parser.add_argument("--threads", type=whole_number(1), default=2, help="torch CPU threads (default 2)")
+    add_threads_option(parser)
     parser.add_argument("--output", type=Path, required=True, help="results folder")
     budget = parser.add_argument_group(
         "cost",
@@ -72,6 +72,7 @@ class Workload:
     flops: dict[str, int]
     proxy: dict[str, int] | None = None  # the fit set's size (--proxy-size); held-out calls run full size
     plan: Any = None  # the CallPlan, checked against --max-calls
+    threads: Any = None  # the command's ThreadGovernor
 
     @property
     def calls(self) -> list[dict]:
@@ -81,7 +82,7 @@ class Workload:
         """``advance`` that prints the estimated wall time after the first call and holds --max-minutes."""
         from ..analysis.cost import CostWatch
 
-        return CostWatch(self.plan, advance, getattr(args, "max_minutes", None))
+        return CostWatch(self.plan, advance, getattr(args, "max_minutes", None), threads=self.threads)
 
 
 PROXY_NAMES = ("height", "width", "num_frames")
@@ -118,11 +119,11 @@ def prepare_workload(
     """Check everything the user gave, then build the target and the workload (fit / held-out split), and
     count its plan (``plan_of(cost.Workload, target)``): refused against --max-calls, printed, before the
     first pipeline call."""
-    import torch
 
     from ..metrics.flops import flops_per_call
     from ..metrics.scorers import build_scorers, check_scorer_names
     from ..support.files import check_output_folder
+    from ..support.threads import use_threads
     from ..targets.resolve import build_target, check_target, given_prompts, known_family
 
     options, config = target_settings(args)
@@ -149,13 +150,14 @@ def prepare_workload(
     if prompts is not None:  # a prompts file too short to hold prompts out is refused before building
         _split(prompts, fit_count, names, holdout_seeds, holding)
     _check_windows(args, options.steps)
-    torch.set_num_threads(args.threads)
+    threads = use_threads(args.threads)
     target = build_target(options, checked, embedded_prompts=EMBEDDED_PROMPTS)
     _check_windows(args, target.base.get("num_inference_steps"))
     fit, held_out = _split(target.prompts, fit_count, names, holdout_seeds, holding)
     reference, sets = build_scorers(names, target.scorers)
     _check_proxy(proxy, target)
     workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {}, proxy)
+    workload.threads = threads
     if plan_of is not None:
         workload.plan = _checked_plan(args, workload, plan_of)
     workload.flops = flops_per_call(target.pipe, target.small, workload.calls[0])

@@ -84,7 +84,7 @@ def markdown_report(rows: dict, context: dict) -> str:
         "",
         f"- command: `{context['command']}`",
         f"- device: {context['device']}; torch {context['versions']['torch']}, diffusers "
-        f"{context['versions']['diffusers']}; {context['threads']} torch threads",
+        f"{context['versions']['diffusers']}; {context['threads']}",
         f"- samples: {context['samples']} clips per schedule ({context['prompts']} prompts x "
         f"{context['samples_per_prompt']} seeds), identical initial noise across schedules; "
         f"{context['steps']} FlowMatch Euler steps (shift {context['shift']}), guidance "

@@ -12,6 +12,7 @@ from ..distributed import gather_ordered, init_from_env, shard
 from ..support.env import device_name, versions
 from ..support.files import free_output_folder
 from ..support.progress import progress
+from ..support.threads import use_threads
 from .classifier import load_classifier
 from .data import parse_prompt, reference_clips
 from .generate import DemoSettings, merge_ranks, run_comparison
@@ -26,14 +27,14 @@ def run_demo(
     settings: DemoSettings,
     output: Path,
     pair: Path | None,
-    threads: int,
+    threads: int | None,
     overwrite: bool,
     command: str,
     show_progress: bool = True,
 ) -> tuple[Path, dict]:
     for prompt in settings.prompts:
         parse_prompt(prompt)  # a bad prompt fails here, before loading or generating anything
-    torch.set_num_threads(threads)
+    governor = use_threads(threads)  # the idle usable cores unless --threads; fewer if others keep them busy
     folder = free_output_folder(output, overwrite)
     pipe, small = load_demo_pipeline(pair)
     classifier = load_classifier(Path(pair or default_pair_path()) / CLASSIFIER_SUBFOLDER)
@@ -58,7 +59,7 @@ def run_demo(
     context = {
         "command": command,
         "device": device_name("cpu"),
-        "threads": threads,
+        "threads": governor.describe(),
         "ranks": context.world_size,
         "versions": versions(),
         "settings": {k: v for k, v in asdict(settings).items() if k != "prompts"},

@@ -127,9 +127,7 @@ def count_call(module: torch.nn.Module, args: tuple = (), kwargs: dict | None = 
         module(*args, **(kwargs or {}))
     per_module = counter.get_flop_counts()
     root = type(module).__name__
-    blocks = sum(
-        sum(per_module.get(f"{root}.{path}", {}).values()) for path in repeated_block_paths(module)
-    )
+    blocks = sum(sum(per_module.get(f"{root}.{path}", {}).values()) for path in repeated_block_paths(module))
     return CallCount(int(counter.get_total_flops()), int(blocks), largest.largest)
 
 

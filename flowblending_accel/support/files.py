@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+# A size and step count that work for a pipeline folder's models, as call arguments (``tiny --save`` writes
+# it): the tools' default when no size is given. A folder without one runs at its pipeline's own defaults.
+DEFAULTS_FILE = "flowblending_defaults.json"
+SIZE_ARGUMENTS = ("height", "width", "num_frames", "num_inference_steps")
+
+
+def folder_defaults(folder: str | Path) -> dict[str, int]:
+    """The call arguments a pipeline folder's ``flowblending_defaults.json`` records (none: ``{}``)."""
+    path = Path(folder) / DEFAULTS_FILE
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text())
+    return {name: int(recorded[name]) for name in SIZE_ARGUMENTS if name in recorded}
+
+
+def write_folder_defaults(folder: str | Path, call: dict[str, Any]) -> None:
+    recorded = {name: call[name] for name in SIZE_ARGUMENTS if name in call}
+    write_atomic(Path(folder) / DEFAULTS_FILE, (json.dumps(recorded, indent=2) + "\n").encode())
 
 
 def default_file_mode() -> int:
@@ -43,8 +64,8 @@ def free_output_folder(path: Path, overwrite: bool, marker: str = "report.md") -
 
 
 def check_output_folder(path: Path, option: str = "--output") -> None:
-    """Fail before any work when ``path`` cannot become a results folder: it, or a parent, is a file, or the
-    nearest existing parent is not writable."""
+    """Fail before any work when ``path`` cannot become a results folder: it, or a parent, is a file, or it
+    cannot be created (proven by creating it, and the folders made for that, then removing them again)."""
     for candidate in [path, *path.parents]:
         if candidate.exists():
             if not candidate.is_dir():
@@ -54,4 +75,12 @@ def check_output_folder(path: Path, option: str = "--output") -> None:
                 )
             if not os.access(candidate, os.W_OK | os.X_OK):
                 raise ValueError(f"{option} {path}: {candidate} is not writable; choose another {option}.")
-            return
+            break
+    missing = [folder for folder in [path, *path.parents] if not folder.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ValueError(f"{option} {path}: cannot create it ({reason}); choose another {option}.") from None
+    for folder in missing:  # innermost first: only what this check made goes
+        folder.rmdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 BUSY_SHARE = 0.25  # others used more than a quarter of the machine: the timing is suspect
 
 
-def _system_jiffies() -> tuple[int, int] | None:
+def system_jiffies() -> tuple[int, int] | None:
     """(busy, total) CPU jiffies of the whole machine since boot."""
     try:
         fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -23,7 +23,7 @@ def _system_jiffies() -> tuple[int, int] | None:
     return sum(fields) - idle, sum(fields)
 
 
-def _own_jiffies() -> int | None:
+def own_jiffies() -> int | None:
     """User + system jiffies of this process (all its threads)."""
     try:
         fields = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
@@ -38,11 +38,11 @@ class OtherLoad:
     share: float | None = None
 
     def __enter__(self) -> OtherLoad:
-        self._system, self._own = _system_jiffies(), _own_jiffies()
+        self._system, self._own = system_jiffies(), own_jiffies()
         return self
 
     def __exit__(self, *exc) -> None:
-        system, own = _system_jiffies(), _own_jiffies()
+        system, own = system_jiffies(), own_jiffies()
         if None in (system, own, self._system, self._own):
             return
         busy, total = system[0] - self._system[0], system[1] - self._system[1]

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from . import threads
+
 PLAIN_INTERVAL_SECONDS = 30.0
 
 
@@ -42,10 +44,21 @@ class _PlainLines:
 
 @contextmanager
 def progress(description: str, total: int | None, enabled: bool = True, stream=None) -> Iterator[Callable]:
-    """``with progress("benchmarking rows", 20) as advance: ... advance(1)``; ``total=None`` when unknown."""
+    """``with progress("benchmarking rows", 20) as advance: ... advance(1)``; ``total=None`` when unknown.
+    Each advance also lets the command's thread governor look at the machine's load."""
+    done = [0.0]
+
+    def watched(show: Callable) -> Callable:
+        def advance(amount: float = 1) -> None:
+            show(amount)
+            done[0] += amount
+            threads.observe(done[0])
+
+        return advance
+
     stream = stream or sys.stderr
     if not enabled:
-        yield lambda amount=1: None
+        yield watched(lambda amount=1: None)
         return
     if stream.isatty():
         from rich.console import Console
@@ -55,11 +68,11 @@ def progress(description: str, total: int | None, enabled: bool = True, stream=N
             description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(file=stream)
         ) as bar:
             task = bar.add_task(description, total=total)
-            yield lambda amount=1: bar.advance(task, amount)
+            yield watched(lambda amount=1: bar.advance(task, amount))
         return
     lines = _PlainLines(description, total, stream)
     try:
-        yield lines.advance
+        yield watched(lines.advance)
     finally:
         lines.close()
 

@@ -49,7 +49,7 @@ TARGET_KEYS = (
     "offload",
     "gpu_memory",
 )
-KEYS = (*TARGET_KEYS, "schedule", "stack", "scorers", "check")
+KEYS = (*TARGET_KEYS, "schedule", "stack", "scorers", "check", "tuned_for")
 SCENARIO_KEYS = ("name", "schedule", "stack", "metrics", "ratio_baseline", *TARGET_KEYS)
 PATH_KEYS = ("prompts", "pair", "expected")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..compat import check_configs
 from ..families import Family, family_for_class
+from ..support.files import folder_defaults
 from ..support.progress import quiet_library_bars
 from .base import Target
 from .prompts import Prompt
@@ -37,14 +37,41 @@ class FolderPair:
     denoiser: str | None  # the first routed denoiser (the small folder's layout follows it)
     denoisers: tuple[str, ...]  # every routed denoiser the folder holds
     small_subfolder: str | None  # None: a bare model folder
+    defaults: dict[str, int] | None = None  # the folder's recorded size and steps (support.files)
+
+
+def looks_local(path: str) -> bool:
+    """A path the user meant as a folder here: it starts with ``.``, ``/`` or ``~``, or its first part is a
+    folder that exists; anything else shaped ``owner/name`` may be a hub id."""
+    first = Path(path).parts[0] if Path(path).parts else path
+    return path.startswith((".", "/", "~")) or Path(first).is_dir() or not HUB_ID.match(path)
+
+
+def check_local_or_cached(path: str, option: str) -> None:
+    """A missing local folder is "no such folder"; a hub id must be in the local cache (nothing is
+    downloaded, and the network is not tried)."""
+    if Path(path).exists():
+        return
+    if looks_local(path):
+        raise ValueError(f"{option} {path}: no such folder.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(path, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise ValueError(
+            f"{option} {path}: no such folder here, and not a hub model in the local cache; download it "
+            f"first (huggingface-cli download {path}) or give a local folder."
+        ) from None
 
 
 def check_folders(large: str, small: str) -> FolderPair:
-    """Read and check both folders (hub ids are only checked for their shape: nothing is downloaded here)."""
+    """Read and check both folders (a hub id must be in the local cache: nothing is downloaded here)."""
     large_path = Path(large)
+    check_local_or_cached(large, "--large")
+    check_local_or_cached(small, "--small")
     if not large_path.exists():
-        if not HUB_ID.match(large):
-            raise ValueError(f"--large {large}: no such folder (nor a hub id like owner/name).")
         return FolderPair(large, small, None, None, None, (), "transformer")
     index = large_path / "model_index.json"
     if not index.is_file():
@@ -68,10 +95,15 @@ def check_folders(large: str, small: str) -> FolderPair:
         )
     large_config = json.loads(config_file.read_text())
     if small_config is not None:
+        # Imported here: it imports diffusers' hooks, seconds a refusal before it need not wait for.
+        from ..compat import check_configs
+
         check_configs(
             large_config, small_config, family, f"--large {large} {denoiser}", small_name=f"--small {small}"
         )
-    return FolderPair(large, small, pipeline_class, family, denoiser, tuple(denoisers), subfolder)
+    return FolderPair(
+        large, small, pipeline_class, family, denoiser, tuple(denoisers), subfolder, folder_defaults(large)
+    )
 
 
 def _pipeline_class(name: str | None, folder: str) -> type:
@@ -85,9 +117,7 @@ def _pipeline_class(name: str | None, folder: str) -> type:
 
 def _small_config(small: str, denoiser: str) -> tuple[dict | None, str | None]:
     path = Path(small)
-    if not path.exists():
-        if not HUB_ID.match(small):
-            raise ValueError(f"--small {small}: no such folder (nor a hub id like owner/name).")
+    if not path.exists():  # a cached hub id (check_local_or_cached): its config is read when it loads
         return None, denoiser
     if (path / denoiser / "config.json").is_file():
         return json.loads((path / denoiser / "config.json").read_text()), denoiser

@@ -21,6 +21,7 @@ import functools
 import json
 import re
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -216,29 +217,55 @@ def meta_pipeline(folder: str | Path, dtype) -> Any:
     return pipe
 
 
-def activation_bytes(large: str, small_model_folder: str | Path, dtype, call_kwargs: dict) -> int:
-    """3 x the largest layer output of one denoiser call, large or small, at the call ``call_kwargs``."""
-    import diffusers
-    import torch
-    from torch.utils._pytree import tree_map
+class MetaPair:
+    """The folders' pipeline and small model on the ``meta`` device, built once; each call runs the pipeline
+    up to its first denoiser call and counts both models through it."""
 
-    from ..families import family_for
-    from ..metrics.flops import count_call, first_call_arguments
+    def __init__(self, large: str, small_model_folder: str | Path, dtype) -> None:
+        import diffusers
+
+        from ..families import family_for
+
+        with _quiet_diffusers():
+            self.pipe = meta_pipeline(large, dtype)
+        self.denoiser = getattr(self.pipe, family_for(self.pipe).present_denoisers(self.pipe)[0])
+        small_config = json.loads((Path(small_model_folder) / "config.json").read_text())
+        small_class = getattr(diffusers, small_config["_class_name"])
+        self.small = _meta_model("diffusers", small_class, Path(small_model_folder), dtype)
+
+    def activation_bytes(self, call_kwargs: dict) -> int:
+        """3 x the largest layer output of one denoiser call, large or small, at the call ``call_kwargs``."""
+        import torch
+        from torch.utils._pytree import tree_map
+
+        from ..metrics.flops import count_call, first_call_arguments
+
+        with _quiet_diffusers():
+            args, kwargs = first_call_arguments(
+                self.pipe, self.denoiser, {**call_kwargs, "output_type": "latent"}
+            )
+        args, kwargs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (args, kwargs))
+        largest = max(
+            count_call(model, args, kwargs).largest_tensor_bytes for model in (self.denoiser, self.small)
+        )
+        return 3 * largest
+
+
+@contextmanager
+def _quiet_diffusers():
+    import diffusers
 
     verbosity = diffusers.utils.logging.get_verbosity()
     diffusers.utils.logging.set_verbosity_error()
     try:
-        pipe = meta_pipeline(large, dtype)
-        denoiser = getattr(pipe, family_for(pipe).present_denoisers(pipe)[0])
-        small_config = json.loads((Path(small_model_folder) / "config.json").read_text())
-        small_class = getattr(diffusers, small_config["_class_name"])
-        small = _meta_model("diffusers", small_class, Path(small_model_folder), dtype)
-        args, kwargs = first_call_arguments(pipe, denoiser, {**call_kwargs, "output_type": "latent"})
+        yield
     finally:
         diffusers.utils.logging.set_verbosity(verbosity)
-    args, kwargs = tree_map(lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t, (args, kwargs))
-    largest = max(count_call(model, args, kwargs).largest_tensor_bytes for model in (denoiser, small))
-    return 3 * largest
+
+
+def activation_bytes(large: str, small_model_folder: str | Path, dtype, call_kwargs: dict) -> int:
+    """3 x the largest layer output of one denoiser call, large or small, at the call ``call_kwargs``."""
+    return MetaPair(large, small_model_folder, dtype).activation_bytes(call_kwargs)
 
 
 def mode_peaks(

@@ -105,6 +105,15 @@ class TargetOptions:
     def torch_dtype_name(self) -> str:
         return self.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
 
+    def identity(self) -> str:
+        """What this target is, as a tuned.toml records it: the same pipeline and small model give the same
+        text wherever the command runs from."""
+        if self.kind == "folders":
+            return f"--large {_where(self.large)} --small {_where(self.small)}"
+        if self.kind == "embedded":
+            return "the embedded pair" + (f" from {_where(self.pair)}" if self.pair else "")
+        return f"--target {self.target}"
+
     def given_call_options(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in CALL_OPTIONS if getattr(self, name) is not None}
 
@@ -115,6 +124,20 @@ class TargetOptions:
         values = {name: config[name] for name in names if config.get(name) is not None}
         values.update({name: value for name, value in flags.items() if name in names and value is not None})
         return cls(**values)
+
+
+def _where(path: str) -> str:
+    """A local folder's absolute path; a hub id as it is."""
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def check_tuned_for(options: TargetOptions, tuned_for: str | None, source: Any) -> None:
+    """A settings file written for one target (tune's tuned.toml) is refused for another, naming both."""
+    if tuned_for is not None and tuned_for != options.identity():
+        raise ValueError(
+            f"--config {source}: tuned for {tuned_for}, but this run's target is {options.identity()}; tune "
+            "on this target, or run on the one it was tuned for."
+        )
 
 
 def check_target(options: TargetOptions) -> Any:
@@ -154,6 +177,11 @@ def check_target(options: TargetOptions) -> Any:
                 "--large/--small: give the prompts to run with --prompts FILE (one prompt a line, or "
                 "JSONL with per-prompt call arguments)."
             )
+        if pair.pipeline_class is not None:  # a local folder: its size checked on the meta device
+            from .sizes import check_folder_size
+
+            call, _ = folder_size(options, pair)
+            check_folder_size(pair, options.torch_dtype_name, call, prompts[0].text)
         _check_memory(options, pair, prompts)
         return pair, prompts
     from .factory import find_factory
@@ -224,8 +252,12 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
     base = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
     if kind == "folders":
         from .folders import folder_target
+        from .sizes import describe
 
         pair, prompts = checked
+        size, source = folder_size(options, pair)
+        base = {**size, **base}
+        print(f"size: {describe(size)} ({source})", file=sys.stderr)
         target = folder_target(
             pair, options.device, dtype, {"output_type": "np", **base}, prompts, _offload_here(options)
         )
@@ -237,6 +269,14 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
             target.base.setdefault("output_type", "np")  # outputs the scorers can read
     _applies(options, type(target.pipe), target.prompts)
     return target
+
+
+def folder_size(options: TargetOptions, pair: Any) -> tuple[dict[str, Any], str]:
+    """The size arguments a folder pair runs at, and where they came from."""
+    from .sizes import chosen_call
+
+    given = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
+    return chosen_call(given, pair.defaults)
 
 
 def _offload_here(options: TargetOptions) -> str:
@@ -306,6 +346,7 @@ __all__ = [
     "TargetOptions",
     "build_target",
     "check_target",
+    "check_tuned_for",
     "given_prompts",
     "known_family",
     "pipeline_takes",

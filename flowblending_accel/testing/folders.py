@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..support.files import write_folder_defaults
 from ..support.progress import quiet_library_bars
 from .text import with_text
 from .tiny import (
+    flux_call_kwargs,
+    ltx_call_kwargs,
+    sd_call_kwargs,
     tiny_flux_pair,
     tiny_flux_pipeline,
     tiny_ltx_pair,
@@ -16,9 +20,18 @@ from .tiny import (
     tiny_unet_pair,
     tiny_wan_pair,
     tiny_wan_pipeline,
+    wan_call_kwargs,
 )
 
 FOLDER_FAMILIES = ("wan", "wan2.2", "ltx", "sd", "flux")
+# The size and steps each tiny family runs at (its positional range is a few latent tokens wide).
+TINY_CALLS = {
+    "wan": wan_call_kwargs,
+    "wan2.2": wan_call_kwargs,
+    "ltx": ltx_call_kwargs,
+    "sd": sd_call_kwargs,
+    "flux": flux_call_kwargs,
+}
 
 
 def _pipeline_and_small(family: str):
@@ -54,4 +67,5 @@ def save_tiny_folders(
     with quiet_library_bars():
         pipe.save_pretrained(root / "pipeline")
         small.save_pretrained(root / "small" if bare_small else root / "small" / denoiser)
+    write_folder_defaults(root / "pipeline", TINY_CALLS[family]())  # the size every tool then runs at
     return str(root / "pipeline"), str(root / "small")

@@ -20,6 +20,7 @@ from flowblending_accel.accelerators import OFFLOAD_MODES, accelerated, enable_o
 from flowblending_accel.cli.common import positive_number, whole_number
 from flowblending_accel.metrics import psnr, ssim
 from flowblending_accel.support.files import check_output_folder, default_file_mode
+from flowblending_accel.support.threads import use_threads
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument(
+        "--threads",
+        type=whole_number(1),
+        default=None,
+        help="torch CPU threads (default: the usable cores that are idle at the start)",
+    )
+    p.add_argument(
         "--offload",
         choices=OFFLOAD_MODES,
         default="none",
@@ -89,6 +96,7 @@ def run(
     """Load (on the CPU, then on the device in the --offload mode), (baseline,) route and write; returns what
     it measured."""
     check_output_folder(args.output.parent, "--output")
+    use_threads(args.threads)
     pipe, small, members = load(
         args.pipeline, args.small, device=args.device, dtype=getattr(torch, args.dtype), offload=args.offload
     )
