@@ -230,6 +230,11 @@ def test_the_gpu_suite_is_refused_without_a_gpu_and_takes_no_target(tmp_path, ca
     assert "no such file or folder" in capsys.readouterr().err
 
 
+def _this_python_first() -> str:
+    """run.sh calls ``python``: the one running the tests, even when its venv is not activated."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 @pytest.mark.slow
 def test_the_other_parts_rehearsed_through_the_device_script(wan_part, tmp_path):
     """What the device runs, part by part, with run.sh (the wan and ltx parts ran above); then the report of
@@ -238,7 +243,7 @@ def test_the_other_parts_rehearsed_through_the_device_script(wan_part, tmp_path)
         done = subprocess.run(
             ["bash", "benchmarks/gpu/run.sh", part],
             cwd=ROOT,
-            env={**os.environ, "SUITE": "rehearsal", "OUT": str(tmp_path)},
+            env={**os.environ, "SUITE": "rehearsal", "OUT": str(tmp_path), "PATH": _this_python_first()},
             capture_output=True,
             text=True,
             timeout=300,
