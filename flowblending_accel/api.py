@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,8 +16,16 @@ from .compat import check_adapters, check_pair, check_placement
 from .families import Family, family_for
 from .listeners import RouterListener
 from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
-from .schedule import AXES, FlowBlendingWarning, Schedule
+from .schedule import AXES, PAPER_SCHEDULE, FlowBlendingWarning, Schedule
 from .stats import RunStats, merge_runs
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+# The small model, or for pipelines with several denoisers (Wan 2.2) one per denoiser attribute.
+SmallModels = torch.nn.Module | dict[str, torch.nn.Module]
+# A router option's value (FlowBlendingConfig's fields besides the schedule and axis).
+RouterOption = str | bool | tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class FlowBlendingConfig:
             ``small_guidance="off"`` warns.
     """
 
-    schedule: str | Schedule = "L40-S40-L20"
+    schedule: str | Schedule = PAPER_SCHEDULE
     axis: str | None = None
     denoisers: tuple[str, ...] | None = None
     count_flops: bool = False
@@ -72,7 +80,10 @@ class FlowBlendingConfig:
 
     @classmethod
     def from_options(
-        cls, schedule: Any = "L40-S40-L20", axis: str | None = None, **options: Any
+        cls,
+        schedule: str | Schedule | FlowBlendingConfig = PAPER_SCHEDULE,
+        axis: str | None = None,
+        **options: RouterOption,
     ) -> FlowBlendingConfig:
         """A config from ``apply_flowblending_``'s arguments; an unknown option names the known ones."""
         known = {f.name for f in fields(cls)}
@@ -90,12 +101,16 @@ class FlowBlendingConfig:
         return cls(schedule=schedule, axis=axis, **options)
 
 
+# What the verbs take as the schedule: parsed once, here, when it is a string.
+ScheduleLike = str | Schedule | FlowBlendingConfig
+
+
 def apply_flowblending_(
-    pipe: Any,
-    small: torch.nn.Module | dict[str, torch.nn.Module],
-    schedule: str | Schedule | FlowBlendingConfig = "L40-S40-L20",
+    pipe: DiffusionPipeline,
+    small: SmallModels,
+    schedule: ScheduleLike = PAPER_SCHEDULE,
     axis: str | None = None,
-    **options: Any,
+    **options: RouterOption,
 ) -> ModelRouter:
     """Route ``pipe``'s denoiser between itself (large) and ``small`` by stage, in place.
 
@@ -143,7 +158,7 @@ def apply_flowblending_(
     return routers[names[0]]
 
 
-def remove_flowblending_(pipe: Any) -> list[ModelRouter]:
+def remove_flowblending_(pipe: DiffusionPipeline) -> list[ModelRouter]:
     """Remove every router from ``pipe``: forwards are restored and the small models' caches reset."""
     routed = _routed_components(pipe)
     if not routed:
@@ -158,11 +173,11 @@ def remove_flowblending_(pipe: Any) -> list[ModelRouter]:
 
 @contextmanager
 def flowblending(
-    pipe: Any,
-    small: torch.nn.Module | dict[str, torch.nn.Module],
-    schedule: str | Schedule | FlowBlendingConfig = "L40-S40-L20",
+    pipe: DiffusionPipeline,
+    small: SmallModels,
+    schedule: ScheduleLike = PAPER_SCHEDULE,
     axis: str | None = None,
-    **options: Any,
+    **options: RouterOption,
 ) -> Iterator[ModelRouter]:
     """``apply_flowblending_`` for the block, ``remove_flowblending_`` after it, even when it raises::
 
@@ -177,12 +192,12 @@ def flowblending(
         remove_flowblending_(pipe)
 
 
-def flowblending_routers(pipe: Any) -> list[ModelRouter]:
+def flowblending_routers(pipe: DiffusionPipeline) -> list[ModelRouter]:
     """The routers on ``pipe``'s denoisers, in component order (empty when not applied)."""
     return [router for _, router in _routed_components(pipe)]
 
 
-def add_flowblending_listener(pipe: Any, listener: RouterListener) -> None:
+def add_flowblending_listener(pipe: DiffusionPipeline, listener: RouterListener) -> None:
     """Let ``listener`` follow every router on ``pipe`` (Wan 2.2 has one per expert)."""
     routers = flowblending_routers(pipe)
     if not routers:
@@ -191,7 +206,7 @@ def add_flowblending_listener(pipe: Any, listener: RouterListener) -> None:
         router.add_listener(listener)
 
 
-def flowblending_stats(pipe: Any) -> RunStats | None:
+def flowblending_stats(pipe: DiffusionPipeline) -> RunStats | None:
     """Stats of the last (or current) run, merged over all routed denoisers of ``pipe``."""
     runs = [router.last_run for router in flowblending_routers(pipe) if router.last_run is not None]
     return merge_runs(runs) if runs else None

@@ -38,7 +38,7 @@ from .denoiser import RoutedDenoiser
 from .follow import Follower
 from .listeners import CallEvent, RouterListener, SegmentStart, answers_calls, listens_to_calls
 from .plan import Plan
-from .schedule import FlowBlendingWarning, Schedule
+from .schedule import PAPER_SCHEDULE, FlowBlendingWarning, Schedule
 from .session import RunSession
 from .solver import SolverView
 from .stats import CallRecord, RunStats
@@ -84,7 +84,7 @@ class ModelRouter(ModelHook):
     def __init__(
         self,
         small: torch.nn.Module | Callable,
-        schedule: str | Schedule = "L40-S40-L20",
+        schedule: str | Schedule = PAPER_SCHEDULE,
         axis: str | None = None,
         *,
         scheduler: Any = None,

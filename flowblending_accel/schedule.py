@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -31,6 +31,8 @@ MODEL_LETTERS = {"L": "large", "S": "small"}
 LETTER_OF_MODEL = {model: letter for letter, model in MODEL_LETTERS.items()}
 AXES = ("step", "sigma")
 PAPER_THREE_STAGE_LAYOUT = (Fraction(40), Fraction(40), Fraction(20))
+# The paper's Wan 2.1 setting: every default schedule in the package and its tools is this one.
+PAPER_SCHEDULE = "L40-S40-L20"
 
 _TOKEN = re.compile(r"([A-Za-z])(\d+(?:\.\d+)?)?")
 _SEPARATORS = re.compile(r"[\s,\-_/]+")
@@ -69,6 +71,8 @@ class Schedule:
 
     stages: tuple[Stage, ...]
     axis: str = "step"
+    # The text it was parsed from, kept for reports that name the schedule as the user wrote it.
+    written: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.axis not in AXES:
@@ -101,7 +105,7 @@ class Schedule:
             Stage(MODEL_LETTERS[letter.upper()], percent / 100)
             for (letter, _), percent in zip(tokens, percents, strict=True)
         )
-        return cls(stages, axis)
+        return cls(stages, axis, written=text.strip())
 
     @classmethod
     def coerce(cls, schedule: str | Schedule, axis: str | None = None) -> Schedule:
@@ -126,6 +130,11 @@ class Schedule:
     # ------------------------------------------------------------------------------------------ queries
     def __str__(self) -> str:
         return "-".join(str(stage) for stage in self.stages)
+
+    @property
+    def as_written(self) -> str:
+        """The text it was parsed from (``"lsl"``), else its canonical form (``"L40-S40-L20"``)."""
+        return self.written or str(self)
 
     @property
     def boundaries(self) -> tuple[Fraction, ...]:

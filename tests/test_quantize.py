@@ -184,11 +184,15 @@ def test_attention_backend_removal_restores_processors_and_the_active_backend(wa
 @pytest.mark.slow
 @needs_torchao
 def test_rows_of_other_accelerators_do_not_recompile_a_compiled_row():
+    from flowblending_accel.accelerators import parse_accelerator
     from flowblending_accel.bench.runner import Row, cumulative_rows, measure_rows
+    from flowblending_accel.schedule import Schedule
     from flowblending_accel.targets.presets import preset_target
 
     target = preset_target("tiny-wan", "cpu", torch.float32, steps=10)
-    rows = cumulative_rows("L40-S40-L20", [])
-    rows += [Row(f"+{spec}", "L40-S40-L20", (spec,)) for spec in ("compile", "attn:native", "quantize:int8")]
+    schedule = Schedule.parse("L40-S40-L20")
+    rows = cumulative_rows(schedule, [])
+    specs = ("compile", "attn:native", "quantize:int8")
+    rows += [Row(f"+{spec}", schedule, (parse_accelerator(spec),)) for spec in specs]
     results = measure_rows(target, rows, 2, count_flops="derived")
     assert {label: m.graphs_after_warmup for label, m in results.items()}["+compile"] == 0

@@ -6,6 +6,7 @@ from flowblending_accel import family_for, flowblending_stats
 from flowblending_accel.accelerators import StackTarget, accelerated, calibrate_mag_ratios
 from flowblending_accel.analysis.divergence import divergence_curve
 from flowblending_accel.metrics.flops import run_flops
+from flowblending_accel.schedule import Schedule
 from flowblending_accel.testing import tiny_unet, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
@@ -25,7 +26,7 @@ def test_stack_target_labels_both_experts_and_one_small():
 
 def test_run_flops_counts_every_expert():
     pipe, small = _wan22()
-    flops, stats = run_flops(pipe, small, "L40-S40-L20", wan_call_kwargs(steps=10))
+    flops, stats = run_flops(pipe, small, Schedule.parse("L40-S40-L20"), wan_call_kwargs(steps=10))
     assert stats.calls_per_model == {"large": 12, "small": 8}  # both experts' calls, CFG as two calls
     assert set(flops) == {"large", "small"} and flops["large"] > flops["small"] > 0
 

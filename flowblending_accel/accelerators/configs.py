@@ -521,15 +521,15 @@ def solver_for_family(family, denoisers: tuple[str, ...], solver_kind: str | Non
     return None
 
 
-def default_stack(family, denoisers: tuple[str, ...], steps: int, device: str) -> list[str]:
+def default_stack(family, denoisers: tuple[str, ...], steps: int, device: str) -> list[AcceleratorConfig]:
     """The stack ``bench`` measures when none is given: a solver the family takes at half the steps, a cache
     it takes (and this machine has), and regional compile. Never a member the family or machine refuses."""
     from .registry import parse_accelerator
 
-    stack = []
+    specs = []
     solver = solver_for_family(family, denoisers)
     if solver is not None:
-        stack.append(f"{solver}:{max(2, steps // 2)}")
+        specs.append(f"{solver}:{max(2, steps // 2)}")
     for spec in CACHE_PREFERENCE:
         config = parse_accelerator(spec)
         try:
@@ -537,6 +537,6 @@ def default_stack(family, denoisers: tuple[str, ...], steps: int, device: str) -
             config.check_environment(device)
         except ValueError:
             continue
-        stack.append(spec)
+        specs.append(spec)
         break
-    return [*stack, "compile"]
+    return [parse_accelerator(spec) for spec in [*specs, "compile"]]

@@ -8,7 +8,7 @@ so the command line can list and check accelerators without loading it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +37,8 @@ class AcceleratorConfig:
     exclusive_with: ClassVar[tuple[str, ...]] = ()
     clash_reasons: ClassVar[dict[str, str]] = {}
     implementation: ClassVar[str] = ""
+    # The spec it was parsed from (``"fbc"``), kept for reports that name members as the user wrote them.
+    written: str = field(default="", compare=False, repr=False, kw_only=True)
 
     @property
     def name(self) -> str:
@@ -48,6 +50,11 @@ class AcceleratorConfig:
         if value:
             raise ValueError(f"accelerator '{name}:{value}': {name!r} takes no value; write '{name}'.")
         return cls()
+
+    @property
+    def as_written(self) -> str:
+        """The spec it was parsed from, else :attr:`spec`."""
+        return self.written or self.spec
 
     @property
     def spec(self) -> str:
@@ -82,7 +89,11 @@ class AcceleratorConfig:
         return getattr(import_module(module, __package__), cls)(self)
 
     def describe(self) -> dict[str, Any]:
-        shown = {f.name: getattr(self, f.name) for f in fields(self) if not callable(getattr(self, f.name))}
+        shown = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "written" and not callable(getattr(self, f.name))
+        }
         return {"name": self.name, "kind": self.kind, **shown}
 
 
@@ -117,7 +128,9 @@ def parse_accelerator(spec: str | AcceleratorConfig) -> AcceleratorConfig:
     name, _, value = spec.strip().partition(":")
     if name not in _REGISTRY:
         raise ValueError(f"accelerator {spec!r} is unknown; write one of: {spec_help()}.")
-    return _REGISTRY[name].from_spec(name, value)
+    config = _REGISTRY[name].from_spec(name, value)
+    object.__setattr__(config, "written", spec.strip())  # frozen: provenance set once, where it is parsed
+    return config
 
 
 def spec_help() -> str:

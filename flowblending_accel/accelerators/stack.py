@@ -14,14 +14,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..api import apply_flowblending_, flowblending_routers, remove_flowblending_
+from ..api import (
+    RouterOption,
+    ScheduleLike,
+    SmallModels,
+    apply_flowblending_,
+    flowblending_routers,
+    remove_flowblending_,
+)
 from ..router import ModelRouter
+from ..schedule import PAPER_SCHEDULE
 from ..solver import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
 from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
 from .runtime import Accelerator, StackTarget
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 _STACK_ATTRIBUTE = "_flowblending_stack"
 StackMember = str | AcceleratorConfig | Accelerator
@@ -90,11 +101,11 @@ class Stack:
 
 
 def apply_stack(
-    pipe: Any,
-    small: Any,
-    schedule: Any = "L40-S40-L20",
+    pipe: DiffusionPipeline,
+    small: SmallModels,
+    schedule: ScheduleLike = PAPER_SCHEDULE,
     accelerators: Iterable[StackMember] = (),
-    **router_options: Any,
+    **router_options: RouterOption,
 ) -> tuple[ModelRouter, Stack]:
     """Apply ``accelerators`` to every routed model, then the router on top; returns ``(router, stack)``.
 
@@ -123,7 +134,7 @@ def apply_stack(
     return router, stack
 
 
-def remove_stack(pipe: Any) -> None:
+def remove_stack(pipe: DiffusionPipeline) -> None:
     """Remove the router and every accelerator ``apply_stack`` put on ``pipe``."""
     if not hasattr(pipe, _STACK_ATTRIBUTE):
         raise ValueError("no FlowBlending stack is applied to this pipeline.")
@@ -134,7 +145,7 @@ def remove_stack(pipe: Any) -> None:
     delattr(pipe, _STACK_ATTRIBUTE)
 
 
-def applied_stack(pipe: Any) -> Stack | None:
+def applied_stack(pipe: DiffusionPipeline) -> Stack | None:
     """The stack ``apply_stack`` put on ``pipe`` (``None`` when there is none)."""
     found = getattr(pipe, _STACK_ATTRIBUTE, None)
     return found[0] if found else None
@@ -142,11 +153,11 @@ def applied_stack(pipe: Any) -> Stack | None:
 
 @contextmanager
 def accelerated(
-    pipe: Any,
-    small: Any,
-    schedule: Any = "L40-S40-L20",
+    pipe: DiffusionPipeline,
+    small: SmallModels,
+    schedule: ScheduleLike = PAPER_SCHEDULE,
     accelerators: Iterable[StackMember] = (),
-    **router_options: Any,
+    **router_options: RouterOption,
 ) -> Iterator[tuple[ModelRouter, Stack]]:
     """``apply_stack`` for the block, ``remove_stack`` after it, even when it raises."""
     router, stack = apply_stack(pipe, small, schedule, accelerators, **router_options)

@@ -26,7 +26,14 @@ from typing import Any
 
 import torch
 
-from ..accelerators import FirstBlockCache, StackTarget, StepReduction, accelerated, parse_accelerator
+from ..accelerators import (
+    FirstBlockCache,
+    StackTarget,
+    StepReduction,
+    accelerated,
+    as_configs,
+    parse_accelerator,
+)
 from ..api import add_flowblending_listener, flowblending_stats
 from ..metrics.flops import flops_per_call, run_flops
 from ..metrics.intervals import mean_interval
@@ -186,7 +193,8 @@ class Evaluator:
         else:
             kwargs["num_inference_steps"] = point.steps
         with probing():
-            counted, _ = run_flops(self.target.pipe, self.target.small, point.schedule, kwargs, point.stack)
+            schedule, stack = Schedule.parse(point.schedule), as_configs(point.stack)
+            counted, _ = run_flops(self.target.pipe, self.target.small, schedule, kwargs, stack)
         return sum(counted.values()) / reference
 
     def _sample_scores(self, videos: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..api import flowblending
+from ..schedule import PAPER_SCHEDULE
 from ..targets import Target
 from .runner import spread, timed_call
 
@@ -105,7 +106,7 @@ def isolated_router_cost(repeats: int, steps: int) -> dict[str, dict[str, float]
     scheduler = FlowMatchEulerDiscreteScheduler(shift=5.0)
     variants = {
         "pass_through_hook": lambda: PassThrough(),
-        "router": lambda: ModelRouter(small, "L40-S40-L20", scheduler=scheduler),
+        "router": lambda: ModelRouter(small, PAPER_SCHEDULE, scheduler=scheduler),
     }
     diffs: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():

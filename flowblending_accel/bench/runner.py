@@ -12,33 +12,46 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..accelerators import Accelerator, Stack, StackTarget, accelerated, dynamo_counts, parse_accelerator
-from ..api import add_flowblending_listener, flowblending_stats
+from ..accelerators import Accelerator, AcceleratorConfig, Stack, StackTarget, accelerated, dynamo_counts
+from ..api import RouterListener, add_flowblending_listener, flowblending_stats
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
+from ..schedule import Schedule
 from ..targets import Target
 
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
 PROBE = "small only (probe)"
+LARGE_ONLY = Schedule.parse("L100")
+SMALL_ONLY = Schedule.parse("S100")
 
 
 @dataclass(frozen=True)
 class Row:
+    """One measured configuration: parsed once where the user gave it, never turned back into text."""
+
     label: str
-    schedule: str
-    stack: tuple[str, ...] = ()
+    schedule: Schedule
+    stack: tuple[AcceleratorConfig, ...] = ()
+
+    @property
+    def cached(self) -> bool:
+        return any(config.kind == "cache" for config in self.stack)
 
 
-def cumulative_rows(schedule: str, stack: list[str]) -> list[Row]:
+def cumulative_rows(schedule: Schedule, stack: list[AcceleratorConfig]) -> list[Row]:
     """Baseline, +FlowBlending, then one row per accelerator added to the row before (the caller has checked
     that the whole stack can run here: a row that cannot is refused before any model is built)."""
-    rows = [Row("baseline (large only)", "L100"), Row(f"+FlowBlending {schedule}", schedule)]
-    for index, spec in enumerate(stack):
-        rows.append(Row(f"+{spec}", schedule, tuple(stack[: index + 1])))
+    rows = [Row("baseline (large only)", LARGE_ONLY), Row(f"+FlowBlending {schedule.as_written}", schedule)]
+    for index, config in enumerate(stack):
+        rows.append(Row(f"+{config.as_written}", schedule, tuple(stack[: index + 1])))
     return rows
 
 
@@ -97,8 +110,8 @@ def run_row(
     row: Row,
     accelerators: list[Accelerator],
     seed: int = 0,
-    listeners: tuple = (),
-    inspect=None,
+    listeners: tuple[RouterListener, ...] = (),
+    inspect: Callable[[DiffusionPipeline], None] | None = None,
 ) -> RowRun:
     """Apply ``row``'s schedule and ``accelerators``, time one call of ``target``'s workload under ``seed``,
     remove them again. ``listeners`` follow the run; ``inspect(pipe)`` runs while the stack is still on."""
@@ -141,7 +154,7 @@ def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int
 
 def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
     row = measurement.row
-    cached = any(parse_accelerator(spec).kind == "cache" for spec in row.stack)
+    cached = row.cached
     # Cache hits are counted only where a cache runs: the meter's hooks are not free.
     meter = AttentionMeter(StackTarget.of(target.pipe, target.small).models()) if cached else None
     try:
@@ -161,7 +174,7 @@ def measure_rows(
     rows: list[Row],
     repeats: int,
     seed: int = 0,
-    progress=None,
+    progress: Callable[[int], None] | None = None,
     count_flops: str = "all",
 ) -> dict[str, RowMeasurement]:
     """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C (or a SIGTERM made
@@ -169,12 +182,10 @@ def measure_rows(
     ``count_flops="derived"`` counts only the baseline, the small-only probe and cached rows in an eager
     pass; every other row's FLOPs are its calls times those per-call FLOPs (exact: a call's work does not
     depend on the step it runs at)."""
-    everything = rows + [Row(PROBE, "S100")]
+    everything = rows + [Row(PROBE, SMALL_ONLY)]
     carried = target.stack_members  # what the target's memory mode asks for, under every row's own stack
     results = {
-        row.label: RowMeasurement(
-            row, [parse_accelerator(s).for_rounds().create() for s in (*carried, *row.stack)]
-        )
+        row.label: RowMeasurement(row, [config.for_rounds().create() for config in (*carried, *row.stack)])
         for row in everything
     }
     with torch.inference_mode():
@@ -203,8 +214,7 @@ def measure_rows(
 
 
 def _needs_flop_pass(row: Row, rows: list[Row]) -> bool:
-    cached = any(parse_accelerator(spec).kind == "cache" for spec in row.stack)
-    return row is rows[0] or row.label == PROBE or cached
+    return row is rows[0] or row.label == PROBE or row.cached
 
 
 def _derive_flops(results: dict[str, RowMeasurement], baseline: Row, rows: list[Row]) -> None:
@@ -262,8 +272,8 @@ def summarise(results: dict[str, RowMeasurement], quality) -> list[dict[str, Any
         table.append(
             {
                 "label": m.row.label,
-                "schedule": m.row.schedule,
-                "stack": list(m.row.stack),
+                "schedule": m.row.schedule.as_written,
+                "stack": [config.as_written for config in m.row.stack],
                 "accelerators": m.described,
                 "seconds": {**spread(m.seconds), "all": m.seconds},
                 "speedup": spread(ratios),

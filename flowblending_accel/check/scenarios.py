@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..accelerators import StackTarget, accelerated, dynamo_counts, parse_accelerator
+from ..accelerators import AcceleratorConfig, StackTarget, accelerated, as_configs, dynamo_counts
 from ..api import add_flowblending_listener, flowblending_stats
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
-from ..schedule import Schedule
+from ..schedule import PAPER_SCHEDULE, Schedule
 from ..targets import Target
 
 GRID_PROMPTS = ["a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down"]
@@ -32,10 +32,24 @@ class Scenario:
 
     name: str
     build: Callable[[], Target]
-    schedule: str
-    stack: tuple[str, ...] = ()
-    ratio_baseline: str | None = None
+    schedule: Schedule
+    stack: tuple[AcceleratorConfig, ...] = ()
+    ratio_baseline: Schedule | None = None
     metrics: tuple[str, ...] | None = None
+
+    @classmethod
+    def written(
+        cls,
+        name: str,
+        build: Callable[[], Target],
+        schedule: str,
+        stack: tuple[str, ...] = (),
+        ratio_baseline: str | None = None,
+        metrics: tuple[str, ...] | None = None,
+    ) -> Scenario:
+        """A scenario from its text (the config file's, the command line's): parsed here, once."""
+        baseline = Schedule.parse(ratio_baseline) if ratio_baseline else None
+        return cls(name, build, Schedule.parse(schedule), tuple(as_configs(stack)), baseline, metrics)
 
 
 def _tiny_wan() -> Target:
@@ -53,11 +67,11 @@ def _embedded() -> Target:
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
     for scenario in (
-        Scenario("tiny-lsl", _tiny_wan, "L40-S40-L20"),
-        Scenario("tiny-fbc", _tiny_wan, "L40-S40-L20", ("fbc:0.5",)),
-        Scenario("tiny-compile", _tiny_wan, "L40-S40-L20", ("compile",)),
-        Scenario("embedded-lsl", _embedded, "L40-S40-L20", ratio_baseline="L100"),
-        Scenario("embedded-stack", _embedded, "L40-S40-L20", ("dpm++:10", "fbc:0.2"), ratio_baseline="L100"),
+        Scenario.written("tiny-lsl", _tiny_wan, PAPER_SCHEDULE),
+        Scenario.written("tiny-fbc", _tiny_wan, PAPER_SCHEDULE, ("fbc:0.5",)),
+        Scenario.written("tiny-compile", _tiny_wan, PAPER_SCHEDULE, ("compile",)),
+        Scenario.written("embedded-lsl", _embedded, PAPER_SCHEDULE, ratio_baseline="L100"),
+        Scenario.written("embedded-stack", _embedded, PAPER_SCHEDULE, ("dpm++:10", "fbc:0.2"), "L100"),
     )
 }
 
@@ -70,7 +84,7 @@ def user_scenarios(config, flags: dict[str, Any]) -> dict[str, Scenario]:
 
 def user_scenario(entry: dict[str, Any], config, flags: dict[str, Any]) -> Scenario:
     """One scenario from a config entry (or the command line's target); checked, not built."""
-    from ..accelerators import as_configs, validate_configs, validate_for_family
+    from ..accelerators import validate_configs, validate_for_family
     from ..targets.resolve import (
         OWN_TARGET_KEYS,
         TargetOptions,
@@ -84,22 +98,19 @@ def user_scenario(entry: dict[str, Any], config, flags: dict[str, Any]) -> Scena
         inherited = {k: v for k, v in inherited.items() if k not in OWN_TARGET_KEYS}
     options = TargetOptions.merged(flags, {**inherited, **entry})
     checked = check_target(options)  # every scenario's target is checked before any is built
-    stack = tuple(entry.get("stack") or config.get("stack", ()))
-    schedule = entry.get("schedule") or config.get("schedule", "L40-S40-L20")
-    Schedule.parse(schedule)
-    configs = as_configs(stack)
-    validate_configs(configs, options.device)
-    known = known_family(options, checked)
-    if known is not None:
-        validate_for_family(configs, *known)
-    return Scenario(
+    scenario = Scenario.written(
         entry["name"],
         lambda: build_target(options, checked),
-        schedule,
-        stack,
+        entry.get("schedule") or config.get("schedule", PAPER_SCHEDULE),
+        tuple(entry.get("stack") or config.get("stack", ())),
         entry.get("ratio_baseline"),
         tuple(entry["metrics"]) if entry.get("metrics") else None,
     )
+    validate_configs(list(scenario.stack), options.device)
+    known = known_family(options, checked)
+    if known is not None:
+        validate_for_family(list(scenario.stack), *known)
+    return scenario
 
 
 def trace_hash(trace: list[tuple[int, str]]) -> str:
@@ -109,8 +120,8 @@ def trace_hash(trace: list[tuple[int, str]]) -> str:
 def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -> dict[str, Any]:
     """Warm-up call, measured call (and a FLOP-counting call); ``inject`` runs between warm-up and measure."""
     target = scenario.build()
-    specs = (*target.stack_members, *scenario.stack)  # the target's memory mode, then the scenario's stack
-    members = [parse_accelerator(spec).for_rounds().create() for spec in specs]
+    configs = (*target.stack_members, *scenario.stack)  # the target's memory mode, then the scenario's stack
+    members = [config.for_rounds().create() for config in configs]
     compiled = any(member.kind == "compile" for member in members)
     with accelerated(target.pipe, target.small, scenario.schedule, members) as (_, stack):
         call = lambda: stack.without_owned(target.call_kwargs(0))  # noqa: E731  (fresh generators per call)

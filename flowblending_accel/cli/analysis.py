@@ -9,6 +9,7 @@ import textwrap
 from dataclasses import replace
 
 from ..analysis.measures import MEASURES
+from ..schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
 from .workload import add_workload_options, fit_and_seeds, prepare_workload, proxy_verdict, tolerance_from
 
@@ -31,7 +32,7 @@ def register(commands) -> None:
     analyze.add_argument(
         "--windows", type=whole_number(0), default=0, help="window size of the evidence run (0: skip)"
     )
-    analyze.add_argument("--overlay", default="L40-S40-L20", help="schedule drawn over the curve")
+    analyze.add_argument("--overlay", default=PAPER_SCHEDULE, help="schedule drawn over the curve")
     analyze.set_defaults(run=run_analyze)
     calibrate = commands.add_parser(
         "calibrate",
@@ -59,7 +60,7 @@ def register(commands) -> None:
         "--flop-budget", type=positive_number, default=None, help="maximum FLOPs as a fraction of large-only"
     )
     calibrate.add_argument(
-        "--match", default="L40-S40-L20", help="hand-picked schedule to beat (default L40-S40-L20)"
+        "--match", default=PAPER_SCHEDULE, help="hand-picked schedule to beat (default L40-S40-L20)"
     )
     calibrate.add_argument(
         "--measure",

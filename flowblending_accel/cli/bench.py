@@ -5,11 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..accelerators import spec_help
 from .common import add_threads_option, whole_number
 from .suite import add_suite_options, run_suite_command
 from .targeting import add_target_options, setting, target_settings
+
+if TYPE_CHECKING:
+    from ..accelerators import AcceleratorConfig
+    from ..schedule import Schedule
 
 DEFAULT_OUTPUT = Path("flowblending-bench")
 
@@ -52,27 +57,27 @@ def run(args: argparse.Namespace) -> int:
     if args.suite is not None:
         return run_suite_command(args, DEFAULT_OUTPUT)
     from ..accelerators import as_configs, validate_configs, validate_for_family
-    from ..schedule import Schedule
+    from ..schedule import PAPER_SCHEDULE, Schedule
     from ..support.files import check_output_folder
     from ..targets.resolve import check_target, known_family
 
-    # Everything a user can get wrong is refused here, before anything heavy is imported or built.
+    # Everything a user can get wrong is refused here, before anything heavy is imported or built. The
+    # schedule and the stack are parsed here, once: everything downstream takes the parsed objects.
     check_output_folder(args.output)
     options, config = target_settings(args)
-    schedule = setting(args, config, "schedule", "L40-S40-L20")
-    Schedule.parse(schedule)
+    schedule = Schedule.parse(setting(args, config, "schedule", PAPER_SCHEDULE))
     given_stack = setting(args, config, "stack", None)
-    configs = as_configs(given_stack or [])
-    validate_configs(configs, options.device)
+    configs = None if given_stack is None else as_configs(given_stack)
+    validate_configs(configs or [], options.device)
     checked = check_target(options)
     known = known_family(options, checked)
     if known is not None:  # a cache or solver the pipeline's family cannot take, before loading it
-        validate_for_family(configs, *known)
-    return _measure(args, options, checked, schedule, given_stack)
+        validate_for_family(configs or [], *known)
+    return _measure(args, options, checked, schedule, configs)
 
 
-def _measure(args, options, checked, schedule: str, given_stack: list[str] | None) -> int:
-    from ..accelerators import Stack, StackTarget, as_configs
+def _measure(args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None) -> int:
+    from ..accelerators import Stack, StackTarget
     from ..accelerators.configs import default_stack
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
@@ -84,9 +89,8 @@ def _measure(args, options, checked, schedule: str, given_stack: list[str] | Non
 
     threads = use_threads(args.threads)
     target = build_target(options, checked)
-    stack = list(given_stack) if given_stack is not None else _default(target, options, default_stack)
-    configs = as_configs(stack)
-    Stack.of(configs).validate(StackTarget.of(target.pipe, target.small))  # what depends on the pipeline
+    stack = list(given) if given is not None else _default(target, options, default_stack)
+    Stack.of(stack).validate(StackTarget.of(target.pipe, target.small))  # what depends on the pipeline
     rows = cumulative_rows(schedule, stack)
     folder = free_output_folder(args.output, args.overwrite, marker="bench.md")
     with progress("benchmarking rows", (len(rows) + 1) * (args.repeats + 2)) as advance:
@@ -98,8 +102,8 @@ def _measure(args, options, checked, schedule: str, given_stack: list[str] | Non
         "device": device_name(options.device),
         "versions": versions(),
         "repeats": args.repeats,
-        "schedule": schedule,
-        "stack": stack,
+        "schedule": schedule.as_written,
+        "stack": [config.as_written for config in stack],
         "command": args.command_line,
         "threads": threads.describe(),
     }
@@ -109,12 +113,13 @@ def _measure(args, options, checked, schedule: str, given_stack: list[str] | Non
     return 0
 
 
-def _default(target, options, default_stack) -> list[str]:
+def _default(target, options, default_stack) -> list[AcceleratorConfig]:
     """The stack bench measures when none is given: members the target's family and this machine take."""
     from ..accelerators import StackTarget
     from .workload import target_steps
 
     denoisers = StackTarget.of(target.pipe, target.small).denoisers
     stack = default_stack(target.family, denoisers, target_steps(target), options.device)
-    print(f"stack: {' '.join(stack)} (the default for a {target.family.name} pipeline)", file=sys.stderr)
+    written = " ".join(config.spec for config in stack)
+    print(f"stack: {written} (the default for a {target.family.name} pipeline)", file=sys.stderr)
     return stack

@@ -100,7 +100,7 @@ def measure_ratio(scenario, repeats: int) -> float:
     target = scenario.build()
     rows = [
         Row("baseline", scenario.ratio_baseline),
-        Row(scenario.name, scenario.schedule, tuple(scenario.stack)),
+        Row(scenario.name, scenario.schedule, scenario.stack),
     ]
     table = summarise(measure_rows(target, rows, repeats), lambda *_: None)
     return table[1]["speedup"]["median"]
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     for scenario in scenarios:
         measured[scenario.name] = run_scenario(scenario)
         if args.ratio and scenario.ratio_baseline:
-            measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline}"] = measure_ratio(
+            measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline.as_written}"] = measure_ratio(
                 scenario, args.repeats
             )
     others = []  # rows --metrics leaves out: kept as they are by --update

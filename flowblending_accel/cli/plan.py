@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..schedule import PAPER_SCHEDULE
 from ..schedulers import SCHEDULER_NAMES
 from .common import positive_number, whole_number
 
@@ -17,7 +18,9 @@ def register(commands) -> None:
         help="print the per-step model table of a schedule",
         description="Lay a schedule onto a scheduler's real step grid and print the table a run will follow.",
     )
-    plan.add_argument("schedule", nargs="?", default="L40-S40-L20", help="stages, e.g. L40-S40-L20 (default)")
+    plan.add_argument(
+        "schedule", nargs="?", default=PAPER_SCHEDULE, help="stages, e.g. L40-S40-L20 (default)"
+    )
     plan.add_argument("--steps", type=whole_number(1), default=50, help="num_inference_steps (default 50)")
     plan.add_argument("--scheduler", choices=SCHEDULER_NAMES, default="unipc", help="solver (default unipc)")
     plan.add_argument("--shift", type=positive_number, default=5.0, help="flow shift (default 5.0, Wan 2.1)")

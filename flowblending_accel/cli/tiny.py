@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..schedule import PAPER_SCHEDULE
 from ..schedulers import SCHEDULER_NAMES
 from .common import whole_number
 
@@ -28,7 +29,7 @@ def register(commands) -> None:
         default="wan",
         help="pipeline family (default wan; wan2.2: --save only)",
     )
-    tiny.add_argument("--schedule", default="L40-S40-L20", help="stages (default L40-S40-L20)")
+    tiny.add_argument("--schedule", default=PAPER_SCHEDULE, help="stages (default L40-S40-L20)")
     tiny.add_argument("--steps", type=whole_number(1), default=20, help="num_inference_steps (default 20)")
     tiny.add_argument(
         "--scheduler", choices=SCHEDULER_NAMES, default=None, help="solver (default: the pipeline's)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
 from .workload import add_workload_options
 
@@ -34,7 +35,7 @@ def register(commands) -> None:
     goal.add_argument(
         "--latency-budget", type=positive_number, default=None, help="fraction of large-only wall time"
     )
-    tune.add_argument("--match", default="L40-S40-L20", help="hand-picked schedule to match (default)")
+    tune.add_argument("--match", default=PAPER_SCHEDULE, help="hand-picked schedule to match (default)")
     tune.add_argument(
         "--step-counts",
         nargs="+",

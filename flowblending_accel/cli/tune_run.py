@@ -244,14 +244,17 @@ def _grid(evaluator, space, args, goal, reference) -> dict[str, Any]:
 
 def _timing(target, args, matched, chosen) -> dict[str, Any]:
     """Wall time of large-only, the hand-picked schedule and the tuned stack, interleaved in one process."""
+    from ..accelerators import as_configs
     from ..analysis.scores import probing
     from ..analysis.tune import Point
-    from ..bench.runner import Row, measure_rows, summarise
+    from ..bench.runner import LARGE_ONLY, Row, measure_rows, summarise
+    from ..schedule import Schedule
 
+    tuned_stack = tuple(as_configs((*chosen.stack, *args.extra_stack)))
     rows = [
-        Row("large only", "L100"),
-        Row("FlowBlending alone", Point(matched).schedule),
-        Row("tuned", chosen.schedule, (*chosen.stack, *args.extra_stack)),
+        Row("large only", LARGE_ONLY),
+        Row("FlowBlending alone", Schedule.parse(Point(matched).schedule)),
+        Row("tuned", Schedule.parse(chosen.schedule), tuned_stack),
     ]
     with probing():  # the tuned schedule's advice (e.g. "ends small") is in the report, not in the log
         measured = measure_rows(target, rows, args.repeats, count_flops="derived")

@@ -1,8 +1,10 @@
 """The schedules the demo compares, by name (no torch: the command line reads them for --help)."""
 
+from ..schedule import PAPER_SCHEDULE
+
 SCHEDULES = {  # the paper's allocations: LSS = small from 40 %, SLL = small for the first 20 % of 50 steps
     "LLL": "L100",
-    "LSL": "L40-S40-L20",
+    "LSL": PAPER_SCHEDULE,
     "LSS": "L40-S60",
     "SLL": "S20-L80",
     "SSS": "S100",

@@ -8,21 +8,25 @@ it faster). Cache hits show up as the work they save.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..accelerators import accelerated, as_configs
-from ..api import add_flowblending_listener, flowblending_stats
+from ..accelerators import AcceleratorConfig, accelerated
+from ..api import SmallModels, add_flowblending_listener, flowblending_stats
 from ..families import family_for
 from ..listeners import RouterListener
+from ..schedule import Schedule
 from ..stats import RunStats
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 # Accelerator kinds left out of a FLOP pass: compiled code cannot run under a FLOP counter, and moving
 # weights (memory modes) does no arithmetic.
@@ -152,16 +156,16 @@ def flops_per_call(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> dict[s
 
 
 def run_flops(
-    pipe: Any,
-    small: Any,
-    schedule: Any,
+    pipe: DiffusionPipeline,
+    small: SmallModels,
+    schedule: Schedule,
     call_kwargs: dict[str, Any],
-    stack=(),
+    stack: Iterable[AcceleratorConfig] = (),
     listeners: tuple[RouterListener, ...] = (),
 ) -> tuple[dict[str, int], RunStats]:
     """FLOPs per model of one ``pipe(**call_kwargs)`` under ``schedule`` and the countable part of ``stack``.
     Returns the FLOPs and the run's stats; ``listeners`` (e.g. an attention meter) follow the same run."""
-    countable = [config.for_rounds() for config in as_configs(stack) if config.kind not in NOT_COUNTABLE]
+    countable = [config.for_rounds() for config in stack if config.kind not in NOT_COUNTABLE]
     with accelerated(pipe, small, schedule, countable, count_flops=True, timing="off"):
         for listener in listeners:
             add_flowblending_listener(pipe, listener)

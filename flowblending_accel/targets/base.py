@@ -6,12 +6,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..families import Family, family_for
 from .prompts import Prompt, load_arguments
+
+if TYPE_CHECKING:
+    from ..accelerators import AcceleratorConfig
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Target:
     batch: int | None = 1
     quality: bool = True
     scorers: dict[str, Callable] = field(default_factory=dict)
-    stack_members: tuple[str, ...] = ()
+    stack_members: tuple[AcceleratorConfig, ...] = ()
 
     @property
     def family(self) -> Family:

@@ -140,7 +140,7 @@ def folder_target(
     from diffusers import DiffusionPipeline
     from diffusers.models import AutoModel
 
-    from ..accelerators import enable_offload
+    from ..accelerators import as_configs, enable_offload
 
     try:
         with quiet_library_bars():
@@ -162,7 +162,7 @@ def folder_target(
         f"{type(pipe).__name__} from {pair.large}, small from {pair.small}",
         base,
         prompts,
-        stack_members=tuple(members),
+        stack_members=tuple(as_configs(members)),
     )
 
 

@@ -86,7 +86,7 @@ def preset_target(
 ) -> Target:
     """The preset's pipeline and small model, random-initialised on ``device`` in ``dtype`` (in an offload
     mode: built on the CPU, then put on ``device`` in that mode)."""
-    from ..accelerators import enable_offload
+    from ..accelerators import as_configs, enable_offload
 
     preset = check_preset(name)
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def preset_target(
         base,
         [Prompt(None)],
         quality=False,
-        stack_members=tuple(members),
+        stack_members=tuple(as_configs(members)),
     )
 
 

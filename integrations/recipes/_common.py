@@ -19,6 +19,7 @@ from flowblending_accel import flowblending_stats
 from flowblending_accel.accelerators import OFFLOAD_MODES, accelerated, enable_offload, spec_help
 from flowblending_accel.cli.common import positive_number, whole_number
 from flowblending_accel.metrics import psnr, ssim
+from flowblending_accel.schedule import PAPER_SCHEDULE
 from flowblending_accel.support.files import check_output_folder, default_file_mode
 from flowblending_accel.support.threads import use_threads
 
@@ -35,7 +36,7 @@ class Defaults:
     steps: int
     guidance: float
     fps: int = 16
-    schedule: str = "L40-S40-L20"
+    schedule: str = PAPER_SCHEDULE
     stack: tuple[str, ...] = ()
     output: str = "flowblending.mp4"
 

@@ -16,6 +16,7 @@ from typing import Any
 from ...accelerators import Accelerator, StackTarget, as_configs
 from ...metrics.attention import AttentionMeter
 from ...metrics.flops import capture_first_call, count_call
+from ...schedule import Schedule
 from ...support.memory import host_peak_bytes, reset_host_peak
 from ..runner import Row, run_row
 from .plan import BASELINE, SuiteRow
@@ -40,6 +41,7 @@ class RowState:
 
     def __post_init__(self) -> None:
         self.configs = as_configs(self.specs)
+        self.runner_row = Row(self.row.label, Schedule.parse(self.row.schedule), tuple(self.configs))
         self.accelerators = [self._accelerator(config.for_rounds()) for config in self.configs]
 
     def _accelerator(self, config) -> Accelerator:
@@ -48,10 +50,6 @@ class RowState:
         if config.kind != "quantize":
             return config.create()
         return self.shared.setdefault(config.spec, config.create())
-
-    @property
-    def runner_row(self) -> Row:
-        return Row(self.row.label, self.row.schedule, self.specs)
 
     @property
     def cache_specs(self) -> set[str]:

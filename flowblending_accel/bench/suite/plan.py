@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-SCHEDULE = "L40-S40-L20"
+from ...schedule import PAPER_SCHEDULE
+
+SCHEDULE = PAPER_SCHEDULE
 PART_SECONDS = 240.0  # one device call: install, start-up and every section of the part
 BEST_ATTENTION = "attn:best"  # resolved where the section runs: the fastest backend installed there
 
