@@ -73,6 +73,13 @@ class RouterListener:
         identical run), or ``None`` to run it. ``record`` is the call's :class:`~.stats.CallRecord`."""
         return None
 
+    def intercept(
+        self, router: Any, session: RunSession, model: str, step: int, iteration: int | None
+    ) -> Any:
+        """The output to return for this call without making it or recording it as a call (the guidance-free
+        small stage's unconditional branch), or ``None`` to go on. Asked before :meth:`answer`."""
+        return None
+
     def on_run_end(self, router: Any, stats: RunStats) -> None:
         """The run ended (finished, or aborted by an exception or an interrupted loop)."""
 
@@ -85,3 +92,8 @@ def listens_to_calls(listener: RouterListener) -> bool:
 def answers_calls(listener: RouterListener) -> bool:
     """Whether ``listener`` overrides ``answer`` (the router asks none otherwise)."""
     return type(listener).answer is not RouterListener.answer
+
+
+def intercepts_calls(listener: RouterListener) -> bool:
+    """Whether ``listener`` overrides ``intercept`` (the router asks none otherwise)."""
+    return type(listener).intercept is not RouterListener.intercept

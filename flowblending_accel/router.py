@@ -36,7 +36,15 @@ from . import hooks
 from .compat import check_adapters, check_placement, device_of
 from .denoiser import RoutedDenoiser
 from .follow import Follower
-from .listeners import CallEvent, RouterListener, SegmentStart, answers_calls, listens_to_calls
+from .guidance_free import GuidanceFreeSmallStage
+from .listeners import (
+    CallEvent,
+    RouterListener,
+    SegmentStart,
+    answers_calls,
+    intercepts_calls,
+    listens_to_calls,
+)
 from .plan import Plan
 from .schedule import PAPER_SCHEDULE, FlowBlendingWarning, Schedule
 from .session import RunSession
@@ -113,7 +121,10 @@ class ModelRouter(ModelHook):
         self._listeners: list[RouterListener] = []
         self._call_listeners = False
         self._answering: list[RouterListener] = []
+        self._intercepting: list[RouterListener] = []
         self._follower = Follower()
+        if small_guidance == "off":  # the small stage's unconditional calls answered by an interceptor
+            self.add_listener(GuidanceFreeSmallStage())
 
     # ------------------------------------------------------------------------------- read-only state
     @property
@@ -195,6 +206,7 @@ class ModelRouter(ModelHook):
     def _listeners_changed(self) -> None:
         self._call_listeners = any(map(listens_to_calls, self._listeners))
         self._answering = [listener for listener in self._listeners if answers_calls(listener)]
+        self._intercepting = [listener for listener in self._listeners if intercepts_calls(listener)]
 
     def as_denoiser(
         self, sigmas: Any, *, order: int = 1, calls_per_iteration: int = 1, sigma_kind: str = "flow"
@@ -248,14 +260,10 @@ class ModelRouter(ModelHook):
         """Run ``model`` on one denoiser call of the open run, recorded and timed; on an exception the run
         is aborted and both models reset before it propagates."""
         session = self._require_session()
-        if model == "small" and self.small_guidance == "off":
-            key = (step, iteration)
-            if session.conditional is not None and session.conditional[0] == key:
-                session.stats.skipped_uncond_calls += 1
-                return session.conditional[1]
-            output = self._recorded(session, step, model, iteration, args, kwargs)
-            session.conditional = (key, output)
-            return output
+        for listener in self._intercepting:
+            output = listener.intercept(self, session, model, step, iteration)
+            if output is not None:
+                return output
         return self._recorded(session, step, model, iteration, args, kwargs)
 
     def call_model(self, model: str, *args: Any, **kwargs: Any) -> Any:

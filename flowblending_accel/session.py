@@ -37,8 +37,6 @@ class RunSession:
     timing: str = "off"
     last_step: int = -1
     active_model: str | None = None
-    # ((step, iteration), output) of the last conditional small call, for small_guidance="off".
-    conditional: tuple[Any, Any] | None = None
 
     @classmethod
     def start(cls, plan: Plan, scheduler: Any = None, timing: str = "off") -> RunSession:

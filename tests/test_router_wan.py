@@ -157,6 +157,24 @@ def test_guidance_free_small_stage_skips_the_uncond_call(wan_pipe, wan_pair):
     remove_flowblending_(wan_pipe)
 
 
+def test_the_guidance_free_stage_is_an_interceptor_like_any_other(wan_pipe, wan_pair):
+    """The router holds no CFG logic: small_guidance='off' adds one interceptor, and the same interceptor
+    added by hand to a router with small_guidance='on' gives the same calls, skips and output."""
+    from flowblending_accel.guidance_free import GuidanceFreeSmallStage
+
+    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", small_guidance="off")
+    assert [type(listener) for listener in router.listeners] == [GuidanceFreeSmallStage]
+    built_in = run(wan_pipe, steps=10)
+    remove_flowblending_(wan_pipe)
+    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20")
+    assert router.listeners == ()
+    router.add_listener(GuidanceFreeSmallStage())
+    assert torch.equal(built_in, run(wan_pipe, steps=10))
+    assert router.last_run.calls_per_model == {"large": 12, "small": 4}
+    assert router.last_run.skipped_uncond_calls == 4
+    remove_flowblending_(wan_pipe)
+
+
 def test_guidance_free_small_stage_needs_split_cfg(ltx_pair):
     from flowblending_accel.testing import tiny_ltx_pipeline
 
