@@ -37,7 +37,7 @@ def test_clean_run_passes_and_writes_outputs(expected_file, tmp_path):
 
 
 def test_extra_large_step_is_a_regression(expected_file, monkeypatch, capsys):
-    from flowblending_accel import plan
+    from flowblending_accel.core import plan
 
     original = plan.Plan.build
 
@@ -54,7 +54,7 @@ def test_extra_large_step_is_a_regression(expected_file, monkeypatch, capsys):
 
 
 def test_cache_reset_on_switch_disabled_is_a_regression(expected_file, monkeypatch, capsys):
-    from flowblending_accel import router
+    from flowblending_accel.core import router
 
     original = router.ModelRouter.enter_step
 

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from flowblending_accel import apply_flowblending_
-from flowblending_accel.distributed import (
+from flowblending_accel.core.distributed import (
     DistContext,
     RankConsistency,
     gather_ordered,

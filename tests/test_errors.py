@@ -10,7 +10,7 @@ from flowblending_accel import (
     flowblending_routers,
     remove_flowblending_,
 )
-from flowblending_accel.hooks import cached_states
+from flowblending_accel.core.diffusers_internals import cached_states
 from flowblending_accel.testing import (
     tiny_ltx_transformer,
     tiny_wan_pair,

@@ -13,7 +13,7 @@ from diffusers import (
 )
 
 from flowblending_accel import apply_flowblending_, family_for, flowblending_stats, remove_flowblending_
-from flowblending_accel.families import Family, register_family, registered_families
+from flowblending_accel.core.families import Family, register_family, registered_families
 from flowblending_accel.testing import (
     flux_call_kwargs,
     ltx_call_kwargs,
@@ -226,7 +226,7 @@ def test_registry_is_open():
         assert family_for(MyVideoPipeline(torch.nn.Linear(1, 1))) is family
         assert registered_families()[-1].name == "generic"
     finally:
-        from flowblending_accel import families
+        from flowblending_accel.core import families
 
         families._FAMILIES.remove(family)
     with pytest.raises(ValueError, match="already registered"):

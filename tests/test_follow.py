@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flowblending_accel import apply_flowblending_, flowblending, remove_flowblending_
-from flowblending_accel.hooks import group_offloading_of, layerwise_casting_of
+from flowblending_accel.core.diffusers_internals import group_offloading_of, layerwise_casting_of
 from flowblending_accel.testing import (
     ltx_call_kwargs,
     sd_call_kwargs,
@@ -384,7 +384,7 @@ FAMILY_MODELS = {
 def test_bf16_then_layerwise_casting_is_followed_in_every_family(family):
     """``to(dtype=bf16)`` then ``enable_layerwise_casting`` on the large model (Wan and LTX pipelines are
     above): the small model runs on the large model's inputs, its skipped layers in the same dtype."""
-    from flowblending_accel.follow import Follower
+    from flowblending_accel.core.follow import Follower
 
     build = FAMILY_MODELS[family]()
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ from collections import Counter
 import flowblending_accel.bench.runner  # noqa: F401  (its own constants, L100 and S100, parse at import)
 from flowblending_accel.accelerators.registry import registered_accelerators
 from flowblending_accel.cli import main
-from flowblending_accel.schedule import Schedule
+from flowblending_accel.core.schedule import Schedule
 
 
 def _count_parses(monkeypatch) -> Counter:

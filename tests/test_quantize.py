@@ -186,7 +186,7 @@ def test_attention_backend_removal_restores_processors_and_the_active_backend(wa
 def test_rows_of_other_accelerators_do_not_recompile_a_compiled_row():
     from flowblending_accel.accelerators import parse_accelerator
     from flowblending_accel.bench.runner import Row, cumulative_rows, measure_rows
-    from flowblending_accel.schedule import Schedule
+    from flowblending_accel.core.schedule import Schedule
     from flowblending_accel.targets.presets import preset_target
 
     target = preset_target("tiny-wan", "cpu", torch.float32, steps=10)

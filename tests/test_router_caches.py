@@ -5,7 +5,7 @@ import torch
 from diffusers import FirstBlockCacheConfig
 
 from flowblending_accel import apply_flowblending_, remove_flowblending_
-from flowblending_accel.hooks import cached_states
+from flowblending_accel.core.diffusers_internals import cached_states
 from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 

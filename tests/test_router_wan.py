@@ -11,7 +11,7 @@ from diffusers import (
 from manual_loops import manual_wan
 
 from flowblending_accel import ModelRouter, apply_flowblending_, flowblending_stats, remove_flowblending_
-from flowblending_accel.schedulers import make_scheduler
+from flowblending_accel.core.schedulers import make_scheduler
 from flowblending_accel.testing import tiny_wan_pipeline, wan_call_kwargs
 
 SCHEDULERS = {
@@ -160,7 +160,7 @@ def test_guidance_free_small_stage_skips_the_uncond_call(wan_pipe, wan_pair):
 def test_the_guidance_free_stage_is_an_interceptor_like_any_other(wan_pipe, wan_pair):
     """The router holds no CFG logic: small_guidance='off' adds one interceptor, and the same interceptor
     added by hand to a router with small_guidance='on' gives the same calls, skips and output."""
-    from flowblending_accel.guidance_free import GuidanceFreeSmallStage
+    from flowblending_accel.core.guidance_free import GuidanceFreeSmallStage
 
     router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", small_guidance="off")
     assert [type(listener) for listener in router.listeners] == [GuidanceFreeSmallStage]

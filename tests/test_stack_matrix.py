@@ -87,7 +87,7 @@ def _attention_calls(model, router):
 
 
 def _stateful_leftovers(model):
-    from flowblending_accel.hooks import cached_states
+    from flowblending_accel.core.diffusers_internals import cached_states
 
     return cached_states(model)
 

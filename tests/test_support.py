@@ -4,8 +4,8 @@ import io
 import os
 import stat
 
+from flowblending_accel.support.cpu_load import OtherLoad
 from flowblending_accel.support.files import write_atomic
-from flowblending_accel.support.load import OtherLoad
 from flowblending_accel.support.progress import progress
 
 

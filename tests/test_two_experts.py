@@ -5,8 +5,8 @@ import torch
 from flowblending_accel import family_for, flowblending_stats
 from flowblending_accel.accelerators import StackTarget, accelerated, calibrate_mag_ratios
 from flowblending_accel.analysis.divergence import divergence_curve
+from flowblending_accel.core.schedule import Schedule
 from flowblending_accel.metrics.flops import run_flops
-from flowblending_accel.schedule import Schedule
 from flowblending_accel.testing import tiny_unet, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from ..hooks import attention_backend_states, restore_attention_backends
+from ..core.diffusers_internals import attention_backend_states, restore_attention_backends
 from .runtime import Accelerator, StackTarget
 
 

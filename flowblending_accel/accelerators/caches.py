@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from .. import hooks
-from ..api import add_flowblending_listener, flowblending
-from ..listeners import RouterListener
+from ..core import diffusers_internals
+from ..core.api import add_flowblending_listener, flowblending
+from ..core.listeners import RouterListener
 from .configs import FirstBlockCache, MagCache, PyramidAttentionBroadcast, SeaCache, TaylorSeer
 from .runtime import Accelerator, StackTarget
 
@@ -146,7 +146,7 @@ def _align_mag_states(model: torch.nn.Module, iteration) -> None:
         state.step_index = iteration()
         return state
 
-    hooks.make_states_with(model, MagCacheState, aligned_state)
+    diffusers_internals.make_states_with(model, MagCacheState, aligned_state)
 
 
 def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> dict[str, list[float]]:
@@ -178,7 +178,7 @@ class _RatioRecorder(RouterListener):
         self.model, self.ratios = model, []
 
     def on_run_end(self, router, stats) -> None:
-        for state in hooks.cache_states(self.model):
+        for state in diffusers_internals.cache_states(self.model):
             found = getattr(state, "calibration_ratios", None)
             if found and len(found) > len(self.ratios):
                 self.ratios = list(found)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .. import hooks
+from ..core import diffusers_internals
 from .configs import OFFLOAD_MODES
 from .runtime import Accelerator, StackTarget
 
@@ -66,7 +66,7 @@ def execution_device(model: torch.nn.Module) -> torch.device | None:
     hook = getattr(model, "_hf_hook", None)
     if getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)
-    group = hooks.group_offloading_of(model)
+    group = diffusers_internals.group_offloading_of(model)
     if group is not None:
         return torch.device(group.onload_device)
     return next((p.device for p in model.parameters()), None)
@@ -96,7 +96,7 @@ class OffloadAccelerator(Accelerator):
         self._models = target.models()
         large = self._models["large"]
         self.device = execution_device(large) or target.device
-        if hasattr(large, "_hf_hook") or hooks.group_offloading_of(large) is not None:
+        if hasattr(large, "_hf_hook") or diffusers_internals.group_offloading_of(large) is not None:
             self._models = {"small": self._models["small"]}  # the pipeline's offloading places the large one
         self._stream = torch.cuda.Stream() if self.device.type == "cuda" else None
         if "small" in self._models:  # off the device before any run, so a run's peak is what it holds

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..schedule import FlowBlendingWarning
+from ..core.schedule import FlowBlendingWarning
 from .runtime import Accelerator, StackTarget
 
 # float8 matmuls (torch._scaled_mm) need both dimensions divisible by 16; layers a checkpoint keeps in

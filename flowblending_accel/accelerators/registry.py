@@ -13,7 +13,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ..families import Family
+    from ..core.families import Family
 
 # The order a stack applies its members in (the router goes on top of all of them).
 KIND_ORDER = ("scheduler", "attention", "quantize", "cache", "compile", "engine", "memory")

@@ -4,7 +4,7 @@ A :class:`StackTarget` is the pipeline with the denoisers FlowBlending routes (t
 which: Wan 2.2 has two experts) and the small model of each; every accelerator acts on all of those
 modules. An :class:`Accelerator` is the runtime side of one config: ``check`` (before anything changes),
 ``apply`` / ``remove``, the router's events (it is a
-:class:`~flowblending_accel.listeners.RouterListener`, so per-model state follows the trajectory's
+:class:`~flowblending_accel.core.listeners.RouterListener`, so per-model state follows the trajectory's
 segments), and ``counters`` of what it did.
 """
 
@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from ..api import routed_denoisers, small_per_denoiser
-from ..families import Family, family_for
-from ..listeners import RouterListener
+from ..core.api import routed_denoisers, small_per_denoiser
+from ..core.families import Family, family_for
+from ..core.listeners import RouterListener
 from .registry import AcceleratorConfig
 
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..api import (
+from ..core.api import (
     RouterOption,
     ScheduleLike,
     SmallModels,
@@ -24,9 +24,9 @@ from ..api import (
     flowblending_routers,
     remove_flowblending_,
 )
-from ..router import ModelRouter
-from ..schedule import PAPER_SCHEDULE
-from ..solver import scheduler_kind
+from ..core.router import ModelRouter
+from ..core.schedule import PAPER_SCHEDULE
+from ..core.solver import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
 from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
 from .runtime import Accelerator, StackTarget

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schedulers import make_scheduler
+from ..core.schedulers import make_scheduler
 from .runtime import Accelerator, StackTarget
 
 

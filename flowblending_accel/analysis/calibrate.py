@@ -29,9 +29,9 @@ from typing import Any
 
 import torch
 
-from ..api import flowblending
-from ..plan import Plan
-from ..schedule import Schedule
+from ..core.api import flowblending
+from ..core.plan import Plan
+from ..core.schedule import Schedule
 from .divergence import DivergenceCurve, divergence_curve, replay
 from .evidence import window_evidence
 from .scores import Scores, as_scores, loss_ratio, margin, passes, probing

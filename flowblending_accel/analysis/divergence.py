@@ -23,9 +23,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..api import add_flowblending_listener, flowblending
-from ..families import family_for
-from ..listeners import CallEvent, RouterListener
+from ..core.api import add_flowblending_listener, flowblending
+from ..core.families import family_for
+from ..core.listeners import CallEvent, RouterListener
 
 
 @dataclass

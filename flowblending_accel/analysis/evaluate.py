@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..api import flowblending, flowblending_stats
+from ..core.api import flowblending, flowblending_stats
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, SetScorer, as_video
 from .divergence import replay

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..api import flowblending
-from ..schedule import Schedule
+from ..core.api import flowblending
+from ..core.schedule import Schedule
 from .divergence import DivergenceCurve, replay
 from .scores import Scores, as_scores, probing
 

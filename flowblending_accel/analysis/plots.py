@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from ..schedule import Schedule
+from ..core.schedule import Schedule
 from .divergence import DivergenceCurve
 
 

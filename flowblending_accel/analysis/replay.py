@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..listeners import RouterListener
+from ..core.listeners import RouterListener
 
 
 def _fingerprint(args: tuple, kwargs: dict) -> tuple:

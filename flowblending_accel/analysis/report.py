@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..schedule import Schedule
+from ..core.schedule import Schedule
 
 
 def _ci(entry: dict | None, digits: int = 3) -> str:

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..schedule import FlowBlendingWarning
+from ..core.schedule import FlowBlendingWarning
 
 Scores = dict[str, float]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from ..plan import Plan
-from ..schedule import Schedule, Stage
-from ..solver import SolverView, scheduler_kind
+from ..core.plan import Plan
+from ..core.schedule import Schedule, Stage
+from ..core.solver import SolverView, scheduler_kind
 
 # Small steps up to this much coarser than the calibrated ones are within what the calibration verified.
 COARSER_STEP_TOLERANCE = 1.25

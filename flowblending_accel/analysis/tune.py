@@ -34,11 +34,11 @@ from ..accelerators import (
     as_configs,
     parse_accelerator,
 )
-from ..api import add_flowblending_listener, flowblending_stats
+from ..core.api import add_flowblending_listener, flowblending_stats
+from ..core.schedule import Schedule
 from ..metrics.flops import flops_per_call, run_flops
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, as_video
-from ..schedule import Schedule
 from .calibrate import best_placements
 from .divergence import divergence_curve, replay
 from .replay import PrefixReplay

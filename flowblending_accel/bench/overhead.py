@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from ..api import flowblending
-from ..schedule import PAPER_SCHEDULE
+from ..core.api import flowblending
+from ..core.schedule import PAPER_SCHEDULE
 from ..targets import Target
 from .runner import spread, timed_call
 
@@ -95,8 +95,8 @@ def isolated_router_cost(repeats: int, steps: int) -> dict[str, dict[str, float]
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.hooks.hooks import ModelHook
 
-    from ..hooks import register_outermost, remove
-    from ..router import ModelRouter
+    from ..core.diffusers_internals import register_outermost, remove
+    from ..core.router import ModelRouter
 
     class PassThrough(ModelHook):
         def new_forward(self, module, *args, **kwargs):

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..accelerators import Accelerator, AcceleratorConfig, Stack, StackTarget, accelerated, dynamo_counts
-from ..api import RouterListener, add_flowblending_listener, flowblending_stats
+from ..core.api import RouterListener, add_flowblending_listener, flowblending_stats
+from ..core.schedule import Schedule
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
-from ..schedule import Schedule
 from ..targets import Target
 
 if TYPE_CHECKING:

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from ..accelerators import AcceleratorConfig, StackTarget, accelerated, as_configs, dynamo_counts
-from ..api import add_flowblending_listener, flowblending_stats
+from ..core.api import add_flowblending_listener, flowblending_stats
+from ..core.schedule import PAPER_SCHEDULE, Schedule
 from ..metrics.attention import AttentionMeter
 from ..metrics.flops import run_flops
-from ..schedule import PAPER_SCHEDULE, Schedule
 from ..targets import Target
 
 GRID_PROMPTS = ["a 3 moving right", "a 7 moving left", "a 0 moving up", "a 5 moving down"]

@@ -9,7 +9,7 @@ import textwrap
 from dataclasses import replace
 
 from ..analysis.measures import MEASURES
-from ..schedule import PAPER_SCHEDULE
+from ..core.schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
 from .workload import add_workload_options, fit_and_seeds, prepare_workload, proxy_verdict, tolerance_from
 

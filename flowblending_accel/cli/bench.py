@@ -14,7 +14,7 @@ from .targeting import add_target_options, setting, target_settings
 
 if TYPE_CHECKING:
     from ..accelerators import AcceleratorConfig
-    from ..schedule import Schedule
+    from ..core.schedule import Schedule
 
 DEFAULT_OUTPUT = Path("flowblending-bench")
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.suite is not None:
         return run_suite_command(args, DEFAULT_OUTPUT)
     from ..accelerators import as_configs, validate_configs, validate_for_family
-    from ..schedule import PAPER_SCHEDULE, Schedule
+    from ..core.schedule import PAPER_SCHEDULE, Schedule
     from ..support.files import check_output_folder
     from ..targets.resolve import check_target, known_family
 

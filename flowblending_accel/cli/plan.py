@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..schedule import PAPER_SCHEDULE
-from ..schedulers import SCHEDULER_NAMES
+from ..core.schedule import PAPER_SCHEDULE
+from ..core.schedulers import SCHEDULER_NAMES
 from .common import positive_number, whole_number
 
 
@@ -85,9 +85,9 @@ def _memory_plan(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.memory:
         return _memory_plan(args)
-    from ..plan import Plan
-    from ..schedule import Schedule
-    from ..schedulers import make_scheduler
+    from ..core.plan import Plan
+    from ..core.schedule import Schedule
+    from ..core.schedulers import make_scheduler
 
     scheduler = make_scheduler(args.scheduler, args.shift)
     flops = dict(zip(("large", "small"), args.flops, strict=True)) if args.flops else None
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _plan_calibrated(args: argparse.Namespace, scheduler, flops) -> int:
     from ..analysis.transfer import Grid, transfer
-    from ..schedule import Schedule
+    from ..core.schedule import Schedule
 
     try:
         result = json.loads(args.calibration.read_text())["calibration"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..schedule import PAPER_SCHEDULE
-from ..schedulers import SCHEDULER_NAMES
+from ..core.schedule import PAPER_SCHEDULE
+from ..core.schedulers import SCHEDULER_NAMES
 from .common import whole_number
 
 FAMILIES = ("wan", "ltx", "sd", "flux")
@@ -69,9 +69,9 @@ def tiny_report(
     """Run large-only and ``schedule`` from the same seed; return a human report."""
     import torch
 
-    from ..api import flowblending
+    from ..core.api import flowblending
+    from ..core.schedulers import make_scheduler
     from ..metrics.flops import run_flops
-    from ..schedulers import make_scheduler
     from ..targets.tiny import tiny_target
 
     target = tiny_target(family, steps, make_scheduler(scheduler) if scheduler else None)

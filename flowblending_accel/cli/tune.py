@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..schedule import PAPER_SCHEDULE
+from ..core.schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
 from .workload import add_workload_options
 
@@ -81,8 +81,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Everything checkable before the target is built."""
     from ..accelerators import as_configs
     from ..analysis.tune import Point
-    from ..schedule import Schedule
-    from ..schedulers import SCHEDULER_NAMES
+    from ..core.schedule import Schedule
+    from ..core.schedulers import SCHEDULER_NAMES
 
     Schedule.parse(args.match)
     if args.flop_budget is not None and args.flop_budget > 1:

@@ -25,7 +25,7 @@ def _space(args, target):
     from ..accelerators import StackTarget, StepReduction
     from ..accelerators.configs import solver_for_family
     from ..analysis.tune_search import TuneSpace
-    from ..solver import scheduler_kind
+    from ..core.solver import scheduler_kind
 
     full = target_steps(target)
     counts = args.step_counts or [max(2, round(full * f)) for f in STEP_FRACTIONS]
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.tune import Evaluator, Point
     from ..analysis.tune_report import tune_markdown, tune_plot, tuned_toml
     from ..analysis.tune_search import frontier, grid_points, search_budget, search_tolerance
-    from ..schedule import Schedule
+    from ..core.schedule import Schedule
     from ..support.files import write_atomic
     from ..support.progress import progress
 
@@ -248,7 +248,7 @@ def _timing(target, args, matched, chosen) -> dict[str, Any]:
     from ..analysis.scores import probing
     from ..analysis.tune import Point
     from ..bench.runner import LARGE_ONLY, Row, measure_rows, summarise
-    from ..schedule import Schedule
+    from ..core.schedule import Schedule
 
     tuned_stack = tuple(as_configs((*chosen.stack, *args.extra_stack)))
     rows = [

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..api import flowblending
+from ..core.api import flowblending
 from ..metrics.flops import flops_per_call
 from .data import all_prompts
 from .models import demo_call_kwargs

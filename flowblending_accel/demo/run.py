@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import gather_ordered, init_from_env, shard
+from ..core.distributed import gather_ordered, init_from_env, shard
 from ..support.env import device_name, versions
 from ..support.files import free_output_folder
 from ..support.progress import progress

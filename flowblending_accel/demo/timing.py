@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..support.load import OtherLoad
+from ..support.cpu_load import OtherLoad
 
 MIN_ROUNDS, MAX_ROUNDS, BOOTSTRAP = 5, 200, 2000
 

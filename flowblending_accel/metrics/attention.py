@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..listeners import CallEvent, RouterListener, SegmentStart
+from ..core.listeners import CallEvent, RouterListener, SegmentStart
 
 
 class AttentionMeter(RouterListener):

@@ -19,11 +19,11 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..accelerators import AcceleratorConfig, accelerated
-from ..api import SmallModels, add_flowblending_listener, flowblending_stats
-from ..families import family_for
-from ..listeners import RouterListener
-from ..schedule import Schedule
-from ..stats import RunStats
+from ..core.api import SmallModels, add_flowblending_listener, flowblending_stats
+from ..core.families import family_for
+from ..core.listeners import RouterListener
+from ..core.schedule import Schedule
+from ..core.stats import RunStats
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

@@ -15,7 +15,7 @@ import os
 import time
 from typing import Any
 
-from .load import own_jiffies, system_jiffies
+from .cpu_load import own_jiffies, system_jiffies
 
 SAMPLE_SECONDS = 0.3  # how long the start-up measurement of the other processes' load takes
 CHECK_SECONDS = 5.0  # the governor looks at the load at most this often

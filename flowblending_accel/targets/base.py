@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..families import Family, family_for
+from ..core.families import Family, family_for
 from .prompts import Prompt, load_arguments
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..families import Family, family_for_class
+from ..core.families import Family, family_for_class
 from ..support.files import folder_defaults
 from ..support.progress import quiet_library_bars
 from .base import Target
@@ -96,7 +96,7 @@ def check_folders(large: str, small: str) -> FolderPair:
     large_config = json.loads(config_file.read_text())
     if small_config is not None:
         # Imported here: it imports diffusers' hooks, seconds a refusal before it need not wait for.
-        from ..compat import check_configs
+        from ..core.compat import check_configs
 
         check_configs(
             large_config, small_config, family, f"--large {large} {denoiser}", small_name=f"--small {small}"
@@ -167,6 +167,6 @@ def folder_target(
 
 
 def pipe_denoiser(pipe: Any) -> str:
-    from ..families import family_for
+    from ..core.families import family_for
 
     return family_for(pipe).present_denoisers(pipe)[0]

@@ -224,7 +224,7 @@ class MetaPair:
     def __init__(self, large: str, small_model_folder: str | Path, dtype) -> None:
         import diffusers
 
-        from ..families import family_for
+        from ..core.families import family_for
 
         with _quiet_diffusers():
             self.pipe = meta_pipeline(large, dtype)

@@ -202,7 +202,7 @@ def known_family(options: TargetOptions, checked: Any) -> tuple[Any, tuple[str, 
     :func:`check_target` returned); ``None`` for a factory or a hub id (known once loaded)."""
     import diffusers
 
-    from ..families import family_for_class
+    from ..core.families import family_for_class
 
     kind = options.kind
     if kind == "folders":

@@ -127,7 +127,7 @@ def _reduced_steps(row: SuiteRow, steps: int) -> int:
 
 def row_calls(row: SuiteRow, workload: Workload, costs: WorkloadCosts) -> dict[str, int]:
     """Denoiser calls per model of one run of ``row``."""
-    from ...schedule import Schedule
+    from ...core.schedule import Schedule
 
     models = Schedule.parse(row.schedule).models_for_step_count(_reduced_steps(row, workload.steps))
     letters = {"L": "large", "S": "small"}

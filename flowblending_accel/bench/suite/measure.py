@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...accelerators import Accelerator, StackTarget, as_configs
+from ...core.schedule import Schedule
 from ...metrics.attention import AttentionMeter
 from ...metrics.flops import capture_first_call, count_call
-from ...schedule import Schedule
 from ...support.memory import host_peak_bytes, reset_host_peak
 from ..runner import Row, run_row
 from .plan import BASELINE, SuiteRow

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ...schedule import PAPER_SCHEDULE
+from ...core.schedule import PAPER_SCHEDULE
 
 SCHEDULE = PAPER_SCHEDULE
 PART_SECONDS = 240.0  # one device call: install, start-up and every section of the part

@@ -126,7 +126,7 @@ def family_for(pipe: Any) -> Family:
     raise ValueError(
         f"{type(pipe).__name__} has no denoiser FlowBlending knows: looked for a torch module in "
         f"{searched}. Pass `denoisers=('<attribute>',)` naming the pipeline attribute that holds it, or "
-        "register a Family for this pipeline with flowblending_accel.families.register_family."
+        "register a Family for this pipeline with flowblending_accel.core.families.register_family."
     )
 
 

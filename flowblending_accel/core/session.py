@@ -3,7 +3,7 @@
 A *run* is one walk down a step grid: one pipeline call (the router notices a new ``scheduler.timesteps``
 tensor), or one pass of a k-diffusion sampler over its sigmas. The router owns at most one open
 :class:`RunSession` at a time; listeners and tools read it through ``router.session`` and, once it ends,
-its :class:`~flowblending_accel.stats.RunStats` through ``router.last_run``.
+its :class:`~flowblending_accel.core.stats.RunStats` through ``router.last_run``.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import hooks
+from . import diffusers_internals
 from .compat import compute_dtype_of, device_of, dtype_of
 
 
@@ -68,9 +68,9 @@ class Follower:
                 small.to("cpu")
                 _, self._offload_hook = cpu_offload_with_hook(small, offload.execution_device)
             return
-        config = hooks.group_offloading_of(large)
+        config = diffusers_internals.group_offloading_of(large)
         if config is not None:
-            if hooks.group_offloading_of(small) is None:
+            if diffusers_internals.group_offloading_of(small) is None:
                 small.enable_group_offload(
                     onload_device=config.onload_device,
                     offload_device=config.offload_device,
@@ -89,10 +89,10 @@ class Follower:
 
 
 def _layerwise_casting(large: torch.nn.Module, small: torch.nn.Module) -> None:
-    casting = hooks.layerwise_casting_of(large)
+    casting = diffusers_internals.layerwise_casting_of(large)
     if (
         casting is None
-        or hooks.layerwise_casting_of(small) is not None
+        or diffusers_internals.layerwise_casting_of(small) is not None
         or not hasattr(small, "enable_layerwise_casting")
     ):
         return
@@ -110,7 +110,11 @@ def _layerwise_casting(large: torch.nn.Module, small: torch.nn.Module) -> None:
 
 def _compute_dtype(large: torch.nn.Module, small: torch.nn.Module) -> None:
     wanted = compute_dtype_of(large)
-    if wanted is None or hooks.layerwise_casting_of(small) is not None or hooks.group_offloading_of(small):
+    if (
+        wanted is None
+        or diffusers_internals.layerwise_casting_of(small) is not None
+        or diffusers_internals.group_offloading_of(small)
+    ):
         return
     if dtype_of(small) is not None and dtype_of(small) != wanted:
         small.to(dtype=wanted)

@@ -51,7 +51,7 @@ class CallEvent:
 
 
 class RouterListener:
-    """Base class of everything a :class:`~flowblending_accel.router.ModelRouter` notifies (no-op events).
+    """Base class of everything a :class:`~.router.ModelRouter` notifies (no-op events).
 
     ``manages_placement``: the listener moves the models between devices itself (the offload memory mode),
     so the router does not make the small model follow the large one's device.

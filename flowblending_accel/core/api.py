@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import hooks
+from . import diffusers_internals
 from .compat import check_adapters, check_pair, check_placement
 from .families import Family, family_for
 from .listeners import RouterListener
@@ -129,7 +129,7 @@ def apply_flowblending_(
     family = family_for(pipe)
     names = routed_denoisers(pipe, family, config.denoisers)
     smalls = small_per_denoiser(small, names)
-    routed = [name for name in names if hooks.hooks_of_type(getattr(pipe, name), ModelRouter)]
+    routed = [name for name in names if diffusers_internals.hooks_of_type(getattr(pipe, name), ModelRouter)]
     if routed:
         raise ValueError(
             f"FlowBlending is already applied to pipe.{routed[0]} (by this pipeline, or by another that "
@@ -154,7 +154,7 @@ def apply_flowblending_(
     for name, router in routers.items():
         # Registered last so the router is outermost: the large model's own cache hooks never see calls
         # that belong to the small model.
-        hooks.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
+        diffusers_internals.register_outermost(getattr(pipe, name), router, ROUTER_HOOK_NAME)
     return routers[names[0]]
 
 
@@ -166,7 +166,7 @@ def remove_flowblending_(pipe: DiffusionPipeline) -> list[ModelRouter]:
     removed = []
     for module, router in routed:
         router.detach()
-        hooks.remove(module, ROUTER_HOOK_NAME)
+        diffusers_internals.remove(module, ROUTER_HOOK_NAME)
         removed.append(router)
     return removed
 
@@ -271,5 +271,5 @@ def _routed_components(pipe: Any) -> list[tuple[torch.nn.Module, ModelRouter]]:
     found = []
     for module in getattr(pipe, "components", {}).values():
         if isinstance(module, torch.nn.Module):
-            found.extend((module, hook) for _, hook in hooks.hooks_of_type(module, ModelRouter))
+            found.extend((module, hook) for _, hook in diffusers_internals.hooks_of_type(module, ModelRouter))
     return found

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import hooks
+from . import diffusers_internals
 from .families import Family
 
 
@@ -79,7 +79,9 @@ def dtype_of(module: Any) -> torch.dtype | None:
 
 def compute_dtype_of(module: Any) -> torch.dtype | None:
     """The dtype a module computes in: layerwise casting's compute dtype, else its parameters' dtype."""
-    casting = hooks.layerwise_casting_of(module) if isinstance(module, torch.nn.Module) else None
+    casting = (
+        diffusers_internals.layerwise_casting_of(module) if isinstance(module, torch.nn.Module) else None
+    )
     return casting[1] if casting else dtype_of(module)
 
 

@@ -4,7 +4,7 @@ Registered outermost on the pipeline's own denoiser (``pipe.transformer`` / ``pi
 module's identity, class, config, LoRA loading and ``save_pretrained`` alone. Per call it:
 
 1. notices a new run (the scheduler's ``timesteps`` tensor is replaced by every ``set_timesteps``), lays the
-   schedule onto the live step grid (:class:`~flowblending_accel.plan.Plan`) and resets both models' caches;
+   schedule onto the live step grid (:class:`~.plan.Plan`) and resets both models' caches;
 2. finds the solver step: ``scheduler.step_index`` (exact, no device sync), else ``begin_index`` on the
    first iteration, else the timestep argument matched against the grid (per-token timesteps read by their
    max, since conditioning tokens carry 0);
@@ -32,7 +32,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManager
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import hooks
+from . import diffusers_internals
 from .compat import check_adapters, check_placement, device_of
 from .denoiser import RoutedDenoiser
 from .follow import Follower
@@ -151,7 +151,7 @@ class ModelRouter(ModelHook):
     @property
     def cache_context(self) -> CacheContext | None:
         """The pipeline's cache context of the current call (``None`` outside one)."""
-        return hooks.current_context(self.context)
+        return diffusers_internals.current_context(self.context)
 
     @property
     def scheduler(self) -> Any:
@@ -192,7 +192,7 @@ class ModelRouter(ModelHook):
         """Tell ``listener`` about every run, segment and call from now on (see :mod:`.listeners`)."""
         if not isinstance(listener, RouterListener):
             raise TypeError(
-                "listener must be a flowblending_accel.listeners.RouterListener, "
+                "listener must be a flowblending_accel.core.listeners.RouterListener, "
                 f"got {type(listener).__name__}: "
                 "subclass RouterListener and override the events you need."
             )
@@ -271,7 +271,7 @@ class ModelRouter(ModelHook):
         compiled blocks) or the small model inside the pipeline's cache context. For probes that evaluate
         the other model on the same inputs."""
         if model == "small":
-            with hooks.cache_context(self.small, self.cache_context):
+            with diffusers_internals.cache_context(self.small, self.cache_context):
                 return self.small(*args, **kwargs)
         if self.fn_ref is not None:
             return self.fn_ref.original_forward(*args, **kwargs)
@@ -319,7 +319,7 @@ class ModelRouter(ModelHook):
         self._follower.release(self.small)
 
     def _reset_between_runs(self) -> None:
-        hooks.reset_cache_state(self.small)
+        diffusers_internals.reset_cache_state(self.small)
         self.context.reset()
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -354,9 +354,9 @@ class ModelRouter(ModelHook):
 
     def _reset_model(self, model: str) -> None:
         if model == "small":
-            hooks.reset_cache_state(self.small)
+            diffusers_internals.reset_cache_state(self.small)
         elif isinstance(self.large, torch.nn.Module):
-            hooks.reset_cache_state(self.large, self.cache_context, skip=[self])
+            diffusers_internals.reset_cache_state(self.large, self.cache_context, skip=[self])
 
     def _locate(self, scheduler: Any, view: SolverView, args: tuple, kwargs: dict) -> int:
         iteration = getattr(scheduler, "step_index", None)
