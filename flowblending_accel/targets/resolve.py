@@ -12,10 +12,14 @@ import inspect
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Target
 from .prompts import Prompt, read_prompts
+
+if TYPE_CHECKING:
+    from ..core.families import Family
+    from .folders import FolderPair
 
 DTYPES = ("float32", "bfloat16", "float16")
 # Option -> the pipeline-call argument it sets.
@@ -140,8 +144,17 @@ def check_tuned_for(options: TargetOptions, tuned_for: str | None, source: Any) 
         )
 
 
-def check_target(options: TargetOptions) -> Any:
-    """Everything checkable without building a model; returns what the build needs (folder pair, preset)."""
+@dataclass(frozen=True)
+class CheckedTarget:
+    """What :func:`check_target` proved before any model is built, and what the build needs from it."""
+
+    options: TargetOptions
+    prompts: list[Prompt] | None = None  # a --prompts file's (None: the target's own)
+    pair: FolderPair | None = None  # the --large/--small folders, read and checked
+
+
+def check_target(options: TargetOptions) -> CheckedTarget:
+    """Everything checkable without building a model; returns what the build needs (prompts, folder pair)."""
     kind = options.kind
     prompts = read_prompts(Path(options.prompts)) if options.prompts else None
     if kind == "embedded":
@@ -155,7 +168,7 @@ def check_target(options: TargetOptions) -> Any:
 
             for prompt in prompts:
                 parse_prompt(prompt.text)
-        return prompts
+        return CheckedTarget(options, prompts)
     if kind == "random":
         from .presets import check_preset
 
@@ -165,7 +178,7 @@ def check_target(options: TargetOptions) -> Any:
             raise ValueError(
                 "--prompts does not apply to random presets: they run on random prompt embeddings."
             )
-        return None
+        return CheckedTarget(options)
     if kind == "folders":
         from .folders import check_folders
 
@@ -183,21 +196,19 @@ def check_target(options: TargetOptions) -> Any:
             call, _ = folder_size(options, pair)
             check_folder_size(pair, options.torch_dtype_name, call, prompts[0].text)
         _check_memory(options, pair, prompts)
-        return pair, prompts
+        return CheckedTarget(options, prompts, pair)
     from .factory import find_factory
 
     find_factory(options.target)
-    return prompts
+    return CheckedTarget(options, prompts)
 
 
-def given_prompts(options: TargetOptions, checked: Any) -> list[Prompt] | None:
+def given_prompts(options: TargetOptions, checked: CheckedTarget) -> list[Prompt] | None:
     """The prompts known before building (a ``--prompts`` file), else ``None`` (the target's own)."""
-    if options.kind == "folders":
-        return checked[1]
-    return checked if options.kind in ("embedded", "factory") else None
+    return checked.prompts
 
 
-def known_family(options: TargetOptions, checked: Any) -> tuple[Any, tuple[str, ...]] | None:
+def known_family(options: TargetOptions, checked: CheckedTarget) -> tuple[Family, tuple[str, ...]] | None:
     """``(Family, routed denoiser attributes)`` when known before building (``checked``: what
     :func:`check_target` returned); ``None`` for a factory or a hub id (known once loaded)."""
     import diffusers
@@ -206,7 +217,7 @@ def known_family(options: TargetOptions, checked: Any) -> tuple[Any, tuple[str, 
 
     kind = options.kind
     if kind == "folders":
-        pair = checked[0]
+        pair = checked.pair
         return (pair.family, pair.denoisers) if pair.family is not None else None
     if kind == "embedded":
         pipeline_class, denoisers = diffusers.WanPipeline, ("transformer",)
@@ -220,7 +231,9 @@ def known_family(options: TargetOptions, checked: Any) -> tuple[Any, tuple[str, 
     return family_for_class(pipeline_class, set(denoisers)), denoisers
 
 
-def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: int | None = None) -> Target:
+def build_target(
+    options: TargetOptions, checked: CheckedTarget | None = None, embedded_prompts: int | None = None
+) -> Target:
     """Build the target (``checked``: what :func:`check_target` returned)."""
     import torch
 
@@ -233,7 +246,7 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
 
         steps = options.steps or 20
         guidance = 3.0 if options.guidance_scale is None else options.guidance_scale
-        chosen = checked or (embedded_prompts or 4)
+        chosen = checked.prompts or (embedded_prompts or 4)
         return embedded_target(options.pair, options.device, chosen, steps, guidance)
     if kind == "random":
         from .presets import preset_target
@@ -254,7 +267,7 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
         from .folders import folder_target
         from .sizes import describe
 
-        pair, prompts = checked
+        pair, prompts = checked.pair, checked.prompts
         size, source = folder_size(options, pair)
         base = {**size, **base}
         print(f"size: {describe(size)} ({source})", file=sys.stderr)
@@ -264,14 +277,14 @@ def build_target(options: TargetOptions, checked: Any = None, embedded_prompts: 
     else:
         from .factory import factory_target
 
-        target = factory_target(options.target, options.device, dtype, base, checked)
+        target = factory_target(options.target, options.device, dtype, base, checked.prompts)
         if pipeline_takes(type(target.pipe), "output_type"):
             target.base.setdefault("output_type", "np")  # outputs the scorers can read
     _applies(options, type(target.pipe), target.prompts)
     return target
 
 
-def folder_size(options: TargetOptions, pair: Any) -> tuple[dict[str, Any], str]:
+def folder_size(options: TargetOptions, pair: FolderPair) -> tuple[dict[str, Any], str]:
     """The size arguments a folder pair runs at, and where they came from."""
     from .sizes import chosen_call
 
@@ -290,7 +303,7 @@ def _note_offload_on_cpu(options: TargetOptions) -> None:
         print(f"{note}: the models already live in host memory.", file=sys.stderr)
 
 
-def _check_memory(options: TargetOptions, pair: Any, prompts: list[Prompt]) -> None:
+def _check_memory(options: TargetOptions, pair: FolderPair, prompts: list[Prompt]) -> None:
     """On a GPU (or against --gpu-memory), refuse a memory mode whose estimated peak does not fit, before
     any weight is read."""
     from ..support.memory import device_total_bytes, parse_size

@@ -18,8 +18,8 @@ import torch
 from flowblending_accel import flowblending_stats
 from flowblending_accel.accelerators import OFFLOAD_MODES, accelerated, enable_offload, spec_help
 from flowblending_accel.cli.common import positive_number, whole_number
+from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
-from flowblending_accel.schedule import PAPER_SCHEDULE
 from flowblending_accel.support.files import check_output_folder, default_file_mode
 from flowblending_accel.support.threads import use_threads
 
