@@ -15,6 +15,7 @@ TEST_COMMAND = (
 def test_ci_runs_the_readme_test_command():
     assert TEST_COMMAND in (ROOT / "README.md").read_text()
     assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
+    assert "\npython -m pytest -q -m slow\n" in (ROOT / ".ci" / "run").read_text()  # and what it leaves out
 
 
 def test_readme_main_command_installs_the_pinned_cpu_torch():
