@@ -115,7 +115,7 @@ def plan_pair(label: str, preset: str, size: tuple[int, int, int], text: str) ->
     from flowblending_accel.metrics.flops import count_call, first_call_arguments
     from flowblending_accel.targets.folders import check_folders
     from flowblending_accel.targets.memory import meta_pipeline, pipeline_weights, plan_for_folders
-    from flowblending_accel.targets.resolve import TargetOptions
+    from flowblending_accel.targets.options import TargetOptions
 
     with tempfile.TemporaryDirectory() as temporary:
         large, small = write_pair(Path(temporary), preset, text)

@@ -371,3 +371,27 @@ def test_a_factory_returning_no_pipeline_is_refused(tmp_path, capsys):
         main(["bench", "--target", f"{tmp_path / 'mine.py'}:not_a_pipeline", "--output", str(tmp_path)]) == 2
     )
     assert '"pipe" is a int, not a diffusers pipeline' in capsys.readouterr().err
+
+
+def test_target_settings_come_from_one_declaration(tmp_path, monkeypatch, capsys):
+    """Every TargetOptions field is a flag of each target-taking command and a key of the config file under
+    the same name; the flag wins over the file, the file over the target's default."""
+    from dataclasses import fields
+
+    from flowblending_accel.cli import build_parser
+    from flowblending_accel.cli.targeting import target_settings
+    from flowblending_accel.targets.options import CALL_OPTIONS, TargetOptions, flag
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flowblending.toml").write_text("steps = 5\nwidth = 24\nguidance_scale = 2.5\n")
+    parser = build_parser()
+    for command in ("bench", "check", "analyze", "calibrate", "tune"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        shown = capsys.readouterr().out
+        assert all(f"{flag(f.name)} " in shown for f in fields(TargetOptions)), command
+    args = parser.parse_args(["bench", "--steps", "7", "--height", "16"])
+    options, _ = target_settings(args)
+    assert (options.steps, options.height, options.width, options.guidance_scale) == (7, 16, 24, 2.5)
+    assert options.given_call_options() == {"height": 16, "width": 24, "steps": 7, "guidance_scale": 2.5}
+    assert CALL_OPTIONS["frames"] == "num_frames" and flag("gpu_memory") == "--gpu-memory"

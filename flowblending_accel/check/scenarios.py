@@ -85,13 +85,8 @@ def user_scenarios(config, flags: dict[str, Any]) -> dict[str, Scenario]:
 def user_scenario(entry: dict[str, Any], config, flags: dict[str, Any]) -> Scenario:
     """One scenario from a config entry (or the command line's target); checked, not built."""
     from ..accelerators import validate_configs, validate_for_family
-    from ..targets.resolve import (
-        OWN_TARGET_KEYS,
-        TargetOptions,
-        build_target,
-        check_target,
-        known_family,
-    )
+    from ..targets.options import OWN_TARGET_KEYS, TargetOptions
+    from ..targets.resolve import build_target, check_target, known_family
 
     inherited = dict(config.values)
     if any(entry.get(key) for key in ("target", "large", "small")):  # its own target: not the file's

@@ -61,7 +61,7 @@ def _memory_plan(args: argparse.Namespace) -> int:
     from ..support.memory import parse_size
     from ..targets.folders import check_folders
     from ..targets.memory import FIT_SHARE, plan_for_folders, table
-    from ..targets.resolve import TargetOptions
+    from ..targets.options import TargetOptions
 
     if not (args.large and args.small):
         raise ValueError("--memory needs the folders: --large PIPELINE_FOLDER --small SMALL_FOLDER.")

@@ -29,7 +29,7 @@ def add_suite_options(bench) -> None:
         "smoke, wan, stack, individual, ltx. Each part prints its estimated wall time first, runs each "
         "section in its own process with its own time box, and appends every measured row to "
         "<output>/<part>.jsonl as it is measured. --gpu-memory SIZE refuses rows whose estimated peak is "
-        "above 90 %% of SIZE instead of the GPU's own memory.",
+        "above 90 % of SIZE instead of the GPU's own memory.",
     )
     suite.add_argument(
         "--suite",

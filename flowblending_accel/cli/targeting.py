@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..accelerators.configs import OFFLOAD_MODES
+from ..targets.options import SETTINGS, flag
 from .common import positive_number, whole_number
 
 TARGET_HELP = """\
@@ -23,96 +23,38 @@ settings not given on the command line come from flowblending.toml or [tool.flow
 """
 
 
-TARGET_FLAGS = (
-    "target",
-    "large",
-    "small",
-    "pair",
-    "device",
-    "dtype",
-    "height",
-    "width",
-    "frames",
-    "steps",
-    "guidance_scale",
-    "negative_prompt",
-    "prompts",
-    "offload",
-    "gpu_memory",
-)
+TARGET_FLAGS = tuple(SETTINGS)
+ARGUMENT_TYPES = {"text": None, "whole": whole_number(1), "positive": positive_number}
 
 
 def add_target_options(parser: argparse.ArgumentParser, prompts: bool = True) -> None:
+    """One flag per declared target setting (:mod:`flowblending_accel.targets.options`), and ``--config``."""
     group = parser.add_argument_group("target", TARGET_HELP)
-    group.add_argument(
-        "--target", default=None, metavar="SPEC", help="embedded, random:PRESET, FILE.py:FACTORY ..."
-    )
-    group.add_argument(
-        "--large", default=None, metavar="FOLDER", help="pipeline folder or hub id (with --small)"
-    )
-    group.add_argument(
-        "--small", default=None, metavar="FOLDER", help="the small denoiser's folder or hub id"
-    )
-    group.add_argument(
-        "--pair", default=None, metavar="FOLDER", help="another demo-pair folder for the embedded target"
-    )
-    group.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="settings file (default: flowblending.toml or "
-        "pyproject.toml's [tool.flowblending] in the working folder)",
-    )
-    group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
-    group.add_argument(
-        "--dtype",
-        default=None,
-        choices=("float32", "bfloat16", "float16"),
-        help="weights dtype (default: bfloat16 on CUDA, float32 on CPU; the embedded pair float32)",
-    )
-    group.add_argument(
-        "--offload",
-        default=None,
-        choices=OFFLOAD_MODES,
-        help="memory mode on a GPU (default none: all resident): model, group or sequential CPU offload; "
-        "the pipeline is loaded on the CPU and never moved whole to the GPU",
-    )
-    group.add_argument(
-        "--gpu-memory",
-        default=None,
-        metavar="SIZE",
-        help="refuse, before loading, a memory mode whose estimated peak does not fit SIZE (e.g. 24GiB) "
-        "instead of the GPU's own memory",
-    )
-    group.add_argument("--height", type=whole_number(1), default=None, help="pixels (the target's default)")
-    group.add_argument("--width", type=whole_number(1), default=None, help="pixels (the target's default)")
-    group.add_argument(
-        "--frames", type=whole_number(1), default=None, help="video frames (video pipelines only)"
-    )
-    group.add_argument(
-        "--steps", type=whole_number(1), default=None, help="solver steps (the target's default)"
-    )
-    group.add_argument(
-        "--guidance-scale",
-        type=positive_number,
-        default=None,
-        help="the call's guidance_scale (CFG scale; Flux: its distilled guidance)",
-    )
-    group.add_argument("--negative-prompt", default=None, help="negative prompt for every call")
-    if prompts:
-        group.add_argument(
-            "--prompts",
-            default=None,
-            metavar="FILE",
-            help="prompts: one a line, or JSONL with per-prompt call arguments (negative_prompt, "
-            "height, num_frames, image ...)",
-        )
+    for name, setting in SETTINGS.items():
+        if setting.with_prompts and not prompts:
+            continue
+        declared = {
+            "metavar": setting.metavar,
+            "choices": setting.choices,
+            "type": ARGUMENT_TYPES[setting.value],
+        }
+        given = {key: value for key, value in declared.items() if value is not None}
+        group.add_argument(flag(name), default=None, help=setting.help, **given)
+        if name == "pair":  # the settings file comes with the target: it may name one
+            group.add_argument(
+                "--config",
+                type=Path,
+                default=None,
+                help="settings file (default: flowblending.toml or "
+                "pyproject.toml's [tool.flowblending] in the working folder)",
+            )
 
 
 def target_settings(args: argparse.Namespace):
     """``(TargetOptions, Config)`` from the flags and the config file; the device is checked here."""
     from ..targets.config import find_config
-    from ..targets.resolve import TargetOptions, check_tuned_for
+    from ..targets.options import TargetOptions
+    from ..targets.resolve import check_tuned_for
     from .common import resolve_device
 
     config = find_config(args.config)

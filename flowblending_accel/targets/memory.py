@@ -337,7 +337,7 @@ def plan_for_folders(pair: Any, options: Any, prompt: str | None) -> dict[str, d
     size, from headers and configs only."""
     import torch
 
-    from .resolve import CALL_OPTIONS
+    from .options import CALL_OPTIONS
 
     dtype = options.torch_dtype_name
     weights = pipeline_weights(pair.large, pair.small, pair.small_subfolder, dtype)

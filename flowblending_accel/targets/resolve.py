@@ -10,129 +10,17 @@ from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import Target
+from .options import CALL_OPTIONS, OPTION_NAMES, TargetOptions
 from .prompts import Prompt, read_prompts
 
 if TYPE_CHECKING:
     from ..core.families import Family
     from .folders import FolderPair
-
-DTYPES = ("float32", "bfloat16", "float16")
-# Option -> the pipeline-call argument it sets.
-CALL_OPTIONS = {
-    "height": "height",
-    "width": "width",
-    "frames": "num_frames",
-    "steps": "num_inference_steps",
-    "guidance_scale": "guidance_scale",
-    "negative_prompt": "negative_prompt",
-}
-# Option -> how a user names it: the flag, or the key in the config file.
-OPTION_NAMES = {
-    "height": "--height (height)",
-    "width": "--width (width)",
-    "frames": "--frames (frames)",
-    "steps": "--steps (steps)",
-    "guidance_scale": "--guidance-scale (guidance_scale)",
-    "negative_prompt": "--negative-prompt (negative_prompt)",
-}
-# Settings that describe one target: a config-file scenario naming its own target does not inherit them.
-OWN_TARGET_KEYS = (
-    "target",
-    "large",
-    "small",
-    "pair",
-    "height",
-    "width",
-    "frames",
-    "negative_prompt",
-)
-
-
-@dataclass(frozen=True)
-class TargetOptions:
-    """What a target is built from; ``None`` leaves a setting to the target's own default."""
-
-    target: str = "embedded"
-    large: str | None = None
-    small: str | None = None
-    pair: str | None = None  # another demo-pair folder for the embedded target
-    device: str = "cpu"
-    dtype: str | None = None
-    height: int | None = None
-    width: int | None = None
-    frames: int | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-    negative_prompt: str | None = None
-    prompts: str | None = None
-    offload: str = "none"
-    gpu_memory: str | None = None  # "24GiB": the memory plan's budget instead of the GPU's own
-
-    def __post_init__(self) -> None:
-        from ..accelerators.configs import OFFLOAD_MODES
-        from ..support.memory import parse_size
-
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ValueError(f"--dtype {self.dtype!r}: use one of {', '.join(DTYPES)}.")
-        if self.offload not in OFFLOAD_MODES:
-            raise ValueError(f"--offload {self.offload!r}: use one of {', '.join(OFFLOAD_MODES)}.")
-        if self.gpu_memory is not None:
-            parse_size(self.gpu_memory)
-        if (self.large is None) != (self.small is None):
-            raise ValueError(
-                "--large and --small go together: the pipeline folder and the small model's folder."
-            )
-        if self.large is not None and self.target != "embedded":
-            raise ValueError(f"--target {self.target} and --large/--small both name a target; keep one.")
-
-    @property
-    def kind(self) -> str:
-        if self.large is not None:
-            return "folders"
-        if self.target == "embedded":
-            return "embedded"
-        if self.target.startswith("random:"):
-            return "random"
-        if ":" in self.target:
-            return "factory"
-        raise ValueError(
-            f"--target {self.target!r}: use embedded, random:PRESET, FILE.py:FACTORY or "
-            "MODULE:FACTORY (or --large FOLDER --small FOLDER)."
-        )
-
-    @property
-    def torch_dtype_name(self) -> str:
-        return self.dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
-
-    def identity(self) -> str:
-        """What this target is, as a tuned.toml records it: the same pipeline and small model give the same
-        text wherever the command runs from."""
-        if self.kind == "folders":
-            return f"--large {_where(self.large)} --small {_where(self.small)}"
-        if self.kind == "embedded":
-            return "the embedded pair" + (f" from {_where(self.pair)}" if self.pair else "")
-        return f"--target {self.target}"
-
-    def given_call_options(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in CALL_OPTIONS if getattr(self, name) is not None}
-
-    @classmethod
-    def merged(cls, flags: dict[str, Any], config: dict[str, Any]) -> TargetOptions:
-        """Flags (``None`` when not given) over the config file's values over the defaults."""
-        names = {f.name for f in fields(cls)}
-        values = {name: config[name] for name in names if config.get(name) is not None}
-        values.update({name: value for name, value in flags.items() if name in names and value is not None})
-        return cls(**values)
-
-
-def _where(path: str) -> str:
-    """A local folder's absolute path; a hub id as it is."""
-    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def check_tuned_for(options: TargetOptions, tuned_for: str | None, source: Any) -> None:
@@ -353,10 +241,7 @@ def _applies(options: TargetOptions, pipeline_class: type, prompts: list[Prompt]
 
 
 __all__ = [
-    "CALL_OPTIONS",
-    "DTYPES",
     "Prompt",
-    "TargetOptions",
     "build_target",
     "check_target",
     "check_tuned_for",
