@@ -6,10 +6,19 @@ the same space (to check the search against) and the Pareto frontier of everythi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from ..accelerators import StackTarget, StepReduction
+from ..accelerators.configs import solver_for_family
+from ..core.solver import scheduler_kind
 from .calibrate import shifted
 from .scores import Scores, loss_ratio, passes
 from .tune import BudgetSpent, Evaluation, Evaluator, Point
+
+# The space tune searches when none is given: FirstBlockCache thresholds, and step counts as fractions of
+# the target's own.
+DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
+STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2)
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,33 @@ class TuneSpace:
     thresholds: tuple[float, ...] = ()
     distilled: bool = False
     refine_rounds: int = 2
+
+    @classmethod
+    def for_target(
+        cls,
+        target: Any,
+        step_counts: list[int] | None = None,
+        solver: str | None = None,
+        thresholds: list[float] | None = None,
+        distilled: bool = False,
+    ) -> TuneSpace:
+        """The space on ``target`` (a tools' Target): its own step count and the given or default smaller
+        ones; the given solver, checked against the family, else the first the family takes; FirstBlockCache
+        thresholds unless the denoiser is a UNet (it takes none)."""
+        full = target.steps
+        counts = step_counts or [max(2, round(full * fraction)) for fraction in STEP_FRACTIONS]
+        models = StackTarget.of(target.pipe, target.small)
+        kind = target.family.solver_kind or scheduler_kind(target.pipe.scheduler)
+        if solver:
+            try:
+                StepReduction(solver, 2).check_family(target.family, models.denoisers, kind)
+            except ValueError as error:
+                raise ValueError(f"--solver {solver}: {error}") from None
+        else:
+            solver = solver_for_family(target.family, models.denoisers, kind)
+        unets = any(target.family.is_unet(denoiser) for denoiser in models.denoisers)
+        chosen = () if unets else tuple(thresholds if thresholds is not None else DEFAULT_THRESHOLDS)
+        return cls(tuple(sorted({full, *counts}, reverse=True)), solver, chosen, distilled)
 
     @property
     def full_steps(self) -> int:

@@ -116,10 +116,9 @@ def _measure(args, options, checked, schedule: Schedule, given: list[Accelerator
 def _default(target, options, default_stack) -> list[AcceleratorConfig]:
     """The stack bench measures when none is given: members the target's family and this machine take."""
     from ..accelerators import StackTarget
-    from .workload import target_steps
 
     denoisers = StackTarget.of(target.pipe, target.small).denoisers
-    stack = default_stack(target.family, denoisers, target_steps(target), options.device)
+    stack = default_stack(target.family, denoisers, target.steps, options.device)
     written = " ".join(config.spec for config in stack)
     print(f"stack: {written} (the default for a {target.family.name} pipeline)", file=sys.stderr)
     return stack

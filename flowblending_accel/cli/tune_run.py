@@ -8,12 +8,9 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from .workload import fit_and_seeds, prepare_workload, proxy_verdict, target_steps, tolerance_from
+from .workload import fit_and_seeds, prepare_workload, proxy_verdict, tolerance_from
 
 TIMING_ROWS = 4  # large-only, the hand-picked schedule, the tuned stack and the small-only probe
-
-DEFAULT_THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3)
-STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2)
 
 
 def _check_goal(args, names: list[str]) -> None:
@@ -22,31 +19,11 @@ def _check_goal(args, names: list[str]) -> None:
 
 
 def _space(args, target):
-    from ..accelerators import StackTarget, StepReduction
-    from ..accelerators.configs import solver_for_family
     from ..analysis.tune_search import TuneSpace
-    from ..core.solver import scheduler_kind
 
-    full = target_steps(target)
-    counts = args.step_counts or [max(2, round(full * f)) for f in STEP_FRACTIONS]
-    counts = tuple(sorted({full, *counts}, reverse=True))
-    stack_target = StackTarget.of(target.pipe, target.small)
-    kind = target.family.solver_kind or scheduler_kind(target.pipe.scheduler)
-    solver = args.solver
-    if solver:
-        try:
-            StepReduction(solver, 2).check_family(target.family, stack_target.denoisers, kind)
-        except ValueError as error:
-            raise ValueError(f"--solver {args.solver}: {error}") from None
-    else:
-        solver = solver_for_family(target.family, stack_target.denoisers, kind)
-    unets = any(target.family.is_unet(d) for d in stack_target.denoisers)
-    thresholds = (
-        ()
-        if unets
-        else tuple(args.cache_thresholds if args.cache_thresholds is not None else DEFAULT_THRESHOLDS)
+    return TuneSpace.for_target(
+        target, args.step_counts, args.solver, args.cache_thresholds, args.small_distilled
     )
-    return TuneSpace(counts, solver, thresholds, args.small_distilled)
 
 
 def run(args: argparse.Namespace) -> int:

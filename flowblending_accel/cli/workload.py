@@ -100,16 +100,6 @@ def parse_proxy_size(text: str | None) -> dict[str, int] | None:
     return dict(zip(PROXY_NAMES, map(int, parts), strict=False))
 
 
-def target_steps(target) -> int:
-    """The step count the target's calls run (its own argument, else the pipeline call's default)."""
-    import inspect
-
-    if "num_inference_steps" in target.base:
-        return int(target.base["num_inference_steps"])
-    parameter = inspect.signature(type(target.pipe).__call__).parameters.get("num_inference_steps")
-    return int(parameter.default) if parameter is not None else 50
-
-
 def prepare_workload(
     args,
     holding: bool,
@@ -175,7 +165,7 @@ def _checked_plan(args, work: Workload, plan_of):
         fit_prompts=len(work.fit),
         seeds=len(work.seeds),
         holdout_seeds=len(work.holdout_seeds),
-        steps=target_steps(work.target),
+        steps=work.target.steps,
         window=getattr(args, "windows", 0) or getattr(args, "sensitivity_window", 0) or 0,
         holding=bool(work.held_out),
         batch=work.target.batch,

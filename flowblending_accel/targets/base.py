@@ -68,6 +68,14 @@ class Target:
         default = parameter.default if parameter is not None else None
         return float(default) if isinstance(default, int | float) else 1.0
 
+    @property
+    def steps(self) -> int:
+        """The step count the calls run: the shared call arguments' own, else the pipeline call's default."""
+        if "num_inference_steps" in self.base:
+            return int(self.base["num_inference_steps"])
+        parameter = inspect.signature(type(self.pipe).__call__).parameters.get("num_inference_steps")
+        return int(parameter.default) if parameter is not None else 50
+
     def output(self, result: Any) -> Any:
         """The generated frames or images of a pipeline call's ``result``."""
         return getattr(result, self.output_field)
