@@ -9,8 +9,8 @@ from flowblending_accel.accelerators import (
     FirstBlockCache,
     MagCache,
     PyramidAttentionBroadcast,
+    RoutedModels,
     Stack,
-    StackTarget,
     StepReduction,
     TensorRT,
     apply_stack,
@@ -85,7 +85,7 @@ def test_bench_rejects_a_typo_before_building_anything(capsys):
 def test_stack_refusals_name_the_reason(accelerators, message):
     pipe = tiny_wan_pipeline()
     with pytest.raises(ValueError, match=message):
-        Stack.of(accelerators).validate(StackTarget.of(pipe, tiny_wan_pair()[1]))
+        Stack.of(accelerators).validate(RoutedModels.of(pipe, tiny_wan_pair()[1]))
 
 
 def test_parse_and_magcache_needs_ratios():

@@ -7,8 +7,8 @@ from optional import needs_torchao
 
 from flowblending_accel.accelerators import (
     Quantize,
+    RoutedModels,
     Stack,
-    StackTarget,
     apply_stack,
     parse_accelerator,
     remove_stack,
@@ -64,7 +64,7 @@ def test_on_a_cpu_quantizing_drops_the_full_precision_weights_and_removal_says_h
 
     large, small = (model.to(torch.bfloat16) for model in tiny_wan_pair())
     pipe = tiny_wan_pipeline(large)
-    target = StackTarget.of(pipe, small)
+    target = RoutedModels.of(pipe, small)
     accelerator = Quantize("int8").create()
     before = _held_bytes([large, small], accelerator)
     Stack([accelerator]).apply(target)
@@ -113,7 +113,7 @@ def test_reapplying_swaps_the_same_quantized_weights_back_in(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     accelerator = Quantize("int8", "host").create()
-    target = StackTarget.of(pipe, small)
+    target = RoutedModels.of(pipe, small)
     stack = Stack([accelerator])
     stack.apply(target)
     first = {id(p) for p in large.parameters()}
@@ -143,7 +143,7 @@ def test_a_model_already_quantized_is_refused(wan_pair):
     large, small = wan_pair
     quantize_(small, Int8WeightOnlyConfig())
     with pytest.raises(ValueError, match="the small model already holds quantized or wrapped weights"):
-        Stack.of(["quantize:int8"]).validate(StackTarget.of(tiny_wan_pipeline(large), small))
+        Stack.of(["quantize:int8"]).validate(RoutedModels.of(tiny_wan_pipeline(large), small))
 
 
 @needs_torchao

@@ -3,7 +3,7 @@
 import torch
 
 from flowblending_accel import family_for, flowblending_stats
-from flowblending_accel.accelerators import StackTarget, accelerated, calibrate_mag_ratios
+from flowblending_accel.accelerators import RoutedModels, accelerated, calibrate_mag_ratios
 from flowblending_accel.analysis.divergence import divergence_curve
 from flowblending_accel.core.schedule import Schedule
 from flowblending_accel.metrics.flops import run_flops
@@ -18,7 +18,7 @@ def _wan22():
 
 def test_stack_target_labels_both_experts_and_one_small():
     pipe, small = _wan22()
-    target = StackTarget.of(pipe, small)
+    target = RoutedModels.of(pipe, small)
     assert list(target.models()) == ["transformer", "transformer_2", "small"]
     assert list(target.models("large")) == ["transformer", "transformer_2"]
     assert target.label_of(pipe.transformer_2) == "transformer_2" and target.label_of(small) == "small"

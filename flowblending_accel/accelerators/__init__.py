@@ -30,7 +30,7 @@ from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator, register
 
 _RUNTIME = {
     "Accelerator": "runtime",
-    "StackTarget": "runtime",
+    "RoutedModels": "runtime",
     "Stack": "stack",
     "accelerated": "stack",
     "applied_stack": "stack",
@@ -61,7 +61,7 @@ __all__ = [
     "RegionalCompile",
     "SeaCache",
     "Stack",
-    "StackTarget",
+    "RoutedModels",
     "StackOwnsArgumentWarning",
     "StepReduction",
     "TaylorSeer",

@@ -13,7 +13,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from ..core.diffusers_internals import attention_backend_states, restore_attention_backends
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 
 def _not_the_experimental_note(record: logging.LogRecord) -> bool:
@@ -38,7 +38,7 @@ class AttentionBackendAccelerator(Accelerator):
         self._states: list[tuple[Any, Any]] = []
         self._active = ExitStack()
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
             if not hasattr(model, "set_attention_backend"):
                 raise ValueError(
@@ -46,7 +46,7 @@ class AttentionBackendAccelerator(Accelerator):
                     "(not a diffusers AttentionMixin)."
                 )
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         from diffusers.models.attention_dispatch import attention_backend
 
         backends = self.config.backends()
@@ -59,7 +59,7 @@ class AttentionBackendAccelerator(Accelerator):
                 for model in target.models(role).values():
                     model.set_attention_backend(backends[role])
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         with _without_experimental_note():
             restore_attention_backends(self._states)
         self._states = []

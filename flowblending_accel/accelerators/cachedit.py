@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 
 class CacheDiTAccelerator(Accelerator):
@@ -17,10 +17,10 @@ class CacheDiTAccelerator(Accelerator):
         super().__init__(config)
         self._models: dict[str, Any] = {}
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         self.config.check_environment(str(target.device))
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         import cache_dit
 
         # cache-dit tells cond from uncond by call parity when the pipeline makes one call per CFG branch.
@@ -29,7 +29,7 @@ class CacheDiTAccelerator(Accelerator):
             cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(**options))
             self._models[label] = model
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         import cache_dit
 
         for model in self._models.values():

@@ -25,10 +25,10 @@ from ..core import diffusers_internals
 from ..core.api import add_flowblending_listener, flowblending
 from ..core.listeners import RouterListener
 from .configs import FirstBlockCache, MagCache, PyramidAttentionBroadcast, SeaCache, TaylorSeer
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 
-def _diffusers_config(config, target: StackTarget, role: str, ratios: Any):
+def _diffusers_config(config, target: RoutedModels, role: str, ratios: Any):
     import diffusers
 
     options = dict(config.options)
@@ -73,7 +73,7 @@ class DiffusersCacheAccelerator(Accelerator):
         self._handles: list[Any] = []
         self._count_tails = isinstance(config, TAIL_SKIPPING)
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
             if not hasattr(model, "enable_cache"):
                 raise ValueError(
@@ -86,7 +86,7 @@ class DiffusersCacheAccelerator(Accelerator):
         if any(other.kind in ("compile", "engine") for other in others):
             self._count_tails = False
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         ratios = getattr(self.config, "mag_ratios", None) or {}
         for role in ("large", "small"):
             for label, model in target.models(role).items():
@@ -111,7 +111,7 @@ class DiffusersCacheAccelerator(Accelerator):
 
             self._handles.append(leaves[0].register_forward_pre_hook(computed))
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         while self._handles:
             self._handles.pop().remove()
         while self._enabled:
@@ -157,7 +157,7 @@ def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> 
     for role, schedule in (("large", "L100"), ("small", "S100")):
         config = MagCache(calibrate=True, options={"num_inference_steps": steps + 1})  # +1: no wrap-around
         cache = config.create()
-        target = StackTarget.of(pipe, small)
+        target = RoutedModels.of(pipe, small)
         cache.apply(target)
         recorders = {label: _RatioRecorder(model) for label, model in target.models(role).items()}
         try:

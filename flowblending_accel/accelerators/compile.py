@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 # A cache's hooks inside the compiled blocks make dynamo compile a variant per (context name, head or tail
 # block, cache state length ...): two models and two CFG branches pass dynamo's default limit of 8, and the
@@ -53,7 +53,7 @@ class RegionalCompileAccelerator(Accelerator):
         self._cached = False
         self._limit: int | None = None  # dynamo's recompile limit before apply, while raised
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
             if not getattr(model, "_repeated_blocks", None):
                 raise ValueError(
@@ -68,7 +68,7 @@ class RegionalCompileAccelerator(Accelerator):
         self._fullgraph = self.config.fullgraph if self.config.fullgraph is not None else not cached
         self._cached = cached
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         if self._cached:
             config = torch._dynamo.config
             self._limit = config.recompile_limit
@@ -77,7 +77,7 @@ class RegionalCompileAccelerator(Accelerator):
             model.compile_repeated_blocks(fullgraph=self._fullgraph, dynamic=False, mode=self.config.mode)
             self._compiled.append(model)
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         while self._compiled:
             uncompile(self._compiled.pop())
         if self._limit is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 
 class _LivePipe:
@@ -42,7 +42,7 @@ class DeepCacheAccelerator(Accelerator):
         self.helpers: dict[int, Any] = {}  # id(unet) -> its DeepCache helper
         self._models: dict[int, torch.nn.Module] = {}
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         self.config.check_environment(str(target.device))
         for attribute in target.denoisers:
             if not target.family.is_unet(attribute):
@@ -57,7 +57,7 @@ class DeepCacheAccelerator(Accelerator):
                     "DeepCache works on UNets only."
                 )
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         from DeepCache import DeepCacheSDHelper
 
         for model in target.models().values():
@@ -67,7 +67,7 @@ class DeepCacheAccelerator(Accelerator):
             model.forward = _positional_timestep(model.forward)
             self.helpers[id(model)], self._models[id(model)] = helper, model
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         for key, helper in self.helpers.items():
             model = self._models[key]
             model.forward = model.forward.__wrapped__  # our keyword shim, then DeepCache's own unwrap

@@ -23,7 +23,7 @@ import torch
 
 from ..core import diffusers_internals
 from .configs import OFFLOAD_MODES
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 
 def enable_offload(pipe: Any, device: str, mode: str) -> list[str]:
@@ -84,7 +84,7 @@ class OffloadAccelerator(Accelerator):
         self._pending: dict[str, Any] = {}  # CUDA events of copies in flight
         self._prefetched: set[str] = set()
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         if len(target.denoisers) > 1:
             raise ValueError(
                 f"offload: this pipeline routes {len(target.denoisers)} denoisers "
@@ -92,7 +92,7 @@ class OffloadAccelerator(Accelerator):
                 "Use the pipeline's enable_model_cpu_offload() instead."
             )
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         self._models = target.models()
         large = self._models["large"]
         self.device = execution_device(large) or target.device
@@ -102,7 +102,7 @@ class OffloadAccelerator(Accelerator):
         if "small" in self._models:  # off the device before any run, so a run's peak is what it holds
             self._models["small"].to(self.offload_device)
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         for model in self._models.values():
             model.to(self.device)
         self._models.clear()

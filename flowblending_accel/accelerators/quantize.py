@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..core.schedule import FlowBlendingWarning
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 # float8 matmuls (torch._scaled_mm) need both dimensions divisible by 16; layers a checkpoint keeps in
 # float32 (Wan's time embedding) stay as they are.
@@ -111,7 +111,7 @@ class QuantizeAccelerator(Accelerator):
         self._devices: dict[int, torch.device] = {}
         self._summary: dict[str, dict[str, Any]] = {}  # label -> mode, layers, bytes, where, peak
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         self.config.check_environment(str(target.device or "cpu"))
         for label, model in target.models().items():
             if id(model) in self._weights:
@@ -126,7 +126,7 @@ class QuantizeAccelerator(Accelerator):
                     "full precision, or drop quantize from the stack."
                 )
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         for label, model in target.models().items():
             if id(model) not in self._weights:
                 self._weights[id(model)] = self._quantize(label, model)
@@ -177,7 +177,7 @@ class QuantizeAccelerator(Accelerator):
         }
         return weights
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         dropped = []
         for label, model in target.models().items():
             modules = dict(model.named_modules())

@@ -1,6 +1,6 @@
 """What a stack acts on, and the contract of an applied accelerator.
 
-A :class:`StackTarget` is the pipeline with the denoisers FlowBlending routes (the families registry says
+A :class:`RoutedModels` is the pipeline with the denoisers FlowBlending routes (the families registry says
 which: Wan 2.2 has two experts) and the small model of each; every accelerator acts on all of those
 modules. An :class:`Accelerator` is the runtime side of one config: ``check`` (before anything changes),
 ``apply`` / ``remove``, the router's events (it is a
@@ -22,7 +22,7 @@ from .registry import AcceleratorConfig
 
 
 @dataclass
-class StackTarget:
+class RoutedModels:
     """The pipeline and, per routed denoiser attribute, its large and small model."""
 
     pipe: Any
@@ -32,7 +32,7 @@ class StackTarget:
     device: torch.device | None = field(default=None)
 
     @classmethod
-    def of(cls, pipe: Any, small: Any, denoisers: tuple[str, ...] | None = None) -> StackTarget:
+    def of(cls, pipe: Any, small: Any, denoisers: tuple[str, ...] | None = None) -> RoutedModels:
         family = family_for(pipe)
         names = routed_denoisers(pipe, family, denoisers)
         larges = {name: getattr(pipe, name) for name in names}
@@ -75,13 +75,13 @@ class Accelerator(RouterListener):
     def kind(self) -> str:
         return self.config.kind
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         """Raise ValueError (naming the field and the fix) before anything is changed."""
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         raise NotImplementedError
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         """Undo :meth:`apply`."""
 
     def call_kwargs(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from ..core.schedule import PAPER_SCHEDULE
 from ..core.solver import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
 from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -55,14 +55,14 @@ class Stack:
     def ordered(self) -> list[Accelerator]:
         return sorted(self.accelerators, key=lambda a: KIND_ORDER.index(a.kind))
 
-    def validate(self, target: StackTarget) -> None:
+    def validate(self, target: RoutedModels) -> None:
         configs = [a.config for a in self.accelerators]
         validate_configs(configs, str(target.device) if target.device else None)
         validate_for_family(configs, target.family, target.denoisers, scheduler_kind(target.pipe.scheduler))
         for accelerator in self.accelerators:
             accelerator.check(target, [a for a in self.accelerators if a is not accelerator])
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         self.validate(target)
         applied: list[Accelerator] = []
         try:
@@ -74,7 +74,7 @@ class Stack:
                 accelerator.remove(target)
             raise
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         for accelerator in reversed(self.ordered()):
             accelerator.remove(target)
 
@@ -115,7 +115,7 @@ def apply_stack(
     if flowblending_routers(pipe) or hasattr(pipe, _STACK_ATTRIBUTE):
         raise ValueError("FlowBlending is already applied to this pipeline; call remove_stack(pipe) first.")
     stack = Stack.of(accelerators)
-    target = StackTarget.of(pipe, small, router_options.get("denoisers"))
+    target = RoutedModels.of(pipe, small, router_options.get("denoisers"))
     stack.apply(target)
     try:
         router = apply_flowblending_(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..core.schedulers import make_scheduler
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 
 class StepReductionAccelerator(Accelerator):
@@ -14,13 +14,13 @@ class StepReductionAccelerator(Accelerator):
     _runs = 0
     _steps = 0  # solver steps the runs made (the router's plan), over all runs
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         self._previous = target.pipe.scheduler
         target.pipe.scheduler = make_scheduler(
             self.config.solver, self._shift(self._previous), from_config=self._previous.config
         )
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         if self._previous is not None:
             target.pipe.scheduler, self._previous = self._previous, None
 

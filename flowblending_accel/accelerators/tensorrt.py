@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .compile import uncompile
-from .runtime import Accelerator, StackTarget
+from .runtime import Accelerator, RoutedModels
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -15,10 +15,10 @@ class TensorRTAccelerator(Accelerator):
         super().__init__(config)
         self._compiled: list[torch.nn.Module] = []
 
-    def check(self, target: StackTarget, others: list[Accelerator]) -> None:
+    def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         self.config.check_environment(str(target.device))
 
-    def apply(self, target: StackTarget) -> None:
+    def apply(self, target: RoutedModels) -> None:
         import torch_tensorrt  # noqa: F401  (registers the "tensorrt" dynamo backend)
 
         options = {"enabled_precisions": {_DTYPES[self.config.precision]}, "use_python_runtime": False}
@@ -29,6 +29,6 @@ class TensorRTAccelerator(Accelerator):
                     block.compile(backend="tensorrt", dynamic=False, options=options)
             self._compiled.append(model)
 
-    def remove(self, target: StackTarget) -> None:
+    def remove(self, target: RoutedModels) -> None:
         while self._compiled:
             uncompile(self._compiled.pop())

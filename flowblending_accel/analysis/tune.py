@@ -28,7 +28,7 @@ import torch
 
 from ..accelerators import (
     FirstBlockCache,
-    StackTarget,
+    RoutedModels,
     StepReduction,
     accelerated,
     as_configs,
@@ -131,7 +131,7 @@ def solver_at(target, solver: str | None, steps: int) -> Iterator[dict]:
         yield {"num_inference_steps": steps}
         return
     accelerator = parse_accelerator(f"{solver}:{steps}").create()
-    stack_target = StackTarget.of(target.pipe, target.small)
+    stack_target = RoutedModels.of(target.pipe, target.small)
     accelerator.apply(stack_target)
     try:
         yield accelerator.call_kwargs()

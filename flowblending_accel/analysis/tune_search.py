@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..accelerators import StackTarget, StepReduction
+from ..accelerators import RoutedModels, StepReduction
 from ..accelerators.configs import solver_for_family
 from ..core.solver import scheduler_kind
 from .calibrate import shifted
@@ -47,7 +47,7 @@ class TuneSpace:
         thresholds unless the denoiser is a UNet (it takes none)."""
         full = target.steps
         counts = step_counts or [max(2, round(full * fraction)) for fraction in STEP_FRACTIONS]
-        models = StackTarget.of(target.pipe, target.small)
+        models = RoutedModels.of(target.pipe, target.small)
         kind = target.family.solver_kind or scheduler_kind(target.pipe.scheduler)
         if solver:
             try:

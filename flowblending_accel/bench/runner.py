@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..accelerators import Accelerator, AcceleratorConfig, Stack, StackTarget, accelerated, dynamo_counts
+from ..accelerators import Accelerator, AcceleratorConfig, RoutedModels, Stack, accelerated, dynamo_counts
 from ..core.api import RouterListener, add_flowblending_listener, flowblending_stats
 from ..core.schedule import Schedule
 from ..metrics.attention import AttentionMeter
@@ -156,7 +156,7 @@ def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
     row = measurement.row
     cached = row.cached
     # Cache hits are counted only where a cache runs: the meter's hooks are not free.
-    meter = AttentionMeter(StackTarget.of(target.pipe, target.small).models()) if cached else None
+    meter = AttentionMeter(RoutedModels.of(target.pipe, target.small).models()) if cached else None
     try:
         kwargs = Stack(measurement.accelerators).without_owned(target.call_kwargs(seed))
         measurement.flops, _ = run_flops(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..accelerators import AcceleratorConfig, StackTarget, accelerated, as_configs, dynamo_counts
+from ..accelerators import AcceleratorConfig, RoutedModels, accelerated, as_configs, dynamo_counts
 from ..core.api import add_flowblending_listener, flowblending_stats
 from ..core.schedule import PAPER_SCHEDULE, Schedule
 from ..metrics.attention import AttentionMeter
@@ -126,7 +126,7 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
             if inject is not None:
                 inject()
             before = dynamo_counts()
-            meter = None if compiled else AttentionMeter(StackTarget.of(target.pipe, target.small).models())
+            meter = None if compiled else AttentionMeter(RoutedModels.of(target.pipe, target.small).models())
             if meter is not None:
                 add_flowblending_listener(target.pipe, meter)
             target.output(target.pipe(**call()))

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None) -> int:
-    from ..accelerators import Stack, StackTarget
+    from ..accelerators import RoutedModels, Stack
     from ..accelerators.configs import default_stack
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
@@ -90,7 +90,7 @@ def _measure(args, options, checked, schedule: Schedule, given: list[Accelerator
     threads = use_threads(args.threads)
     target = build_target(options, checked)
     stack = list(given) if given is not None else _default(target, options, default_stack)
-    Stack.of(stack).validate(StackTarget.of(target.pipe, target.small))  # what depends on the pipeline
+    Stack.of(stack).validate(RoutedModels.of(target.pipe, target.small))  # what depends on the pipeline
     rows = cumulative_rows(schedule, stack)
     folder = free_output_folder(args.output, args.overwrite, marker="bench.md")
     with progress("benchmarking rows", (len(rows) + 1) * (args.repeats + 2)) as advance:
@@ -115,9 +115,9 @@ def _measure(args, options, checked, schedule: Schedule, given: list[Accelerator
 
 def _default(target, options, default_stack) -> list[AcceleratorConfig]:
     """The stack bench measures when none is given: members the target's family and this machine take."""
-    from ..accelerators import StackTarget
+    from ..accelerators import RoutedModels
 
-    denoisers = StackTarget.of(target.pipe, target.small).denoisers
+    denoisers = RoutedModels.of(target.pipe, target.small).denoisers
     stack = default_stack(target.family, denoisers, target.steps, options.device)
     written = " ".join(config.spec for config in stack)
     print(f"stack: {written} (the default for a {target.family.name} pipeline)", file=sys.stderr)

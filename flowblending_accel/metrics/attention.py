@@ -13,7 +13,7 @@ class AttentionMeter(RouterListener):
     DeepCache). Reports the share of attention skipped per model and whether every segment start (the first
     call after a switch) computed in full. Eager models only: hooks on compiled regions would break graphs.
 
-    ``models`` maps a label to each module (e.g. ``StackTarget.models()``); calls are told apart by which
+    ``models`` maps a label to each module (e.g. ``RoutedModels.models()``); calls are told apart by which
     module the router ran, so one meter serves every router of a pipeline (Wan 2.2's two experts)."""
 
     def __init__(self, models: dict[str, torch.nn.Module]) -> None:

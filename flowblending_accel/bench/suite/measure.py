@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...accelerators import Accelerator, StackTarget, as_configs
+from ...accelerators import Accelerator, RoutedModels, as_configs
 from ...core.schedule import Schedule
 from ...metrics.attention import AttentionMeter
 from ...metrics.flops import capture_first_call, count_call
@@ -65,7 +65,7 @@ def run_warmup(target, state: RowState) -> dict[str, Any]:
     row's the share of attention that computed."""
     meter = None
     if state.cache_specs and state.eager:
-        meter = AttentionMeter(StackTarget.of(target.pipe, target.small).models())
+        meter = AttentionMeter(RoutedModels.of(target.pipe, target.small).models())
     reset_host_peak()
     start = time.perf_counter()
     try:
