@@ -79,7 +79,7 @@ def _text_encoder(kind: str):
 def write_pair(root: Path, preset: str, text: str) -> tuple[Path, Path]:
     """A header-only pipeline folder and small-model folder for ``preset`` with its real text encoder."""
     from flowblending_accel.targets.presets import preset_target
-    from flowblending_accel.testing.text import tiny_tokenizer
+    from flowblending_accel.tiny_models.text import tiny_tokenizer
 
     target = preset_target(preset, "meta", torch.bfloat16)
     pipe, small = target.pipe, target.small

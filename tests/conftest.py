@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from flowblending_accel import testing
+from flowblending_accel import tiny_models
 
 
 @pytest.fixture(autouse=True)
@@ -12,19 +12,19 @@ def _deterministic():
 
 @pytest.fixture
 def wan_pair():
-    return testing.tiny_wan_pair()
+    return tiny_models.tiny_wan_pair()
 
 
 @pytest.fixture
 def wan_pipe(wan_pair):
-    return testing.tiny_wan_pipeline(wan_pair[0])
+    return tiny_models.tiny_wan_pipeline(wan_pair[0])
 
 
 @pytest.fixture
 def ltx_pair():
-    return testing.tiny_ltx_pair()
+    return tiny_models.tiny_ltx_pair()
 
 
 @pytest.fixture
 def unet_pair():
-    return testing.tiny_unet_pair()
+    return tiny_models.tiny_unet_pair()

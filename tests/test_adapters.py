@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from flowblending_accel import apply_flowblending_
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     sd_call_kwargs,
     tiny_sd_pipeline,
     tiny_unet_pair,

@@ -18,7 +18,7 @@ from flowblending_accel.accelerators import (
     remove_stack,
 )
 from flowblending_accel.cli import main
-from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
 def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
@@ -125,7 +125,7 @@ def test_failed_apply_undoes_what_was_done():
 
 
 def test_a_solver_that_cannot_take_ltx_sigmas_is_refused_at_apply():
-    from flowblending_accel.testing import tiny_ltx_pair, tiny_ltx_pipeline
+    from flowblending_accel.tiny_models import tiny_ltx_pair, tiny_ltx_pipeline
 
     large, small = tiny_ltx_pair()
     pipe = tiny_ltx_pipeline(large)

@@ -12,7 +12,7 @@ from flowblending_accel.analysis.calibrate import (
 )
 from flowblending_accel.analysis.evidence import window_evidence
 from flowblending_accel.metrics import psnr
-from flowblending_accel.testing import tiny_wan_pipeline, tiny_wan_transformer, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pipeline, tiny_wan_transformer, wan_call_kwargs
 
 STEPS = 10
 FLOPS = {"large": 10.0, "small": 1.0}

@@ -8,7 +8,7 @@ import torch
 
 from flowblending_accel.accelerators import accelerated
 from flowblending_accel.cli import main
-from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 pytestmark = pytest.mark.slow  # each test compiles both tiny models (~20 s on 2 cores)
 

@@ -9,7 +9,7 @@ import pytest
 from flowblending_accel.analysis.cost import CallPlan, Workload, calibrate_plan, check_calls, smaller_plan
 from flowblending_accel.cli import main
 from flowblending_accel.cli import workload as workload_module
-from flowblending_accel.testing import save_tiny_folders
+from flowblending_accel.tiny_models import save_tiny_folders
 
 SIZE = ["--height", "16", "--width", "16", "--frames", "5", "--steps", "6"]
 

@@ -17,7 +17,7 @@ from flowblending_accel.core.distributed import (
     shard,
     sum_counts,
 )
-from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 SEEDS = [0, 1, 2, 3, 4]
 

@@ -11,7 +11,7 @@ from flowblending_accel import (
     remove_flowblending_,
 )
 from flowblending_accel.core.diffusers_internals import cached_states
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     tiny_ltx_transformer,
     tiny_wan_pair,
     tiny_wan_pipeline,

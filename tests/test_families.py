@@ -14,7 +14,7 @@ from diffusers import (
 
 from flowblending_accel import apply_flowblending_, family_for, flowblending_stats, remove_flowblending_
 from flowblending_accel.core.families import Family, register_family, registered_families
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     flux_call_kwargs,
     ltx_call_kwargs,
     sd_call_kwargs,
@@ -134,7 +134,7 @@ def test_sd_unet_positional_timestep(unet_pair, scheduler):
 
 
 def test_sd_pair_mismatch_names_cross_attention_dim(unet_pair):
-    from flowblending_accel.testing import tiny_unet
+    from flowblending_accel.tiny_models import tiny_unet
 
     pipe = tiny_sd_pipeline(unet_pair[0])
     small = tiny_unet((16, 32), 1)

@@ -11,7 +11,7 @@ import torch
 from flowblending_accel.cli import build_parser, main
 from flowblending_accel.support import threads
 from flowblending_accel.targets import folders
-from flowblending_accel.testing import save_tiny_folders
+from flowblending_accel.tiny_models import save_tiny_folders
 
 COMMANDS = ("demo", "bench", "analyze", "calibrate", "tune", "check")
 
@@ -193,7 +193,7 @@ def test_ltx_gets_a_default_stack_it_can_take(tmp_path, capsys):
 
 def test_counters_after_a_run_of_a_step_reduction_and_a_cache():
     from flowblending_accel.accelerators import accelerated
-    from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+    from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)

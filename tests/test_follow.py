@@ -9,7 +9,7 @@ import torch
 
 from flowblending_accel import apply_flowblending_, flowblending, remove_flowblending_
 from flowblending_accel.core.diffusers_internals import group_offloading_of, layerwise_casting_of
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     ltx_call_kwargs,
     sd_call_kwargs,
     tiny_ltx_pair,
@@ -361,7 +361,7 @@ def _from_pipeline(pair, pipeline, call_kwargs):
 
 
 def _flux():
-    from flowblending_accel.testing import flux_call_kwargs, tiny_flux_pair, tiny_flux_pipeline
+    from flowblending_accel.tiny_models import flux_call_kwargs, tiny_flux_pair, tiny_flux_pipeline
 
     return _from_pipeline(tiny_flux_pair, tiny_flux_pipeline, flux_call_kwargs)
 

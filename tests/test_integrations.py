@@ -11,7 +11,7 @@ import torch
 from optional import needs_deepcache
 
 from flowblending_accel import flowblending_stats
-from flowblending_accel.testing import ltx_call_kwargs, save_tiny_folders, sd_call_kwargs, wan_call_kwargs
+from flowblending_accel.tiny_models import ltx_call_kwargs, save_tiny_folders, sd_call_kwargs, wan_call_kwargs
 
 RECIPES = Path(__file__).resolve().parent.parent / "integrations" / "recipes"
 needs_ffmpeg = pytest.mark.skipif(

@@ -11,7 +11,12 @@ from flowblending_accel.accelerators import OFFLOAD_MODES, enable_offload
 from flowblending_accel.cli import main
 from flowblending_accel.targets import folders
 from flowblending_accel.targets.memory import pipeline_weights
-from flowblending_accel.testing import save_tiny_folders, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import (
+    save_tiny_folders,
+    tiny_wan_pair,
+    tiny_wan_pipeline,
+    wan_call_kwargs,
+)
 
 WAN_SIZE = ["--height", "16", "--width", "16", "--frames", "5"]
 

@@ -3,7 +3,7 @@
 import torch
 
 from flowblending_accel.accelerators import OffloadInactive, apply_stack, remove_stack
-from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
 def _record_moves(model, name, log, router_ref):

@@ -14,7 +14,7 @@ from flowblending_accel.accelerators import (
     remove_stack,
 )
 from flowblending_accel.cli import main
-from flowblending_accel.testing import tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pipeline, wan_call_kwargs
 
 
 def _run(pipe):
@@ -60,7 +60,7 @@ def _held_bytes(models, accelerator) -> int:
 @needs_torchao
 def test_on_a_cpu_quantizing_drops_the_full_precision_weights_and_removal_says_how_to_get_them_back():
     from flowblending_accel import FlowBlendingWarning
-    from flowblending_accel.testing import tiny_wan_pair
+    from flowblending_accel.tiny_models import tiny_wan_pair
 
     large, small = (model.to(torch.bfloat16) for model in tiny_wan_pair())
     pipe = tiny_wan_pipeline(large)

@@ -32,7 +32,7 @@ def test_readme_python_examples_run_as_written(monkeypatch):
     checkpoints and the GPU (the text of the examples is not changed)."""
     from diffusers import WanPipeline, WanTransformer3DModel
 
-    from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, with_text
+    from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, with_text
 
     large, small = tiny_wan_pair()
     pipe = with_text(tiny_wan_pipeline(large), "wan")

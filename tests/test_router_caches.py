@@ -6,7 +6,7 @@ from diffusers import FirstBlockCacheConfig
 
 from flowblending_accel import apply_flowblending_, remove_flowblending_
 from flowblending_accel.core.diffusers_internals import cached_states
-from flowblending_accel.testing import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
 def _tail_compute_steps(pipe, model, router):

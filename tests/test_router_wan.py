@@ -12,7 +12,7 @@ from manual_loops import manual_wan
 
 from flowblending_accel import ModelRouter, apply_flowblending_, flowblending_stats, remove_flowblending_
 from flowblending_accel.core.schedulers import make_scheduler
-from flowblending_accel.testing import tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pipeline, wan_call_kwargs
 
 SCHEDULERS = {
     "euler": lambda: FlowMatchEulerDiscreteScheduler(shift=5.0),
@@ -176,7 +176,7 @@ def test_the_guidance_free_stage_is_an_interceptor_like_any_other(wan_pipe, wan_
 
 
 def test_guidance_free_small_stage_needs_split_cfg(ltx_pair):
-    from flowblending_accel.testing import tiny_ltx_pipeline
+    from flowblending_accel.tiny_models import tiny_ltx_pipeline
 
     with pytest.raises(
         ValueError, match="small_guidance='off' needs a pipeline that makes one denoiser call per CFG"

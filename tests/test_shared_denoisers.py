@@ -10,7 +10,7 @@ from diffusers import (
 )
 
 from flowblending_accel import apply_flowblending_, flowblending_stats
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     ltx_call_kwargs,
     sd_call_kwargs,
     tiny_ltx_pair,

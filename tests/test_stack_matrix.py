@@ -19,7 +19,7 @@ from flowblending_accel.accelerators import (
     calibrate_mag_ratios,
     remove_stack,
 )
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     sd_call_kwargs,
     tiny_sd_pipeline,
     tiny_unet_pair,

@@ -9,7 +9,7 @@ import pytest
 
 from flowblending_accel.cli import main
 from flowblending_accel.targets import factory, folders
-from flowblending_accel.testing import FOLDER_FAMILIES, save_tiny_folders
+from flowblending_accel.tiny_models import FOLDER_FAMILIES, save_tiny_folders
 
 PROMPTS = [
     "a cat playing guitar",
@@ -27,7 +27,7 @@ FAMILIES = {
 }
 FACTORY = """
 import torch
-from flowblending_accel.testing import tiny_flux_pair, tiny_flux_pipeline, with_text
+from flowblending_accel.tiny_models import tiny_flux_pair, tiny_flux_pipeline, with_text
 
 
 def make(device="cpu", dtype=torch.float32):

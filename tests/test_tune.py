@@ -12,7 +12,7 @@ from flowblending_accel.analysis.replay import PrefixReplay
 from flowblending_accel.analysis.scores import passes
 from flowblending_accel.cli import main
 from flowblending_accel.targets import folders
-from flowblending_accel.testing import save_tiny_folders, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import save_tiny_folders, tiny_wan_pipeline, wan_call_kwargs
 
 PROMPTS = [
     "a cat playing guitar",

@@ -7,7 +7,7 @@ from flowblending_accel.accelerators import RoutedModels, accelerated, calibrate
 from flowblending_accel.analysis.divergence import divergence_curve
 from flowblending_accel.core.schedule import Schedule
 from flowblending_accel.metrics.flops import run_flops
-from flowblending_accel.testing import tiny_unet, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_unet, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
 def _wan22():

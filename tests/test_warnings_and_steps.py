@@ -7,7 +7,7 @@ import torch
 
 from flowblending_accel import FlowBlendingWarning, flowblending, flowblending_stats
 from flowblending_accel.accelerators import StackOwnsArgumentWarning, accelerated, apply_stack, remove_stack
-from flowblending_accel.testing import (
+from flowblending_accel.tiny_models import (
     sd_call_kwargs,
     tiny_sd_pipeline,
     tiny_unet_pair,

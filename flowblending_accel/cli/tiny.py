@@ -49,7 +49,7 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.save is not None:
         from ..support.files import check_output_folder
-        from ..testing import save_tiny_folders
+        from ..tiny_models import save_tiny_folders
 
         check_output_folder(args.save)
         large, small = save_tiny_folders(args.save, args.family)

@@ -13,7 +13,7 @@ TEXT_DIM = 64
 
 
 def build_tokenizer():
-    from ..testing.text import word_tokenizer
+    from ..tiny_models.text import word_tokenizer
 
     return word_tokenizer(VOCABULARY, MAX_SEQUENCE_LENGTH)
 

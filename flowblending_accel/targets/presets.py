@@ -195,7 +195,7 @@ def _ltx(preset: Preset) -> tuple[Any, Any]:
         LTXVideoTransformer3DModel,
     )
 
-    from ..testing import tiny_ltx_vae
+    from ..tiny_models import tiny_ltx_vae
 
     tiny = preset.large == "tiny"
     channels = 8 if tiny else 128

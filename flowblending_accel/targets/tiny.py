@@ -1,17 +1,17 @@
-"""Tiny random-weight targets (Wan, LTX, SD, Flux) from :mod:`flowblending_accel.testing`: routing and
+"""Tiny random-weight targets (Wan, LTX, SD, Flux) from :mod:`flowblending_accel.tiny_models`: routing and
 counts on a CPU in seconds, no quality. The check gate's built-in scenarios run on them."""
 
 from __future__ import annotations
 
-from .. import testing
+from .. import tiny_models
 from .base import Target
 from .prompts import Prompt
 
 BUILDERS = {
-    "wan": (testing.tiny_wan_pair, testing.tiny_wan_pipeline, testing.wan_call_kwargs),
-    "ltx": (testing.tiny_ltx_pair, testing.tiny_ltx_pipeline, testing.ltx_call_kwargs),
-    "sd": (testing.tiny_unet_pair, testing.tiny_sd_pipeline, testing.sd_call_kwargs),
-    "flux": (testing.tiny_flux_pair, testing.tiny_flux_pipeline, testing.flux_call_kwargs),
+    "wan": (tiny_models.tiny_wan_pair, tiny_models.tiny_wan_pipeline, tiny_models.wan_call_kwargs),
+    "ltx": (tiny_models.tiny_ltx_pair, tiny_models.tiny_ltx_pipeline, tiny_models.ltx_call_kwargs),
+    "sd": (tiny_models.tiny_unet_pair, tiny_models.tiny_sd_pipeline, tiny_models.sd_call_kwargs),
+    "flux": (tiny_models.tiny_flux_pair, tiny_models.tiny_flux_pipeline, tiny_models.flux_call_kwargs),
 }
 
 
