@@ -58,7 +58,7 @@ _EXPORTS = {
     "Stage": "schedule",
     "FlowBlendingWarning": "schedule",
     "RunSession": "session",
-    "SolverView": "solver",
+    "SolverView": "step_grid",
     "CallRecord": "stats",
     "RunStats": "stats",
 }

@@ -11,7 +11,7 @@ from diffusers import (
 from manual_loops import manual_wan
 
 from flowblending_accel import ModelRouter, apply_flowblending_, flowblending_stats, remove_flowblending_
-from flowblending_accel.core.schedulers import make_scheduler
+from flowblending_accel.core.named_schedulers import make_scheduler
 from flowblending_accel.tiny_models import tiny_wan_pipeline, wan_call_kwargs
 
 SCHEDULERS = {

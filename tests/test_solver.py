@@ -14,7 +14,7 @@ from diffusers import (
 )
 
 from flowblending_accel import SolverView
-from flowblending_accel.core.solver import scheduler_kind
+from flowblending_accel.core.step_grid import scheduler_kind
 
 
 def view(scheduler, steps=10):

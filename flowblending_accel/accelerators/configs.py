@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..core.schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES
+from ..core.named_schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES
 from .registry import AcceleratorConfig, register_accelerator
 
 _BACKEND_PACKAGES = {
@@ -148,7 +148,7 @@ class StepReduction(AcceleratorConfig):
         return f"{self.solver}:{self.steps}"
 
     def check_family(self, family, denoisers, solver_kind=None) -> None:
-        from ..core.schedulers import takes_sigmas
+        from ..core.named_schedulers import takes_sigmas
 
         kind = family.solver_kind or solver_kind
         if kind is not None and (kind == "flow") != (self.solver in FLOW_SCHEDULERS):

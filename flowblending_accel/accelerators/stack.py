@@ -26,7 +26,7 @@ from ..core.api import (
 )
 from ..core.router import ModelRouter
 from ..core.schedule import PAPER_SCHEDULE
-from ..core.solver import scheduler_kind
+from ..core.step_grid import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
 from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
 from .runtime import Accelerator, RoutedModels

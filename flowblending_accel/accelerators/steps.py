@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.schedulers import make_scheduler
+from ..core.named_schedulers import make_scheduler
 from .runtime import Accelerator, RoutedModels
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..core.plan import Plan
 from ..core.schedule import Schedule, Stage
-from ..core.solver import SolverView, scheduler_kind
+from ..core.step_grid import SolverView, scheduler_kind
 
 # Small steps up to this much coarser than the calibrated ones are within what the calibration verified.
 COARSER_STEP_TOLERANCE = 1.25

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..accelerators import RoutedModels, StepReduction
 from ..accelerators.configs import solver_for_family
-from ..core.solver import scheduler_kind
+from ..core.step_grid import scheduler_kind
 from .calibrate import shifted
 from .scores import Scores, loss_ratio, passes
 from .tune import BudgetSpent, Evaluation, Evaluator, Point

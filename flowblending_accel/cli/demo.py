@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..demo.schedules import SCHEDULES
+from ..demo.compared_schedules import SCHEDULES
 from .common import add_threads_option, non_negative_number, positive_number, whole_number
 
 

@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.named_schedulers import SCHEDULER_NAMES
 from ..core.schedule import PAPER_SCHEDULE
-from ..core.schedulers import SCHEDULER_NAMES
 from .common import positive_number, whole_number
 
 
@@ -85,9 +85,9 @@ def _memory_plan(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.memory:
         return _memory_plan(args)
+    from ..core.named_schedulers import make_scheduler
     from ..core.plan import Plan
     from ..core.schedule import Schedule
-    from ..core.schedulers import make_scheduler
 
     scheduler = make_scheduler(args.scheduler, args.shift)
     flops = dict(zip(("large", "small"), args.flops, strict=True)) if args.flops else None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..core.named_schedulers import SCHEDULER_NAMES
 from ..core.schedule import PAPER_SCHEDULE
-from ..core.schedulers import SCHEDULER_NAMES
 from .common import whole_number
 
 FAMILIES = ("wan", "ltx", "sd", "flux")
@@ -70,7 +70,7 @@ def tiny_report(
     import torch
 
     from ..core.api import flowblending
-    from ..core.schedulers import make_scheduler
+    from ..core.named_schedulers import make_scheduler
     from ..metrics.flops import run_flops
     from ..targets.tiny import tiny_target
 

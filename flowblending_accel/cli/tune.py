@@ -81,8 +81,8 @@ def check_options(args: argparse.Namespace) -> None:
     """Everything checkable before the target is built."""
     from ..accelerators import as_configs
     from ..analysis.tune import Point
+    from ..core.named_schedulers import SCHEDULER_NAMES
     from ..core.schedule import Schedule
-    from ..core.schedulers import SCHEDULER_NAMES
 
     Schedule.parse(args.match)
     if args.flop_budget is not None and args.flop_budget > 1:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from .plan import Plan
-from .solver import SolverView
+from .step_grid import SolverView
 
 
 class RoutedDenoiser:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from .schedule import Schedule
-from .solver import SolverView
+from .step_grid import SolverView
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,8 @@ from .listeners import (
 from .plan import Plan
 from .schedule import PAPER_SCHEDULE, FlowBlendingWarning, Schedule
 from .session import RunSession
-from .solver import SolverView
 from .stats import CallRecord, RunStats
+from .step_grid import SolverView
 
 ROUTER_HOOK_NAME = "flowblending_router"
 TIMINGS = ("auto", "host", "cuda", "off")

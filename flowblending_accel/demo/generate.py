@@ -15,9 +15,9 @@ import torch
 
 from ..core.api import flowblending
 from ..metrics.flops import flops_per_call
+from .compared_schedules import SCHEDULES
 from .data import all_prompts
 from .models import demo_call_kwargs
-from .schedules import SCHEDULES
 from .timing import Timing, time_schedules
 
 

@@ -12,9 +12,9 @@ import torch
 from ..metrics.intervals import mean_interval, proportion_interval
 from ..metrics.quality import frechet_distance, psnr, ssim, temporal_consistency
 from .classifier import ClipClassifier
+from .compared_schedules import SCHEDULES
 from .data import DIRECTIONS, parse_prompt, reference_clips
 from .generate import Generated
-from .schedules import SCHEDULES
 from .timing import Timing
 
 
