@@ -6,9 +6,15 @@ import json
 
 import pytest
 
-from flowblending_accel.analysis.cost import CallPlan, Workload, calibrate_plan, check_calls, smaller_plan
+from flowblending_accel.analysis import workload as workload_module
+from flowblending_accel.analysis.cost import (
+    CallPlan,
+    WorkloadSizes,
+    calibrate_plan,
+    check_calls,
+    smaller_plan,
+)
 from flowblending_accel.cli import main
-from flowblending_accel.cli import workload as workload_module
 from flowblending_accel.tiny_models import save_tiny_folders
 
 SIZE = ["--height", "16", "--width", "16", "--frames", "5", "--steps", "6"]
@@ -36,7 +42,7 @@ def no_pipeline_call(monkeypatch):
 
 
 def test_a_plan_counts_its_parts_and_a_smaller_one_is_found():
-    work = Workload(prompts=40, fit_prompts=12, seeds=2, holdout_seeds=4, steps=20, window=2, batch=None)
+    work = WorkloadSizes(prompts=40, fit_prompts=12, seeds=2, holdout_seeds=4, steps=20, window=2, batch=None)
     plan = calibrate_plan(work, measures=5, budget_goal=False)
     assert dict(plan.parts) == {
         "FLOP count": 1,

@@ -22,7 +22,7 @@ class BudgetError(ValueError):
 
 
 @dataclass(frozen=True)
-class Workload:
+class WorkloadSizes:
     """The sizes a plan is counted from (and what ``--fit-prompts`` / ``--seeds`` ... would change)."""
 
     prompts: int  # all of them: the fit set and, when some are held out, the rest
@@ -74,7 +74,7 @@ class CallPlan:
         return f"{self.command} will make {total} pipeline calls ({parts}{search})"
 
 
-def analyze_plan(work: Workload) -> CallPlan:
+def analyze_plan(work: WorkloadSizes) -> CallPlan:
     parts = [("FLOP count", 1), ("divergence pass", work.fit_calls)]
     if work.window:
         windows = math.ceil(work.steps / work.window)
@@ -82,7 +82,7 @@ def analyze_plan(work: Workload) -> CallPlan:
     return CallPlan("analyze", tuple(parts))
 
 
-def calibrate_plan(work: Workload, measures: int, budget_goal: bool) -> CallPlan:
+def calibrate_plan(work: WorkloadSizes, measures: int, budget_goal: bool) -> CallPlan:
     """The divergence pass, the sensitivity windows, the hand-picked schedule, the held-out comparison
     (large-only, the hand-picked and the calibrated schedule) are fixed; the search verifies candidates: a
     budget goal the proposals (one per measure) of 3 step counts, a tolerance goal a bisection over the
@@ -98,7 +98,7 @@ def calibrate_plan(work: Workload, measures: int, budget_goal: bool) -> CallPlan
 
 
 def tune_plan(
-    work: Workload, grid_points: int, compared: int, timing_rows: int, repeats: int, grid: bool
+    work: WorkloadSizes, grid_points: int, compared: int, timing_rows: int, repeats: int, grid: bool
 ) -> CallPlan:
     """The reference and the hand-picked point, each accelerator alone (at most 3) and the compared stacks,
     the timing rounds and the held-out table are fixed; the search visits at most every grid point once."""
@@ -126,7 +126,9 @@ SMALLER = (
 )
 
 
-def smaller_plan(work: Workload, plan_of: Callable[[Workload], CallPlan], calls: int) -> tuple[str, CallPlan]:
+def smaller_plan(
+    work: WorkloadSizes, plan_of: Callable[[WorkloadSizes], CallPlan], calls: int
+) -> tuple[str, CallPlan]:
     """The first plan (its flags, the plan) of ever smaller ones that makes at most ``calls`` calls, else
     the smallest one (the caller says it does not fit either)."""
     flags: dict[str, str] = {}
@@ -142,7 +144,9 @@ def smaller_plan(work: Workload, plan_of: Callable[[Workload], CallPlan], calls:
     return best
 
 
-def check_calls(work: Workload, plan_of: Callable[[Workload], CallPlan], max_calls: int | None) -> CallPlan:
+def check_calls(
+    work: WorkloadSizes, plan_of: Callable[[WorkloadSizes], CallPlan], max_calls: int | None
+) -> CallPlan:
     """The plan; refused before any call when its most exceeds ``max_calls``, naming what fits."""
     plan = plan_of(work)
     if max_calls is None or plan.least <= max_calls:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from ..analysis.measures import MEASURES
 from ..core.schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
-from .workload import add_workload_options, fit_and_seeds, prepare_workload, proxy_verdict, tolerance_from
+from .workload import add_workload_options, explicit_tolerance, prepare_workload, tolerance_from
 
 
 def register(commands) -> None:
@@ -101,13 +101,14 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ..analysis.evidence import window_evidence
     from ..analysis.plots import divergence_plot
     from ..analysis.report import analysis_markdown
+    from ..analysis.workload import fit_and_seeds
     from ..support.files import write_atomic
     from ..support.progress import progress
 
     work = prepare_workload(args, holding=False, plan_of=lambda counts, _: analyze_plan(counts))
     calls, target = work.calls, work.target
     with progress("analysing (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, args)
+        advance = work.watch(bar, getattr(args, "max_minutes", None))
         curve = divergence_curve(
             target.pipe,
             target.small,
@@ -153,6 +154,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.evaluate import evaluate_schedules, quality_function
     from ..analysis.plots import divergence_plot
     from ..analysis.report import calibration_markdown
+    from ..analysis.workload import fit_and_seeds, proxy_verdict
     from ..support.files import write_atomic
     from ..support.progress import progress
 
@@ -164,7 +166,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     work = prepare_workload(args, holding=True, check_goal=_check_goal, plan_of=plan_of)
     target = work.target
     with progress("calibrating (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, args)
+        advance = work.watch(bar, getattr(args, "max_minutes", None))
         calibrator = Calibrator(
             target.pipe,
             target.small,
@@ -200,7 +202,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "command": args.command_line,
         "target": target.description,
         "run": advance.report(),
-        "proxy": proxy_verdict(work, args, "calibrated", result.quality, reference, held),
+        "proxy": proxy_verdict(
+            work, explicit_tolerance(args, reference), "calibrated", result.quality, reference, held
+        ),
         "calibration": result.to_dict(),
         "fit": fit_and_seeds(work.fit, work.seeds),
         "held_out": {**fit_and_seeds(work.held_out, work.holdout_seeds), "rows": held},

@@ -8,7 +8,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from .workload import fit_and_seeds, prepare_workload, proxy_verdict, tolerance_from
+from .workload import explicit_tolerance, prepare_workload, tolerance_from
 
 TIMING_ROWS = 4  # large-only, the hand-picked schedule, the tuned stack and the small-only probe
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.tune import Evaluator, Point
     from ..analysis.tune_report import tune_markdown, tune_plot, tuned_toml
     from ..analysis.tune_search import frontier, grid_points, search_budget, search_tolerance
+    from ..analysis.workload import fit_and_seeds, proxy_verdict
     from ..core.schedule import Schedule
     from ..support.files import write_atomic
     from ..support.progress import progress
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         return tuple(Schedule.parse(args.match).models_for_step_count(steps))
 
     with progress("tuning (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, args)
+        advance = work.watch(bar, getattr(args, "max_minutes", None))
         evaluator = Evaluator(target, work.calls, work.scorers, full, progress=advance)
         matched = evaluator.evaluate(Point(match(full)))
         # --max-calls holds the whole run: the search gets what the fixed parts leave.
@@ -98,7 +99,12 @@ def run(args: argparse.Namespace) -> int:
         },
         "goal": {"tolerance": goal, "flop_budget": args.flop_budget, "latency_budget": args.latency_budget},
         "proxy": proxy_verdict(
-            work, args, "tuned", evaluator.evaluate(chosen).scores, matched.scores, _held_as_rows(rows)
+            work,
+            explicit_tolerance(args, matched.scores),
+            "tuned",
+            evaluator.evaluate(chosen).scores,
+            matched.scores,
+            _held_as_rows(rows),
         ),
         "match": {"schedule": args.match, "scores": matched.scores},
         "chosen": {

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import add_threads_option, positive_number, whole_number
 from .targeting import add_target_options, setting, target_settings
+
+if TYPE_CHECKING:
+    from ..analysis.workload import Workload
 
 EMBEDDED_FIT_PROMPTS, EMBEDDED_PROMPTS = 12, 40
 
@@ -60,31 +62,6 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@dataclass
-class Workload:
-    target: Any
-    fit: list
-    held_out: list
-    seeds: list[int]
-    holdout_seeds: list[int]
-    scorers: list
-    set_scorers: list
-    flops: dict[str, int]
-    proxy: dict[str, int] | None = None  # the fit set's size (--proxy-size); held-out calls run full size
-    plan: Any = None  # the CallPlan, checked against --max-calls
-    threads: Any = None  # the command's ThreadGovernor
-
-    @property
-    def calls(self) -> list[dict]:
-        return [{**call, **(self.proxy or {})} for call in self.target.calls(self.fit, self.seeds)]
-
-    def watch(self, advance, args):
-        """``advance`` that prints the estimated wall time after the first call and holds --max-minutes."""
-        from ..analysis.cost import CostWatch
-
-        return CostWatch(self.plan, advance, getattr(args, "max_minutes", None), threads=self.threads)
-
-
 PROXY_NAMES = ("height", "width", "num_frames")
 
 
@@ -107,9 +84,10 @@ def prepare_workload(
     plan_of: Callable[[Any, Any], Any] | None = None,
 ) -> Workload:
     """Check everything the user gave, then build the target and the workload (fit / held-out split), and
-    count its plan (``plan_of(cost.Workload, target)``): refused against --max-calls, printed, before the
+    count its plan (``plan_of(cost.WorkloadSizes, target)``): refused against --max-calls, printed, before the
     first pipeline call."""
 
+    from ..analysis.workload import Workload, fit_and_held_out
     from ..metrics.flops import flops_per_call
     from ..metrics.scorers import build_scorers, check_scorer_names
     from ..support.files import check_output_folder
@@ -138,12 +116,12 @@ def prepare_workload(
     fit_count = args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None)
     prompts = given_prompts(options, checked)
     if prompts is not None:  # a prompts file too short to hold prompts out is refused before building
-        _split(prompts, fit_count, names, holdout_seeds, holding)
+        fit_and_held_out(prompts, fit_count, names, holdout_seeds, holding)
     _check_windows(args, options.steps)
     threads = use_threads(args.threads)
     target = build_target(options, checked, embedded_prompts=EMBEDDED_PROMPTS)
     _check_windows(args, target.base.get("num_inference_steps"))
-    fit, held_out = _split(target.prompts, fit_count, names, holdout_seeds, holding)
+    fit, held_out = fit_and_held_out(target.prompts, fit_count, names, holdout_seeds, holding)
     reference, sets = build_scorers(names, target.scorers)
     _check_proxy(proxy, target)
     workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {}, proxy)
@@ -157,10 +135,9 @@ def prepare_workload(
 def _checked_plan(args, work: Workload, plan_of):
     import sys
 
-    from ..analysis.cost import Workload as Counts
-    from ..analysis.cost import check_calls
+    from ..analysis.cost import WorkloadSizes, check_calls
 
-    counts = Counts(
+    counts = WorkloadSizes(
         prompts=len(work.fit) + len(work.held_out),
         fit_prompts=len(work.fit),
         seeds=len(work.seeds),
@@ -192,29 +169,6 @@ def _check_windows(args, steps: int | None) -> None:
         )
 
 
-def _split(prompts: list, fit_count: int | None, names: list[str], holdout_seeds: list[int], holding: bool):
-    """(fit, held-out) prompts; refused when a set scorer (Fréchet distance) would get too few samples.
-    Without ``holding`` (analyze) every prompt is fitted on unless ``fit_count`` picks some."""
-    from ..metrics.scorers import SetScorer, is_set_scorer
-    from ..targets.prompts import split
-
-    if not holding and (fit_count is None or fit_count >= len(prompts)):
-        return prompts, []
-    fit, held_out = split(prompts, fit_count or max(1, len(prompts) // 2))
-    minimum = SetScorer.minimum_samples
-    for name in filter(is_set_scorer, names) if holding else ():
-        if len(held_out) * len(holdout_seeds) < minimum:
-            raise ValueError(
-                f"scorer {name}: a Fréchet distance needs at least {minimum} held-out samples; give more "
-                "prompts or --holdout-seeds."
-            )
-    return fit, held_out
-
-
-def fit_and_seeds(prompts: list, seeds: list[int]) -> dict[str, Any]:
-    return {"prompts": [prompt.text for prompt in prompts], "seeds": seeds}
-
-
 def tolerance_from(values: list[str] | None, reference: dict[str, float]) -> float | dict[str, float]:
     """``--tolerance``: None -> the reference scores; a bare number -> every score; else SCORER=MIN pairs."""
     if values is None:
@@ -236,37 +190,8 @@ def tolerance_from(values: list[str] | None, reference: dict[str, float]) -> flo
     return tolerance
 
 
-HELD_SLACK = 1.05  # a proxy pick holds when, at full size, its loss vs the hand-picked schedule grows <= 5 %
-
-
-def proxy_verdict(work: Workload, args, pick: str, pick_fit, match_fit, held_rows: dict) -> dict | None:
-    """With --proxy-size: whether the pick made at the proxy size held at full size, on the held-out
-    prompts. Under an explicit --tolerance, its full-size held-out scores must reach it; otherwise (the
-    default goal, the hand-picked schedule's scores, or a FLOP budget) its worst-score loss relative to the
-    hand-picked schedule at full size must be at most ``HELD_SLACK`` times what it was at the proxy size
-    (or than the hand-picked schedule's own, whichever is larger)."""
-    from ..analysis.scores import loss_ratio, passes
-
-    if work.proxy is None:
-        return None
-    if pick_fit is None or pick not in held_rows:
-        return {"proxy_size": work.proxy, "held": True, "why": "the pick is large-only: nothing to hold"}
-    full = {name: value["mean"] for name, value in held_rows[pick]["scores"].items()}
-    if getattr(args, "tolerance", None) is not None:
-        tolerance = tolerance_from(args.tolerance, match_fit)
-        goal = tolerance if isinstance(tolerance, dict) else dict.fromkeys(full, tolerance)
-        held = passes(full, goal)
-        why = f"full-size held-out scores {_scores(full)} against the tolerance {_scores(goal)}"
-    else:
-        match_full = {name: value["mean"] for name, value in held_rows["match"]["scores"].items()}
-        at_proxy, at_full = loss_ratio(pick_fit, match_fit), loss_ratio(full, match_full)
-        held = at_full <= HELD_SLACK * max(at_proxy, 1.0)
-        why = (
-            f"loss relative to the hand-picked schedule {at_proxy:.3f} at the proxy size, {at_full:.3f} at "
-            f"full size (held: at most {HELD_SLACK:g} x max(proxy, 1))"
-        )
-    return {"proxy_size": work.proxy, "held": held, "why": why}
-
-
-def _scores(scores: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4g}" for name, value in scores.items())
+def explicit_tolerance(args, reference: dict[str, float]) -> float | dict[str, float] | None:
+    """``--tolerance`` resolved against ``reference`` (the hand-picked schedule's fit scores), or ``None``
+    when the command was given none."""
+    values = getattr(args, "tolerance", None)
+    return None if values is None else tolerance_from(values, reference)

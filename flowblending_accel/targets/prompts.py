@@ -69,25 +69,3 @@ def load_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
 
             loaded[key] = Image.open(loaded[key]).convert("RGB")
     return loaded
-
-
-def split(
-    prompts: list[Prompt], fit: int, option: str = "--fit-prompts"
-) -> tuple[list[Prompt], list[Prompt]]:
-    """``fit`` prompts spread over the list to fit on, the rest held out (both non-empty)."""
-    if len(prompts) < 2:
-        raise ValueError(
-            f"calibration fits on some prompts and reports on others it never saw, so it needs at least 2 "
-            f"prompts; there is {len(prompts)}: give more with --prompts."
-        )
-    if not 1 <= fit < len(prompts):
-        raise ValueError(
-            f"{option} {fit}: calibration fits on some prompts and reports on the others it never "
-            f"saw, so it needs 1 to {len(prompts) - 1} of the {len(prompts)} prompts; give more "
-            "prompts or fewer fit prompts."
-        )
-    chosen = set(range(0, len(prompts), max(1, len(prompts) // fit))[:fit])
-    return (
-        [p for i, p in enumerate(prompts) if i in chosen],
-        [p for i, p in enumerate(prompts) if i not in chosen],
-    )
