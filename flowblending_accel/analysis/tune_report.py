@@ -6,18 +6,48 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .report import cost_lines
 
 
-def tuned_toml(document: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class TuneResult:
+    """What ``tune`` found, as tune.json holds it (the fields in its order); tuned.toml, tune.md and
+    tune.png render it."""
+
+    command: str
+    target: str
+    tuned_target: dict[str, Any]  # the target's identity and the settings tuned.toml records
+    space: dict[str, Any]  # step counts, solver, cache thresholds, small-distilled
+    goal: dict[str, Any]  # tolerance, FLOP budget, latency budget
+    proxy: dict[str, Any] | None  # the verdict on a pick made at --proxy-size
+    match: dict[str, Any]  # the hand-picked schedule and its fit scores
+    chosen: dict[str, Any]  # the pick: schedule, stack, message, fit evaluation, loss vs the match
+    per_step_count: dict[int, str]
+    cost: dict[str, Any]  # the search's pipeline calls and what a grid would have cost
+    run: dict[str, Any]  # the wall time and threads of the run
+    evaluations: list[dict[str, Any]]
+    frontier: list[dict[str, Any]]
+    alone: dict[str, dict[str, Any]]  # each accelerator alone, and the --compare points
+    grid: dict[str, Any] | None
+    held_out: dict[str, Any]  # held-out prompts, seeds and rows
+    fit: dict[str, Any]
+    timing: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """tune.json: the fields as they are (no copy, no conversion of what they hold)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+
+def tuned_toml(result: TuneResult) -> str:
     """The pick as a settings file, with the target it was tuned for: ``--config tuned.toml`` runs on that
     target, and is refused with another."""
-    chosen, target = document["chosen"], document.get("tuned_target", {})
+    chosen, target = result.chosen, result.tuned_target or {}
     lines = [
         f"# flowblending-accel tune: {chosen['message']}",
-        f"# `{document['command']}`; copy into flowblending.toml, or pass as --config to bench and check.",
+        f"# `{result.command}`; copy into flowblending.toml, or pass as --config to bench and check.",
         f"tuned_for = {json.dumps(target.get('identity'))}" if target.get("identity") else None,
         *[f"{key} = {json.dumps(value)}" for key, value in target.get("settings", {}).items()],
         f"schedule = {json.dumps(chosen['schedule'])}",
@@ -54,16 +84,16 @@ def _evaluations(entries: list[dict]) -> list[str]:
     return lines
 
 
-def tune_markdown(document: dict[str, Any]) -> str:
-    chosen, cost, goal, space = document["chosen"], document["cost"], document["goal"], document["space"]
-    timing, held, fit = document["timing"], document["held_out"], document["fit"]
+def tune_markdown(result: TuneResult) -> str:
+    chosen, cost, goal, space = result.chosen, result.cost, result.goal, result.space
+    timing, held, fit = result.timing, result.held_out, result.fit
     stack = " ".join(chosen["stack"]) or "no stack"
-    match = document["match"]["schedule"]
+    match = result.match["schedule"]
     lines = [
         "# Tuned FlowBlending stack",
         "",
-        f"- command: `{document['command']}`",
-        f"- target: {document['target']}",
+        f"- command: `{result.command}`",
+        f"- target: {result.target}",
         f"- space: step counts {list(space['step_counts'])} (solver {space['solver']} below the target's "
         f"own), FirstBlockCache thresholds {list(space['thresholds']) or 'none'}, small stage without "
         f"guidance tried: {space['small_distilled']}",
@@ -74,7 +104,7 @@ def tune_markdown(document: dict[str, Any]) -> str:
         f"- as bench takes it: `{chosen['bench']}` (tuned.toml holds it for the config file)",
         f"- measured wall time vs large-only: tuned {_speed(timing.get('tuned'))}, {match} alone "
         f"{_speed(timing.get('FlowBlending alone'))}",
-        *cost_lines(document),
+        *cost_lines({"run": result.run, "proxy": result.proxy}),
         "",
         f"Held-out validation ({len(held['prompts'])} prompts × {len(held['seeds'])} seeds never seen by the "
         f"search; fit set: {len(fit['prompts'])} prompts × {len(fit['seeds'])} seeds); every score against "
@@ -84,7 +114,7 @@ def tune_markdown(document: dict[str, Any]) -> str:
         "",
         _cost(cost),
     ]
-    grid = document.get("grid")
+    grid = result.grid
     if grid:
         pick = grid["pick"]
         found = f"`{pick['label']}` ({pick['flop_ratio']:.3f} of large-only FLOPs, {_scores(pick['scores'])})"
@@ -94,12 +124,12 @@ def tune_markdown(document: dict[str, Any]) -> str:
             f"its pick is {found if pick else 'none'}; the search picked `{chosen['schedule']} "
             f"{' '.join(chosen['stack'])}`.",
         ]
-    lines += ["", "Per step count: " + "; ".join(f"{k}: {v}" for k, v in document["per_step_count"].items())]
+    lines += ["", "Per step count: " + "; ".join(f"{k}: {v}" for k, v in result.per_step_count.items())]
     lines += [
         "",
         "Pareto frontier (FLOPs against every score, fit set):",
         "",
-        *_evaluations(document["frontier"]),
+        *_evaluations(result.frontier),
     ]
     lines += ["", "![frontier](tune.png)", ""]
     return "\n".join(lines)
@@ -132,16 +162,16 @@ def _speed(entry: dict | None) -> str:
     return f"{s['median']:.2f}x [{s['q1']:.2f}, {s['q3']:.2f}]"
 
 
-def tune_plot(document: dict[str, Any]) -> bytes:
+def tune_plot(result: TuneResult) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scored = [e for e in document["evaluations"] if e["scores"]]
+    scored = [e for e in result.evaluations if e["scores"]]
     names = list(scored[0]["scores"]) if scored else []
     figure, axes = plt.subplots(1, max(1, len(names)), figsize=(5.5 * max(1, len(names)), 4.2), squeeze=False)
-    frontier = {e["label"] for e in document["frontier"]}
+    frontier = {e["label"] for e in result.frontier}
     for axis, name in zip(axes[0], names, strict=False):
         axis.scatter(
             [e["flop_ratio"] for e in scored],
@@ -160,13 +190,13 @@ def tune_plot(document: dict[str, Any]) -> bytes:
             ms=5,
             label="frontier (FLOPs and every score)",
         )
-        for label, entry in document["alone"].items():
+        for label, entry in result.alone.items():
             if entry["scores"]:
                 axis.scatter(entry["flop_ratio"], entry["scores"][name], marker="s", s=40, label=label)
-        fit = document["chosen"]["fit"]
+        fit = result.chosen["fit"]
         if fit and fit["scores"]:
             axis.scatter(fit["flop_ratio"], fit["scores"][name], marker="*", s=160, c="red", label="tuned")
-        wanted = (document["goal"].get("tolerance") or {}).get(name)
+        wanted = (result.goal.get("tolerance") or {}).get(name)
         if wanted is not None:
             axis.axhline(wanted, color="red", lw=0.8, ls="--", label="tolerance")
         axis.set_xlabel("FLOPs vs large-only, full steps")

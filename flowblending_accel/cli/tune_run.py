@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from ..analysis.cost import tune_plan
     from ..analysis.scores import loss_ratio
     from ..analysis.tune import Evaluator, Point
-    from ..analysis.tune_report import tune_markdown, tune_plot, tuned_toml
+    from ..analysis.tune_report import TuneResult, tune_markdown, tune_plot, tuned_toml
     from ..analysis.tune_search import frontier, grid_points, search_budget, search_tolerance
     from ..analysis.workload import fit_and_seeds, proxy_verdict
     from ..core.schedule import Schedule
@@ -87,18 +87,18 @@ def run(args: argparse.Namespace) -> int:
             {name: held.held_out(point, prompts) for name, point in {**alone, "tuned": chosen}.items()}
         )
     evaluations = list(evaluator.evaluations.values())
-    document = {
-        "command": args.command_line,
-        "target": target.description,
-        "tuned_target": _tuned_target(args),
-        "space": {
+    tuned = TuneResult(
+        command=args.command_line,
+        target=target.description,
+        tuned_target=_tuned_target(args),
+        space={
             "step_counts": space.step_counts,
             "solver": space.solver,
             "thresholds": space.thresholds,
             "small_distilled": space.distilled,
         },
-        "goal": {"tolerance": goal, "flop_budget": args.flop_budget, "latency_budget": args.latency_budget},
-        "proxy": proxy_verdict(
+        goal={"tolerance": goal, "flop_budget": args.flop_budget, "latency_budget": args.latency_budget},
+        proxy=proxy_verdict(
             work,
             explicit_tolerance(args, matched.scores),
             "tuned",
@@ -106,28 +106,30 @@ def run(args: argparse.Namespace) -> int:
             matched.scores,
             _held_as_rows(rows),
         ),
-        "match": {"schedule": args.match, "scores": matched.scores},
-        "chosen": {
+        match={"schedule": args.match, "scores": matched.scores},
+        chosen={
             **_point_dict(chosen, args.extra_stack),
             "message": result.message,
             "fit": evaluator.evaluations.get(chosen).to_dict() if chosen in evaluator.evaluations else None,
             "loss_ratio_vs_match": loss_ratio(evaluator.evaluate(chosen).scores, matched.scores),
         },
-        "per_step_count": result.per_step_count,
-        "cost": cost,
-        "run": advance.report(),
-        "evaluations": [e.to_dict() for e in evaluations],
-        "frontier": [e.to_dict() for e in frontier(evaluations)],
-        "alone": {name: evaluator.evaluations[p].to_dict() for name, p in alone.items()},
-        "grid": grid,
-        "held_out": {**fit_and_seeds(work.held_out, work.holdout_seeds), "rows": rows},
-        "fit": fit_and_seeds(work.fit, work.seeds),
-        "timing": timing,
-    }
-    write_atomic(args.output / "tune.json", (json.dumps(document, indent=2, default=str) + "\n").encode())
-    write_atomic(args.output / "tuned.toml", tuned_toml(document).encode())
-    write_atomic(args.output / "tune.md", tune_markdown(document).encode())
-    write_atomic(args.output / "tune.png", tune_plot(document))
+        per_step_count=result.per_step_count,
+        cost=cost,
+        run=advance.report(),
+        evaluations=[e.to_dict() for e in evaluations],
+        frontier=[e.to_dict() for e in frontier(evaluations)],
+        alone={name: evaluator.evaluations[p].to_dict() for name, p in alone.items()},
+        grid=grid,
+        held_out={**fit_and_seeds(work.held_out, work.holdout_seeds), "rows": rows},
+        fit=fit_and_seeds(work.fit, work.seeds),
+        timing=timing,
+    )
+    write_atomic(
+        args.output / "tune.json", (json.dumps(tuned.to_dict(), indent=2, default=str) + "\n").encode()
+    )
+    write_atomic(args.output / "tuned.toml", tuned_toml(tuned).encode())
+    write_atomic(args.output / "tune.md", tune_markdown(tuned).encode())
+    write_atomic(args.output / "tune.png", tune_plot(tuned))
     print((args.output / "tune.md").read_text())
     return 0
 
