@@ -37,8 +37,9 @@ def test_private_names_contract_catches_an_import(tmp_path, monkeypatch):
     ]
 
 
-# Names a class of ours overrides from a library's base class: the library's, not ours.
-INHERITED = {"_is_stateful"}  # diffusers' ModelHook flag, set by ModelRouter, read by diffusers_internals on every hook
+# Names a class of ours overrides from a library's base class: the library's, not ours. _is_stateful:
+# diffusers' ModelHook flag, set by ModelRouter, read by diffusers_internals on every hook.
+INHERITED = {"_is_stateful"}
 
 
 def _private(name: str) -> bool:

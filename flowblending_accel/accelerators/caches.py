@@ -24,39 +24,8 @@ import torch
 from ..core import diffusers_internals
 from ..core.api import add_flowblending_listener, flowblending
 from ..core.listeners import RouterListener
-from .configs import FirstBlockCache, MagCache, PyramidAttentionBroadcast, SeaCache, TaylorSeer
+from .configs import MagCache
 from .runtime import Accelerator, RoutedModels
-
-
-def _diffusers_config(config, target: RoutedModels, role: str, ratios: Any):
-    import diffusers
-
-    options = dict(config.options)
-    if isinstance(config, FirstBlockCache):
-        return diffusers.FirstBlockCacheConfig(threshold=config.threshold, **options)
-    if isinstance(config, PyramidAttentionBroadcast):
-        pipe = target.pipe
-        defaults = {
-            "spatial_attention_block_skip_range": 2,
-            "current_timestep_callback": lambda: pipe.current_timestep,
-        }
-        return diffusers.PyramidAttentionBroadcastConfig(**{**defaults, **options})
-    if isinstance(config, TaylorSeer):
-        pattern = target.family.attention_blocks
-        defaults = {
-            "taylor_factors_dtype": torch.float32,
-            **({"cache_identifiers": [pattern]} if pattern else {}),
-        }
-        return diffusers.TaylorSeerCacheConfig(**{**defaults, **options})
-    if isinstance(config, MagCache):
-        calibrating = {"calibrate": True} if config.calibrate else {}
-        return diffusers.MagCacheConfig(**{**options, **calibrating, "mag_ratios": ratios})
-    if isinstance(config, SeaCache):
-        return diffusers.SeaCacheConfig(**options)
-    raise TypeError(f"{type(config).__name__} is not a diffusers cache config.")
-
-
-TAIL_SKIPPING = (FirstBlockCache, MagCache)  # caches that skip a call's remaining blocks as a whole
 
 
 class DiffusersCacheAccelerator(Accelerator):
@@ -71,7 +40,7 @@ class DiffusersCacheAccelerator(Accelerator):
         self._calls: dict[str, int] = {}
         self._tails: dict[str, int] = {}
         self._handles: list[Any] = []
-        self._count_tails = isinstance(config, TAIL_SKIPPING)
+        self._count_tails = config.skips_tail
 
     def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
@@ -90,12 +59,10 @@ class DiffusersCacheAccelerator(Accelerator):
         ratios = getattr(self.config, "mag_ratios", None) or {}
         for role in ("large", "small"):
             for label, model in target.models(role).items():
-                model.enable_cache(
-                    _diffusers_config(self.config, target, role, ratios.get(label, ratios.get(role)))
-                )
+                model.enable_cache(self.config.diffusers_config(target, ratios.get(label, ratios.get(role))))
                 self._enabled.append(model)
                 self._labels[id(model)] = label
-                if isinstance(self.config, MagCache):
+                if self.config.iteration_indexed:
                     _align_mag_states(model, lambda: self._iteration)
                 if self._count_tails:
                     self._count_tail_of(label, model)

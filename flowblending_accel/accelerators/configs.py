@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from ..core.named_schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES
 from .registry import AcceleratorConfig, register_accelerator
@@ -174,9 +174,18 @@ class _DiffusersCache(AcceleratorConfig):
     kind = "cache"
     implementation = ".caches:DiffusersCacheAccelerator"
     exclusive_with = ("tensorrt",)
+    # Skips a call's remaining blocks as a whole (the runtime counts those skips per model).
+    skips_tail: ClassVar[bool] = False
+    # Its per-model state is indexed by the loop iteration (the runtime aligns it with the run's).
+    iteration_indexed: ClassVar[bool] = False
 
     def check_family(self, family, denoisers, solver_kind=None) -> None:
         _needs_transformers(self.spec, family, denoisers)
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        """The diffusers cache config this declares for ``models`` (the routed pipeline); ``ratios``: the
+        model's MagCache ratios. diffusers is imported here, not with the registry."""
+        raise NotImplementedError
 
 
 @register_accelerator
@@ -202,12 +211,30 @@ class FirstBlockCache(_DiffusersCache):
     def spec(self) -> str:
         return f"fbc:{self.threshold:g}"
 
+    skips_tail = True
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        return diffusers.FirstBlockCacheConfig(threshold=self.threshold, **self.options)
+
 
 @register_accelerator
 @dataclass(frozen=True)
 class TaylorSeer(_DiffusersCache):
     names = ("taylorseer",)
     spec_help = "taylorseer"
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+        import torch
+
+        pattern = models.family.attention_blocks
+        defaults = {
+            "taylor_factors_dtype": torch.float32,
+            **({"cache_identifiers": [pattern]} if pattern else {}),
+        }
+        return diffusers.TaylorSeerCacheConfig(**{**defaults, **self.options})
 
 
 @register_accelerator
@@ -216,12 +243,27 @@ class PyramidAttentionBroadcast(_DiffusersCache):
     names = ("pab",)
     spec_help = "pab"
 
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        pipe = models.pipe
+        defaults = {
+            "spatial_attention_block_skip_range": 2,
+            "current_timestep_callback": lambda: pipe.current_timestep,
+        }
+        return diffusers.PyramidAttentionBroadcastConfig(**{**defaults, **self.options})
+
 
 @register_accelerator
 @dataclass(frozen=True)
 class SeaCache(_DiffusersCache):
     names = ("seacache",)
     spec_help = "seacache"
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        return diffusers.SeaCacheConfig(**self.options)
 
 
 @register_accelerator
@@ -254,6 +296,15 @@ class MagCache(_DiffusersCache):
     @property
     def spec(self) -> str:
         return "magcache:calibrate" if self.calibrate else "magcache"
+
+    skips_tail = True
+    iteration_indexed = True
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        calibrating = {"calibrate": True} if self.calibrate else {}
+        return diffusers.MagCacheConfig(**{**self.options, **calibrating, "mag_ratios": ratios})
 
 
 @register_accelerator
