@@ -33,7 +33,12 @@ def _count_parses(monkeypatch) -> Counter:
 
 
 def test_bench_parses_each_given_spec_once(tmp_path, monkeypatch):
+    from flowblending_accel.accelerators import Stack
+
     counts = _count_parses(monkeypatch)
+    checks = []
+    validate = Stack.validate
+    monkeypatch.setattr(Stack, "validate", lambda self, models: checks.append(self) or validate(self, models))
     size = ["--height", "16", "--width", "16", "--frames", "5", "--steps", "10", "--threads", "1"]
     given = ["--schedule", "L40-S40-L20", "--stack", "dpm++:6", "fbc:0.2"]
     output = tmp_path / "bench"
@@ -43,6 +48,10 @@ def test_bench_parses_each_given_spec_once(tmp_path, monkeypatch):
     rows = json.loads((output / "bench.json").read_text())["rows"]
     assert [len(row["seconds"]["all"]) for row in rows] == [3, 3, 3, 3]  # the rounds ran: 4 rows x 4 rounds
     assert rows[-1]["stack"] == ["dpm++:6", "fbc:0.2"]  # reported as the user wrote them
+    # Checked against the pipeline once after it is built (the whole stack), then each row's stack once
+    # before the first round (4 rows and the small-only probe), and each row's FLOP-counting stack once:
+    # not again in each of the 4 rounds x 5 rows that apply them.
+    assert len(checks) == 1 + 5 + 5
 
 
 def test_a_spec_is_reported_as_written():

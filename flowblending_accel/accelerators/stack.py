@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core.api import (
@@ -40,12 +40,17 @@ StackMember = str | AcceleratorConfig | Accelerator
 
 @dataclass
 class Stack:
-    """Accelerators applied together, in :data:`KIND_ORDER`, with the router on top."""
+    """Accelerators applied together, in :data:`KIND_ORDER`, with the router on top. A stack is checked
+    against the models it meets once: applied again to the same models (bench's rounds), it is not checked
+    again."""
 
     accelerators: list[Accelerator]
+    checked_on: RoutedModels | None = field(default=None, repr=False, compare=False)
 
     @classmethod
-    def of(cls, members: Iterable[StackMember]) -> Stack:
+    def of(cls, members: Iterable[StackMember] | Stack) -> Stack:
+        if isinstance(members, Stack):
+            return members
         members = list(members)
         configs = as_configs(members)
         return cls(
@@ -61,9 +66,11 @@ class Stack:
         validate_for_family(configs, target.family, target.denoisers, scheduler_kind(target.pipe.scheduler))
         for accelerator in self.accelerators:
             accelerator.check(target, [a for a in self.accelerators if a is not accelerator])
+        self.checked_on = target
 
     def apply(self, target: RoutedModels) -> None:
-        self.validate(target)
+        if self.checked_on != target:
+            self.validate(target)
         applied: list[Accelerator] = []
         try:
             for accelerator in self.ordered():
@@ -104,7 +111,7 @@ def apply_stack(
     pipe: DiffusionPipeline,
     small: SmallModels,
     schedule: ScheduleLike = PAPER_SCHEDULE,
-    accelerators: Iterable[StackMember] = (),
+    accelerators: Iterable[StackMember] | Stack = (),
     **router_options: RouterOption,
 ) -> tuple[ModelRouter, Stack]:
     """Apply ``accelerators`` to every routed model, then the router on top; returns ``(router, stack)``.
@@ -156,7 +163,7 @@ def accelerated(
     pipe: DiffusionPipeline,
     small: SmallModels,
     schedule: ScheduleLike = PAPER_SCHEDULE,
-    accelerators: Iterable[StackMember] = (),
+    accelerators: Iterable[StackMember] | Stack = (),
     **router_options: RouterOption,
 ) -> Iterator[tuple[ModelRouter, Stack]]:
     """``apply_stack`` for the block, ``remove_stack`` after it, even when it raises."""

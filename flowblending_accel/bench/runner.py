@@ -62,6 +62,7 @@ class RowMeasurement:
 
     row: Row
     accelerators: list[Accelerator] = field(default_factory=list)
+    stack: Stack = field(init=False)  # the accelerators as one stack, checked once against the models
     seconds: list[float] = field(default_factory=list)
     model_seconds: list[dict[str, float]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
@@ -72,6 +73,9 @@ class RowMeasurement:
     described: list[dict[str, Any]] = field(default_factory=list)
     counters: dict[str, Any] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stack = Stack(self.accelerators)
 
 
 def timed_call(target: Target, kwargs: dict[str, Any]) -> tuple[float, Any, int | None]:
@@ -108,7 +112,7 @@ class RowRun:
 def run_row(
     target: Target,
     row: Row,
-    accelerators: list[Accelerator],
+    accelerators: list[Accelerator] | Stack,
     seed: int = 0,
     listeners: tuple[RouterListener, ...] = (),
     inspect: Callable[[DiffusionPipeline], None] | None = None,
@@ -139,7 +143,7 @@ def run_row(
 
 
 def _run_row(target: Target, measurement: RowMeasurement, timed: bool, seed: int) -> None:
-    run = run_row(target, measurement.row, measurement.accelerators, seed)
+    run = run_row(target, measurement.row, measurement.stack, seed)
     if not timed:
         return
     measurement.graphs_after_warmup += run.graphs
@@ -188,6 +192,9 @@ def measure_rows(
         row.label: RowMeasurement(row, [config.for_rounds().create() for config in (*carried, *row.stack)])
         for row in everything
     }
+    models = RoutedModels.of(target.pipe, target.small)
+    for measurement in results.values():  # every row's stack checked once, before any work
+        measurement.stack.validate(models)
     with torch.inference_mode():
         try:
             for round_index in range(repeats + 1):
