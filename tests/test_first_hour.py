@@ -116,14 +116,6 @@ def test_a_tuned_file_refuses_another_target(tmp_path, capsys):
     assert "tuned for --target random:tiny-wan, but this run's target is the embedded pair" in error
 
 
-@pytest.fixture
-def no_loading(monkeypatch):
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was refused")
-
-    monkeypatch.setattr(folders, "folder_target", loaded)
-
-
 @pytest.mark.parametrize(
     "extra, message",
     [

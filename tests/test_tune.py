@@ -11,7 +11,6 @@ from flowblending_accel import add_flowblending_listener, flowblending
 from flowblending_accel.analysis.replay import PrefixReplay
 from flowblending_accel.analysis.scores import passes
 from flowblending_accel.cli import main
-from flowblending_accel.targets import folders
 from flowblending_accel.tiny_models import save_tiny_folders, tiny_wan_pipeline, wan_call_kwargs
 
 PROMPTS = [
@@ -98,14 +97,6 @@ def test_a_call_budget_stops_the_search_and_still_writes(wan, tmp_path):
     assert document["cost"]["budget_spent"] is True
     assert document["run"]["plan"].startswith("tune will make at most")
     assert (tmp_path / "out" / "tune.md").read_text().count("call budget was spent") == 1
-
-
-@pytest.fixture
-def no_loading(monkeypatch):
-    def loaded(*args, **kwargs):
-        raise AssertionError("a model was loaded before the input was refused")
-
-    monkeypatch.setattr(folders, "folder_target", loaded)
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,7 @@ def _flop_pass(target: Target, measurement: RowMeasurement, seed: int) -> None:
     # Cache hits are counted only where a cache runs: the meter's hooks are not free.
     meter = AttentionMeter(RoutedModels.of(target.pipe, target.small).models()) if cached else None
     try:
-        kwargs = Stack(measurement.accelerators).without_owned(target.call_kwargs(seed))
+        kwargs = measurement.stack.without_owned(target.call_kwargs(seed))
         measurement.flops, _ = run_flops(
             target.pipe, target.small, row.schedule, kwargs, row.stack, listeners=(meter,) if meter else ()
         )
