@@ -1,48 +1,55 @@
-"""Accelerators that stack with FlowBlending: a registry of config dataclasses, one runtime module per kind.
+"""Accelerators that stack with FlowBlending: one module per accelerator (its config dataclass, its runtime
+class and its mapping onto the library it drives), a registry of their spec names, and the stack.
 
 ``apply_stack(pipe, small, "L40-S40-L20", ["dpm++:25", "fbc:0.05", "compile"])`` (or with configs:
 ``[StepReduction("dpm++", 25), FirstBlockCache(0.05), RegionalCompile()]``) applies them to every routed
 model in the order that works, puts the router outermost on top, and lets the router tell each accelerator
 when a run or a segment starts. ``remove_stack(pipe)`` undoes all of it; ``accelerated(...)`` is the block
-form. The configs and the registry import no torch; the runtime names load on first use (PEP 562).
+form. Reading the accelerator modules imports no torch (each imports it where it acts); the stack, which
+needs the core's verbs, loads on first use (PEP 562).
 """
 
 from importlib import import_module
 
-from .configs import (
-    OFFLOAD_MODES,
-    AttentionBackend,
-    CacheDiT,
-    DeepCache,
+# Importing each accelerator module registers its config, in the order ``--help`` lists them in.
+# isort: off
+from .steps import StepReduction
+from .caches import (
     FirstBlockCache,
     MagCache,
-    OffloadInactive,
     PyramidAttentionBroadcast,
-    Quantize,
-    RegionalCompile,
     SeaCache,
-    StepReduction,
     TaylorSeer,
-    TensorRT,
-    best_attention_backend,
+    calibrate_mag_ratios,
 )
-from .registry import KIND_ORDER, AcceleratorConfig, parse_accelerator, register_accelerator, spec_help
+from .deepcache import DeepCache
+from .cachedit import CacheDiT
+from .compile import RegionalCompile, dynamo_counts
+from .attention import AttentionBackend, best_attention_backend
+from .quantize import Quantize
+from .tensorrt import TensorRT
+from .offload import OFFLOAD_MODES, OffloadInactive, enable_offload
+
+# isort: on
+from .registry import (
+    KIND_ORDER,
+    AcceleratorConfig,
+    as_configs,
+    parse_accelerator,
+    register_accelerator,
+    spec_help,
+    validate_configs,
+    validate_for_family,
+)
+from .runtime import Accelerator, RoutedModels
 
 _RUNTIME = {
-    "Accelerator": "runtime",
-    "RoutedModels": "runtime",
     "Stack": "stack",
     "accelerated": "stack",
     "applied_stack": "stack",
     "apply_stack": "stack",
     "remove_stack": "stack",
-    "validate_configs": "registry",
-    "validate_for_family": "registry",
-    "as_configs": "registry",
-    "calibrate_mag_ratios": "caches",
     "StackOwnsArgumentWarning": "calls",
-    "dynamo_counts": "compile",
-    "enable_offload": "offload",
 }
 
 __all__ = [

@@ -7,9 +7,32 @@ therefore starts with a fresh context sized to the segment's own number of steps
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+from .registry import AcceleratorConfig, register_accelerator, require_package, require_transformers
 from .runtime import Accelerator, RoutedModels
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class CacheDiT(AcceleratorConfig):
+    """cache-dit's DBCache on both transformers; ``options`` go to its ``DBCacheConfig``."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    names = ("cache-dit",)
+    kind = "cache"
+    spec_help = "cache-dit"
+    implementation = "CacheDiTAccelerator"
+    exclusive_with = ("tensorrt",)
+
+    def check_environment(self, device: str) -> None:
+        require_package("cache_dit", "cache-dit", "cache-dit")
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        require_transformers(self.spec, family, denoisers)
 
 
 class CacheDiTAccelerator(Accelerator):

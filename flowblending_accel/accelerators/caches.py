@@ -17,15 +17,163 @@ cache state of the model it switches to, so nothing computed before a gap is reu
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
-from ..core import diffusers_internals
-from ..core.api import add_flowblending_listener, flowblending
 from ..core.listeners import RouterListener
-from .configs import MagCache
+from .registry import (
+    AcceleratorConfig,
+    register_accelerator,
+    require_transformers,
+    spec_value,
+)
 from .runtime import Accelerator, RoutedModels
+
+if TYPE_CHECKING:  # loaded when a cache is applied, not when the registry is read
+    import torch
+
+
+@dataclass(frozen=True)
+class _DiffusersCache(AcceleratorConfig):
+    """A diffusers feature cache on every routed model; ``options`` go to its diffusers config."""
+
+    options: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
+
+    kind = "cache"
+    implementation = "DiffusersCacheAccelerator"
+    exclusive_with = ("tensorrt",)
+    # Skips a call's remaining blocks as a whole (the runtime counts those skips per model).
+    skips_tail: ClassVar[bool] = False
+    # Its per-model state is indexed by the loop iteration (the runtime aligns it with the run's).
+    iteration_indexed: ClassVar[bool] = False
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        require_transformers(self.spec, family, denoisers)
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        """The diffusers cache config this declares for ``models`` (the routed pipeline); ``ratios``: the
+        model's MagCache ratios. diffusers is imported here, not with the registry."""
+        raise NotImplementedError
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class FirstBlockCache(_DiffusersCache):
+    """diffusers' FirstBlockCache: skip the tail of the model while the first block's residual changes
+    less than ``threshold``."""
+
+    threshold: float = 0.05
+
+    names = ("fbc",)
+    spec_help = "fbc[:threshold]"
+
+    def __post_init__(self) -> None:
+        if not self.threshold > 0:
+            raise ValueError(f"FirstBlockCache.threshold={self.threshold!r} must be positive, e.g. 0.05.")
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> FirstBlockCache:
+        return cls(threshold=spec_value(name, value, float, "a positive threshold") if value else 0.05)
+
+    @property
+    def spec(self) -> str:
+        return f"fbc:{self.threshold:g}"
+
+    skips_tail = True
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        return diffusers.FirstBlockCacheConfig(threshold=self.threshold, **self.options)
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class TaylorSeer(_DiffusersCache):
+    names = ("taylorseer",)
+    spec_help = "taylorseer"
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+        import torch
+
+        pattern = models.family.attention_blocks
+        defaults = {
+            "taylor_factors_dtype": torch.float32,
+            **({"cache_identifiers": [pattern]} if pattern else {}),
+        }
+        return diffusers.TaylorSeerCacheConfig(**{**defaults, **self.options})
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class PyramidAttentionBroadcast(_DiffusersCache):
+    names = ("pab",)
+    spec_help = "pab"
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        pipe = models.pipe
+        defaults = {
+            "spatial_attention_block_skip_range": 2,
+            "current_timestep_callback": lambda: pipe.current_timestep,
+        }
+        return diffusers.PyramidAttentionBroadcastConfig(**{**defaults, **self.options})
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class SeaCache(_DiffusersCache):
+    names = ("seacache",)
+    spec_help = "seacache"
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        return diffusers.SeaCacheConfig(**self.options)
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class MagCache(_DiffusersCache):
+    """MagCache needs per-model magnitude ratios indexed by loop iteration: give ``mag_ratios={"large": [...],
+    "small": [...]}`` (see ``calibrate_mag_ratios``) or ``calibrate=True`` to record them."""
+
+    mag_ratios: Mapping[str, Any] | None = None
+    calibrate: bool = False
+
+    names = ("magcache",)
+    spec_help = "magcache:calibrate"
+
+    def __post_init__(self) -> None:
+        if not self.calibrate and not self.mag_ratios:
+            raise ValueError(
+                "MagCache needs mag_ratios per model: pass mag_ratios={'large': [...], 'small': [...]} "
+                "(see calibrate_mag_ratios) and num_inference_steps in options, or calibrate=True."
+            )
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> MagCache:
+        if value != "calibrate":
+            raise ValueError(
+                f"accelerator '{name}:{value}': write 'magcache:calibrate' (ratios come from Python)."
+            )
+        return cls(calibrate=True)
+
+    @property
+    def spec(self) -> str:
+        return "magcache:calibrate" if self.calibrate else "magcache"
+
+    skips_tail = True
+    iteration_indexed = True
+
+    def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
+        import diffusers
+
+        calibrating = {"calibrate": True} if self.calibrate else {}
+        return diffusers.MagCacheConfig(**{**self.options, **calibrating, "mag_ratios": ratios})
 
 
 class DiffusersCacheAccelerator(Accelerator):
@@ -108,6 +256,8 @@ class DiffusersCacheAccelerator(Accelerator):
 def _align_mag_states(model: torch.nn.Module, iteration) -> None:
     from diffusers.hooks.mag_cache import MagCacheState
 
+    from ..core import diffusers_internals
+
     def aligned_state():
         state = MagCacheState()
         state.step_index = iteration()
@@ -119,6 +269,8 @@ def _align_mag_states(model: torch.nn.Module, iteration) -> None:
 def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> dict[str, list[float]]:
     """Run the pipeline once all-large and once all-small with MagCache calibration; return the ratios of
     every model by its label (``large`` / ``small``, or per expert for Wan 2.2)."""
+    from ..core.api import add_flowblending_listener, flowblending
+
     steps = call_kwargs["num_inference_steps"]
     ratios: dict[str, list[float]] = {}
     for role, schedule in (("large", "L100"), ("small", "S100")):
@@ -145,6 +297,8 @@ class _RatioRecorder(RouterListener):
         self.model, self.ratios = model, []
 
     def on_run_end(self, router, stats) -> None:
+        from ..core import diffusers_internals
+
         for state in diffusers_internals.cache_states(self.model):
             found = getattr(state, "calibration_ratios", None)
             if found and len(found) > len(self.ratios):

@@ -13,11 +13,30 @@ the same blocks, so only the first application in a process compiles.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .registry import AcceleratorConfig, register_accelerator
 from .runtime import Accelerator, RoutedModels
+
+if TYPE_CHECKING:
+    import torch
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class RegionalCompile(AcceleratorConfig):
+    """``torch.compile`` of both models' repeated blocks (the router stays eager)."""
+
+    fullgraph: bool | None = None
+    mode: str | None = None
+
+    names = ("compile",)
+    kind = "compile"
+    spec_help = "compile"
+    implementation = "RegionalCompileAccelerator"
+    exclusive_with = ("tensorrt",)
+
 
 # A cache's hooks inside the compiled blocks make dynamo compile a variant per (context name, head or tail
 # block, cache state length ...): two models and two CFG branches pass dynamo's default limit of 8, and the
@@ -69,6 +88,8 @@ class RegionalCompileAccelerator(Accelerator):
         self._cached = cached
 
     def apply(self, target: RoutedModels) -> None:
+        import torch
+
         if self._cached:
             config = torch._dynamo.config
             self._limit = config.recompile_limit
@@ -81,6 +102,8 @@ class RegionalCompileAccelerator(Accelerator):
         while self._compiled:
             uncompile(self._compiled.pop())
         if self._limit is not None:
+            import torch
+
             torch._dynamo.config.recompile_limit, self._limit = self._limit, None
 
     def mark_warm(self) -> None:

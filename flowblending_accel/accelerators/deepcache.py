@@ -9,11 +9,53 @@ UNet starts a segment, so the first step after a gap computes in full.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-
+from .registry import AcceleratorConfig, register_accelerator, require_package, spec_value
 from .runtime import Accelerator, RoutedModels
+
+if TYPE_CHECKING:
+    import torch
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class DeepCache(AcceleratorConfig):
+    """DeepCache on both UNets: recompute the deep blocks every ``interval`` steps, reuse them in between."""
+
+    interval: int = 3
+    branch_id: int = 0
+
+    names = ("deepcache",)
+    kind = "cache"
+    spec_help = "deepcache[:interval] (UNets)"
+    implementation = "DeepCacheAccelerator"
+    exclusive_with = ("tensorrt", "compile")
+    clash_reasons = {"compile": "DeepCache swaps block forwards in Python at every step."}
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, int) or self.interval < 1:
+            raise ValueError(f"DeepCache.interval={self.interval!r} must be a whole number of at least 1.")
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> DeepCache:
+        return cls(spec_value(name, value, int, "a whole-number interval") if value else 3)
+
+    @property
+    def spec(self) -> str:
+        return f"deepcache:{self.interval}"
+
+    def check_environment(self, device: str) -> None:
+        require_package("DeepCache", "deepcache", "deepcache")
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        others = [name for name in denoisers if not family.is_unet(name)]
+        if others:
+            raise ValueError(
+                f"{self.spec}: the {family.name} pipeline's denoiser ({others[0]}) is not a UNet; DeepCache "
+                "works on UNets only: use fbc, taylorseer or cache-dit."
+            )
 
 
 class _LivePipe:

@@ -17,13 +17,47 @@ places the large model, so only the small model is managed here, on the large mo
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..core import diffusers_internals
-from .configs import OFFLOAD_MODES
+from .registry import AcceleratorConfig, register_accelerator, spec_value
 from .runtime import Accelerator, RoutedModels
+
+if TYPE_CHECKING:
+    import torch
+
+# Memory modes for a pipeline loaded on the CPU (``enable_offload``): every component resident, diffusers'
+# model, group and sequential CPU offload.
+OFFLOAD_MODES = ("none", "model", "group", "sequential")
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class OffloadInactive(AcceleratorConfig):
+    """Keep only the active model on the accelerator; prefetch the next segment's model ``prefetch_steps``
+    steps before it starts, on a side stream."""
+
+    prefetch_steps: int = 1
+    offload_device: str = "cpu"
+
+    names = ("offload",)
+    kind = "memory"
+    spec_help = "offload[:prefetch_steps] (inactive model on CPU)"
+    implementation = "OffloadAccelerator"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefetch_steps, int) or self.prefetch_steps < 0:
+            raise ValueError(
+                f"OffloadInactive.prefetch_steps={self.prefetch_steps!r} must be a whole number >= 0."
+            )
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> OffloadInactive:
+        return cls(spec_value(name, value, int, "a whole number of steps") if value else 1)
+
+    @property
+    def spec(self) -> str:
+        return f"offload:{self.prefetch_steps}"
 
 
 def enable_offload(pipe: Any, device: str, mode: str) -> list[str]:
@@ -38,6 +72,8 @@ def enable_offload(pipe: Any, device: str, mode: str) -> list[str]:
 
     The small model follows whichever mode the large one is in (the router's follower).
     """
+    import torch
+
     if mode not in OFFLOAD_MODES:
         raise ValueError(f"--offload {mode!r}: choose one of {', '.join(OFFLOAD_MODES)}.")
     if mode == "none":
@@ -63,6 +99,10 @@ def enable_offload(pipe: Any, device: str, mode: str) -> list[str]:
 
 def execution_device(model: torch.nn.Module) -> torch.device | None:
     """Where ``model`` computes: its offload hook's device (model or group offload), else its weights'."""
+    import torch
+
+    from ..core import diffusers_internals
+
     hook = getattr(model, "_hf_hook", None)
     if getattr(hook, "execution_device", None) is not None:
         return torch.device(hook.execution_device)
@@ -76,6 +116,8 @@ class OffloadAccelerator(Accelerator):
     manages_placement = True  # the router leaves the small model's device to it
 
     def __init__(self, config) -> None:
+        import torch
+
         super().__init__(config)
         self.prefetch_steps, self.offload_device = config.prefetch_steps, torch.device(config.offload_device)
         self.switch_seconds: list[float] = []
@@ -93,6 +135,10 @@ class OffloadAccelerator(Accelerator):
             )
 
     def apply(self, target: RoutedModels) -> None:
+        import torch
+
+        from ..core import diffusers_internals
+
         self._models = target.models()
         large = self._models["large"]
         self.device = execution_device(large) or target.device
@@ -108,6 +154,8 @@ class OffloadAccelerator(Accelerator):
         self._models.clear()
 
     def _move(self, name: str, device: torch.device) -> None:
+        import torch
+
         model = self._models.get(name)
         if model is None:
             return
@@ -140,6 +188,8 @@ class OffloadAccelerator(Accelerator):
                 self._move(model, self.device)
 
     def on_segment_start(self, router, segment) -> None:
+        import torch
+
         model = segment.model
         if not segment.after_switch:
             return
@@ -163,6 +213,8 @@ class OffloadAccelerator(Accelerator):
 
     def on_run_end(self, router, stats) -> None:
         # The large model is the pipeline's component: its device is where the next run puts its latents.
+        import torch
+
         if "large" in self._models:
             self._move("large", self.device)
             event = self._pending.pop("large", None)

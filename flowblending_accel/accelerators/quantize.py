@@ -23,18 +23,107 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import contextmanager
-from typing import Any
-
-import torch
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from ..core.schedule import FlowBlendingWarning
+from .registry import AcceleratorConfig, register_accelerator, require_package
 from .runtime import Accelerator, RoutedModels
+
+if TYPE_CHECKING:
+    import torch
+
+
+FLOAT8_CAPABILITY = (8, 9)  # float8 matmuls: Ada and Hopper (sm_89, sm_90) and later
+
+
+def float8_runs(device: str) -> bool:
+    """Whether float8 dynamic quantization runs on ``device`` (a CUDA GPU of compute capability 8.9+)."""
+    import torch
+
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(torch.device(device)) >= FLOAT8_CAPABILITY
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class Quantize(AcceleratorConfig):
+    """torchao quantization of both models' linear layers: ``int8`` weight-only (CPU and GPU), ``float8``
+    dynamic activation and weight (GPUs of compute capability 8.9+, e.g. H100), ``auto``: float8 where it
+    runs, else int8. ``full_precision``: where the full-precision weights go once quantized (``auto``: host
+    memory when the model is on an accelerator, dropped on a CPU; ``host``; ``drop``; ``device``: left beside
+    the quantized ones, for tools that apply and remove the stack every round)."""
+
+    mode: str = "auto"
+    full_precision: str = "auto"
+
+    names = ("quantize",)
+    kind = "quantize"
+    spec_help = "quantize[:int8|float8|auto][:host|drop|device] (torchao)"
+    implementation = "QuantizeAccelerator"
+    exclusive_with = ("tensorrt",)
+    clash_reasons = {"tensorrt": "TensorRT builds its engines at its own precision."}
+    MODES = ("auto", "int8", "float8")
+    KEEPS = ("auto", "host", "drop", "device")
+
+    def __post_init__(self) -> None:
+        if self.mode not in self.MODES:
+            raise ValueError(f"Quantize.mode={self.mode!r} must be one of {', '.join(self.MODES)}.")
+        if self.full_precision not in self.KEEPS:
+            raise ValueError(
+                f"Quantize.full_precision={self.full_precision!r} must be one of {', '.join(self.KEEPS)}."
+            )
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> Quantize:
+        parts = [part for part in value.split(":") if part]
+        modes = [part for part in parts if part not in cls.KEEPS or part == "auto"][:1]
+        keeps = [part for part in parts if part in cls.KEEPS and part != "auto"]
+        if len(parts) > len(modes) + len(keeps):
+            raise ValueError(
+                f"accelerator 'quantize:{value}': write quantize[:int8|float8|auto][:host|drop|device], e.g. "
+                "'quantize:float8:host'."
+            )
+        return cls(modes[0] if modes else "auto", keeps[0] if keeps else "auto")
+
+    @property
+    def spec(self) -> str:
+        return f"quantize:{self.mode}" + ("" if self.full_precision == "auto" else f":{self.full_precision}")
+
+    def keeps(self, device: str) -> str:
+        """``host``, ``device`` or ``drop``: what becomes of the full-precision weights of a model on
+        ``device``."""
+        if self.full_precision != "auto":
+            return self.full_precision
+        return "drop" if device == "cpu" else "host"
+
+    def for_rounds(self) -> Quantize:
+        """Kept where they are: a tool that removes and applies the stack every round needs them back at
+        once, without moving a model's weights to the host and back each time."""
+        return replace(self, full_precision="device")
+
+    def resolved(self, device: str) -> str:
+        """The mode that runs on ``device``."""
+        if self.mode != "auto":
+            return self.mode
+        return "float8" if float8_runs(device) else "int8"
+
+    def check_environment(self, device: str) -> None:
+        require_package("torchao", "quantize", "quantize")
+        if self.mode == "float8" and not float8_runs(device):
+            raise ValueError(
+                f"{self.spec} needs a CUDA GPU of compute capability {FLOAT8_CAPABILITY[0]}."
+                f"{FLOAT8_CAPABILITY[1]} or later (Ada, Hopper) on --device; use quantize:int8 or "
+                "quantize:auto."
+            )
+
 
 # float8 matmuls (torch._scaled_mm) need both dimensions divisible by 16; layers a checkpoint keeps in
 # float32 (Wan's time embedding) stay as they are.
 FLOAT8_MULTIPLE = 16
-FLOAT8_FROM = (torch.bfloat16, torch.float16)
-HOST = torch.device("cpu")
+FLOAT8_FROM = ("bfloat16", "float16")  # torch dtypes float8 quantizes from
+HOST = "cpu"
 
 
 @contextmanager
@@ -62,6 +151,8 @@ def _torchao_config(mode: str) -> Any:
 
 
 def _linears(model: torch.nn.Module, mode: str) -> dict[str, torch.nn.Linear]:
+    import torch
+
     found = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     if mode == "float8":
         found = {
@@ -69,7 +160,7 @@ def _linears(model: torch.nn.Module, mode: str) -> dict[str, torch.nn.Linear]:
             for name, m in found.items()
             if m.in_features % FLOAT8_MULTIPLE == 0
             and m.out_features % FLOAT8_MULTIPLE == 0
-            and m.weight.dtype in FLOAT8_FROM
+            and str(m.weight.dtype).removeprefix("torch.") in FLOAT8_FROM
         }
     return found
 
@@ -86,20 +177,27 @@ def _put_back(layers: dict[str, torch.nn.Linear], weights: dict[str, tuple], dev
             layers[name].weight = original
 
 
-def _move(weight: torch.nn.Parameter, device: torch.device) -> None:
+def _move(weight: torch.nn.Parameter, device: torch.device | str) -> None:
     """Move a kept weight in place (the same Parameter), as a normal tensor even under inference mode."""
+    import torch
+
+    device = torch.device(device)
     if weight.device != device:
         with torch.inference_mode(False):
             weight.data = weight.data.to(device)
 
 
 def _peak_reset(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak(device: torch.device) -> int | None:
+    import torch
+
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
@@ -112,6 +210,8 @@ class QuantizeAccelerator(Accelerator):
         self._summary: dict[str, dict[str, Any]] = {}  # label -> mode, layers, bytes, where, peak
 
     def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
+        import torch
+
         self.config.check_environment(str(target.device or "cpu"))
         for label, model in target.models().items():
             if id(model) in self._weights:
@@ -209,11 +309,15 @@ class QuantizeAccelerator(Accelerator):
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
+    import torch
+
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _nbytes(weight: torch.Tensor) -> int:
     """Storage of a weight, quantized subclasses included (their inner tensors)."""
+    import torch
+
     if type(weight) in (torch.Tensor, torch.nn.Parameter):
         return weight.numel() * weight.element_size()
     names, _ = weight.__tensor_flatten__()

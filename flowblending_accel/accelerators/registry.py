@@ -1,15 +1,17 @@
-"""Accelerator names, their config dataclasses, and the one parser from a spec string to a config.
+"""Accelerator names, the config base class, and the one parser from a spec string to a config.
 
 ``"fbc:0.05"`` and ``FirstBlockCache(threshold=0.05)`` are the same documented path: the spec's name picks a
-registered config class and its ``from_spec`` reads the value; ``config.spec`` writes it back. The built-in
-configs (:mod:`.configs`) register on import of the package. This module and :mod:`.configs` import no torch,
-so the command line can list and check accelerators without loading it.
+registered config class and its ``from_spec`` reads the value; ``config.spec`` writes it back. Each built-in
+accelerator is one module holding its config, its runtime class and its mapping onto the library it drives;
+they register on import of the package. None of them imports torch or diffusers at module level, so the
+command line can list and check accelerators without loading either.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass, field, fields
-from importlib import import_module
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -28,7 +30,8 @@ class AcceleratorConfig:
         kind: its slot in :data:`KIND_ORDER`; a stack holds at most one ``cache``.
         spec_help: the spec forms, for ``--help`` and error messages.
         exclusive_with: names or kinds it cannot share a stack with, and ``clash_reasons`` why.
-        implementation: ``"module:Class"`` of the runtime accelerator, imported on :meth:`create`.
+        implementation: the name of its runtime :class:`~.runtime.Accelerator` class, in the config's own
+            module.
     """
 
     names: ClassVar[tuple[str, ...]] = ()
@@ -85,8 +88,7 @@ class AcceleratorConfig:
 
     def create(self) -> Any:
         """A fresh runtime accelerator for this config (it holds the state of one application)."""
-        module, _, cls = self.implementation.partition(":")
-        return getattr(import_module(module, __package__), cls)(self)
+        return getattr(sys.modules[type(self).__module__], self.implementation)(self)
 
     def describe(self) -> dict[str, Any]:
         shown = {
@@ -178,3 +180,43 @@ def validate_for_family(configs: list[AcceleratorConfig], family, denoisers, sol
     pipeline's sigmas."""
     for config in configs:
         config.check_family(family, denoisers, solver_kind)
+
+
+# Checks the configs share: a spec's value, a package this machine lacks, a CUDA GPU, transformer denoisers.
+
+
+def spec_value(name: str, value: str, cast: type, form: str) -> Any:
+    """``value`` of the spec ``name:value`` as ``cast``, or one message saying what form it takes."""
+    try:
+        return cast(value)
+    except ValueError:
+        raise ValueError(
+            f"accelerator '{name}:{value}': the value must be {form}, e.g. '{name}:"
+            f"{'0.05' if cast is float else '10'}'."
+        ) from None
+
+
+def require_package(module: str, what: str, extra: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"{what} needs the `{module}` package: pip install flowblending-accel[{extra}].")
+
+
+def require_cuda(what: str, device: str) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"{what} needs a CUDA GPU, and this machine has none (torch {torch.__version__}): "
+            "drop it from the stack."
+        )
+    if not device.startswith("cuda"):
+        raise ValueError(f"{what} needs a CUDA GPU, but the target runs on {device!r}: use --device cuda.")
+
+
+def require_transformers(spec: str, family, denoisers: tuple[str, ...]) -> None:
+    unets = [name for name in denoisers if family.is_unet(name)]
+    if unets:
+        raise ValueError(
+            f"{spec}: the {family.name} pipeline's {unets[0]} is a UNet, which this cache does not hook "
+            "(it caches transformer blocks); use deepcache[:interval]."
+        )

@@ -11,14 +11,15 @@ segments), and ``counters`` of what it did.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..core.api import routed_denoisers, small_per_denoiser
-from ..core.families import Family, family_for
 from ..core.listeners import RouterListener
 from .registry import AcceleratorConfig
+
+if TYPE_CHECKING:  # the registry imports this module: torch and diffusers load when a stack is applied
+    import torch
+
+    from ..core.families import Family
 
 
 @dataclass
@@ -33,6 +34,9 @@ class RoutedModels:
 
     @classmethod
     def of(cls, pipe: Any, small: Any, denoisers: tuple[str, ...] | None = None) -> RoutedModels:
+        from ..core.api import routed_denoisers, small_per_denoiser
+        from ..core.families import family_for
+
         family = family_for(pipe)
         names = routed_denoisers(pipe, family, denoisers)
         larges = {name: getattr(pipe, name) for name in names}

@@ -3,10 +3,63 @@ keeping the training settings of the scheduler it replaces and a flow shift righ
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from ..core.named_schedulers import make_scheduler
+from ..core.named_schedulers import FLOW_SCHEDULERS, SCHEDULER_NAMES, make_scheduler, takes_sigmas
+from .registry import AcceleratorConfig, register_accelerator, spec_value
 from .runtime import Accelerator, RoutedModels
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class StepReduction(AcceleratorConfig):
+    """Swap the pipeline's scheduler for ``solver`` at ``steps`` solver steps (flow settings kept)."""
+
+    solver: str = "dpm++"
+    steps: int = 25
+    shift: float | None = None
+
+    names = SCHEDULER_NAMES
+    kind = "scheduler"
+    spec_help = "dpm++:25 | unipc:20 | euler:30 | heun:25 (step reduction)"
+    implementation = "StepReductionAccelerator"
+
+    def __post_init__(self) -> None:
+        if self.solver not in SCHEDULER_NAMES:
+            raise ValueError(
+                f"StepReduction.solver={self.solver!r} is unknown; "
+                f"choose one of {', '.join(SCHEDULER_NAMES)}."
+            )
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"StepReduction.steps={self.steps!r} must be a whole number of at least 1.")
+
+    @property
+    def name(self) -> str:
+        return self.solver
+
+    @classmethod
+    def from_spec(cls, name: str, value: str) -> StepReduction:
+        return cls(name, spec_value(name, value, int, "a whole number of steps") if value else 25)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.solver}:{self.steps}"
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        kind = family.solver_kind or solver_kind
+        if kind is not None and (kind == "flow") != (self.solver in FLOW_SCHEDULERS):
+            named = "flow-matching" if kind == "flow" else "diffusion (epsilon / v)"
+            fitting = [name for name in SCHEDULER_NAMES if (name in FLOW_SCHEDULERS) == (kind == "flow")]
+            raise ValueError(
+                f"{self.spec}: {self.solver!r} does not fit the {family.name} pipeline's {named} "
+                f"checkpoints; pick one of {', '.join(fitting)}."
+            )
+        if family.passes_sigmas and not takes_sigmas(self.solver):
+            raise ValueError(
+                f"{self.spec}: the {family.name} pipeline hands the scheduler its own sigma grid, which "
+                f"{self.solver!r} does not take; use euler or unipc."
+            )
 
 
 class StepReductionAccelerator(Accelerator):

@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .compile import uncompile
+from .registry import AcceleratorConfig, register_accelerator, require_cuda, require_package
 from .runtime import Accelerator, RoutedModels
 
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+if TYPE_CHECKING:
+    import torch
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # torch dtypes, by precision name
+
+
+@register_accelerator
+@dataclass(frozen=True)
+class TensorRT(AcceleratorConfig):
+    """One torch-tensorrt engine per model's repeated blocks (CUDA and ``torch_tensorrt`` required)."""
+
+    precision: str = "bf16"
+
+    names = ("tensorrt", "trt")
+    kind = "engine"
+    spec_help = "tensorrt"
+    implementation = "TensorRTAccelerator"
+    exclusive_with = ("cache", "compile", "memory")
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"TensorRT.precision={self.precision!r} must be 'bf16', 'fp16' or 'fp32'.")
+
+    def check_environment(self, device: str) -> None:
+        require_cuda("tensorrt", device)
+        require_package("torch_tensorrt", "tensorrt", "tensorrt")
 
 
 class TensorRTAccelerator(Accelerator):
@@ -19,9 +46,13 @@ class TensorRTAccelerator(Accelerator):
         self.config.check_environment(str(target.device))
 
     def apply(self, target: RoutedModels) -> None:
+        import torch
         import torch_tensorrt  # noqa: F401  (registers the "tensorrt" dynamo backend)
 
-        options = {"enabled_precisions": {_DTYPES[self.config.precision]}, "use_python_runtime": False}
+        options = {
+            "enabled_precisions": {getattr(torch, _DTYPES[self.config.precision])},
+            "use_python_runtime": False,
+        }
         for model in target.models().values():
             repeated = getattr(model, "_repeated_blocks", None) or []
             for block in model.modules():

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..accelerators import RoutedModels, StepReduction
-from ..accelerators.configs import solver_for_family
+from ..accelerators.defaults import solver_for_family
 from ..core.step_grid import scheduler_kind
 from .calibrate import shifted
 from .scores import Scores, loss_ratio, passes

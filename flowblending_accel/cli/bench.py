@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _measure(args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None) -> int:
     from ..accelerators import RoutedModels, Stack
-    from ..accelerators.configs import default_stack
+    from ..accelerators.defaults import default_stack
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
     from ..support.env import device_name, versions

@@ -27,7 +27,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from ..accelerators.configs import OFFLOAD_MODES
+from ..accelerators import OFFLOAD_MODES
 
 FIT_SHARE = 0.9  # a plan fits when its peak is at most this share of the GPU (CUDA context, fragmentation)
 _ELEMENT = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..accelerators.configs import OFFLOAD_MODES
+from ..accelerators import OFFLOAD_MODES
 
 DTYPES = ("float32", "bfloat16", "float16")
 
