@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from flowblending_accel.accelerators import accelerated
+from flowblending_accel.accelerators import applied_stack, flowblending
 from flowblending_accel.cli import main
 from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
@@ -17,7 +17,8 @@ def _compiled_counters(second_call):
     torch._dynamo.reset()  # no graphs cached from other tests: this warm-up must compile
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
-    with accelerated(pipe, small, "L40-S40-L20", ["compile"]) as (_, stack), torch.inference_mode():
+    with flowblending(pipe, small, "L40-S40-L20", ["compile"]), torch.inference_mode():
+        stack = applied_stack(pipe)
         pipe(**wan_call_kwargs(steps=10))
         stack.mark_warm()
         pipe(**second_call)

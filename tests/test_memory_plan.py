@@ -85,9 +85,9 @@ def _routed(mode: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     reference = pipe(**wan_call_kwargs(steps=6)).frames
     with flowblending(pipe, small, "L100"):
         routed = pipe(**wan_call_kwargs(steps=6)).frames
-    from flowblending_accel.accelerators import accelerated
+    from flowblending_accel.accelerators import flowblending
 
-    with accelerated(pipe, small, "L40-S40-L20", members) as (router, _):
+    with flowblending(pipe, small, "L40-S40-L20", members) as router:
         pipe(**wan_call_kwargs(steps=6))
         steps = router.last_run.steps_per_model
     return reference, routed, {"members": members, "steps": steps}

@@ -2,7 +2,12 @@
 
 import torch
 
-from flowblending_accel.accelerators import OffloadInactive, apply_stack, remove_stack
+from flowblending_accel.accelerators import (
+    OffloadInactive,
+    applied_stack,
+    apply_flowblending_,
+    remove_flowblending_,
+)
 from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 
@@ -31,7 +36,8 @@ def test_offload_moves_at_the_right_steps_and_keeps_outputs():
     log, router_ref = [], [None]
     _record_moves(large, "large", log, router_ref)
     _record_moves(small, "small", log, router_ref)
-    router, stack = apply_stack(pipe, small, "L100", [offload])
+    router = apply_flowblending_(pipe, small, "L100", [offload])
+    stack = applied_stack(pipe)
     router_ref[0] = router
     assert torch.equal(pipe(**wan_call_kwargs(steps=10)).frames, reference)  # all-large: bit-identical
     router.set_schedule("L40-S40-L20")
@@ -51,4 +57,4 @@ def test_offload_moves_at_the_right_steps_and_keeps_outputs():
     ]
     assert [device for _, device, _ in log] == ["cpu"] * 7  # no accelerator here: every "move" is to the CPU
     assert stack.counters()["offload"]["switches"] == 2
-    remove_stack(pipe)
+    remove_flowblending_(pipe)

@@ -9,9 +9,10 @@ from flowblending_accel.accelerators import (
     Quantize,
     RoutedModels,
     Stack,
-    apply_stack,
+    applied_stack,
+    apply_flowblending_,
     parse_accelerator,
-    remove_stack,
+    remove_flowblending_,
 )
 from flowblending_accel.cli import main
 from flowblending_accel.tiny_models import tiny_wan_pipeline, wan_call_kwargs
@@ -92,7 +93,8 @@ def test_int8_under_the_router_then_removed_bit_for_bit(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     reference = _run(pipe)
-    router, stack = apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
+    router = apply_flowblending_(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
+    stack = applied_stack(pipe)
     quantized_weights = [p for p in large.parameters() if type(p) is not torch.nn.Parameter]
     routed = _run(pipe)
     counters = stack.counters()["quantize"]
@@ -103,7 +105,7 @@ def test_int8_under_the_router_then_removed_bit_for_bit(wan_pair):
         counters["large.device_weight_bytes_after"] < 0.5 * counters["large.device_weight_bytes_before"]
     )
     assert quantized_weights and not torch.equal(routed, reference)
-    remove_stack(pipe)
+    remove_flowblending_(pipe)
     assert all(type(p) is torch.nn.Parameter for p in large.parameters())
     assert torch.equal(_run(pipe), reference)
 
@@ -127,13 +129,14 @@ def test_reapplying_swaps_the_same_quantized_weights_back_in(wan_pair):
 def test_composes_with_a_cache_and_regional_compile(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
-    router, stack = apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8:host", "fbc:0.05", "compile"])
+    router = apply_flowblending_(pipe, small, "L40-S40-L20", ["quantize:int8:host", "fbc:0.05", "compile"])
+    stack = applied_stack(pipe)
     _run(pipe)
     stack.mark_warm()
     _run(pipe)
     assert router.last_run.calls_per_model == {"large": 12, "small": 8}
     assert stack.counters()["compile"]["recompiles_after_warmup"] == 0
-    remove_stack(pipe)
+    remove_flowblending_(pipe)
 
 
 @needs_torchao
@@ -162,8 +165,8 @@ def test_removal_leaves_the_modules_as_they_were(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     before = {name: set(vars(m)) for name, m in large.named_modules()}
-    apply_stack(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
-    remove_stack(pipe)
+    apply_flowblending_(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
+    remove_flowblending_(pipe)
     assert {name: set(vars(m)) for name, m in large.named_modules()} == before
 
 
@@ -175,8 +178,8 @@ def test_attention_backend_removal_restores_processors_and_the_active_backend(wa
     processors = [m.processor for m in large.modules() if hasattr(m, "processor")]
     before = [dict(vars(p)) for p in processors]
     active = _AttentionBackendRegistry.get_active_backend()[0]
-    apply_stack(pipe, small, "L40-S40-L20", ["attn:native"])
-    remove_stack(pipe)
+    apply_flowblending_(pipe, small, "L40-S40-L20", ["attn:native"])
+    remove_flowblending_(pipe)
     assert [dict(vars(p)) for p in processors] == before
     assert _AttentionBackendRegistry.get_active_backend()[0] == active
 

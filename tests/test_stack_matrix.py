@@ -15,9 +15,9 @@ from flowblending_accel.accelerators import (
     SeaCache,
     StepReduction,
     TaylorSeer,
-    apply_stack,
+    apply_flowblending_,
     calibrate_mag_ratios,
-    remove_stack,
+    remove_flowblending_,
 )
 from flowblending_accel.tiny_models import (
     sd_call_kwargs,
@@ -100,7 +100,7 @@ def _run_stack(name, solver, compiled):
     large = pipe.unet if field == "images" else pipe.transformer
     cache = _cache(name, pipe, small, kwargs)
     stack = [reduce, cache] + ([RegionalCompile()] if compiled else [])
-    router, _ = apply_stack(pipe, small, "L40-S40-L20", stack)
+    router = apply_flowblending_(pipe, small, "L40-S40-L20", stack)
     calls, attention_modules = (None, 0) if compiled else _attention_calls(large, router)
     try:
         first = getattr(pipe(**kwargs_fn()), field)
@@ -110,7 +110,7 @@ def _run_stack(name, solver, compiled):
         trace = [m for _, m in router.last_run.trace]
         leftovers = _stateful_leftovers(large) + _stateful_leftovers(small)
     finally:
-        remove_stack(pipe)
+        remove_flowblending_(pipe)
     return first, second, trace, leftovers, calls, attention_modules
 
 
@@ -149,8 +149,8 @@ def test_cache_with_router_and_regional_compile(name, solver):
 def test_deepcache_rejects_compile_and_dits():
     pipe, small, *_ = _build("deepcache", "euler")
     with pytest.raises(ValueError, match="deepcache cannot be stacked with compile"):
-        apply_stack(pipe, small, "LSL", [DeepCache(), RegionalCompile()])
+        apply_flowblending_(pipe, small, "LSL", [DeepCache(), RegionalCompile()])
     wan = tiny_wan_pipeline()
     with pytest.raises(ValueError, match="DeepCache works on UNets only"):
-        apply_stack(wan, tiny_wan_pair()[1], "LSL", [DeepCache()])
+        apply_flowblending_(wan, tiny_wan_pair()[1], "LSL", [DeepCache()])
     assert not hasattr(wan, "_flowblending_stack")

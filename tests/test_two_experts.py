@@ -3,7 +3,7 @@
 import torch
 
 from flowblending_accel import family_for, flowblending_stats
-from flowblending_accel.accelerators import RoutedModels, accelerated, calibrate_mag_ratios
+from flowblending_accel.accelerators import RoutedModels, calibrate_mag_ratios, flowblending
 from flowblending_accel.analysis.divergence import divergence_curve
 from flowblending_accel.core.schedule import Schedule
 from flowblending_accel.metrics.flops import run_flops
@@ -34,7 +34,7 @@ def test_run_flops_counts_every_expert():
 def test_a_single_denoiser_name_is_one_name():
     pipe, small = _wan22()
     stack = ["fbc:0.2"]
-    with accelerated(pipe, small, "L40-S40-L20", stack, denoisers="transformer"), torch.inference_mode():
+    with flowblending(pipe, small, "L40-S40-L20", stack, denoisers="transformer"), torch.inference_mode():
         pipe(**wan_call_kwargs(steps=10))
         # Only expert 1 routes: it runs steps 0-6 of the 10-step grid, of which 4-6 are the small stage.
         assert flowblending_stats(pipe).calls_per_model == {"large": 8, "small": 6}
@@ -67,7 +67,7 @@ def test_latent_consistency_pipelines_are_not_batched_cfg():
 def test_a_completed_call_is_finished_for_both_experts():
     pipe, small = _wan22()
     # The first expert never sees the last step; the call still finished.
-    with accelerated(pipe, small, "L40-S40-L20"), torch.inference_mode():
+    with flowblending(pipe, small, "L40-S40-L20"), torch.inference_mode():
         pipe(**wan_call_kwargs(steps=10))
         stats = flowblending_stats(pipe)
     assert stats.finished and not stats.aborted

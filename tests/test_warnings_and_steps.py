@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from flowblending_accel import FlowBlendingWarning, flowblending, flowblending_stats
-from flowblending_accel.accelerators import StackOwnsArgumentWarning, accelerated, apply_stack, remove_stack
+from flowblending_accel.accelerators import (
+    StackOwnsArgumentWarning,
+    apply_flowblending_,
+    remove_flowblending_,
+)
 from flowblending_accel.tiny_models import (
     sd_call_kwargs,
     tiny_sd_pipeline,
@@ -74,7 +78,7 @@ def test_step_reduction_runs_its_steps_through_the_python_api(pair):
     pipe, small = pair
     kwargs = wan_call_kwargs(steps=50)
     kwargs.pop("num_inference_steps")
-    with accelerated(pipe, small, "L40-S40-L20", ["dpm++:10"]), torch.inference_mode():
+    with flowblending(pipe, small, "L40-S40-L20", ["dpm++:10"]), torch.inference_mode():
         pipe(**kwargs)  # the caller says nothing about steps
         assert flowblending_stats(pipe).num_steps == 10 and len(pipe.scheduler.timesteps) == 10
         with pytest.warns(
@@ -89,7 +93,7 @@ def test_step_reduction_refuses_custom_timesteps_and_restores_the_class():
     large, small = tiny_unet_pair()
     pipe = tiny_sd_pipeline(large)
     original = type(pipe)
-    apply_stack(pipe, small, "L40-S40-L20", ["dpm++-vp:8"])
+    apply_flowblending_(pipe, small, "L40-S40-L20", ["dpm++-vp:8"])
     assert (
         type(pipe) is not original and type(pipe).__name__ == original.__name__ and isinstance(pipe, original)
     )
@@ -97,5 +101,5 @@ def test_step_reduction_refuses_custom_timesteps_and_restores_the_class():
         ValueError, match=r"dpm\+\+-vp:8 sets num_inference_steps=8, but the call passes custom `timesteps`"
     ):
         pipe(**sd_call_kwargs(steps=8, timesteps=[999, 500]))
-    remove_stack(pipe)
+    remove_flowblending_(pipe)
     assert type(pipe) is original

@@ -1,12 +1,12 @@
 """Accelerators that stack with FlowBlending: one module per accelerator (its config dataclass, its runtime
-class and its mapping onto the library it drives), a registry of their spec names, and the stack.
+class and its mapping onto the library it drives), a registry of their spec names, and the pipeline verbs.
 
-``apply_stack(pipe, small, "L40-S40-L20", ["dpm++:25", "fbc:0.05", "compile"])`` (or with configs:
-``[StepReduction("dpm++", 25), FirstBlockCache(0.05), RegionalCompile()]``) applies them to every routed
-model in the order that works, puts the router outermost on top, and lets the router tell each accelerator
-when a run or a segment starts. ``remove_stack(pipe)`` undoes all of it; ``accelerated(...)`` is the block
-form. Reading the accelerator modules imports no torch (each imports it where it acts); the stack, which
-needs the core's verbs, loads on first use (PEP 562).
+``apply_flowblending_(pipe, small, "L40-S40-L20", accelerators=["dpm++:25", "fbc:0.05", "compile"])`` (or
+with configs: ``[StepReduction("dpm++", 25), FirstBlockCache(0.05), RegionalCompile()]``) applies them to
+every routed model in the order that works, puts the router outermost on top, and lets the router tell each
+accelerator when a run or a segment starts. ``remove_flowblending_(pipe)`` undoes all of it;
+``flowblending(...)`` is the block form. Reading the accelerator modules imports no torch (each imports it
+where it acts); the verbs and the stack, which need the core's router, load on first use (PEP 562).
 """
 
 from importlib import import_module
@@ -29,6 +29,7 @@ from .attention import AttentionBackend, best_attention_backend
 from .quantize import Quantize
 from .tensorrt import TensorRT
 from .offload import OFFLOAD_MODES, OffloadInactive, enable_offload
+from .context_parallel import ContextParallel
 
 # isort: on
 from .registry import (
@@ -45,6 +46,9 @@ from .runtime import Accelerator, RoutedModels
 
 _RUNTIME = {
     "Stack": "stack",
+    "apply_flowblending_": "stack",
+    "remove_flowblending_": "stack",
+    "flowblending": "stack",
     "accelerated": "stack",
     "applied_stack": "stack",
     "apply_stack": "stack",
@@ -59,6 +63,7 @@ __all__ = [
     "AcceleratorConfig",
     "AttentionBackend",
     "CacheDiT",
+    "ContextParallel",
     "DeepCache",
     "FirstBlockCache",
     "MagCache",
@@ -74,6 +79,9 @@ __all__ = [
     "TaylorSeer",
     "TensorRT",
     "accelerated",
+    "apply_flowblending_",
+    "flowblending",
+    "remove_flowblending_",
     "applied_stack",
     "apply_stack",
     "best_attention_backend",

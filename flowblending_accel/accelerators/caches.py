@@ -269,7 +269,8 @@ def _align_mag_states(model: torch.nn.Module, iteration) -> None:
 def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> dict[str, list[float]]:
     """Run the pipeline once all-large and once all-small with MagCache calibration; return the ratios of
     every model by its label (``large`` / ``small``, or per expert for Wan 2.2)."""
-    from ..core.api import add_flowblending_listener, flowblending
+    from ..core.api import add_flowblending_listener
+    from .stack import flowblending
 
     steps = call_kwargs["num_inference_steps"]
     ratios: dict[str, list[float]] = {}

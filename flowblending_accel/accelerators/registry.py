@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from ..core.families import Family
 
-# The order a stack applies its members in (the router goes on top of all of them).
-KIND_ORDER = ("scheduler", "attention", "quantize", "cache", "compile", "engine", "memory")
+# The order a stack applies its members in (the router goes on top of all of them). Context parallelism
+# comes after the attention backend (diffusers checks the backend can split when it is enabled) and before
+# what hooks or compiles the blocks it splits.
+KIND_ORDER = ("scheduler", "attention", "parallel", "quantize", "cache", "compile", "engine", "memory")
 
 
 @dataclass(frozen=True)

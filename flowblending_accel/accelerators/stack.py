@@ -1,16 +1,21 @@
-"""A validated stack of accelerators applied together with the router on top, and the verbs around it.
+"""The pipeline verbs, and the validated stack of accelerators they put under the router.
 
-``apply_stack(pipe, small, "L40-S40-L20", ["dpm++:25", "fbc", "compile"])`` checks every member (what this
-machine lacks first, then clashes, then each against the pipeline), applies them in :data:`KIND_ORDER`
-(scheduler, attention, quantize, cache, compile, engine, memory), puts the router outermost on every routed
-denoiser, and makes each accelerator a listener of every router. Call arguments a member owns (a step
-reduction's step count) are put into every pipeline call (:mod:`.calls`). ``remove_stack(pipe)`` undoes
-all of it, and a failed apply undoes what it did. ``with accelerated(pipe, small, schedule, stack) as
-(router, stack):`` does both around a block.
+``apply_flowblending_(pipe, small, "L40-S40-L20", accelerators=["dpm++:25", "fbc", "compile"])`` checks every
+member (what this machine lacks first, then clashes, then each against the pipeline), applies them in
+:data:`KIND_ORDER` (scheduler, attention, quantize, cache, compile, engine, memory), puts the router outermost
+on every routed denoiser, and makes each accelerator a listener of every router. Call arguments a member
+owns (a step reduction's step count) are put into every pipeline call (:mod:`.calls`).
+``remove_flowblending_(pipe)`` undoes all of it, and a failed apply undoes what it did.
+``with flowblending(pipe, small, schedule, accelerators=...) as router:`` does both around a block. With no
+accelerators they put the router alone. ``applied_stack(pipe)`` is the stack in place.
+
+``apply_stack`` / ``remove_stack`` / ``accelerated`` are the names these verbs had; they still work and
+warn (:class:`DeprecationWarning`).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,19 +25,20 @@ from ..core.api import (
     RouterOption,
     ScheduleLike,
     SmallModels,
-    apply_flowblending_,
+    attach_routers,
+    detach_routers,
     flowblending_routers,
-    remove_flowblending_,
 )
 from ..core.router import ModelRouter
 from ..core.schedule import PAPER_SCHEDULE
 from ..core.step_grid import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
+from .context_parallel import ContextParallel
 from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
 from .runtime import Accelerator, RoutedModels
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
+    from diffusers import ContextParallelConfig, DiffusionPipeline
 
 _STACK_ATTRIBUTE = "_flowblending_stack"
 StackMember = str | AcceleratorConfig | Accelerator
@@ -61,6 +67,9 @@ class Stack:
         return sorted(self.accelerators, key=lambda a: KIND_ORDER.index(a.kind))
 
     def validate(self, target: RoutedModels) -> None:
+        if not self.accelerators:  # the router alone: its own checks run when it is attached
+            self.checked_on = target
+            return
         configs = [a.config for a in self.accelerators]
         validate_configs(configs, str(target.device) if target.device else None)
         validate_for_family(configs, target.family, target.denoisers, scheduler_kind(target.pipe.scheduler))
@@ -107,27 +116,43 @@ class Stack:
         return {a.name: a.counters() for a in self.ordered() if a.counters()}
 
 
-def apply_stack(
+def apply_flowblending_(
     pipe: DiffusionPipeline,
     small: SmallModels,
     schedule: ScheduleLike = PAPER_SCHEDULE,
     accelerators: Iterable[StackMember] | Stack = (),
+    *,
+    parallel: ContextParallelConfig | None = None,
     **router_options: RouterOption,
-) -> tuple[ModelRouter, Stack]:
-    """Apply ``accelerators`` to every routed model, then the router on top; returns ``(router, stack)``.
+) -> ModelRouter:
+    """Route ``pipe``'s denoiser between itself (large) and ``small`` by stage, in place, over
+    ``accelerators`` applied to every routed model; returns the router of the first routed denoiser
+    (:func:`~flowblending_accel.core.api.flowblending_routers` lists all, :func:`applied_stack` is the stack).
 
-    Members are spec strings (``"fbc:0.05"``), configs (``FirstBlockCache(0.05)``) or accelerators from an
-    earlier stack (re-applied; their counters keep accumulating).
+    ``small`` is a module, or for pipelines with several denoisers (Wan 2.2) a dict from attribute name to
+    module. Members are spec strings (``"fbc:0.05"``), configs (``FirstBlockCache(0.05)``) or accelerators
+    from an earlier stack (re-applied; their counters keep accumulating). ``parallel``: a diffusers
+    ``ContextParallelConfig`` for both models (under torchrun; the same as a ``cp`` member). Every check runs
+    here, before any denoising: schedule, family, pair compatibility, placement, each member, double apply.
+
+    Example::
+
+        router = apply_flowblending_(pipe, small_transformer, "L40-S40-L20", accelerators=["fbc:0.05"])
+        video = pipe(prompt, num_inference_steps=50).frames[0]
+        print(router.last_run.table())
+        remove_flowblending_(pipe)
     """
     if flowblending_routers(pipe) or hasattr(pipe, _STACK_ATTRIBUTE):
-        raise ValueError("FlowBlending is already applied to this pipeline; call remove_stack(pipe) first.")
+        raise ValueError(
+            "FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first."
+        )
     stack = Stack.of(accelerators)
+    if parallel is not None:
+        stack = Stack([*stack.accelerators, ContextParallel.from_diffusers(parallel).create()])
     target = RoutedModels.of(pipe, small, router_options.get("denoisers"))
     stack.apply(target)
     try:
-        router = apply_flowblending_(
-            pipe, small, schedule, **{**router_options, "denoisers": target.denoisers}
-        )
+        router = attach_routers(pipe, small, schedule, **{**router_options, "denoisers": target.denoisers})
     except BaseException:
         stack.remove(target)
         raise
@@ -138,37 +163,72 @@ def apply_stack(
         owners = [a.config.spec for a in stack.ordered() if a.call_kwargs()]
         own_call_arguments(pipe, stack.call_kwargs, " + ".join(owners))
     setattr(pipe, _STACK_ATTRIBUTE, (stack, target))
-    return router, stack
+    return router
 
 
-def remove_stack(pipe: DiffusionPipeline) -> None:
-    """Remove the router and every accelerator ``apply_stack`` put on ``pipe``."""
-    if not hasattr(pipe, _STACK_ATTRIBUTE):
-        raise ValueError("no FlowBlending stack is applied to this pipeline.")
-    stack, target = getattr(pipe, _STACK_ATTRIBUTE)
+def remove_flowblending_(pipe: DiffusionPipeline) -> list[ModelRouter]:
+    """Remove the routers and every accelerator :func:`apply_flowblending_` put on ``pipe``: forwards are
+    restored and the small models' caches reset. Returns the removed routers."""
+    if not hasattr(pipe, _STACK_ATTRIBUTE) and not flowblending_routers(pipe):
+        raise ValueError("FlowBlending is not applied to this pipeline; there is nothing to remove.")
+    stack, target = getattr(pipe, _STACK_ATTRIBUTE, (None, None))
     release_call_arguments(pipe)
-    remove_flowblending_(pipe)
-    stack.remove(target)
-    delattr(pipe, _STACK_ATTRIBUTE)
+    removed = detach_routers(pipe) if flowblending_routers(pipe) else []
+    if stack is not None:
+        stack.remove(target)
+        delattr(pipe, _STACK_ATTRIBUTE)
+    return removed
 
 
 def applied_stack(pipe: DiffusionPipeline) -> Stack | None:
-    """The stack ``apply_stack`` put on ``pipe`` (``None`` when there is none)."""
+    """The stack :func:`apply_flowblending_` put on ``pipe`` (``None`` when FlowBlending is not applied)."""
     found = getattr(pipe, _STACK_ATTRIBUTE, None)
     return found[0] if found else None
 
 
 @contextmanager
-def accelerated(
+def flowblending(
     pipe: DiffusionPipeline,
     small: SmallModels,
     schedule: ScheduleLike = PAPER_SCHEDULE,
     accelerators: Iterable[StackMember] | Stack = (),
+    *,
+    parallel: ContextParallelConfig | None = None,
     **router_options: RouterOption,
-) -> Iterator[tuple[ModelRouter, Stack]]:
-    """``apply_stack`` for the block, ``remove_stack`` after it, even when it raises."""
-    router, stack = apply_stack(pipe, small, schedule, accelerators, **router_options)
+) -> Iterator[ModelRouter]:
+    """:func:`apply_flowblending_` for the block, :func:`remove_flowblending_` after it, even when it raises::
+
+    with flowblending(pipe, small, "L40-S40-L20") as router:
+        video = pipe(prompt).frames[0]
+    print(router.last_run.table())
+    """
+    router = apply_flowblending_(pipe, small, schedule, accelerators, parallel=parallel, **router_options)
     try:
-        yield router, stack
+        yield router
     finally:
-        remove_stack(pipe)
+        remove_flowblending_(pipe)
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(f"{old} is now {new}; the old name will be removed.", DeprecationWarning, stacklevel=3)
+
+
+def apply_stack(pipe, small, schedule=PAPER_SCHEDULE, accelerators=(), **router_options):
+    """Deprecated: :func:`apply_flowblending_` (this returned ``(router, stack)``)."""
+    _renamed("apply_stack(...)", "apply_flowblending_(..., accelerators=...)")
+    router = apply_flowblending_(pipe, small, schedule, accelerators, **router_options)
+    return router, applied_stack(pipe)
+
+
+def remove_stack(pipe) -> None:
+    """Deprecated: :func:`remove_flowblending_`."""
+    _renamed("remove_stack(pipe)", "remove_flowblending_(pipe)")
+    remove_flowblending_(pipe)
+
+
+@contextmanager
+def accelerated(pipe, small, schedule=PAPER_SCHEDULE, accelerators=(), **router_options):
+    """Deprecated: :func:`flowblending` (this yielded ``(router, stack)``)."""
+    _renamed("accelerated(...)", "flowblending(..., accelerators=...)")
+    with flowblending(pipe, small, schedule, accelerators, **router_options) as router:
+        yield router, applied_stack(pipe)

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..core.api import flowblending
+from ..accelerators import flowblending
 from ..core.plan import Plan
 from ..core.schedule import Schedule
 from .divergence import DivergenceCurve, divergence_curve, replay

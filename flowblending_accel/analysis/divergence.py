@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.api import add_flowblending_listener, flowblending
+from ..accelerators import flowblending
+from ..core.api import add_flowblending_listener
 from ..core.families import family_for
 from ..core.listeners import CallEvent, RouterListener
 

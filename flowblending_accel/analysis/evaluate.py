@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from ..core.api import flowblending, flowblending_stats
+from ..accelerators import flowblending
+from ..core.api import flowblending_stats
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, SetScorer, as_video
 from .divergence import replay

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..core.api import flowblending
+from ..accelerators import flowblending
 from ..core.schedule import Schedule
 from .divergence import DivergenceCurve, replay
 from .scores import Scores, as_scores, probing

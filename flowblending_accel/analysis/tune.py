@@ -30,8 +30,9 @@ from ..accelerators import (
     FirstBlockCache,
     RoutedModels,
     StepReduction,
-    accelerated,
+    applied_stack,
     as_configs,
+    flowblending,
     parse_accelerator,
 )
 from ..core.api import add_flowblending_listener, flowblending_stats
@@ -165,9 +166,10 @@ class Evaluator:
             options["small_distilled"] = True
         with (
             probing(),
-            accelerated(target.pipe, target.small, point.schedule, point.stack, **options) as (_, stack),
+            flowblending(target.pipe, target.small, point.schedule, point.stack, **options),
             torch.inference_mode(),
         ):
+            stack = applied_stack(target.pipe)
             if point.cache is None:  # a cache's state depends on every call: no replay under one
                 add_flowblending_listener(target.pipe, self.replay)
             self.replay.context = (index, point.solver, point.steps, point.small_guidance)

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..core.api import flowblending
+from ..accelerators import flowblending
 from ..core.schedule import PAPER_SCHEDULE
 from ..targets import Target
 from .runner import spread, timed_call

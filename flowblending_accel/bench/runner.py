@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..accelerators import Accelerator, AcceleratorConfig, RoutedModels, Stack, accelerated, dynamo_counts
+from ..accelerators import (
+    Accelerator,
+    AcceleratorConfig,
+    RoutedModels,
+    Stack,
+    applied_stack,
+    dynamo_counts,
+    flowblending,
+)
 from ..core.api import RouterListener, add_flowblending_listener, flowblending_stats
 from ..core.schedule import Schedule
 from ..metrics.attention import AttentionMeter
@@ -119,7 +127,8 @@ def run_row(
 ) -> RowRun:
     """Apply ``row``'s schedule and ``accelerators``, time one call of ``target``'s workload under ``seed``,
     remove them again. ``listeners`` follow the run; ``inspect(pipe)`` runs while the stack is still on."""
-    with accelerated(target.pipe, target.small, row.schedule, accelerators) as (_, stack):
+    with flowblending(target.pipe, target.small, row.schedule, accelerators):
+        stack = applied_stack(target.pipe)
         for listener in listeners:
             add_flowblending_listener(target.pipe, listener)
         kwargs = stack.without_owned(target.call_kwargs(seed))

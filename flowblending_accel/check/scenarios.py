@@ -15,7 +15,14 @@ from typing import Any
 
 import torch
 
-from ..accelerators import AcceleratorConfig, RoutedModels, accelerated, as_configs, dynamo_counts
+from ..accelerators import (
+    AcceleratorConfig,
+    RoutedModels,
+    applied_stack,
+    as_configs,
+    dynamo_counts,
+    flowblending,
+)
 from ..core.api import add_flowblending_listener, flowblending_stats
 from ..core.schedule import PAPER_SCHEDULE, Schedule
 from ..metrics.attention import AttentionMeter
@@ -118,7 +125,8 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
     configs = (*target.stack_members, *scenario.stack)  # the target's memory mode, then the scenario's stack
     members = [config.for_rounds().create() for config in configs]
     compiled = any(member.kind == "compile" for member in members)
-    with accelerated(target.pipe, target.small, scenario.schedule, members) as (_, stack):
+    with flowblending(target.pipe, target.small, scenario.schedule, members):
+        stack = applied_stack(target.pipe)
         call = lambda: stack.without_owned(target.call_kwargs(0))  # noqa: E731  (fresh generators per call)
         with torch.inference_mode():
             target.output(target.pipe(**call()))  # warm-up: every model and graph

@@ -69,7 +69,7 @@ def tiny_report(
     """Run large-only and ``schedule`` from the same seed; return a human report."""
     import torch
 
-    from ..core.api import flowblending
+    from ..accelerators import flowblending
     from ..core.named_schedulers import make_scheduler
     from ..metrics.flops import run_flops
     from ..targets.tiny import tiny_target

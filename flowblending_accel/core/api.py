@@ -1,18 +1,20 @@
-"""The verbs: ``apply_flowblending_(pipe, small, ...)``, ``remove_flowblending_(pipe)`` (in place), and the
-``with flowblending(pipe, small, ...) as router:`` block that applies, runs and always removes."""
+"""The router on a pipeline: ``attach_routers(pipe, small, ...)`` puts one on each routed denoiser (in place),
+``detach_routers(pipe)`` takes them off, and the accessors read them (routers, run stats, listeners).
+
+These are the building blocks of the public verbs, ``apply_flowblending_`` / ``remove_flowblending_`` /
+``flowblending`` (:mod:`flowblending_accel.accelerators.stack`), which put an accelerator stack under the
+router as well; code that wraps a pipeline calls those."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import diffusers_internals
-from .compat import check_adapters, check_pair, check_placement
+from .compat import check_adapters, check_context_parallel, check_pair, check_placement
 from .families import Family, family_for
 from .listeners import RouterListener
 from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
@@ -105,7 +107,7 @@ class FlowBlendingConfig:
 ScheduleLike = str | Schedule | FlowBlendingConfig
 
 
-def apply_flowblending_(
+def attach_routers(
     pipe: DiffusionPipeline,
     small: SmallModels,
     schedule: ScheduleLike = PAPER_SCHEDULE,
@@ -118,12 +120,6 @@ def apply_flowblending_(
     module. Returns the router of the first routed denoiser; :func:`flowblending_routers` lists all. Every
     check runs here, before any denoising: schedule, family, pair compatibility, placement, double apply.
 
-    Example::
-
-        router = apply_flowblending_(pipe, small_transformer, "L40-S40-L20")
-        video = pipe(prompt, num_inference_steps=50).frames[0]
-        print(router.last_run.table())
-        remove_flowblending_(pipe)
     """
     config = FlowBlendingConfig.from_options(schedule, axis, **options)
     family = family_for(pipe)
@@ -148,6 +144,7 @@ def apply_flowblending_(
     routers = {name: _router(pipe, getattr(pipe, name), smalls[name], family, config) for name in names}
     for name, router in routers.items():
         check_pair(router.large, router.small, family, f"pipe.{name}", strict=config.strict)
+        check_context_parallel(router.large, router.small, family, f"pipe.{name}")
         router.follow_large()  # the pipeline may have been moved, cast or offloaded before wrapping
         check_placement(router.large, router.small)
         check_adapters(router.large, router.small, f"pipe.{name}")
@@ -158,7 +155,7 @@ def apply_flowblending_(
     return routers[names[0]]
 
 
-def remove_flowblending_(pipe: DiffusionPipeline) -> list[ModelRouter]:
+def detach_routers(pipe: DiffusionPipeline) -> list[ModelRouter]:
     """Remove every router from ``pipe``: forwards are restored and the small models' caches reset."""
     routed = _routed_components(pipe)
     if not routed:
@@ -169,27 +166,6 @@ def remove_flowblending_(pipe: DiffusionPipeline) -> list[ModelRouter]:
         diffusers_internals.remove(module, ROUTER_HOOK_NAME)
         removed.append(router)
     return removed
-
-
-@contextmanager
-def flowblending(
-    pipe: DiffusionPipeline,
-    small: SmallModels,
-    schedule: ScheduleLike = PAPER_SCHEDULE,
-    axis: str | None = None,
-    **options: RouterOption,
-) -> Iterator[ModelRouter]:
-    """``apply_flowblending_`` for the block, ``remove_flowblending_`` after it, even when it raises::
-
-    with flowblending(pipe, small, "L40-S40-L20") as router:
-        video = pipe(prompt).frames[0]
-    print(router.last_run.table())
-    """
-    router = apply_flowblending_(pipe, small, schedule, axis, **options)
-    try:
-        yield router
-    finally:
-        remove_flowblending_(pipe)
 
 
 def flowblending_routers(pipe: DiffusionPipeline) -> list[ModelRouter]:
@@ -249,8 +225,8 @@ def _advise(config: FlowBlendingConfig) -> None:
             "was not step- or guidance-distilled loses prompt adherence there. Pass small_distilled=True if "
             "it is."
         )
-    for text in advice:
-        warnings.warn(text, FlowBlendingWarning, stacklevel=3)
+    for text in advice:  # shown at the caller of apply_flowblending_ (-> attach_routers -> _advise)
+        warnings.warn(text, FlowBlendingWarning, stacklevel=4)
 
 
 def _router(pipe: Any, large: Any, small: Any, family: Family, config: FlowBlendingConfig) -> ModelRouter:
@@ -264,6 +240,7 @@ def _router(pipe: Any, large: Any, small: Any, family: Family, config: FlowBlend
         timing=config.timing,
         reset_on_switch=config.reset_on_switch,
         small_guidance=config.small_guidance,
+        family=family,
     )
 
 

@@ -49,6 +49,43 @@ def check_configs(
             )
 
 
+def check_context_parallel(
+    large: torch.nn.Module, small: Any, family: Family, where: str, config: Any = None
+) -> None:
+    """When ``large`` runs context-parallel (or is about to, with ``config``), the small model must be able to
+    follow it: a context-parallel plan of its own, and a Ulysses degree that divides both head counts."""
+    large_core, small_core = _unwrap(large), _unwrap(small)
+    config = config if config is not None else diffusers_internals.context_parallel_of(large_core)
+    if config is None or not isinstance(small_core, torch.nn.Module):
+        return
+    if diffusers_internals.context_parallel_plan(small_core) is None:
+        raise ValueError(
+            f"{where} runs context-parallel, but the small model ({type(small_core).__name__}) has no "
+            "context-parallel plan (diffusers' _cp_plan), so it cannot follow: pick a small model of a class "
+            "diffusers can split (Wan, LTX, Flux ...), or run without context parallelism."
+        )
+    degree = config.ulysses_degree
+    if degree <= 1 or config.ulysses_anything:
+        return
+    heads = {where: _heads(large_core, family), "small": _heads(small_core, family)}
+    uneven = {name: count for name, count in heads.items() if count is not None and count % degree}
+    if uneven:
+        counts = [count for count in heads.values() if count is not None]
+        working = [d for d in range(2, min(counts) + 1) if all(count % d == 0 for count in counts)]
+        listed = ", ".join(map(str, working)) or "none above 1"
+        name, count = next(iter(uneven.items()))
+        raise ValueError(
+            f"context parallel: ulysses_degree={degree} does not divide the {name} model's {count} attention "
+            f"heads ({', '.join(f'{n}: {c}' for n, c in heads.items())}); Ulysses splits heads across ranks. "
+            f"Degrees that divide both: {listed}; or set ulysses_anything=True (pads heads, forward only)."
+        )
+
+
+def _heads(module: torch.nn.Module, family: Family) -> int | None:
+    config = _config(module) or {}
+    return config.get(family.heads_config)
+
+
 def _unwrap(module: Any) -> Any:
     return getattr(module, "_orig_mod", module)  # torch.compile'd modules wrap the original
 

@@ -8,6 +8,7 @@ submodules (block-level cache hooks). Stateful hooks keep one state per cache-co
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -203,3 +204,110 @@ def restore_attention_backends(states: Iterable[tuple[Any, Any]]) -> None:
             vars(processor).pop(_BACKEND_FIELD, None)
         else:
             setattr(processor, _BACKEND_FIELD, value)
+
+
+# Context parallelism (``model.enable_parallelism``): diffusers keeps the config in ``model._parallel_config``
+# and on every attention processor, the split/gather hooks in the hook registry, and has no undo.
+_PARALLEL_FIELD = "_parallel_config"
+
+
+def context_parallel_of(model: torch.nn.Module) -> Any | None:
+    """The ``ContextParallelConfig`` ``model`` runs with (set up: its mesh is known), or None."""
+    parallel = getattr(model, _PARALLEL_FIELD, None)
+    return getattr(parallel, "context_parallel_config", None)
+
+
+def context_parallel_plan(model: torch.nn.Module) -> Any | None:
+    """The model class's context-parallel plan (where inputs are split and outputs gathered), or None."""
+    return getattr(model, "_cp_plan", None)
+
+
+_CREATED_REGISTRIES = "_flowblending_cp_registries"  # on a model: the submodules enabling gave a registry
+
+
+def enable_context_parallel(model: torch.nn.Module, config: Any) -> None:
+    """``model.enable_parallelism(config=config)``, undoable exactly by :func:`disable_context_parallel`; a
+    failure leaves the model as it was (diffusers would leave its config set, refusing a second try)."""
+    bare = {name for name, module in model.named_modules() if not hasattr(module, REGISTRY_ATTRIBUTE)}
+    try:
+        model.enable_parallelism(config=config)
+    except BaseException:
+        disable_context_parallel(model, bare)
+        raise
+    created = [
+        name for name, module in model.named_modules() if name in bare and hasattr(module, REGISTRY_ATTRIBUTE)
+    ]
+    setattr(model, _CREATED_REGISTRIES, created)
+
+
+def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
+    """``model.enable_parallelism`` with the kind and degree of ``like`` (another model's set-up config), on
+    ``like``'s mesh: the same ranks split the same sequence the same way. A config of its own, since
+    diffusers fills a config's state in when it sets it up."""
+    from diffusers import ContextParallelConfig
+
+    config = ContextParallelConfig(
+        ring_degree=like.ring_degree,
+        ulysses_degree=like.ulysses_degree,
+        convert_to_fp32=like.convert_to_fp32,
+        rotate_method=like.rotate_method,
+        ulysses_anything=like.ulysses_anything,
+        mesh=like._mesh,
+    )
+    enable_context_parallel(model, config)
+
+
+def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | None = None) -> None:
+    """Undo :func:`enable_context_parallel`: its split/gather hooks, the registries it gave submodules, the
+    config on the model and its processors (the mesh and its process groups stay; other models share them)."""
+    from diffusers.hooks.context_parallel import remove_context_parallel
+
+    remove_context_parallel(model, context_parallel_plan(model))
+    created = set(created if created is not None else vars(model).pop(_CREATED_REGISTRIES, ()))
+    for name, module in model.named_modules():
+        registry = getattr(module, REGISTRY_ATTRIBUTE, None)
+        if name in created and registry is not None and not registry.hooks:
+            delattr(module, REGISTRY_ATTRIBUTE)
+        processor = getattr(module, "processor", None)
+        if processor is not None and _PARALLEL_FIELD in vars(processor):
+            delattr(processor, _PARALLEL_FIELD)  # back to the class's None
+    if _PARALLEL_FIELD in vars(model):
+        delattr(model, _PARALLEL_FIELD)
+
+
+def share_mask_heads(model: torch.nn.Module) -> None:
+    """Ulysses attention in diffusers 0.42 gathers a mask's key axis but keeps all its heads while the query
+    has ``heads / degree`` of them, so a masked attention (LTX's text mask) fails (diffusers#14316, fix
+    pending in #14317). ``model``'s processors repeat one mask over every head, so under Ulysses its masks
+    are cut to one head, which broadcasts: marked on the model's parallel config, read by every backend."""
+    parallel = getattr(model, _PARALLEL_FIELD, None)
+    if parallel is not None:
+        parallel.flowblending_mask_heads_shared = True
+        _wrap_attention_backends()
+
+
+def _wrap_attention_backends() -> None:
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    backends = _AttentionBackendRegistry._backends
+    for name, function in list(backends.items()):
+        if not getattr(function, "flowblending_shares_mask_heads", False):
+            backends[name] = _one_mask_head(function)
+
+
+def _one_mask_head(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def attend(*args: Any, **kwargs: Any) -> Any:
+        mask, parallel = kwargs.get("attn_mask"), kwargs.get("_parallel_config")
+        if (
+            mask is not None
+            and mask.ndim == 4
+            and mask.shape[1] > 1
+            and getattr(parallel, "flowblending_mask_heads_shared", False)
+            and parallel.context_parallel_config.ulysses_degree > 1
+        ):
+            kwargs["attn_mask"] = mask[:, :1]
+        return function(*args, **kwargs)
+
+    attend.flowblending_shares_mask_heads = True
+    return attend

@@ -45,6 +45,10 @@ class Family:
             a step-reduction solver must accept custom sigmas.
         cfg_scale_arg: the pipeline-call argument holding the classifier-free guidance scale (Flux's
             ``guidance_scale`` is a distilled embedding; its CFG scale is ``true_cfg_scale``).
+        heads_config: the denoiser config field holding its attention head count (context parallelism
+            splits heads across ranks, so the degree must divide both models' counts).
+        masks_repeat_heads: its attention processors repeat one mask over every head (LTX's text mask), so
+            under Ulysses context parallelism the mask can be cut to one head.
         note: one line on the family's calling convention, for humans.
     """
 
@@ -62,6 +66,8 @@ class Family:
     attention_blocks: str | None = None
     passes_sigmas: bool = False
     cfg_scale_arg: str = "guidance_scale"
+    heads_config: str = "num_attention_heads"
+    masks_repeat_heads: bool = False
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -158,6 +164,7 @@ def _default_families() -> list[Family]:
             output_field="frames",
             attention_blocks=r"transformer_blocks\.\d+\.attn1",
             passes_sigmas=True,
+            masks_repeat_heads=True,
             note="keyword call; batched CFG; per-token timesteps (conditioning tokens at 0) in i2v/condition",
         ),
         Family(

@@ -12,7 +12,10 @@ from the large model itself (whichever order the user did things in):
 * layerwise casting (same storage and compute dtype), group offloading (same config);
 * accelerate's model CPU offload: the small model gets its own offload hook to the same execution device,
   and goes back to the CPU at the end of every run;
-* attention slicing, xformers attention, fused QKV projections and FreeU, on and off.
+* attention slicing, xformers attention, fused QKV projections and FreeU, on and off;
+* context parallelism (diffusers' ``enable_parallelism``): the small model gets the large one's kind and
+  degree on the large one's mesh, from a config of its own; its masks are cut to one head under Ulysses
+  where the family repeats one mask over every head (diffusers#14316). Released with the router.
 
 What cannot be followed (a small model on the meta device) is left to the placement check, which refuses it.
 """
@@ -24,20 +27,24 @@ from typing import Any
 import torch
 
 from . import diffusers_internals
-from .compat import compute_dtype_of, device_of, dtype_of
+from .compat import check_context_parallel, compute_dtype_of, device_of, dtype_of
+from .families import Family
 
 
 class Follower:
     """Keeps one small model in step with one large model; undoes what it attached on :meth:`release`."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: Family | None = None) -> None:
         self._offload_hook = None  # accelerate's hook we gave the small model, if any
+        self._parallel = False  # whether we enabled the small model's context parallelism
+        self._family = family
 
     def sync(self, large: Any, small: Any, placement: bool = True) -> None:
         if not (isinstance(large, torch.nn.Module) and isinstance(small, torch.nn.Module)):
             return
         if device_of(small) is not None and device_of(small).type == "meta":
             return  # nothing to copy from: the placement check names the fix
+        self._context_parallel(large, small)
         _layerwise_casting(large, small)
         _compute_dtype(large, small)
         if placement:
@@ -52,12 +59,31 @@ class Follower:
             self._offload_hook.offload()
 
     def release(self, small: Any) -> None:
+        if self._parallel:
+            diffusers_internals.disable_context_parallel(small)
+            self._parallel = False
         if self._offload_hook is not None:
             from accelerate.hooks import remove_hook_from_module
 
             self._offload_hook.offload()
             remove_hook_from_module(small)
             self._offload_hook = None
+
+    def _context_parallel(self, large: torch.nn.Module, small: torch.nn.Module) -> None:
+        config = diffusers_internals.context_parallel_of(large)
+        if config is None:
+            if self._parallel:  # the large model left context parallelism: so does the small one
+                diffusers_internals.disable_context_parallel(small)
+                self._parallel = False
+            return
+        if diffusers_internals.context_parallel_of(small) is None:
+            if self._family is not None:  # before the small model changes: a degree it cannot take
+                check_context_parallel(large, small, self._family, "the large model")
+            diffusers_internals.enable_context_parallel_like(small, config)
+            self._parallel = True
+        if self._family is not None and self._family.masks_repeat_heads:
+            for model in (large, small):
+                diffusers_internals.share_mask_heads(model)
 
     def _placement(self, large: torch.nn.Module, small: torch.nn.Module) -> None:
         offload = getattr(large, "_hf_hook", None)

@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import diffusers_internals
 from .compat import check_adapters, check_placement, device_of
 from .denoiser import RoutedDenoiser
+from .families import Family
 from .follow import Follower
 from .guidance_free import GuidanceFreeSmallStage
 from .listeners import (
@@ -85,6 +86,8 @@ class ModelRouter(ModelHook):
             call's output, so ``uncond + g * (cond - uncond)`` is exactly ``cond`` and half the small calls
             go.
         history: how many finished runs to keep in :attr:`runs`.
+        family: the pipeline's :class:`~flowblending_accel.core.families.Family`, when known: following
+            the large model's context parallelism reads its head count and mask handling from it.
     """
 
     _is_stateful = True
@@ -103,6 +106,7 @@ class ModelRouter(ModelHook):
         reset_on_switch: bool = True,
         small_guidance: str = "on",
         history: int = 8,
+        family: Family | None = None,
     ) -> None:
         super().__init__()
         if timing not in TIMINGS:
@@ -122,7 +126,7 @@ class ModelRouter(ModelHook):
         self._call_listeners = False
         self._answering: list[RouterListener] = []
         self._intercepting: list[RouterListener] = []
-        self._follower = Follower()
+        self._follower = Follower(family)
         if small_guidance == "off":  # the small stage's unconditional calls answered by an interceptor
             self.add_listener(GuidanceFreeSmallStage())
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.api import flowblending
+from ..accelerators import flowblending
 from ..metrics.flops import flops_per_call
 from .compared_schedules import SCHEDULES
 from .data import all_prompts

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 
 from flowblending_accel import flowblending_stats
-from flowblending_accel.accelerators import OFFLOAD_MODES, accelerated, enable_offload, spec_help
+from flowblending_accel.accelerators import (
+    OFFLOAD_MODES,
+    applied_stack,
+    enable_offload,
+    flowblending,
+    spec_help,
+)
 from flowblending_accel.cli.common import positive_number, whole_number
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
@@ -105,7 +111,8 @@ def run(
     result: dict[str, Any] = {}
     if args.baseline:
         result["baseline"] = _generate(pipe, args, defaults)
-    with accelerated(pipe, small, args.schedule, stack, **router_options) as (_, applied):
+    with flowblending(pipe, small, args.schedule, stack, **router_options):
+        applied = applied_stack(pipe)
         result["routed"] = _generate(pipe, args, defaults, without=applied.call_kwargs())
         result["stats"] = flowblending_stats(pipe)
         print(result["stats"].table())

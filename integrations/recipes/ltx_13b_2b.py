@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
 
-from flowblending_accel.accelerators import apply_stack  # noqa: E402
+from flowblending_accel import apply_flowblending_  # noqa: E402
 
 DEFAULTS = Defaults(
     "Lightricks/LTX-Video-0.9.7-dev",
@@ -70,7 +70,7 @@ def build(
     **components,
 ):
     pipe, small_model, members = load(pipeline, small, device, dtype, offload, **components)
-    router, _ = apply_stack(pipe, small_model, schedule, [*members, *stack])
+    router = apply_flowblending_(pipe, small_model, schedule, [*members, *stack])
     return pipe, router
 
 

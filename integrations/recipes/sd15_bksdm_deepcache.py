@@ -19,7 +19,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
 
-from flowblending_accel.accelerators import DeepCache, apply_stack  # noqa: E402
+from flowblending_accel import apply_flowblending_  # noqa: E402
+from flowblending_accel.accelerators import DeepCache  # noqa: E402
 
 DEFAULTS = Defaults(
     "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -64,7 +65,7 @@ def build(
 ):
     pipe, small_unet, members = load(pipeline, small, device, dtype, offload, **components)
     chosen = [DeepCache(interval=cache_interval)] if stack is None else list(stack)
-    router, _ = apply_stack(pipe, small_unet, schedule, [*members, *chosen])
+    router = apply_flowblending_(pipe, small_unet, schedule, [*members, *chosen])
     return pipe, router
 
 

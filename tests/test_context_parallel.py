@@ -1,0 +1,159 @@
+"""Both models context-parallel on diffusers' own engine, two CPU processes over gloo: the routed output equals
+the single-process one, every rank routes the same, the small model follows the large one's parallelism, a
+degree the small model cannot take is refused before any forward, and removal restores both models."""
+
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from flowblending_accel import RouterListener, flowblending
+from flowblending_accel.core.diffusers_internals import context_parallel_of
+from flowblending_accel.tiny_models import (
+    ltx_call_kwargs,
+    tiny_ltx_pair,
+    tiny_ltx_pipeline,
+    tiny_ltx_transformer,
+    tiny_wan_pair,
+    tiny_wan_pipeline,
+    tiny_wan_transformer,
+    wan_call_kwargs,
+)
+
+SCHEDULE = "L40-S40-L20"
+STEPS = 5
+
+
+def provide_device_count() -> None:
+    """diffusers places a rank on ``rank % torch.accelerator.device_count()``, which divides by zero on a
+    machine without an accelerator: the test says there is one (the CPU); the library never does."""
+    if torch.accelerator.device_count() == 0:
+        torch.accelerator.device_count = lambda: 1
+
+
+def build(family: str, small_heads: int | None = None):
+    """(pipe, small, call kwargs) of one family; the LTX text mask pads its last two tokens."""
+    if family == "wan":
+        large, small = tiny_wan_pair()
+        if small_heads is not None:
+            small = tiny_wan_transformer(2, small_heads, seed=1)
+        return tiny_wan_pipeline(large), small, wan_call_kwargs(steps=STEPS)
+    large, small = tiny_ltx_pair()
+    if small_heads is not None:
+        small = tiny_ltx_transformer(2, small_heads, seed=1)
+    kwargs = ltx_call_kwargs(steps=STEPS)
+    for name in ("prompt_attention_mask", "negative_prompt_attention_mask"):
+        kwargs[name] = kwargs[name].clone()
+        kwargs[name][:, -2:] = 0
+    return tiny_ltx_pipeline(large), small, kwargs
+
+
+class SmallParallelism(RouterListener):
+    """Records, at each small call, the Ulysses degree the small model runs with (0: none)."""
+
+    def __init__(self, small) -> None:
+        self.small, self.degrees = small, []
+
+    def on_call(self, router, call) -> None:
+        if call.record.model == "small":
+            config = context_parallel_of(self.small)
+            self.degrees.append(config.ulysses_degree if config is not None else 0)
+
+
+def trace(router) -> list[tuple[int, str]]:
+    return [(record.step, record.model) for record in router.last_run.calls]
+
+
+def hook_names(model) -> list[str]:
+    return sorted(
+        name
+        for module in model.modules()
+        for name in getattr(getattr(module, "_diffusers_hook", None), "hooks", {})
+    )
+
+
+def routed_run(family: str, stack: list[str]) -> dict:
+    pipe, small, kwargs = build(family)
+    large = pipe.transformer
+    before = {"large": hook_names(large), "small": hook_names(small)}
+    with flowblending(pipe, small, SCHEDULE, stack, timing="off") as router:
+        listener = SmallParallelism(small)
+        router.add_listener(listener)
+        with torch.inference_mode():
+            output = pipe(**kwargs).frames
+        ran = {"trace": trace(router), "small_degrees": listener.degrees}
+    after = {"large": hook_names(large), "small": hook_names(small)}
+    parallel_left = [context_parallel_of(model) for model in (large, small)]
+    return {"output": output, **ran, "restored": before == after and parallel_left == [None, None]}
+
+
+def refused_run(family: str) -> dict:
+    pipe, small, _ = build(family, small_heads=3)
+    calls = []
+    for model in (pipe.transformer, small):
+        model.register_forward_pre_hook(lambda *_: calls.append(1))
+    start = time.perf_counter()
+    try:
+        with flowblending(pipe, small, SCHEDULE, ["cp:2"]):
+            pass
+    except ValueError as error:
+        return {
+            "error": str(error),
+            "seconds": time.perf_counter() - start,
+            "forwards": len(calls),
+            "restored": context_parallel_of(pipe.transformer) is None,
+        }
+    return {"error": None}
+
+
+def _worker(rank: int, world: int, init_file: str, out: str, family: str) -> None:
+    torch.set_num_threads(1)
+    provide_device_count()
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = routed_run(family, ["cp:2"])
+        result["refused"] = refused_run(family)
+        torch.save(result, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module", params=["wan", "ltx"])
+def two_ranks(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(f"cp-{request.param}")
+    out = str(folder / "rank")
+    mp.spawn(_worker, args=(2, str(folder / "init"), out, request.param), nprocs=2, join=True)
+    return request.param, [torch.load(f"{out}.{rank}") for rank in range(2)]
+
+
+@pytest.mark.timeout(300)
+def test_two_ranks_give_the_single_process_output_with_the_same_routing(two_ranks):
+    family, ranks = two_ranks
+    single = routed_run(family, [])
+    for result in ranks:
+        assert torch.allclose(result["output"], single["output"], atol=1e-5, rtol=0)
+        assert result["trace"] == single["trace"]
+    assert {"small", "large"} == {model for _, model in single["trace"]}
+
+
+@pytest.mark.timeout(300)
+def test_the_small_model_followed_into_parallelism_and_removal_restores_both(two_ranks):
+    _, ranks = two_ranks
+    for result in ranks:
+        assert result["small_degrees"] and set(result["small_degrees"]) == {2}
+        assert result["restored"]
+
+
+@pytest.mark.timeout(300)
+def test_a_degree_the_small_model_cannot_take_is_refused_before_any_forward(two_ranks):
+    _, ranks = two_ranks
+    for result in ranks:
+        refused = result["refused"]
+        assert (
+            refused["error"] is not None
+            and "does not divide the small model's 3 attention heads" in refused["error"]
+        )
+        assert "Degrees that divide both: none above 1" in refused["error"]
+        assert refused["forwards"] == 0 and refused["seconds"] < 1.0 and refused["restored"]
