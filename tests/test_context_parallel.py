@@ -1,6 +1,7 @@
-"""Both models context-parallel on diffusers' own engine, two CPU processes over gloo: the routed output equals
-the single-process one, every rank routes the same, the small model follows the large one's parallelism, a
-degree the small model cannot take is refused before any forward, and removal restores both models."""
+"""Both models context-parallel on diffusers' own engine, two CPU processes over gloo: the routed output
+equals the single-process one, every rank routes the same, the small model follows the large one's
+parallelism (however the large one got it), a degree the small model cannot take is refused before any
+forward, and removal restores both models."""
 
 import time
 
@@ -8,9 +9,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from diffusers import ContextParallelConfig
 
 from flowblending_accel import RouterListener, flowblending
+from flowblending_accel.core.compat import check_context_parallel
 from flowblending_accel.core.diffusers_internals import context_parallel_of
+from flowblending_accel.core.families import family_for
 from flowblending_accel.tiny_models import (
     ltx_call_kwargs,
     tiny_ltx_pair,
@@ -74,19 +78,26 @@ def hook_names(model) -> list[str]:
     )
 
 
-def routed_run(family: str, stack: list[str]) -> dict:
+def routed_run(family: str, stack: list[str], how: str = "stack") -> dict:
+    """One routed call; the large model split by a ``cp`` stack member, ``parallel=``, or by the user."""
     pipe, small, kwargs = build(family)
     large = pipe.transformer
     before = {"large": hook_names(large), "small": hook_names(small)}
-    with flowblending(pipe, small, SCHEDULE, stack, timing="off") as router:
+    options = {"parallel": ContextParallelConfig(ulysses_degree=2)} if how == "parallel" else {}
+    if how == "user":
+        large.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
+    with flowblending(pipe, small, SCHEDULE, stack, timing="off", **options) as router:
         listener = SmallParallelism(small)
         router.add_listener(listener)
         with torch.inference_mode():
             output = pipe(**kwargs).frames
         ran = {"trace": trace(router), "small_degrees": listener.degrees}
     after = {"large": hook_names(large), "small": hook_names(small)}
-    parallel_left = [context_parallel_of(model) for model in (large, small)]
-    return {"output": output, **ran, "restored": before == after and parallel_left == [None, None]}
+    parallel_left = [context_parallel_of(model) is not None for model in (large, small)]
+    expected = [how == "user", False]  # what the user split stays split; what we split is restored
+    if how == "user":
+        before["large"] = after["large"]
+    return {"output": output, **ran, "restored": before == after and parallel_left == expected}
 
 
 def refused_run(family: str) -> dict:
@@ -114,6 +125,7 @@ def _worker(rank: int, world: int, init_file: str, out: str, family: str) -> Non
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         result = routed_run(family, ["cp:2"])
+        result["ways"] = {how: routed_run(family, [], how) for how in ("parallel", "user")}
         result["refused"] = refused_run(family)
         torch.save(result, f"{out}.{rank}")
     finally:
@@ -132,7 +144,7 @@ def two_ranks(request, tmp_path_factory):
 def test_two_ranks_give_the_single_process_output_with_the_same_routing(two_ranks):
     family, ranks = two_ranks
     single = routed_run(family, [])
-    for result in ranks:
+    for result in [run for rank in ranks for run in (rank, *rank["ways"].values())]:
         assert torch.allclose(result["output"], single["output"], atol=1e-5, rtol=0)
         assert result["trace"] == single["trace"]
     assert {"small", "large"} == {model for _, model in single["trace"]}
@@ -141,7 +153,7 @@ def test_two_ranks_give_the_single_process_output_with_the_same_routing(two_rank
 @pytest.mark.timeout(300)
 def test_the_small_model_followed_into_parallelism_and_removal_restores_both(two_ranks):
     _, ranks = two_ranks
-    for result in ranks:
+    for result in [run for rank in ranks for run in (rank, *rank["ways"].values())]:
         assert result["small_degrees"] and set(result["small_degrees"]) == {2}
         assert result["restored"]
 
@@ -157,3 +169,28 @@ def test_a_degree_the_small_model_cannot_take_is_refused_before_any_forward(two_
         )
         assert "Degrees that divide both: none above 1" in refused["error"]
         assert refused["forwards"] == 0 and refused["seconds"] < 1.0 and refused["restored"]
+
+
+def test_the_refusal_names_the_degrees_both_head_counts_take():
+    """Wan 14B (40 heads) with 1.3B (12 heads): Ulysses degrees 2 and 4 work, 8 does not."""
+    large, small = tiny_wan_transformer(1, 40, head_dim=6), tiny_wan_transformer(1, 12, head_dim=6, seed=1)
+    family = family_for(tiny_wan_pipeline(large))
+    with pytest.raises(ValueError, match="Degrees that divide both: 2, 4; or set ulysses_anything=True"):
+        check_context_parallel(
+            large, small, family, "pipe.transformer", ContextParallelConfig(ulysses_degree=8)
+        )
+    for degree in (2, 4):
+        check_context_parallel(
+            large, small, family, "pipe.transformer", ContextParallelConfig(ulysses_degree=degree)
+        )
+    anything = ContextParallelConfig(ulysses_degree=8, ulysses_anything=True)
+    check_context_parallel(large, small, family, "pipe.transformer", anything)
+
+
+def test_cp_needs_torchrun_and_says_so():
+    from flowblending_accel.accelerators import parse_accelerator
+
+    with pytest.raises(ValueError, match="this is one process: launch with torchrun --nproc_per_node N"):
+        parse_accelerator("cp:2").check_environment("cpu")
+    with pytest.raises(ValueError, match="write cp, cp:N, cp:ulysses:N or cp:ring:N"):
+        parse_accelerator("cp:sideways:2")
