@@ -3,6 +3,10 @@ equals the single-process one, every rank routes the same, the small model follo
 parallelism (however the large one got it), a degree the small model cannot take is refused before any
 forward, and removal restores both models."""
 
+import json
+import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -194,3 +198,73 @@ def test_cp_needs_torchrun_and_says_so():
         parse_accelerator("cp:2").check_environment("cpu")
     with pytest.raises(ValueError, match="write cp, cp:N, cp:ulysses:N or cp:ring:N"):
         parse_accelerator("cp:sideways:2")
+
+
+LAUNCHER = textwrap.dedent("""
+    import sys
+    import torch
+    if torch.accelerator.device_count() == 0:  # the test provides the device count diffusers divides by
+        torch.accelerator.device_count = lambda: 1
+    from flowblending_accel.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+TINY_WAN = """target = "random:tiny-wan"
+dtype = "float32"
+height = 16
+width = 16
+frames = 5
+steps = 6
+"""
+
+
+def torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCHER)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        str(launcher),
+        *args,
+        "--threads",
+        "1",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+
+
+@pytest.mark.timeout(300)
+def test_bench_under_two_processes_reports_both_ranks(tmp_path):
+    (tmp_path / "flowblending.toml").write_text(TINY_WAN)
+    result = torchrun(tmp_path, "bench", "--stack", "cp:2", "--repeats", "2", "--output", "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["label"]: row for row in json.loads((tmp_path / "out" / "bench.json").read_text())["rows"]}
+    split = rows["+cp:2"]["ranks"]
+    assert split["count"] == 2 and len(split["seconds_per_rank"]) == len(split["flops_per_rank"]) == 2
+    assert split["slowest_rank_seconds"] >= min(split["seconds_per_rank"]) > 0
+    assert split["flops_total"] == sum(split["flops_per_rank"])
+    assert rows["+cp:2"]["counters"]["cp"] == {"ring_degree": 1, "ulysses_degree": 2}
+    assert "Across 2 ranks (torchrun)" in (tmp_path / "out" / "bench.md").read_text()
+    assert result.stdout.count("bench.json, github-action-benchmark JSON") == 1  # rank 0 alone writes
+
+
+@pytest.mark.timeout(300)
+def test_check_gates_a_context_parallel_scenario_from_the_config_file(tmp_path):
+    scenario = """
+[check]
+expected = "expected.csv"
+
+[[check.scenarios]]
+name = "lsl-cp2"
+stack = ["cp:2"]
+metrics = ["calls.", "flops_total.", "trace_hash", "ranks"]
+"""
+    (tmp_path / "flowblending.toml").write_text(TINY_WAN + scenario)
+    updated = torchrun(tmp_path, "check", "--update")
+    assert updated.returncode == 0, updated.stdout + updated.stderr[-3000:]
+    expected = (tmp_path / "expected.csv").read_text()
+    assert "lsl-cp2,ranks,2,0.0" in expected and "lsl-cp2,calls.small,6,0.0" in expected
+    result = torchrun(tmp_path, "check")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "6 of 6 metrics within their margins" in result.stdout

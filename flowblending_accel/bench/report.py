@@ -13,6 +13,7 @@ import torch
 
 from ..metrics.quality import psnr, ssim
 from ..support.files import write_atomic
+from .ranks import rank_lines
 
 SCHEMA = "flowblending-accel/bench/v2"  # v2: flop_ratio renamed flop_reduction (baseline / row)
 
@@ -127,6 +128,7 @@ def markdown(table: list[dict[str, Any]], context: dict[str, Any]) -> str:
         f"- {context['description']}; {context['repeats']} interleaved rounds after a warm-up round",
         "",
         *table_lines(table),
+        *rank_lines(table),
         "",
         *READING,
         *counter_lines(table),

@@ -151,6 +151,34 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
     metrics["graph_breaks_after_warmup"] = after["graph_breaks"] - before["graph_breaks"]
     flops, _ = run_flops(target.pipe, target.small, scenario.schedule, call(), scenario.stack)
     metrics.update({f"flops.{m}": v for m, v in flops.items()})
-    if scenario.metrics is not None:
-        metrics = {name: value for name, value in metrics.items() if name.startswith(scenario.metrics)}
+    if scenario.metrics is not None:  # per-model FLOPs stay when the ranks' totals are wanted (ranks_agree)
+        totals = ("flops.",) if any(m.startswith("flops_total") for m in scenario.metrics) else ()
+        metrics = {
+            name: value for name, value in metrics.items() if name.startswith(scenario.metrics + totals)
+        }
     return metrics
+
+
+def ranks_agree(
+    measured: dict[str, dict[str, Any]], context: Any, scenarios: list[Scenario]
+) -> dict[str, Any]:
+    """Under torchrun: rank 0's metrics, plus ``ranks`` (the process count) and ``flops_total.<model>`` (the
+    FLOPs of every rank), filtered as each scenario says; a rank whose routing trace differs fails the check
+    on every rank. Collective."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, measured)
+    for name, metrics in measured.items():
+        hashes = [ranked[name].get("trace_hash") for ranked in gathered]
+        if len(set(hashes)) > 1:
+            raise RuntimeError(f"scenario {name}: the ranks routed differently (trace hashes {hashes}).")
+        metrics["ranks"] = context.world_size
+        for metric in [m for m in metrics if m.startswith("flops.")]:
+            total = sum(ranked[name][metric] for ranked in gathered)
+            metrics[f"flops_total.{metric.removeprefix('flops.')}"] = total
+    wanted = {scenario.name: scenario.metrics for scenario in scenarios}
+    return {
+        name: {m: v for m, v in metrics.items() if wanted.get(name) is None or m.startswith(wanted[name])}
+        for name, metrics in measured.items()
+    }

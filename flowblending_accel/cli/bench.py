@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
     from ..targets.resolve import check_target, known_family
 
     # Everything a user can get wrong is refused here, before anything heavy is imported or built. The
-    # schedule and the stack are parsed here, once: everything downstream takes the parsed objects.
-    check_output_folder(args.output)
+    # schedule and the stack are parsed here, once: everything downstream takes the parsed objects. Under
+    # torchrun every rank measures and rank 0 writes (see bench/ranks.py).
+    if os.environ.get("RANK", "0") == "0":  # torchrun's rank of this process; the others write nothing
+        check_output_folder(args.output)
     options, config = target_settings(args)
     schedule = Schedule.parse(setting(args, config, "schedule", PAPER_SCHEDULE))
     given_stack = setting(args, config, "stack", None)
@@ -79,23 +82,31 @@ def run(args: argparse.Namespace) -> int:
 def _measure(args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None) -> int:
     from ..accelerators import RoutedModels, Stack
     from ..accelerators.defaults import default_stack
+    from ..bench.ranks import across_ranks
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
+    from ..core.distributed import init_from_env
     from ..support.env import device_name, versions
     from ..support.files import free_output_folder
     from ..support.progress import progress
     from ..support.threads import use_threads
     from ..targets.resolve import build_target
 
+    ranks = init_from_env()
     threads = use_threads(args.threads)
     target = build_target(options, checked)
     stack = list(given) if given is not None else _default(target, options, default_stack)
     Stack.of(stack).validate(RoutedModels.of(target.pipe, target.small))  # what depends on the pipeline
     rows = cumulative_rows(schedule, stack)
-    folder = free_output_folder(args.output, args.overwrite, marker="bench.md")
-    with progress("benchmarking rows", (len(rows) + 1) * (args.repeats + 2)) as advance:
+    folder = free_output_folder(args.output, args.overwrite, marker="bench.md") if ranks.is_main else None
+    steps = (len(rows) + 1) * (args.repeats + 2)
+    with progress("benchmarking rows", steps, enabled=ranks.is_main) as advance:
         results = measure_rows(target, rows, args.repeats, progress=advance)
     table = summarise(results, output_quality if target.quality else (lambda *_: None))
+    if ranks.active:
+        table = across_ranks(table, ranks)
+    if not ranks.is_main:
+        return 0
     context = {
         "target": target.name,
         "description": target.description,
@@ -106,6 +117,7 @@ def _measure(args, options, checked, schedule: Schedule, given: list[Accelerator
         "stack": [config.as_written for config in stack],
         "command": args.command_line,
         "threads": threads.describe(),
+        "ranks": ranks.world_size,
     }
     write_bench(folder, table, context)
     print((folder / "bench.md").read_text())

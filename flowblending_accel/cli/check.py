@@ -109,7 +109,8 @@ def measure_ratio(scenario, repeats: int) -> float:
 def run(args: argparse.Namespace) -> int:
     from ..check.gate import compare, exit_code, read_expected, render_csv, updated_rows
     from ..check.report import benchmark_json, summary_markdown
-    from ..check.scenarios import run_scenario
+    from ..check.scenarios import ranks_agree, run_scenario
+    from ..core.distributed import init_from_env
     from ..support.files import write_atomic
     from ..support.threads import use_threads
     from ..targets.config import find_config
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     expectations = read_expected(args.expected)
     scenarios = _scenarios(args, expectations, config)  # every target checked before any is built
     measured = {}
+    ranks = init_from_env()  # under torchrun every rank runs the scenarios (a cp stack splits them)
     use_threads(args.threads)
     for scenario in scenarios:
         measured[scenario.name] = run_scenario(scenario)
@@ -136,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
             measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline.as_written}"] = measure_ratio(
                 scenario, args.repeats
             )
+    if ranks.active:
+        measured = ranks_agree(measured, ranks, scenarios)
+        if not ranks.is_main:
+            return 0
     others = []  # rows --metrics leaves out: kept as they are by --update
     if args.metrics:
         wanted = tuple(args.metrics)
