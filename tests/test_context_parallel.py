@@ -268,3 +268,46 @@ metrics = ["calls.", "flops_total.", "trace_hash", "ranks"]
     result = torchrun(tmp_path, "check")
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "6 of 6 metrics within their margins" in result.stdout
+
+
+DATA_PARALLEL_GROUPS = textwrap.dedent("""
+    import sys
+    import torch
+    import torch.distributed as dist
+    if torch.accelerator.device_count() == 0:
+        torch.accelerator.device_count = lambda: 1
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    from flowblending_accel import flowblending
+    from flowblending_accel.core.distributed import current, gather_ordered, shard
+    from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
+    context = current()
+    large, small = tiny_wan_pair()
+    pipe = tiny_wan_pipeline(large)
+    mine = shard([0, 1, 2], context.data_parallel(2))
+    with flowblending(pipe, small, "L40-S40-L20", ["cp:2"], timing="off"), torch.inference_mode():
+        outputs = [(index, pipe(**wan_call_kwargs(steps=5, seed=seed)).frames) for index, seed in mine]
+    merged = gather_ordered(outputs, context, group_size=2)
+    if context.is_main:
+        torch.save({"seeds": [seed for _, seed in mine], "outputs": merged}, sys.argv[1])
+    dist.destroy_process_group()
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_data_parallel_groups_of_context_parallel_ranks_give_every_sample_once(tmp_path):
+    """4 processes, cp:2: two groups of two ranks, each splitting its own samples; one copy of each."""
+    script = tmp_path / "groups.py"
+    script.write_text(DATA_PARALLEL_GROUPS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+    result = subprocess.run([*command, str(script), str(tmp_path / "out.pt")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = torch.load(tmp_path / "out.pt")
+    large, small = tiny_wan_pair()
+    pipe = tiny_wan_pipeline(large)
+    with flowblending(pipe, small, SCHEDULE, timing="off"), torch.inference_mode():
+        single = [pipe(**wan_call_kwargs(steps=5, seed=seed)).frames for seed in (0, 1, 2)]
+    assert found["seeds"] == [0, 2] and len(found["outputs"]) == 3  # rank 0's group: samples 0 and 2
+    for got, expected in zip(found["outputs"], single, strict=True):
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0)

@@ -14,6 +14,7 @@ from flowblending_accel.core.distributed import (
     RankConsistency,
     gather_ordered,
     init_from_env,
+    merge_groups,
     shard,
     sum_counts,
 )
@@ -86,3 +87,15 @@ def test_single_process_helpers():
     assert shard(["a", "b", "c"], DistContext(1, 2)) == [(1, "b")]
     assert gather_ordered([(1, "b"), (0, "a")], context) == ["a", "b"]
     assert sum_counts({"large": 3}, context) == {"large": 3}
+
+
+def test_data_parallel_groups_of_context_parallel_ranks():
+    """4 processes with cp:2: ranks 0-1 and 2-3 each split one sample; samples shard across the 2 groups and
+    gathering keeps one copy per group."""
+    views = [DistContext(rank, 4).data_parallel(2) for rank in range(4)]
+    assert [(v.rank, v.world_size) for v in views] == [(0, 2), (0, 2), (1, 2), (1, 2)]
+    shares = [shard(["a", "b", "c"], view) for view in views]
+    assert shares == [[(0, "a"), (2, "c")], [(0, "a"), (2, "c")], [(1, "b")], [(1, "b")]]
+    assert merge_groups(shares, 2) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="groups of 3 do not divide the 4 processes"):
+        DistContext(0, 4).data_parallel(3)

@@ -226,3 +226,44 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+RECIPE_UNDER_TORCHRUN = """
+import importlib.util, sys
+import torch
+if torch.accelerator.device_count() == 0:  # the test provides the device count diffusers divides by
+    torch.accelerator.device_count = lambda: 1
+spec = importlib.util.spec_from_file_location("recipe", sys.argv[1])
+recipe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(recipe)
+recipe.main(sys.argv[2:])
+"""
+
+
+@needs_ffmpeg
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", ["wan21_14b_1p3b", "ltx_13b_2b"])
+def test_recipe_context_parallel_under_torchrun_writes_once_from_rank_0(name, tmp_path):
+    import subprocess
+    import sys
+
+    family, size, output = MAINS[name]
+    pipeline, small = _folders(tmp_path, family)
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(RECIPE_UNDER_TORCHRUN)
+    written = tmp_path / "out" / output
+    argv = ["--pipeline", pipeline, "--small", small, *size, "--steps", "5", "--device", "cpu"]
+    argv += ["--dtype", "float32", "--threads", "1", "--context-parallel", "2", "--output", str(written)]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    result = subprocess.run(
+        [*torchrun, str(launcher), str(RECIPES / f"{name}.py"), *argv], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert written.stat().st_size > 0 and [p.name for p in written.parent.iterdir()] == [output]
+    assert result.stdout.count(f"written to {written}") == 1
+
+
+def test_recipe_context_parallel_outside_torchrun_says_how_to_launch(tmp_path, capsys):
+    argv = ["--context-parallel", "2", "--device", "cpu", "--output", str(tmp_path / "video.mp4")]
+    with pytest.raises(ValueError, match="launch with torchrun --nproc_per_node N"):
+        recipe("wan21_14b_1p3b").main(argv)

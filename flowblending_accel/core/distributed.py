@@ -2,10 +2,12 @@
 
 Data parallel: prompts and seeds are sharded across ranks (sample ``i`` on rank ``i % world``), each rank
 generates its share, results are gathered to every rank in the original order, router stats are summed,
-and only rank 0 writes reports. Context / sequence parallel (diffusers' ``enable_parallelism``, xDiT) split
-one sample across ranks; the router then must take the same decision on every rank, which it does by
-construction (it reads the scheduler's step index, identical everywhere); :class:`RankConsistency` checks
-it at every segment start and fails loudly if a rank ever disagrees.
+and only rank 0 writes reports. With context parallelism (``cp:N``) the two compose: consecutive groups of
+N ranks split one sample between them, and the data-parallel view (:meth:`DistContext.data_parallel`) shards
+the samples across the groups; gathering keeps one copy per group. Context / sequence parallel (diffusers'
+``enable_parallelism``, xDiT) split one sample across ranks; the router then must take the same decision on
+every rank, which it does by construction (it reads the scheduler's step index, identical everywhere);
+:class:`RankConsistency` checks it at every segment start and fails loudly if a rank ever disagrees.
 """
 
 from __future__ import annotations
@@ -34,6 +36,15 @@ class DistContext:
     def active(self) -> bool:
         return self.world_size > 1
 
+    def data_parallel(self, group_size: int) -> DistContext:
+        """The view across context-parallel groups of ``group_size`` consecutive ranks (the mesh's ``dp``
+        dimension): which group this rank is in, of how many."""
+        if group_size < 1 or self.world_size % group_size:
+            raise ValueError(
+                f"context-parallel groups of {group_size} do not divide the {self.world_size} processes."
+            )
+        return DistContext(self.rank // group_size, self.world_size // group_size)
+
 
 def init_from_env(backend: str | None = None) -> DistContext:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); a single process gets rank 0 of 1."""
@@ -58,13 +69,19 @@ def shard(items: list[Any], context: DistContext) -> list[tuple[int, Any]]:
     return [(i, item) for i, item in enumerate(items) if i % context.world_size == context.rank]
 
 
-def gather_ordered(pairs: list[tuple[int, Any]], context: DistContext) -> list[Any]:
-    """All ranks' ``(index, result)`` pairs, merged back into index order, on every rank."""
+def gather_ordered(pairs: list[tuple[int, Any]], context: DistContext, group_size: int = 1) -> list[Any]:
+    """All ranks' ``(index, result)`` pairs, merged back into index order, on every rank; with
+    context-parallel groups of ``group_size`` ranks, one copy per group (every rank of a group holds it)."""
     if not context.active:
         return [value for _, value in sorted(pairs, key=lambda p: p[0])]
     gathered: list[Any] = [None] * context.world_size
     dist.all_gather_object(gathered, pairs)
-    merged = [pair for part in gathered for pair in part]
+    return merge_groups(gathered, group_size)
+
+
+def merge_groups(gathered: list[list[tuple[int, Any]]], group_size: int = 1) -> list[Any]:
+    """Every rank's ``(index, result)`` pairs (by rank) merged into index order, one rank per group."""
+    merged = [pair for rank, part in enumerate(gathered) if rank % group_size == 0 for pair in part]
     return [value for _, value in sorted(merged, key=lambda p: p[0])]
 
 

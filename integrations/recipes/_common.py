@@ -21,9 +21,11 @@ from flowblending_accel.accelerators import (
     applied_stack,
     enable_offload,
     flowblending,
+    parse_accelerator,
     spec_help,
 )
 from flowblending_accel.cli.common import positive_number, whole_number
+from flowblending_accel.core.distributed import DistContext, init_from_env
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
 from flowblending_accel.support.files import check_output_folder, default_file_mode
@@ -45,6 +47,7 @@ class Defaults:
     schedule: str = PAPER_SCHEDULE
     stack: tuple[str, ...] = ()
     output: str = "flowblending.mp4"
+    context_parallel: bool = True  # whether the models can split a sample across GPUs (diffusers' cp plan)
 
 
 def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
@@ -85,6 +88,16 @@ def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
         "at a time, the slowest); the pipeline is loaded on the CPU and never moved whole to the GPU "
         "(memory of each mode: the docstring and `flowblending-accel plan --memory`)",
     )
+    if d.context_parallel:
+        p.add_argument(
+            "--context-parallel",
+            type=whole_number(2),
+            default=None,
+            metavar="N",
+            help="split each video across N GPUs (Ulysses context parallelism, both models; launch with "
+            "torchrun --nproc_per_node N; the degree must divide both models' attention heads): rank 0 "
+            "writes the output",
+        )
     p.add_argument(
         "--baseline",
         action="store_true",
@@ -101,13 +114,19 @@ def run(
     **router_options: Any,
 ) -> dict[str, Any]:
     """Load (on the CPU, then on the device in the --offload mode), (baseline,) route and write; returns what
-    it measured."""
-    check_output_folder(args.output.parent, "--output")
+    it measured. Under torchrun with --context-parallel N every rank runs and rank 0 writes."""
+    degree = getattr(args, "context_parallel", None)
+    parallel = [parse_accelerator(f"cp:{degree}")] if degree else []
+    for config in parallel:  # one process, or a degree that does not fit the launch: before any loading
+        config.check_environment(args.device)
+    ranks = init_from_env() if parallel else DistContext()
+    if ranks.is_main:
+        check_output_folder(args.output.parent, "--output")
     use_threads(args.threads)
     pipe, small, members = load(
         args.pipeline, args.small, device=args.device, dtype=getattr(torch, args.dtype), offload=args.offload
     )
-    stack = list(args.stack) + members
+    stack = list(args.stack) + members + parallel
     result: dict[str, Any] = {}
     if args.baseline:
         result["baseline"] = _generate(pipe, args, defaults)
@@ -115,7 +134,9 @@ def run(
         applied = applied_stack(pipe)
         result["routed"] = _generate(pipe, args, defaults, without=applied.call_kwargs())
         result["stats"] = flowblending_stats(pipe)
-        print(result["stats"].table())
+    if not ranks.is_main:
+        return result
+    print(result["stats"].table())
     _write(result["routed"][0], args.output, defaults)
     if args.baseline:
         _compare(result["baseline"], result["routed"])

@@ -32,6 +32,7 @@ DEFAULTS = Defaults(
     guidance=7.5,
     stack=("deepcache:3",),
     output="flowblending.png",
+    context_parallel=False,  # UNets have no context-parallel plan in diffusers
 )
 
 
