@@ -126,7 +126,7 @@ class ContextParallelAccelerator(Accelerator):
     def __init__(self, config: ContextParallel) -> None:
         super().__init__(config)
         self._enabled: list[Any] = []  # the large models whose parallelism we enabled
-        self._mesh: Any = config.mesh
+        self.mesh: Any = config.mesh
 
     def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         import torch.distributed as dist
@@ -154,12 +154,12 @@ class ContextParallelAccelerator(Accelerator):
         from ..core.diffusers_internals import context_parallel_of, enable_context_parallel
 
         world = dist.get_world_size()
-        if self._mesh is None:
+        if self.mesh is None:
             device_type = "cuda" if target.device is not None and target.device.type == "cuda" else "cpu"
-            self._mesh = context_parallel_mesh(*self.config.degrees(world), device_type)
+            self.mesh = context_parallel_mesh(*self.config.degrees(world), device_type)
         for large in target.larges.values():
             if context_parallel_of(large) is None:  # a model the user split already stays as it is
-                enable_context_parallel(large, self.config.diffusers_config(world, self._mesh))
+                enable_context_parallel(large, self.config.diffusers_config(world, self.mesh))
                 self._enabled.append(large)
 
     def remove(self, target: RoutedModels) -> None:
