@@ -142,7 +142,9 @@ def apply_flowblending_(
         print(router.last_run.table())
         remove_flowblending_(pipe)
     """
-    if flowblending_routers(pipe) or hasattr(pipe, _STACK_ATTRIBUTE):
+    if hasattr(
+        pipe, _STACK_ATTRIBUTE
+    ):  # a denoiser routed by another pipeline sharing it: attach_routers says
         raise ValueError(
             "FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first."
         )

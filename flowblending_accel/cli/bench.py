@@ -80,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _measure(args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None) -> int:
-    from ..accelerators import RoutedModels, Stack
     from ..accelerators.defaults import default_stack
     from ..bench.ranks import across_ranks
     from ..bench.report import output_quality, write_bench
@@ -96,8 +95,7 @@ def _measure(args, options, checked, schedule: Schedule, given: list[Accelerator
     threads = use_threads(args.threads)
     target = build_target(options, checked)
     stack = list(given) if given is not None else _default(target, options, default_stack)
-    Stack.of(stack).validate(RoutedModels.of(target.pipe, target.small))  # what depends on the pipeline
-    rows = cumulative_rows(schedule, stack)
+    rows = cumulative_rows(schedule, stack)  # each row's stack is checked once, before the first round
     folder = free_output_folder(args.output, args.overwrite, marker="bench.md") if ranks.is_main else None
     steps = (len(rows) + 1) * (args.repeats + 2)
     with progress("benchmarking rows", steps, enabled=ranks.is_main) as advance:
