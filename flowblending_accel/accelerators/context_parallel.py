@@ -139,7 +139,6 @@ class ContextParallelAccelerator(Accelerator):
                 f"{self.config.spec}: no process group; launch with torchrun and call "
                 "torch.distributed.init_process_group first (the tools and recipes do)."
             )
-        self.config.check_environment(str(target.device))
         planned = self.config.diffusers_config(dist.get_world_size())  # validated; no mesh, no collective
         for name, large in target.larges.items():
             check_context_parallel(large, target.smalls[name], target.family, f"pipe.{name}", planned)

@@ -15,6 +15,7 @@ from .targeting import add_target_options, setting, target_settings
 
 if TYPE_CHECKING:
     from ..accelerators import AcceleratorConfig
+    from ..core.distributed import DistContext
     from ..core.schedule import Schedule
 
 DEFAULT_OUTPUT = Path("flowblending-bench")
@@ -76,22 +77,25 @@ def run(args: argparse.Namespace) -> int:
     known = known_family(options, checked)
     if known is not None:  # a cache or solver the pipeline's family cannot take, before loading it
         validate_for_family(configs or [], *known)
-    return _measure(args, options, checked, schedule, configs)
+    from ..core.distributed import joined
+
+    with joined() as ranks:  # under torchrun: every rank measures, rank 0 writes
+        return _measure(args, options, checked, schedule, configs, ranks)
 
 
-def _measure(args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None) -> int:
+def _measure(
+    args, options, checked, schedule: Schedule, given: list[AcceleratorConfig] | None, ranks: DistContext
+) -> int:
     from ..accelerators.defaults import default_stack
     from ..bench.ranks import across_ranks
     from ..bench.report import output_quality, write_bench
     from ..bench.runner import cumulative_rows, measure_rows, summarise
-    from ..core.distributed import init_from_env
     from ..support.env import device_name, versions
     from ..support.files import free_output_folder
     from ..support.progress import progress
     from ..support.threads import use_threads
     from ..targets.resolve import build_target
 
-    ranks = init_from_env()
     threads = use_threads(args.threads)
     target = build_target(options, checked)
     stack = list(given) if given is not None else _default(target, options, default_stack)

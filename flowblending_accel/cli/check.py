@@ -107,12 +107,8 @@ def measure_ratio(scenario, repeats: int) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..check.gate import compare, exit_code, read_expected, render_csv, updated_rows
-    from ..check.report import benchmark_json, summary_markdown
-    from ..check.scenarios import ranks_agree, run_scenario
-    from ..core.distributed import init_from_env
-    from ..support.files import write_atomic
-    from ..support.threads import use_threads
+    from ..check.gate import read_expected
+    from ..core.distributed import joined
     from ..targets.config import find_config
 
     config = find_config(args.config)
@@ -129,8 +125,19 @@ def run(args: argparse.Namespace) -> int:
         )
     expectations = read_expected(args.expected)
     scenarios = _scenarios(args, expectations, config)  # every target checked before any is built
+    with joined() as ranks:  # under torchrun every rank runs the scenarios (a cp stack splits them)
+        return _gate(args, scenarios, expectations, ranks)
+
+
+def _gate(args, scenarios, expectations, ranks) -> int:
+    """Measure every scenario, compare with (or, with --update, rewrite) the expected file, report."""
+    from ..check.gate import compare, exit_code, read_expected, render_csv, updated_rows
+    from ..check.report import benchmark_json, summary_markdown
+    from ..check.scenarios import ranks_agree, run_scenario
+    from ..support.files import write_atomic
+    from ..support.threads import use_threads
+
     measured = {}
-    ranks = init_from_env()  # under torchrun every rank runs the scenarios (a cp stack splits them)
     use_threads(args.threads)
     for scenario in scenarios:
         measured[scenario.name] = run_scenario(scenario)

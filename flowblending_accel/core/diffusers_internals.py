@@ -262,7 +262,9 @@ def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | No
     config on the model and its processors (the mesh and its process groups stay; other models share them)."""
     from diffusers.hooks.context_parallel import remove_context_parallel
 
-    remove_context_parallel(model, context_parallel_plan(model))
+    plan = context_parallel_plan(model)
+    if plan is not None:  # a model without a plan never got hooks
+        remove_context_parallel(model, plan)
     created = set(created if created is not None else vars(model).pop(_CREATED_REGISTRIES, ()))
     for name, module in model.named_modules():
         registry = getattr(module, REGISTRY_ATTRIBUTE, None)

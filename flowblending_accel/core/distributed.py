@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,20 @@ def init_from_env(backend: str | None = None) -> DistContext:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     return DistContext(dist.get_rank(), dist.get_world_size())
+
+
+@contextmanager
+def joined(backend: str | None = None) -> Iterator[DistContext]:
+    """:func:`init_from_env` for a block; a process group it created is left together (a barrier, then
+    ``destroy_process_group``) when the block ends, so no rank exits with the group's threads alive."""
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    context = init_from_env(backend)
+    try:
+        yield context
+    finally:
+        if created and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
 
 
 def current() -> DistContext:

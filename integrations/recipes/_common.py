@@ -8,6 +8,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from flowblending_accel.accelerators import (
     spec_help,
 )
 from flowblending_accel.cli.common import positive_number, whole_number
-from flowblending_accel.core.distributed import DistContext, init_from_env
+from flowblending_accel.core.distributed import DistContext, joined
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
 from flowblending_accel.support.files import check_output_folder, default_file_mode
@@ -119,7 +120,11 @@ def run(
     parallel = [parse_accelerator(f"cp:{degree}")] if degree else []
     for config in parallel:  # one process, or a degree that does not fit the launch: before any loading
         config.check_environment(args.device)
-    ranks = init_from_env() if parallel else DistContext()
+    with joined() if parallel else nullcontext(DistContext()) as ranks:  # rank 0 writes
+        return _run(args, load, defaults, parallel, ranks, **router_options)
+
+
+def _run(args, load, defaults: Defaults, parallel: list, ranks: DistContext, **router_options: Any) -> dict:
     if ranks.is_main:
         check_output_folder(args.output.parent, "--output")
     use_threads(args.threads)
