@@ -200,6 +200,15 @@ def test_cp_needs_torchrun_and_says_so():
         parse_accelerator("cp:sideways:2")
 
 
+def test_cp_refuses_caches_that_decide_from_each_ranks_own_shard():
+    from flowblending_accel.accelerators import parse_accelerator, validate_configs
+
+    for cache in ("fbc:0.05", "cache-dit"):
+        with pytest.raises(ValueError, match="cp cannot be stacked with .*decide from its own shard"):
+            validate_configs([parse_accelerator("cp:2"), parse_accelerator(cache)])
+    validate_configs([parse_accelerator("cp:2"), parse_accelerator("taylorseer")])  # decides by step: fine
+
+
 LAUNCHER = textwrap.dedent("""
     import sys
     import torch

@@ -41,12 +41,21 @@ class ContextParallel(AcceleratorConfig):
     ulysses_degree: int = 0
     ring_degree: int = 1
     ulysses_anything: bool = False
+    ring_anything: bool = False
+    convert_to_fp32: bool = True
     mesh: Any = field(default=None, compare=False, repr=False)
 
     names = ("cp",)
     kind = "parallel"
     spec_help = "cp[:N|ring:N] (context parallel, under torchrun)"
     implementation = "ContextParallelAccelerator"
+    # Caches that decide from the activations skip or compute per rank, from each rank's own shard: ranks
+    # would disagree, and the one that computes waits forever in an all-to-all the other skipped.
+    exclusive_with = ("fbc", "cache-dit")
+    clash_reasons = {
+        "fbc": "each rank would decide from its own shard whether to skip, and the ranks would hang.",
+        "cache-dit": "each rank would decide from its own shard whether to skip, and the ranks would hang.",
+    }
 
     def __post_init__(self) -> None:
         for name in ("ulysses_degree", "ring_degree"):
@@ -77,6 +86,8 @@ class ContextParallel(AcceleratorConfig):
             ulysses_degree=config.ulysses_degree or 1,
             ring_degree=config.ring_degree or 1,
             ulysses_anything=config.ulysses_anything,
+            ring_anything=config.ring_anything,
+            convert_to_fp32=config.convert_to_fp32,
             mesh=config.mesh,
         )
 
@@ -105,7 +116,12 @@ class ContextParallel(AcceleratorConfig):
 
         ring, ulysses = self.degrees(world)
         return ContextParallelConfig(
-            ring_degree=ring, ulysses_degree=ulysses, ulysses_anything=self.ulysses_anything, mesh=mesh
+            ring_degree=ring,
+            ulysses_degree=ulysses,
+            ulysses_anything=self.ulysses_anything,
+            ring_anything=self.ring_anything,
+            convert_to_fp32=self.convert_to_fp32,
+            mesh=mesh,
         )
 
 
@@ -132,7 +148,7 @@ class ContextParallelAccelerator(Accelerator):
         import torch.distributed as dist
 
         from ..core.compat import check_context_parallel
-        from ..core.diffusers_internals import context_parallel_plan
+        from ..core.diffusers_internals import context_parallel_of, context_parallel_plan, parallel_of
 
         if not dist.is_initialized():
             raise ValueError(
@@ -146,20 +162,37 @@ class ContextParallelAccelerator(Accelerator):
                 raise ValueError(
                     f"{self.config.spec}: pipe.{name} ({type(large).__name__}) has no context-parallel plan."
                 )
+            if parallel_of(large) is not None and context_parallel_of(large) is None:
+                raise ValueError(
+                    f"{self.config.spec}: pipe.{name} already runs tensor parallel; diffusers takes one "
+                    "parallel config per model: drop cp, or enable both in that config yourself."
+                )
 
     def apply(self, target: RoutedModels) -> None:
+        import torch
         import torch.distributed as dist
 
-        from ..core.diffusers_internals import context_parallel_of, enable_context_parallel
+        from ..core.diffusers_internals import (
+            context_parallel_of,
+            disable_context_parallel,
+            enable_context_parallel,
+        )
 
         world = dist.get_world_size()
-        if self.mesh is None:
-            device_type = "cuda" if target.device is not None and target.device.type == "cuda" else "cpu"
-            self.mesh = context_parallel_mesh(*self.config.degrees(world), device_type)
-        for large in target.larges.values():
-            if context_parallel_of(large) is None:  # a model the user split already stays as it is
-                enable_context_parallel(large, self.config.diffusers_config(world, self.mesh))
-                self._enabled.append(large)
+        if self.mesh is None:  # the accelerator's type, as diffusers picks it (weights may be offloaded)
+            accelerator = torch.accelerator.current_accelerator()
+            self.mesh = context_parallel_mesh(
+                *self.config.degrees(world), getattr(accelerator, "type", "cpu")
+            )
+        try:
+            for large in target.larges.values():
+                if context_parallel_of(large) is None:  # a model the user split already stays as it is
+                    enable_context_parallel(large, self.config.diffusers_config(world, self.mesh))
+                    self._enabled.append(large)
+        except BaseException:  # Wan 2.2: the second expert failed; the first is put back
+            while self._enabled:
+                disable_context_parallel(self._enabled.pop())
+            raise
 
     def remove(self, target: RoutedModels) -> None:
         from ..core.diffusers_internals import disable_context_parallel

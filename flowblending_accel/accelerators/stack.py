@@ -175,10 +175,12 @@ def remove_flowblending_(pipe: DiffusionPipeline) -> list[ModelRouter]:
         raise ValueError("FlowBlending is not applied to this pipeline; there is nothing to remove.")
     stack, target = getattr(pipe, _STACK_ATTRIBUTE, (None, None))
     release_call_arguments(pipe)
-    removed = detach_routers(pipe) if flowblending_routers(pipe) else []
-    if stack is not None:
-        stack.remove(target)
-        delattr(pipe, _STACK_ATTRIBUTE)
+    try:
+        removed = detach_routers(pipe) if flowblending_routers(pipe) else []
+    finally:
+        if stack is not None:
+            stack.remove(target)
+            delattr(pipe, _STACK_ATTRIBUTE)
     return removed
 
 

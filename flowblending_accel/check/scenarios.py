@@ -119,8 +119,11 @@ def trace_hash(trace: list[tuple[int, str]]) -> str:
     return hashlib.sha256(repr(trace).encode()).hexdigest()[:16]
 
 
-def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Warm-up call, measured call (and a FLOP-counting call); ``inject`` runs between warm-up and measure."""
+def run_scenario(
+    scenario: Scenario, inject: Callable[[], None] | None = None, keep: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Warm-up call, measured call (and a FLOP-counting call); ``inject`` runs between warm-up and measure;
+    ``keep``: metric prefixes kept beside the scenario's own (what :func:`ranks_agree` reads)."""
     target = scenario.build()
     configs = (*target.stack_members, *scenario.stack)  # the target's memory mode, then the scenario's stack
     members = [config.for_rounds().create() for config in configs]
@@ -151,12 +154,13 @@ def run_scenario(scenario: Scenario, inject: Callable[[], None] | None = None) -
     metrics["graph_breaks_after_warmup"] = after["graph_breaks"] - before["graph_breaks"]
     flops, _ = run_flops(target.pipe, target.small, scenario.schedule, call(), scenario.stack)
     metrics.update({f"flops.{m}": v for m, v in flops.items()})
-    if scenario.metrics is not None:  # per-model FLOPs stay when the ranks' totals are wanted (ranks_agree)
-        totals = ("flops.",) if any(m.startswith("flops_total") for m in scenario.metrics) else ()
-        metrics = {
-            name: value for name, value in metrics.items() if name.startswith(scenario.metrics + totals)
-        }
+    if scenario.metrics is not None:
+        metrics = {name: value for name, value in metrics.items() if name.startswith(scenario.metrics + keep)}
     return metrics
+
+
+# What ranks_agree reads from every rank, whatever a scenario gates.
+RANK_METRICS = ("trace_hash", "flops.")
 
 
 def ranks_agree(

@@ -133,14 +133,14 @@ def _gate(args, scenarios, expectations, ranks) -> int:
     """Measure every scenario, compare with (or, with --update, rewrite) the expected file, report."""
     from ..check.gate import compare, exit_code, read_expected, render_csv, updated_rows
     from ..check.report import benchmark_json, summary_markdown
-    from ..check.scenarios import ranks_agree, run_scenario
+    from ..check.scenarios import RANK_METRICS, ranks_agree, run_scenario
     from ..support.files import write_atomic
     from ..support.threads import use_threads
 
     measured = {}
     use_threads(args.threads)
     for scenario in scenarios:
-        measured[scenario.name] = run_scenario(scenario)
+        measured[scenario.name] = run_scenario(scenario, keep=RANK_METRICS if ranks.active else ())
         if args.ratio and scenario.ratio_baseline:
             measured[scenario.name][f"speedup.vs_{scenario.ratio_baseline.as_written}"] = measure_ratio(
                 scenario, args.repeats

@@ -142,12 +142,17 @@ def attach_routers(
         )
     _advise(config)
     routers = {name: _router(pipe, getattr(pipe, name), smalls[name], family, config) for name in names}
-    for name, router in routers.items():
-        check_pair(router.large, router.small, family, f"pipe.{name}", strict=config.strict)
-        check_context_parallel(router.large, router.small, family, f"pipe.{name}")
-        router.follow_large()  # the pipeline may have been moved, cast or offloaded before wrapping
-        check_placement(router.large, router.small)
-        check_adapters(router.large, router.small, f"pipe.{name}")
+    try:
+        for name, router in routers.items():
+            check_pair(router.large, router.small, family, f"pipe.{name}", strict=config.strict)
+            check_context_parallel(router.large, router.small, family, f"pipe.{name}")
+            router.follow_large()  # the pipeline may have been moved, cast or offloaded before wrapping
+            check_placement(router.large, router.small)
+            check_adapters(router.large, router.small, f"pipe.{name}")
+    except BaseException:  # what following gave a small model (offload hook, parallelism) is taken back
+        for router in routers.values():
+            router.detach()
+        raise
     for name, router in routers.items():
         # Registered last so the router is outermost: the large model's own cache hooks never see calls
         # that belong to the small model.

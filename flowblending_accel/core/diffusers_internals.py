@@ -211,10 +211,19 @@ def restore_attention_backends(states: Iterable[tuple[Any, Any]]) -> None:
 _PARALLEL_FIELD = "_parallel_config"
 
 
+def _bare(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "_orig_mod", model)  # a torch.compile'd model: its attributes live on the original
+
+
 def context_parallel_of(model: torch.nn.Module) -> Any | None:
     """The ``ContextParallelConfig`` ``model`` runs with (set up: its mesh is known), or None."""
     parallel = getattr(model, _PARALLEL_FIELD, None)
     return getattr(parallel, "context_parallel_config", None)
+
+
+def parallel_of(model: torch.nn.Module) -> Any | None:
+    """Any diffusers parallelism ``model`` runs with (context or tensor parallel), or None."""
+    return getattr(model, _PARALLEL_FIELD, None)
 
 
 def context_parallel_plan(model: torch.nn.Module) -> Any | None:
@@ -228,11 +237,14 @@ _CREATED_REGISTRIES = "_flowblending_cp_registries"  # on a model: the submodule
 def enable_context_parallel(model: torch.nn.Module, config: Any) -> None:
     """``model.enable_parallelism(config=config)``, undoable exactly by :func:`disable_context_parallel`; a
     failure leaves the model as it was (diffusers would leave its config set, refusing a second try)."""
+    model = _bare(model)
     bare = {name for name, module in model.named_modules() if not hasattr(module, REGISTRY_ATTRIBUTE)}
+    before = vars(model).get(_PARALLEL_FIELD)
     try:
         model.enable_parallelism(config=config)
     except BaseException:
-        disable_context_parallel(model, bare)
+        if vars(model).get(_PARALLEL_FIELD) is not before:  # diffusers set its config before it failed
+            disable_context_parallel(model, bare)
         raise
     created = [
         name for name, module in model.named_modules() if name in bare and hasattr(module, REGISTRY_ATTRIBUTE)
@@ -252,6 +264,7 @@ def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
         convert_to_fp32=like.convert_to_fp32,
         rotate_method=like.rotate_method,
         ulysses_anything=like.ulysses_anything,
+        ring_anything=like.ring_anything,
         mesh=like._mesh,
     )
     enable_context_parallel(model, config)
@@ -262,6 +275,7 @@ def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | No
     config on the model and its processors (the mesh and its process groups stay; other models share them)."""
     from diffusers.hooks.context_parallel import remove_context_parallel
 
+    model = _bare(model)
     plan = context_parallel_plan(model)
     if plan is not None:  # a model without a plan never got hooks
         remove_context_parallel(model, plan)
@@ -282,7 +296,7 @@ def share_mask_heads(model: torch.nn.Module) -> None:
     has ``heads / degree`` of them, so a masked attention (LTX's text mask) fails (diffusers#14316, fix
     pending in #14317). ``model``'s processors repeat one mask over every head, so under Ulysses its masks
     are cut to one head, which broadcasts: marked on the model's parallel config, read by every backend."""
-    parallel = getattr(model, _PARALLEL_FIELD, None)
+    parallel = getattr(_bare(model), _PARALLEL_FIELD, None)
     if parallel is not None:
         parallel.flowblending_mask_heads_shared = True
         _wrap_attention_backends()
@@ -301,12 +315,12 @@ def _one_mask_head(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def attend(*args: Any, **kwargs: Any) -> Any:
         mask, parallel = kwargs.get("attn_mask"), kwargs.get("_parallel_config")
-        if (
-            mask is not None
+        if (  # only a flagged model's dense mask (a flex BlockMask passes untouched)
+            getattr(parallel, "flowblending_mask_heads_shared", False)
+            and parallel.context_parallel_config.ulysses_degree > 1
+            and isinstance(mask, torch.Tensor)
             and mask.ndim == 4
             and mask.shape[1] > 1
-            and getattr(parallel, "flowblending_mask_heads_shared", False)
-            and parallel.context_parallel_config.ulysses_degree > 1
         ):
             kwargs["attn_mask"] = mask[:, :1]
         return function(*args, **kwargs)

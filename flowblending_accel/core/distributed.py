@@ -68,10 +68,13 @@ def joined(backend: str | None = None) -> Iterator[DistContext]:
     context = init_from_env(backend)
     try:
         yield context
-    finally:
+    except BaseException:  # other ranks may be inside a collective: no barrier, torchrun tears them down
         if created and dist.is_initialized():
-            dist.barrier()
             dist.destroy_process_group()
+        raise
+    if created and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def current() -> DistContext:

@@ -44,7 +44,6 @@ class Follower:
             return
         if device_of(small) is not None and device_of(small).type == "meta":
             return  # nothing to copy from: the placement check names the fix
-        self._context_parallel(large, small)
         _layerwise_casting(large, small)
         _compute_dtype(large, small)
         if placement:
@@ -52,6 +51,7 @@ class Follower:
         _attention_processors(large, small)
         _fused_projections(large, small)
         _freeu(large, small)
+        self._context_parallel(large, small)  # last: it configures the processors the steps above set
 
     def after_run(self) -> None:
         """Under model CPU offload the small model leaves the accelerator when a run ends."""
@@ -76,7 +76,7 @@ class Follower:
                 diffusers_internals.disable_context_parallel(small)
                 self._parallel = False
             return
-        if diffusers_internals.context_parallel_of(small) is None:
+        if diffusers_internals.parallel_of(small) is None:  # one the user split is theirs
             if self._family is not None:  # before the small model changes: a degree it cannot take
                 check_context_parallel(large, small, self._family, "the large model")
             diffusers_internals.enable_context_parallel_like(small, config)

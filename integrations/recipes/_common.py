@@ -25,6 +25,7 @@ from flowblending_accel.accelerators import (
     parse_accelerator,
     spec_help,
 )
+from flowblending_accel.accelerators.context_parallel import world_size
 from flowblending_accel.cli.common import positive_number, whole_number
 from flowblending_accel.core.distributed import DistContext, joined
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
@@ -120,6 +121,11 @@ def run(
     parallel = [parse_accelerator(f"cp:{degree}")] if degree else []
     for config in parallel:  # one process, or a degree that does not fit the launch: before any loading
         config.check_environment(args.device)
+        if world_size() != degree:  # one video: more processes would each make the same one
+            raise ValueError(
+                f"--context-parallel {degree} under {world_size()} processes: launch torchrun "
+                f"--nproc_per_node {degree} (one video is split across exactly {degree})."
+            )
     with joined() if parallel else nullcontext(DistContext()) as ranks:  # rank 0 writes
         return _run(args, load, defaults, parallel, ranks, **router_options)
 
