@@ -207,6 +207,8 @@ def test_cp_refuses_caches_that_decide_from_each_ranks_own_shard():
         with pytest.raises(ValueError, match="cp cannot be stacked with .*decide from its own shard"):
             validate_configs([parse_accelerator("cp:2"), parse_accelerator(cache)])
     validate_configs([parse_accelerator("cp:2"), parse_accelerator("taylorseer")])  # decides by step: fine
+    with pytest.raises(ValueError, match=r"splits the models twice \['cp:2', 'cp:ring:2'\]"):
+        validate_configs([parse_accelerator("cp:2"), parse_accelerator("cp:ring:2")])
 
 
 LAUNCHER = textwrap.dedent("""

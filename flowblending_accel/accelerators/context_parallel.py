@@ -125,17 +125,28 @@ class ContextParallel(AcceleratorConfig):
         )
 
 
+# Meshes built so far, by (process group, ring, ulysses, device type): a mesh makes process groups, which
+# live as long as the default group, so applying cp again (every `with flowblending(...)`) reuses its mesh.
+_MESHES: dict[tuple[Any, int, int, str], Any] = {}
+
+
 def context_parallel_mesh(ring: int, ulysses: int, device_type: str) -> Any:
     """The ``(ring, ulysses)`` mesh of this rank's context-parallel group: with more processes than one group
-    holds, the world is a ``(dp, ring, ulysses)`` mesh and each data-parallel group gets its slice."""
+    holds, the world is a ``(dp, ring, ulysses)`` mesh and each data-parallel group gets its slice. Built
+    once per process group (a collective: every rank asks for the same meshes in the same order)."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    groups = dist.get_world_size() // (ring * ulysses)
-    if groups == 1:
-        return init_device_mesh(device_type, (ring, ulysses), mesh_dim_names=("ring", "ulysses"))
-    mesh = init_device_mesh(device_type, (groups, ring, ulysses), mesh_dim_names=("dp", "ring", "ulysses"))
-    return mesh["ring", "ulysses"]
+    key = (dist.group.WORLD, ring, ulysses, device_type)  # the group itself: an id could be reused
+    if key not in _MESHES:
+        groups = dist.get_world_size() // (ring * ulysses)
+        if groups == 1:
+            mesh = init_device_mesh(device_type, (ring, ulysses), mesh_dim_names=("ring", "ulysses"))
+        else:
+            shape, names = (groups, ring, ulysses), ("dp", "ring", "ulysses")
+            mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)["ring", "ulysses"]
+        _MESHES[key] = mesh
+    return _MESHES[key]
 
 
 class ContextParallelAccelerator(Accelerator):

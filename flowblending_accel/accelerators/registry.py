@@ -168,6 +168,12 @@ def validate_configs(configs: list[AcceleratorConfig], device: str | None = None
             reason = config.clashes_with(other) if other is not config else None
             if reason:
                 raise ValueError(reason)
+    parallel = [config.spec for config in configs if config.kind == "parallel"]
+    if len(parallel) > 1:
+        raise ValueError(
+            f"stack splits the models twice {parallel} (a cp member, or parallel= beside one): a model takes "
+            "one parallel config; keep one."
+        )
     caches = [config.spec for config in configs if config.kind == "cache"]
     if len(caches) > 1:
         raise ValueError(
