@@ -5,7 +5,6 @@ forward, and removal restores both models."""
 
 import json
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -14,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from diffusers import ContextParallelConfig
+from torchrun_on_cpu import launch_env, provide_device_count
+from torchrun_on_cpu import torchrun as torchrun_command
 
 from flowblending_accel import RouterListener, flowblending
 from flowblending_accel.core.compat import check_context_parallel
@@ -32,13 +33,6 @@ from flowblending_accel.tiny_models import (
 
 SCHEDULE = "L40-S40-L20"
 STEPS = 5
-
-
-def provide_device_count() -> None:
-    """diffusers places a rank on ``rank % torch.accelerator.device_count()``, which divides by zero on a
-    machine without an accelerator: the test says there is one (the CPU); the library never does."""
-    if torch.accelerator.device_count() == 0:
-        torch.accelerator.device_count = lambda: 1
 
 
 def build(family: str, small_heads: int | None = None):
@@ -213,9 +207,8 @@ def test_cp_refuses_caches_that_decide_from_each_ranks_own_shard():
 
 LAUNCHER = textwrap.dedent("""
     import sys
-    import torch
-    if torch.accelerator.device_count() == 0:  # the test provides the device count diffusers divides by
-        torch.accelerator.device_count = lambda: 1
+    from torchrun_on_cpu import provide_device_count
+    provide_device_count()
     from flowblending_accel.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -231,18 +224,10 @@ steps = 6
 def torchrun(tmp_path, *args: str) -> subprocess.CompletedProcess:
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCHER)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        str(launcher),
-        *args,
-        "--threads",
-        "1",
-    ]
-    return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=240)
+    command = [*torchrun_command(2), str(launcher), *args, "--threads", "1"]
+    return subprocess.run(
+        command, capture_output=True, text=True, cwd=tmp_path, timeout=240, env=launch_env()
+    )
 
 
 @pytest.mark.timeout(300)
@@ -285,8 +270,8 @@ DATA_PARALLEL_GROUPS = textwrap.dedent("""
     import sys
     import torch
     import torch.distributed as dist
-    if torch.accelerator.device_count() == 0:
-        torch.accelerator.device_count = lambda: 1
+    from torchrun_on_cpu import provide_device_count
+    provide_device_count()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     from flowblending_accel import flowblending
@@ -311,8 +296,8 @@ def test_data_parallel_groups_of_context_parallel_ranks_give_every_sample_once(t
     """4 processes, cp:2: two groups of two ranks, each splitting its own samples; one copy of each."""
     script = tmp_path / "groups.py"
     script.write_text(DATA_PARALLEL_GROUPS)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
-    result = subprocess.run([*command, str(script), str(tmp_path / "out.pt")], capture_output=True, text=True)
+    command = [*torchrun_command(4), str(script), str(tmp_path / "out.pt")]
+    result = subprocess.run(command, capture_output=True, text=True, env=launch_env())
     assert result.returncode == 0, result.stderr[-3000:]
     found = torch.load(tmp_path / "out.pt")
     large, small = tiny_wan_pair()

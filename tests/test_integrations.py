@@ -230,9 +230,8 @@ def _umask():
 
 RECIPE_UNDER_TORCHRUN = """
 import importlib.util, sys
-import torch
-if torch.accelerator.device_count() == 0:  # the test provides the device count diffusers divides by
-    torch.accelerator.device_count = lambda: 1
+from torchrun_on_cpu import provide_device_count
+provide_device_count()
 spec = importlib.util.spec_from_file_location("recipe", sys.argv[1])
 recipe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(recipe)
@@ -245,7 +244,8 @@ recipe.main(sys.argv[2:])
 @pytest.mark.parametrize("name", ["wan21_14b_1p3b", "ltx_13b_2b"])
 def test_recipe_context_parallel_under_torchrun_writes_once_from_rank_0(name, tmp_path):
     import subprocess
-    import sys
+
+    from torchrun_on_cpu import launch_env, torchrun
 
     family, size, output = MAINS[name]
     pipeline, small = _folders(tmp_path, family)
@@ -254,10 +254,8 @@ def test_recipe_context_parallel_under_torchrun_writes_once_from_rank_0(name, tm
     written = tmp_path / "out" / output
     argv = ["--pipeline", pipeline, "--small", small, *size, "--steps", "5", "--device", "cpu"]
     argv += ["--dtype", "float32", "--threads", "1", "--context-parallel", "2", "--output", str(written)]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    result = subprocess.run(
-        [*torchrun, str(launcher), str(RECIPES / f"{name}.py"), *argv], capture_output=True, text=True
-    )
+    command = [*torchrun(2), str(launcher), str(RECIPES / f"{name}.py"), *argv]
+    result = subprocess.run(command, capture_output=True, text=True, env=launch_env())
     assert result.returncode == 0, result.stderr[-3000:]
     assert written.stat().st_size > 0 and [p.name for p in written.parent.iterdir()] == [output]
     assert result.stdout.count(f"written to {written}") == 1

@@ -14,21 +14,11 @@ world size, both models have a context-parallel plan, and the Ulysses degree div
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from .registry import AcceleratorConfig, register_accelerator, spec_value
 from .runtime import Accelerator, RoutedModels
-
-
-def world_size() -> int:
-    """The process count torchrun launched (its ``WORLD_SIZE``), or of the initialised process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @register_accelerator
@@ -97,7 +87,9 @@ class ContextParallel(AcceleratorConfig):
         return self.ring_degree, ulysses
 
     def check_environment(self, device: str) -> None:
-        world = world_size()
+        from ..core.distributed import launched_world_size  # torch: when a stack is checked, not at import
+
+        world = launched_world_size()
         ring, ulysses = self.degrees(world)
         if world < 2:
             raise ValueError(

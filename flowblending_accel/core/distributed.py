@@ -48,10 +48,17 @@ class DistContext:
         return DistContext(self.rank // group_size, self.world_size // group_size)
 
 
+def launched_world_size() -> int:
+    """The processes in this run: the initialised process group's size, else what torchrun launched (its
+    ``WORLD_SIZE``; 1 outside torchrun)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_from_env(backend: str | None = None) -> DistContext:
     """Join the process group torchrun describes (``WORLD_SIZE`` > 1); a single process gets rank 0 of 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if launched_world_size() <= 1:
         return DistContext()
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
@@ -64,7 +71,7 @@ def init_from_env(backend: str | None = None) -> DistContext:
 def joined(backend: str | None = None) -> Iterator[DistContext]:
     """:func:`init_from_env` for a block; a process group it created is left together (a barrier, then
     ``destroy_process_group``) when the block ends, so no rank exits with the group's threads alive."""
-    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    created = launched_world_size() > 1 and not dist.is_initialized()
     context = init_from_env(backend)
     try:
         yield context

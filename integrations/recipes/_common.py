@@ -25,9 +25,8 @@ from flowblending_accel.accelerators import (
     parse_accelerator,
     spec_help,
 )
-from flowblending_accel.accelerators.context_parallel import world_size
 from flowblending_accel.cli.common import positive_number, whole_number
-from flowblending_accel.core.distributed import DistContext, joined
+from flowblending_accel.core.distributed import DistContext, joined, launched_world_size
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
 from flowblending_accel.support.files import check_output_folder, default_file_mode
@@ -121,9 +120,9 @@ def run(
     parallel = [parse_accelerator(f"cp:{degree}")] if degree else []
     for config in parallel:  # one process, or a degree that does not fit the launch: before any loading
         config.check_environment(args.device)
-        if world_size() != degree:  # one video: more processes would each make the same one
+        if launched_world_size() != degree:  # one video: more processes would each make the same one
             raise ValueError(
-                f"--context-parallel {degree} under {world_size()} processes: launch torchrun "
+                f"--context-parallel {degree} under {launched_world_size()} processes: launch torchrun "
                 f"--nproc_per_node {degree} (one video is split across exactly {degree})."
             )
     with joined() if parallel else nullcontext(DistContext()) as ranks:  # rank 0 writes
