@@ -3,10 +3,14 @@ equals the single-process one, every rank routes the same, the small model follo
 parallelism (however the large one got it), a degree the small model cannot take is refused before any
 forward, and removal restores both models."""
 
+import atexit
 import json
+import os
 import subprocess
 import textwrap
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,9 +121,22 @@ def refused_run(family: str) -> dict:
     return {"error": None}
 
 
+def native_threads() -> int:
+    """This process's threads the interpreter does not know of (gloo's workers and loops among them)."""
+    return len(os.listdir("/proc/self/task")) - len(threading.enumerate())
+
+
+def record_native_threads(path: str) -> None:
+    with open(path, "w") as file:
+        file.write(str(native_threads()))
+
+
 def _worker(rank: int, world: int, init_file: str, out: str, family: str) -> None:
     torch.set_num_threads(1)
     provide_device_count()
+    record_native_threads(f"{out}.{rank}.threads-at-start")
+    # registered before the cp mesh's release: runs after it, as the last thing before finalisation
+    atexit.register(record_native_threads, f"{out}.{rank}.threads-at-exit")
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         result = routed_run(family, ["cp:2"])
@@ -135,7 +152,12 @@ def two_ranks(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"cp-{request.param}")
     out = str(folder / "rank")
     mp.spawn(_worker, args=(2, str(folder / "init"), out, request.param), nprocs=2, join=True)
-    return request.param, [torch.load(f"{out}.{rank}") for rank in range(2)]
+    ranks = [torch.load(f"{out}.{rank}") for rank in range(2)]
+    for rank, result in enumerate(ranks):
+        result["threads"] = {
+            when: int(Path(f"{out}.{rank}.threads-{when}").read_text()) for when in ("at-start", "at-exit")
+        }
+    return request.param, ranks
 
 
 @pytest.mark.timeout(300)
@@ -154,6 +176,15 @@ def test_the_small_model_followed_into_parallelism_and_removal_restores_both(two
     for result in [run for rank in ranks for run in (rank, *rank["ways"].values())]:
         assert result["small_degrees"] and set(result["small_degrees"]) == {2}
         assert result["restored"]
+
+
+@pytest.mark.timeout(300)
+def test_no_process_group_thread_outlives_the_interpreter(two_ranks):
+    """The cp mesh holds process groups; torn down during finalisation, a gloo thread freeing a collective's
+    tensor aborted the process now and then. They are released at exit, before finalisation."""
+    _, ranks = two_ranks
+    for result in ranks:
+        assert result["threads"]["at-exit"] <= result["threads"]["at-start"], result["threads"]
 
 
 @pytest.mark.timeout(300)

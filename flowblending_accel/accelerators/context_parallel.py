@@ -14,6 +14,7 @@ world size, both models have a context-parallel plan, and the Ulysses degree div
 
 from __future__ import annotations
 
+import atexit
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,19 @@ class ContextParallel(AcceleratorConfig):
 
 # Meshes built so far, by (process group, ring, ulysses, device type): a mesh makes process groups, which
 # live as long as the default group, so applying cp again (every `with flowblending(...)`) reuses its mesh.
+# A mesh holds its process groups; one that outlived the interpreter would be torn down during finalisation,
+# where a gloo worker thread freeing a collective's Python-owned tensor aborts the process ("terminate called
+# without an active exception"). So the meshes of a destroyed group are dropped at the next lookup, and all
+# of them at exit, while the interpreter still runs (see release_meshes).
 _MESHES: dict[tuple[Any, int, int, str], Any] = {}
+
+
+def release_meshes() -> None:
+    """Drop the cached meshes, and with them their process groups (their worker threads are joined here)."""
+    import gc
+
+    _MESHES.clear()
+    gc.collect()  # a sliced mesh and its root refer to each other: freed by the collector, not by the clear
 
 
 def context_parallel_mesh(ring: int, ulysses: int, device_type: str) -> Any:
@@ -130,6 +143,11 @@ def context_parallel_mesh(ring: int, ulysses: int, device_type: str) -> Any:
     from torch.distributed.device_mesh import init_device_mesh
 
     key = (dist.group.WORLD, ring, ulysses, device_type)  # the group itself: an id could be reused
+    for stale in [cached for cached in _MESHES if cached[0] is not dist.group.WORLD]:
+        del _MESHES[stale]  # the group was destroyed (and maybe made again): its meshes are dead
+    if not _MESHES:
+        atexit.unregister(release_meshes)
+        atexit.register(release_meshes)
     if key not in _MESHES:
         groups = dist.get_world_size() // (ring * ulysses)
         if groups == 1:
