@@ -1,12 +1,15 @@
 """Two CPU processes with the gloo backend: sharded generation equals one process; stats sum; routing
 agrees."""
 
+import json
 import os
+import subprocess
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torchrun_on_cpu import launch_env, torchrun
 
 from flowblending_accel import apply_flowblending_
 from flowblending_accel.core.distributed import (
@@ -99,3 +102,30 @@ def test_data_parallel_groups_of_context_parallel_ranks():
     assert merge_groups(shares, 2) == ["a", "b", "c"]
     with pytest.raises(ValueError, match="groups of 3 do not divide the 4 processes"):
         DistContext(0, 4).data_parallel(3)
+
+
+DEMO = ["demo", "--prompts", "a 3 moving right", "a 7 moving left", "--steps", "4", "--chunk-size", "1"]
+DEMO += ["--threads", "1", "--timing-seconds", "0"]
+
+
+@pytest.mark.timeout(300)
+def test_the_demo_under_torchrun_shards_the_samples_and_reports_what_one_process_does(tmp_path):
+    from flowblending_accel.cli import main
+
+    assert main([*DEMO, "--output", str(tmp_path / "one")]) == 0
+    launched = subprocess.run(
+        [*torchrun(2), "-m", "flowblending_accel.cli", *DEMO, "--output", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=launch_env(),
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two"))
+    assert two["context"]["ranks"] == 2 and two["context"]["samples"] == one["context"]["samples"] == 2
+    for name, row in one["rows"].items():
+        for metric in ("calls_per_sample", "psnr_vs_lll", "digit_accuracy", "direction_accuracy"):
+            assert two["rows"][name].get(metric) == row.get(metric), (name, metric)
+        fd = two["rows"][name]["fd_to_real"]["value"]  # the classifier's features in other batches
+        assert fd == pytest.approx(row["fd_to_real"]["value"], rel=1e-5)
+    assert launched.stdout.count("results.json and grid written") == 1  # rank 0 alone writes

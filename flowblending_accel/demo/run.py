@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.distributed import gather_ordered, init_from_env, shard
+from ..core.distributed import DistContext, gather_ordered, joined, shard
 from ..support.env import device_name, versions
 from ..support.files import free_output_folder
 from ..support.progress import progress
@@ -38,16 +38,9 @@ def run_demo(
     folder = free_output_folder(output, overwrite)
     pipe, small = load_demo_pipeline(pair)
     classifier = load_classifier(Path(pair or default_pair_path()) / CLASSIFIER_SUBFOLDER)
-    context = init_from_env()  # under torchrun: samples are sharded across ranks, rank 0 reports
-    mine = shard(settings.samples(), context)
-    with (
-        torch.inference_mode(),
-        progress("generating all schedules (clips)", len(mine), show_progress and context.is_main) as advance,
-    ):
-        part = run_comparison(pipe, small, settings, progress=advance, samples=[sample for _, sample in mine])
-    parts = gather_ordered([(context.rank, ([i for i, _ in mine], part))], context)
-    generated = merge_ranks(parts) if context.active else part
-    if not context.is_main:
+    with joined() as ranks:  # under torchrun: samples are sharded across ranks, rank 0 reports
+        generated = _generate(pipe, small, settings, ranks, show_progress)
+    if not ranks.is_main:
         return folder, {}
     if generated.done == 0:
         raise KeyboardInterrupt("interrupted before the first chunk finished; nothing to report")
@@ -60,7 +53,7 @@ def run_demo(
         "command": command,
         "device": device_name("cpu"),
         "threads": governor.describe(),
-        "ranks": context.world_size,
+        "ranks": ranks.world_size,
         "versions": versions(),
         "settings": {k: v for k, v in asdict(settings).items() if k != "prompts"},
         "samples": generated.done,
@@ -76,6 +69,18 @@ def run_demo(
     }
     write_outputs(folder, rows, context, columns, prompts)
     return folder, rows
+
+
+def _generate(pipe, small, settings: DemoSettings, ranks: DistContext, show_progress: bool):
+    """This rank's share of the samples, generated, then every rank's merged in order (on every rank)."""
+    mine = shard(settings.samples(), ranks)
+    with (
+        torch.inference_mode(),
+        progress("generating all schedules (clips)", len(mine), show_progress and ranks.is_main) as advance,
+    ):
+        part = run_comparison(pipe, small, settings, progress=advance, samples=[sample for _, sample in mine])
+    parts = gather_ordered([(ranks.rank, ([i for i, _ in mine], part))], ranks)
+    return merge_ranks(parts) if ranks.active else part
 
 
 def _grid_indices(generated) -> list[int]:
