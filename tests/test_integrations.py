@@ -241,7 +241,7 @@ recipe.main(sys.argv[2:])
 
 @needs_ffmpeg
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("name", ["wan21_14b_1p3b", "ltx_13b_2b"])
+@pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small", "ltx_13b_2b"])
 def test_recipe_context_parallel_under_torchrun_writes_once_from_rank_0(name, tmp_path):
     import subprocess
 
