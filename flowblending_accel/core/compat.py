@@ -21,7 +21,7 @@ def check_pair(large: torch.nn.Module, small: Any, family: Family, where: str, s
         raise ValueError(f"small is the same module as {where}; pass a separate, smaller model.")
     if not callable(small):
         raise TypeError(f"small must be a torch module (or callable denoiser), got {type(small).__name__}.")
-    large_core, small_core = _unwrap(large), _unwrap(small)
+    large_core, small_core = diffusers_internals.uncompiled(large), diffusers_internals.uncompiled(small)
     if strict and family.same_class and type(small_core) is not type(large_core):
         raise TypeError(
             f"small is a {type(small_core).__name__} but {where} is a {type(large_core).__name__}: the "
@@ -54,7 +54,7 @@ def check_context_parallel(
 ) -> None:
     """When ``large`` runs context-parallel (or is about to, with ``config``), the small model must be able to
     follow it: a context-parallel plan of its own, and a Ulysses degree that divides both head counts."""
-    large_core, small_core = _unwrap(large), _unwrap(small)
+    large_core, small_core = diffusers_internals.uncompiled(large), diffusers_internals.uncompiled(small)
     config = config if config is not None else diffusers_internals.context_parallel_of(large_core)
     if config is None or not isinstance(small_core, torch.nn.Module):
         return
@@ -84,10 +84,6 @@ def check_context_parallel(
 def _heads(module: torch.nn.Module, family: Family) -> int | None:
     config = _config(module) or {}
     return config.get(family.heads_config)
-
-
-def _unwrap(module: Any) -> Any:
-    return getattr(module, "_orig_mod", module)  # torch.compile'd modules wrap the original
 
 
 def _config(module: Any) -> dict | None:

@@ -206,13 +206,14 @@ def restore_attention_backends(states: Iterable[tuple[Any, Any]]) -> None:
             setattr(processor, _BACKEND_FIELD, value)
 
 
+def uncompiled(model: Any) -> Any:
+    """The module a ``torch.compile``'d model wraps (its attributes and config live there), else ``model``."""
+    return getattr(model, "_orig_mod", model)
+
+
 # Context parallelism (``model.enable_parallelism``): diffusers keeps the config in ``model._parallel_config``
 # and on every attention processor, the split/gather hooks in the hook registry, and has no undo.
 _PARALLEL_FIELD = "_parallel_config"
-
-
-def _bare(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "_orig_mod", model)  # a torch.compile'd model: its attributes live on the original
 
 
 def context_parallel_of(model: torch.nn.Module) -> Any | None:
@@ -237,7 +238,7 @@ _CREATED_REGISTRIES = "_flowblending_cp_registries"  # on a model: the submodule
 def enable_context_parallel(model: torch.nn.Module, config: Any) -> None:
     """``model.enable_parallelism(config=config)``, undoable exactly by :func:`disable_context_parallel`; a
     failure leaves the model as it was (diffusers would leave its config set, refusing a second try)."""
-    model = _bare(model)
+    model = uncompiled(model)
     bare = {name for name, module in model.named_modules() if not hasattr(module, REGISTRY_ATTRIBUTE)}
     before = vars(model).get(_PARALLEL_FIELD)
     try:
@@ -275,7 +276,7 @@ def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | No
     config on the model and its processors (the mesh and its process groups stay; other models share them)."""
     from diffusers.hooks.context_parallel import remove_context_parallel
 
-    model = _bare(model)
+    model = uncompiled(model)
     plan = context_parallel_plan(model)
     if plan is not None:  # a model without a plan never got hooks
         remove_context_parallel(model, plan)
@@ -296,7 +297,7 @@ def share_mask_heads(model: torch.nn.Module) -> None:
     has ``heads / degree`` of them, so a masked attention (LTX's text mask) fails (diffusers#14316, fix
     pending in #14317). ``model``'s processors repeat one mask over every head, so under Ulysses its masks
     are cut to one head, which broadcasts: marked on the model's parallel config, read by every backend."""
-    parallel = getattr(_bare(model), _PARALLEL_FIELD, None)
+    parallel = getattr(uncompiled(model), _PARALLEL_FIELD, None)
     if parallel is not None:
         parallel.flowblending_mask_heads_shared = True
         _wrap_attention_backends()
