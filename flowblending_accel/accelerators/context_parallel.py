@@ -43,10 +43,9 @@ class ContextParallel(AcceleratorConfig):
     # Caches that decide from the activations skip or compute per rank, from each rank's own shard: ranks
     # would disagree, and the one that computes waits forever in an all-to-all the other skipped.
     exclusive_with = ("fbc", "cache-dit")
-    clash_reasons = {
-        "fbc": "each rank would decide from its own shard whether to skip, and the ranks would hang.",
-        "cache-dit": "each rank would decide from its own shard whether to skip, and the ranks would hang.",
-    }
+    clash_reasons = dict.fromkeys(
+        exclusive_with, "each rank would decide from its own shard whether to skip, and the ranks would hang."
+    )
 
     def __post_init__(self) -> None:
         for name in ("ulysses_degree", "ring_degree"):
@@ -145,9 +144,6 @@ def context_parallel_mesh(ring: int, ulysses: int, device_type: str) -> Any:
     key = (dist.group.WORLD, ring, ulysses, device_type)  # the group itself: an id could be reused
     for stale in [cached for cached in _MESHES if cached[0] is not dist.group.WORLD]:
         del _MESHES[stale]  # the group was destroyed (and maybe made again): its meshes are dead
-    if not _MESHES:
-        atexit.unregister(release_meshes)
-        atexit.register(release_meshes)
     if key not in _MESHES:
         groups = dist.get_world_size() // (ring * ulysses)
         if groups == 1:
@@ -156,6 +152,8 @@ def context_parallel_mesh(ring: int, ulysses: int, device_type: str) -> Any:
             shape, names = (groups, ring, ulysses), ("dp", "ring", "ulysses")
             mesh = init_device_mesh(device_type, shape, mesh_dim_names=names)["ring", "ulysses"]
         _MESHES[key] = mesh
+        atexit.unregister(release_meshes)  # registered once, however many meshes are built
+        atexit.register(release_meshes)
     return _MESHES[key]
 
 
