@@ -142,9 +142,8 @@ def apply_flowblending_(
         print(router.last_run.table())
         remove_flowblending_(pipe)
     """
-    if hasattr(
-        pipe, _STACK_ATTRIBUTE
-    ):  # a denoiser routed by another pipeline sharing it: attach_routers says
+    # A pipeline applied to here; a denoiser routed through another pipeline sharing it: attach_routers says
+    if hasattr(pipe, _STACK_ATTRIBUTE):
         raise ValueError(
             "FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first."
         )
