@@ -224,3 +224,18 @@ def row_memory(row: SuiteRow, workload: Workload, dtype: str) -> dict[str, int]:
         host += max(weights["large"], weights["small"])
     activations = 3 * costs.largest_activation_bytes  # a layer's input, its widest output, the next
     return {"device": resident + activations, "host": host}
+
+
+def memory_refusal(
+    need: dict[str, int], device_total: float | None, host_total: int, on_gpu: bool
+) -> str | None:
+    """Why a row that needs ``need`` (:func:`row_memory`) is refused: its device peak above 90 % of
+    ``device_total``, or its host peak (the device's too, on a CPU) above half of ``host_total``; or None."""
+    from ...support.memory import gib
+
+    if device_total and need["device"] > 0.9 * device_total:
+        return f"estimated peak {gib(need['device'])} is above 90 % of the GPU's {gib(device_total)}"
+    host = need["host"] + (0 if on_gpu or device_total else need["device"])
+    if host_total and host > 0.5 * host_total:
+        return f"estimated host peak {gib(host)} is above half the host's {gib(host_total)}"
+    return None

@@ -21,9 +21,12 @@ import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .plan import Section, Suite
 
 SCHEMA = "flowblending-accel/suite-line/v1"
 FINISHED = ("section_end", "failed", "interrupted")  # a section process wrote its last line
@@ -35,6 +38,24 @@ def now() -> str:
 
 def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def section_setup(suite: Suite, section: Section) -> dict[str, Any]:
+    """What a section's lines are measured on: the device and its details, versions, dtype, workload."""
+    from ...support.env import accelerator_details, versions
+    from ...support.memory import host_total_bytes
+
+    details = accelerator_details(suite.device)
+    return {
+        "suite": suite.name,
+        "device": details["device"],
+        "details": details,
+        "versions": versions(),
+        "dtype": suite.dtype,
+        "workload": asdict(section.workload),
+        "host_memory_bytes": host_total_bytes(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+    }
 
 
 def fingerprint(setup: dict[str, Any]) -> str:

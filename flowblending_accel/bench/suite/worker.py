@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import signal
 import sys
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...support.env import quiet_optional_libraries
-from .costs import PROFILES, row_memory, row_seconds, warmup_extra_seconds
+from .costs import PROFILES, memory_refusal, row_memory, row_seconds, warmup_extra_seconds
 from .guard import Clock, Progress, inject_fault
-from .journal import Journal, fingerprint, read_lines, rows_measured, section_finished
+from .journal import Journal, fingerprint, read_lines, rows_measured, section_finished, section_setup
 from .measure import RowState, count_flops, run_timed, run_warmup
 from .plan import BASELINE, Section, Suite, SuiteRow, suite_named
 
@@ -42,23 +41,6 @@ class Context:
     resume: list[Path]
     gpu_memory: int | None
     setup: dict[str, Any] = field(default_factory=dict)
-
-
-def _setup(suite: Suite, section: Section) -> dict[str, Any]:
-    from ...support.env import accelerator_details, versions
-    from ...support.memory import host_total_bytes
-
-    details = accelerator_details(suite.device)
-    return {
-        "suite": suite.name,
-        "device": details["device"],
-        "details": details,
-        "versions": versions(),
-        "dtype": suite.dtype,
-        "workload": asdict(section.workload),
-        "host_memory_bytes": host_total_bytes(),
-        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-    }
 
 
 def _target(ctx: Context):
@@ -122,7 +104,7 @@ def _box_reason(ctx: Context, expected: float, what: str) -> str:
 
 def _refusal(ctx: Context, row: SuiteRow, backend: str) -> str | None:
     """Why ``row`` cannot run here (a member this machine lacks, or memory it would not fit), or None."""
-    from ...support.memory import gib, host_total_bytes
+    from ...support.memory import host_total_bytes
 
     for config in row.configs(backend):
         try:
@@ -134,16 +116,10 @@ def _refusal(ctx: Context, row: SuiteRow, backend: str) -> str | None:
     except Exception as error:  # the cost model could not count this workload here: measure, do not guess
         print(f"[{ctx.section.name}] no memory estimate for '{row.label}' ({error})", flush=True)
         return None
-    host_total = host_total_bytes() or 0
     on_gpu = ctx.suite.device.startswith("cuda")
     # --gpu-memory stands in for the device's own (on a CPU rehearsal too, which then checks it as a GPU's)
     total = ctx.gpu_memory or (ctx.setup["details"].get("memory_gib", 0) * 2**30 if on_gpu else None)
-    if total and need["device"] > 0.9 * total:
-        return f"estimated peak {gib(need['device'])} is above 90 % of the GPU's {gib(total)}"
-    host = need["host"] + (0 if on_gpu or total else need["device"])
-    if host_total and host > 0.5 * host_total:
-        return f"estimated host peak {gib(host)} is above half the host's {gib(host_total)}"
-    return None
+    return memory_refusal(need, total, host_total_bytes() or 0, on_gpu)
 
 
 def _earlier(ctx: Context) -> list[dict[str, Any]]:
@@ -342,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     base = dict(suite=suite.name, part=args.part, section=section.name, run=args.run)
     journal = Journal(args.journal, **base)
     try:
-        setup = _setup(suite, section)
+        setup = section_setup(suite, section)
         journal = Journal(args.journal, **base, setup=setup, fingerprint=fingerprint(setup))
         ctx = Context(
             suite, section, journal, Clock(args.deadline), progress, args.resume, args.gpu_memory, setup
