@@ -1,7 +1,8 @@
 """The GPU evidence suite, rehearsed on the CPU: the same parts, sections and rows on tiny presets, run as
 the device runs them (a part runner, one process per section). A part stopped by SIGKILL or SIGTERM keeps
-every finished row; a hang, a crash and an out-of-memory error are recorded; a resumed part skips what was
-measured; any mix of part files renders."""
+every finished row; a hang, a crash and an out-of-memory error are recorded; a section that timed nothing
+ends cut short, never done; a resumed part skips what was measured; any mix of part files renders.
+"""
 
 import json
 import os
@@ -136,6 +137,8 @@ def test_a_sigkill_mid_section_keeps_every_finished_row_and_it_renders_beside_ot
     assert "baseline (large only)" in measured  # the first row of every round: a cut-short one pairs
     assert sum(row["samples"] for row in measured.values()) >= len(kept) - 1  # all but the probe's
     assert measured["+FlowBlending L40-S40-L20"]["speedup"] is not None
+    short = [row for row in measured.values() if row["samples"] < row["repeats"]]
+    assert all("stopped from outside" in row["short_of_rounds"] for row in short)  # no line said why
     report = (tmp_path / "report" / "suite.md").read_text()
     assert "not measured — not run" in report and "killed by SIGKILL" in report
     assert (tmp_path / "report" / "suite.png").exists()
@@ -170,6 +173,54 @@ def test_a_hang_is_stopped_by_its_box_and_recorded_with_its_row(tmp_path):
     assert _lines(tmp_path, "sample")  # the rows before the hang are kept
     summary = _render(tmp_path, output=tmp_path / "report")
     assert summary["devices"][0]["sections"]["wan"]["status"].startswith("failed: did not finish")
+
+
+def test_a_section_whose_box_is_spent_before_a_timed_run_ends_cut_short_not_done(tmp_path):
+    # late:wan starts the section with its box spent, as a start-up and a build that take all of it do.
+    code, output = _finish(_part(tmp_path, "wan", env={"FLOWBLENDING_SUITE_FAULT": "late:wan"}))
+    assert code == 1, output
+    assert not _lines(tmp_path, "warmup") and not _lines(tmp_path, "sample")
+    labels = [row.label for row in SUITES["rehearsal"].section("wan").measured_rows]
+    skipped = {line["row"]: line["reason"] for line in _lines(tmp_path, "skipped")}
+    assert sorted(skipped) == sorted(labels)  # every row has its line, with the reason
+    assert labels[0] == "baseline (large only)" and skipped[labels[0]].startswith("time box: 0 s of")
+    assert all(
+        skipped[label].startswith("the baseline (large only) was not measured") for label in labels[1:]
+    )
+    ends = _lines(tmp_path, "section_end")
+    assert [end["status"] for end in ends] == ["cut short"]
+    assert ends[0]["reason"].startswith("no row was timed in this run (first not measured: baseline")
+    assert _lines(tmp_path, "part_end")[0]["status"] == "cut short"
+    assert "section wan: cut short: no row was timed" in output
+    device = _render(tmp_path, output=tmp_path / "report")["devices"][0]
+    assert device["parts"]["wan"]["status"] == "cut short"
+    assert device["sections"]["wan"]["status"].startswith("cut short: no row was timed in this run")
+    report = (tmp_path / "report" / "suite.md").read_text()
+    assert "| wan | cut short |" in report and "Status: cut short: no row was timed" in report
+
+
+def test_a_pairs_section_with_no_time_for_a_pair_exits_non_zero_and_renders_cut_short(tmp_path):
+    # The section process itself, with its deadline already passed.
+    journal = tmp_path / "smoke.jsonl"
+    worker = [sys.executable, "-m", "flowblending_accel.bench.suite.worker", "--suite", "rehearsal"]
+    where = ["--part", "smoke", "--section", "smoke", "--journal", str(journal), "--run", "r1"]
+    done = subprocess.run(
+        [*worker, *where, "--deadline", str(time.time())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "building" not in done.stdout  # no model built for pairs that cannot start
+    lines = list(read_lines([journal]))
+    assert [line["kind"] for line in lines] == ["skipped", "section_end"]
+    assert lines[0]["pairs"] == 0 and lines[0]["planned"] == SUITES["rehearsal"].section("smoke").repeats
+    assert lines[1]["status"] == "cut short"
+    assert lines[1]["reason"].startswith("no pair was timed in this run")
+    section = _render(tmp_path, output=tmp_path / "report")["devices"][0]["sections"]["smoke"]
+    assert section["status"].startswith("cut short: no pair was timed") and section["pairs"] is None
+    assert "0 of 3 planned pairs: skipped: time box" in (tmp_path / "report" / "suite.md").read_text()
 
 
 def test_a_crash_and_an_out_of_memory_error_are_recorded_and_the_part_goes_on(faulted_ltx_part):

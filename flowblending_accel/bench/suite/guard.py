@@ -1,6 +1,6 @@
 """What keeps a section process honest about time: the deadline and what a run is expected to take, the
-progress line the part runner keeps, and the faults a rehearsal injects to check that hangs, crashes and
-out-of-memory errors are recorded."""
+progress line the part runner keeps, and the faults a rehearsal injects to check that hangs, crashes,
+out-of-memory errors and a spent time box are recorded."""
 
 from __future__ import annotations
 
@@ -44,12 +44,23 @@ class Clock:
         return expected <= self.left()
 
 
+def _faults() -> list[tuple[str, str]]:
+    """``FLOWBLENDING_SUITE_FAULT`` as (kind, where) pairs."""
+    found = os.environ.get("FLOWBLENDING_SUITE_FAULT", "").split(";")
+    return [(kind, where) for kind, _, where in (fault.partition(":") for fault in filter(None, found))]
+
+
+def fault_deadline(section: str, deadline: float) -> float:
+    """``deadline``, or the present under the rehearsal's ``late:<section>``: the section then finds its
+    box spent before its first row, as one does whose start-up and build took the whole box."""
+    return time.time() if ("late", section) in _faults() else deadline
+
+
 def inject_fault(section: str, row: str) -> None:
     """The rehearsal's injected faults: ``FLOWBLENDING_SUITE_FAULT=KIND:<section>/<row label>[;...]`` with
     KIND ``hang``, ``crash`` (the process dies of SIGKILL, as the kernel's OOM killer does) or ``oom`` (a
     CUDA out-of-memory error), just before that row's first timed run."""
-    for fault in filter(None, os.environ.get("FLOWBLENDING_SUITE_FAULT", "").split(";")):
-        kind, _, where = fault.partition(":")
+    for kind, where in _faults():
         if where != f"{section}/{row}":
             continue
         if kind == "hang":

@@ -85,6 +85,10 @@ class Journal:
             os.close(descriptor)
         return line
 
+    def this_run(self) -> list[dict[str, Any]]:
+        """The lines of this journal's run (one section process), read back: what the summary will see."""
+        return [line for line in read_lines([self.path]) if line.get("run") == self.base.get("run")]
+
 
 def part_files(paths: Iterable[Path]) -> list[Path]:
     """The ``*.jsonl`` files named, or inside the folders named (not recursing), in order."""
@@ -132,3 +136,13 @@ def section_finished(lines: Iterable[dict[str, Any]], section: str, print_: str)
         and line.get("fingerprint") == print_
         for line in lines
     )
+
+
+def first_not_measured(lines: Iterable[dict[str, Any]]) -> str:
+    """The first row (or the pairs) that ``lines`` say was skipped or failed, and why (the cause of the rest,
+    as a rule): what a section that ends cut short cites."""
+    for line in lines:
+        if line["kind"] in ("skipped", "failed"):
+            what = line.get("row") or "the pairs"
+            return f" (first not measured: {what}, {line['kind']}: {line['reason']})"
+    return ""

@@ -3,7 +3,9 @@
 The part runner stays up whatever a section does. A section that crashes, runs out of memory, or hangs
 past its box (it is stopped: SIGTERM, then SIGKILL) is recorded as a ``failed`` line with the reason, the
 row in hand and its last output line; the next section still runs. SIGTERM to the part runner stops the
-section in hand (which records itself as interrupted) and ends the part at once.
+section in hand (which records itself as interrupted) and ends the part at once. The part ends ``done`` only
+when every section did: a section that timed nothing ends ``cut short``, and a part that measured nothing
+ends with what its sections ended as, never ``done`` or ``partial``.
 """
 
 from __future__ import annotations
@@ -129,7 +131,8 @@ class PartRunner:
         self.journal = Journal(self.path, suite=suite.name, part=part.name)
 
     def run(self) -> int:
-        """Every section in order; 0 when each finished, 1 when one failed or was skipped, 143 on SIGTERM."""
+        """Every section in order; 0 when each ended done, 1 when one did not (failed, skipped, cut short),
+        143 on SIGTERM."""
         lines = estimate_lines(self.suite, self.part)
         for line in lines:
             self.echo(line)
@@ -148,7 +151,7 @@ class PartRunner:
             return 143
         finally:
             signal.signal(signal.SIGTERM, previous)
-        status = "done" if all(s == "done" for s in statuses) else "partial"
+        status = _part_status(statuses)
         self._end(status)
         return 0 if status == "done" else 1
 
@@ -212,7 +215,10 @@ class PartRunner:
         mine = [line for line in read_lines([self.path]) if line.get("run") == run]
         last = next((line for line in reversed(mine) if line["kind"] in FINISHED), None)
         if last is not None and not hung:
-            return last.get("status", "done") if last["kind"] == "section_end" else last["kind"]
+            status = last.get("status", "done") if last["kind"] == "section_end" else last["kind"]
+            if status != "done":
+                self.echo(f"section {section.name}: {status}: {last.get('reason', 'see its lines')}")
+            return status
         fields: dict[str, Any] = dict(
             section=section.name, run=run, row=output.row, last_output=output.last[-3:]
         )
@@ -221,6 +227,13 @@ class PartRunner:
             return "interrupted"
         self.journal.write("failed", reason=_reason(code, hung, box, output.last), exit_code=code, **fields)
         return "failed"
+
+
+def _part_status(statuses: list[str]) -> str:
+    """``done`` when every section ended done, ``partial`` when some did, else what they ended as."""
+    if all(status == "done" for status in statuses):
+        return "done"
+    return "partial" if "done" in statuses else ", ".join(dict.fromkeys(statuses))
 
 
 def _interrupt(signum, frame) -> None:

@@ -62,6 +62,12 @@ def _rows_lines(section: dict[str, Any]) -> list[str]:
     lines = [*TABLE, *map(_row_line, section["rows"])]
     blank = " |" * (len(COLUMNS) - 2)
     lines += [f"| {m['label']} | not measured — {m['reason']} |{blank}" for m in section["not_measured"]]
+    short = [row for row in section["rows"] if row.get("short_of_rounds")]
+    if short:
+        lines += [""] + [
+            f"- {row['label']}: {row['samples']} of {row['repeats']} rounds — {row['short_of_rounds']}"
+            for row in short
+        ]
     bases = sorted({row["flops_basis"] for row in section["rows"]})
     if bases:
         lines += ["", "FLOPs: " + "; ".join(bases) + "."]
@@ -83,6 +89,9 @@ def _pairs_lines(section: dict[str, Any]) -> list[str]:
             f"| an unwrapped call | {pairs['call_seconds_unwrapped'] * 1e3:.2f} ms | |",
             f"| overhead share of a run | {pairs['overhead_fraction_of_run'] * 100:.3f} % | |",
         ]
+    if "not_measured" in section:
+        done = pairs["repeats"] if pairs else 0
+        lines[:0] = [f"{done} of {section['planned']} planned pairs: {section['not_measured']}.", ""]
     for name, value in (section.get("isolated") or {}).items():
         lines.append(
             f"| {name.replace('_', ' ')} (null denoiser, CPU time) | {value['median'] * 1e6:.1f} µs | |"

@@ -58,12 +58,13 @@ def _ratios(row: list[dict], baseline: list[dict]) -> list[float]:
     return [base[(s["run"], s["round"])] / s["seconds"] for s in row if (s["run"], s["round"]) in base]
 
 
-def _not_measured_reason(label: str, lines: list[dict[str, Any]]) -> str:
-    """The latest line that says why ``label`` (or its whole section) was not measured."""
+def _not_measured_reason(label: str | None, lines: list[dict[str, Any]], unsaid: str = "not run") -> str:
+    """The latest line that says why ``label`` (or its whole section, or the pairs) was not (fully)
+    measured; ``unsaid`` when none does."""
     for line in reversed(lines):
         if line["kind"] in ("skipped", "failed", "interrupted") and line.get("row") in (label, None):
             return f"{line['kind']}: {line['reason']}"
-    return "not run"
+    return unsaid
 
 
 def _row_summary(label: str, samples: list, baseline: list, probe: list, repeats: int) -> dict[str, Any]:
@@ -100,9 +101,9 @@ def _row_summary(label: str, samples: list, baseline: list, probe: list, repeats
 
 def _section_status(lines: list[dict[str, Any]]) -> str:
     ends = [line for line in lines if line["kind"] in ("section_end", "failed", "interrupted")]
-    skipped = [line for line in lines if line["kind"] == "skipped" and line.get("row") is None]
+    skipped = [line for line in lines if line["kind"] == "skipped" and "run" not in line]
     if not ends:
-        if skipped:  # the part runner did not start it
+        if skipped:  # the part runner did not start it (its lines name no section process)
             return f"skipped: {skipped[-1]['reason']}"
         return "cut short: no end recorded (stopped from outside)" if lines else "not run"
     finished = [line for line in ends if line["kind"] == "section_end"]
@@ -125,6 +126,9 @@ def _rows_section(section, lines: list[dict[str, Any]]) -> dict[str, Any]:
     for row in section.rows:
         if samples.get(row.label):
             rows.append(_row_summary(row.label, samples[row.label], baseline, probe, section.repeats))
+            if len(samples[row.label]) < section.repeats:  # dropped after some rounds: say why
+                unsaid = "no line says why (the section was stopped from outside)"
+                rows[-1]["short_of_rounds"] = _not_measured_reason(row.label, lines, unsaid)
         else:
             missing.append({"label": row.label, "reason": _not_measured_reason(row.label, lines)})
     return {"rows": rows, "not_measured": missing}
@@ -132,7 +136,9 @@ def _rows_section(section, lines: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _pairs_section(section, lines: list[dict[str, Any]]) -> dict[str, Any]:
     pairs = [line for line in lines if line["kind"] == "pair"]
-    result: dict[str, Any] = {"pairs": summarise_pairs(pairs) if pairs else None}
+    result: dict[str, Any] = {"pairs": summarise_pairs(pairs) if pairs else None, "planned": section.repeats}
+    if len(pairs) < section.repeats and any("run" in line for line in lines):  # a section process ran
+        result["not_measured"] = _not_measured_reason(None, lines)
     isolated = [line for line in lines if line["kind"] == "overhead"]
     if isolated:
         result["isolated"] = isolated[-1]["isolated"]

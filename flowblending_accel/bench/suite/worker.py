@@ -8,8 +8,14 @@ if its expected time (its last run, else the cost model scaled by how the sectio
 fits before the deadline; SIGTERM stops it at once. Rows measured earlier under the same fingerprint (in
 ``--resume`` part files or the journal itself) are not measured again.
 
+Every row (or pair) it does not measure, or stops measuring, gets a line with the reason: refused, failed,
+out of time, or left without its baseline. A section that timed nothing in this run (no row beside the
+baseline, no pair) ends ``cut short``, never ``done``. Exit status: 0 when the section ended done, 1 when it
+ended otherwise (cut short, skipped, failed), 143 on SIGTERM.
+
 ``FLOWBLENDING_SUITE_FAULT=hang|crash|oom:<section>/<row label>[;...]`` injects faults before those rows'
-first timed runs: the rehearsal checks with it that hangs, crashes and out-of-memory errors are recorded.
+first timed runs, and ``late:<section>`` starts the section with its box spent: the rehearsal checks with
+them that hangs, crashes, out-of-memory errors and a section that measured nothing are recorded.
 """
 
 from __future__ import annotations
@@ -19,14 +25,23 @@ import gc
 import signal
 import sys
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ...support.env import quiet_optional_libraries
 from .costs import PROFILES, memory_refusal, row_memory, row_seconds, warmup_extra_seconds
-from .guard import Clock, Progress, inject_fault
-from .journal import Journal, fingerprint, read_lines, rows_measured, section_finished, section_setup
+from .guard import Clock, Progress, fault_deadline, inject_fault
+from .journal import (
+    Journal,
+    fingerprint,
+    first_not_measured,
+    read_lines,
+    rows_measured,
+    section_finished,
+    section_setup,
+)
 from .measure import RowState, count_flops, run_timed, run_warmup
 from .plan import BASELINE, Section, Suite, SuiteRow, suite_named
 
@@ -61,45 +76,72 @@ def _target(ctx: Context):
     )
 
 
+def _box_reason(ctx: Context, expected: float, what: str) -> str:
+    return (
+        f"time box: {max(ctx.clock.left(), 0):.0f} s of the section's {ctx.section.box:.0f} s were left and "
+        f"{what} needs about {expected:.1f} s"
+    )
+
+
+def _end(ctx: Context, status: str, **fields: Any) -> str:
+    ctx.journal.write("section_end", status=status, **fields)
+    return status
+
+
+def _cut_short(ctx: Context, what: str) -> str:
+    """The end of a section that timed nothing in this run, never ``done``; it names the first thing it
+    did not measure, the cause of the rest as a rule."""
+    return _end(ctx, "cut short", reason=f"{what} in this run{first_not_measured(ctx.journal.this_run())}")
+
+
 # ---- smoke and overhead: pairs of unwrapped and routed runs -------------------------------------------
 
 
-def _pairs(ctx: Context, target, warmup: int) -> int:
+def _pairs(ctx: Context, warmup: int) -> int:
     from ..overhead import overhead_pairs
 
-    written = 0
+    if ctx.clock.left() <= 0:  # no pair can be timed inside the box: build nothing, start none
+        reason = f"time box: the section's {ctx.section.box:.0f} s were spent before its first pair"
+        ctx.journal.write("skipped", reason=reason, pairs=0, planned=ctx.section.repeats)
+        return 0
+    target, written = _target(ctx), 0
     ctx.progress.say(f"{warmup} warm-up pairs, then {ctx.section.repeats} timed pairs")
     for index, pair in enumerate(overhead_pairs(target, ctx.section.repeats, warmup)):
         ctx.journal.write("pair", round=index + 1, **pair)
         written += 1
         last = pair["unwrapped_seconds"] + pair["routed_seconds"]
-        if not ctx.clock.fits(last):
-            ctx.journal.write("skipped", reason=_box_reason(ctx, last, "the remaining pairs"))
+        if written < ctx.section.repeats and not ctx.clock.fits(last):
+            reason = _box_reason(ctx, last, "the next pair")
+            ctx.journal.write("skipped", reason=reason, pairs=written, planned=ctx.section.repeats)
             break
     return written
 
 
-def run_smoke(ctx: Context) -> None:
-    _pairs(ctx, _target(ctx), warmup=1)
+def run_smoke(ctx: Context) -> str:
+    return _end_pairs(ctx, _pairs(ctx, warmup=1))
 
 
-def run_overhead(ctx: Context) -> None:
+def run_overhead(ctx: Context) -> str:
     from ..overhead import isolated_router_cost
 
-    _pairs(ctx, _target(ctx), warmup=3)
-    ctx.progress.say("the router alone over a null denoiser (CPU time)")
-    isolated = isolated_router_cost(ctx.section.repeats * 5, 20)
-    ctx.journal.write("overhead", isolated=isolated)
+    written = _pairs(ctx, warmup=3)
+    if written:
+        ctx.progress.say("the router alone over a null denoiser (CPU time)")
+        isolated = isolated_router_cost(ctx.section.repeats * 5, 20)
+        ctx.journal.write("overhead", isolated=isolated)
+    return _end_pairs(ctx, written)
+
+
+def _end_pairs(ctx: Context, written: int) -> str:
+    return _end(ctx, "done") if written else _cut_short(ctx, "no pair was timed")
 
 
 # ---- rows: interleaved rounds against the large-only baseline -----------------------------------------
 
 
-def _box_reason(ctx: Context, expected: float, what: str) -> str:
-    return (
-        f"time box: {max(ctx.clock.left(), 0):.0f} s of the section's {ctx.section.box:.0f} s were left and "
-        f"{what} needs about {expected:.0f} s"
-    )
+def _drop_row(ctx: Context, state: RowState, kind: str, reason: str, **extra: Any) -> None:
+    state.dropped = True
+    ctx.journal.write(kind, row=state.row.label, reason=reason, **extra)
 
 
 def _refusal(ctx: Context, row: SuiteRow, backend: str) -> str | None:
@@ -127,9 +169,8 @@ def _earlier(ctx: Context) -> list[dict[str, Any]]:
     return list(read_lines([*ctx.resume, *([ctx.journal.path] if ctx.journal.path.exists() else [])]))
 
 
-def _rows_to_run(ctx: Context, backend: str) -> list[SuiteRow] | None:
-    """The rows to measure here (the baseline first), or None when there are none (the section's end
-    is written, saying why)."""
+def _rows_wanted(ctx: Context) -> list[SuiteRow]:
+    """The rows this run owes (the baseline first, to pair with), after those measured earlier."""
     print_ = ctx.journal.base["fingerprint"]
     done = rows_measured(_earlier(ctx), ctx.section.name, print_, ctx.section.repeats)
     wanted = [row for row in ctx.section.measured_rows if row.label not in done]
@@ -141,9 +182,10 @@ def _rows_to_run(ctx: Context, backend: str) -> list[SuiteRow] | None:
         measured_earlier=sorted(done),
         box_seconds=ctx.section.box,
     )
-    if not wanted:
-        ctx.journal.write("section_end", status="done", note="every row was measured earlier (resumed)")
-        return None
+    return wanted
+
+
+def _runnable(ctx: Context, wanted: list[SuiteRow], backend: str) -> list[SuiteRow]:
     runnable = []
     for row in wanted:
         reason = _refusal(ctx, row, backend)
@@ -151,10 +193,6 @@ def _rows_to_run(ctx: Context, backend: str) -> list[SuiteRow] | None:
             runnable.append(row)
         else:
             ctx.journal.write("skipped", row=row.label, reason=reason)
-    if BASELINE not in runnable:
-        reason = "the baseline cannot run here (see its line): no row can be paired with it"
-        ctx.journal.write("section_end", status="skipped", reason=reason)
-        return None
     return runnable
 
 
@@ -175,7 +213,7 @@ def _fits(ctx: Context, state: RowState, warm: bool) -> bool:
     if ctx.clock.fits(expected):
         return True
     what = f"row '{state.row.label}'" + ("" if warm else " (its warm-up)")
-    ctx.journal.write("skipped", row=state.row.label, reason=_box_reason(ctx, expected, what))
+    _drop_row(ctx, state, "skipped", _box_reason(ctx, expected, what))
     return False
 
 
@@ -191,19 +229,23 @@ def _attempt(ctx: Context, state: RowState, run) -> dict[str, Any] | None:
         reason = f"CUDA out of memory: {error}" if isinstance(error, torch.OutOfMemoryError) else None
         tail = traceback.format_exc().strip().splitlines()[-4:]
         reason = reason or f"{type(error).__name__}: {error}"
-    state.dropped = True
-    ctx.journal.write("failed", row=state.row.label, reason=reason, traceback=tail)
+    _drop_row(ctx, state, "failed", reason, traceback=tail)
     gc.collect()  # outside the except block: the traceback's frames no longer hold the row's tensors
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return None
 
 
-def _warm_up(ctx: Context, target, states: list[RowState]) -> None:
+UNPAIRED = "the baseline (large only) was not measured (see its line): nothing to pair this row with"
+
+
+def _warm_up(ctx: Context, target, states: list[RowState], baseline: RowState) -> None:
     ctx.progress.say("warm-up: each row once (compiles, quantizes, every model, stage and CFG branch)")
     for state in states:
+        if baseline.dropped:  # nothing to pair it with: its warm-up would be time lost
+            _drop_row(ctx, state, "skipped", UNPAIRED)
+            continue
         if not _fits(ctx, state, warm=False):
-            state.dropped = True
             continue
         ctx.progress.say("warm-up", row=state.row.label)
         warm = _attempt(ctx, state, lambda state=state: run_warmup(target, state))
@@ -215,14 +257,16 @@ def _warm_up(ctx: Context, target, states: list[RowState]) -> None:
 
 
 def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any], first: int) -> None:
-    """``repeats`` interleaved rounds of ``states`` (the baseline among them), numbered from ``first``."""
-    baseline = next(state for state in states if state.row == BASELINE)
+    """``repeats`` interleaved rounds of ``states`` (the baseline among them), numbered from ``first``;
+    they stop when the baseline is dropped (the rows left are named by :func:`_drop_unpaired`)."""
+    baseline = _baseline(states)
     others = [state for state in states if state is not baseline]
     for index in range(ctx.section.repeats):
         shift = index % max(len(others), 1)  # the baseline first (a cut-short round still pairs), the rest
         for state in [baseline, *others[shift:], *others[:shift]]:  # rotated round by round
+            if baseline.dropped:  # a sample now would have no baseline of its round to pair with
+                return
             if state.dropped or not _fits(ctx, state, warm=True):
-                state.dropped = True
                 continue
             ctx.progress.say(f"round {first + index}", row=state.row.label)
 
@@ -233,59 +277,86 @@ def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any],
             sample = _attempt(ctx, state, timed)
             if sample is not None:
                 ctx.journal.write("sample", round=first + index, **sample)
-        if baseline.dropped:  # nothing left to pair with
-            return
+
+
+def _drop_unpaired(ctx: Context, states: list[RowState]) -> None:
+    """Once the baseline is dropped, a line for every row it leaves short of its rounds."""
+    if not _baseline(states).dropped:
+        return
+    timed = Counter(line["row"] for line in ctx.journal.this_run() if line["kind"] == "sample")
+    for state in states:
+        if not state.dropped and state.row != BASELINE and timed[state.row.label] < ctx.section.repeats:
+            _drop_row(ctx, state, "skipped", UNPAIRED)
+
+
+def _baseline(states: list[RowState]) -> RowState:
+    return next(state for state in states if state.row == BASELINE)
 
 
 def _phases(states: list[RowState]) -> list[list[RowState]]:
     """Eager rows first, then each compiled row on its own, each phase warmed up and timed against the
     baseline: a compile or an engine build that runs past the box loses only its own row."""
-    baseline = next(state for state in states if state.row == BASELINE)
+    baseline = _baseline(states)
     eager = [state for state in states if state.eager]
     return [eager] + [[baseline, state] for state in states if not state.eager]
 
 
-def _run_rows(ctx: Context) -> None:
-    from ...accelerators import best_attention_backend
-
-    backend = best_attention_backend(ctx.suite.device)
-    rows = _rows_to_run(ctx, backend)
-    if rows is None:
-        return
-    target = _target(ctx)
-    shared: dict[str, Any] = {}  # one quantizer per spec for the whole section
-    states = [RowState(row, row.specs(backend), shared) for row in rows]
-    flops, first = None, 1
+def _measure(ctx: Context, target, states: list[RowState]) -> None:
+    """Each phase warmed up, then timed in rounds against the baseline."""
+    baseline, flops, first = _baseline(states), None, 1
     for phase in _phases(states):
-        _warm_up(ctx, target, [state for state in phase if not state.warmed])
+        _warm_up(ctx, target, [state for state in phase if not state.warmed], baseline)
+        if baseline.dropped:  # the rows of later phases still get their line
+            continue
         if flops is None:
-            if any(state.row == BASELINE and state.dropped for state in phase):
-                raise RuntimeError("the baseline's warm-up did not run (see its line): nothing can be paired")
             ctx.progress.say("counting one call per model")
             flops = count_flops(target, states)
             ctx.journal.write("flops", **flops)
         _rounds(ctx, target, phase, flops, first)
         first += ctx.section.repeats
-    ctx.journal.write("section_end", status="done")
+    _drop_unpaired(ctx, states)
 
 
-def run_rows(ctx: Context) -> None:
+def _end_rows(ctx: Context, wanted: list[SuiteRow]) -> str:
+    """``done`` when a row this run owed was timed (the baseline counts only when it was all that was left
+    to measure); ``cut short`` otherwise: the baseline alone gives no speedup."""
+    timed = {line["row"] for line in ctx.journal.this_run() if line["kind"] == "sample"}
+    if timed & ({row.label for row in wanted if row != BASELINE} or {BASELINE.label}):
+        return _end(ctx, "done")
+    return _cut_short(ctx, "only the baseline was timed" if timed else "no row was timed")
+
+
+def _run_rows(ctx: Context) -> str:
+    from ...accelerators import best_attention_backend
+
+    backend = best_attention_backend(ctx.suite.device)
+    wanted = _rows_wanted(ctx)
+    if not wanted:
+        return _end(ctx, "done", note="every row was measured earlier (resumed)")
+    runnable = _runnable(ctx, wanted, backend)
+    if BASELINE not in runnable:
+        reason = "the baseline cannot run here (see its line): no row can be paired with it"
+        return _end(ctx, "skipped", reason=reason)
+    target = _target(ctx)
+    shared: dict[str, Any] = {}  # one quantizer per spec for the whole section
+    _measure(ctx, target, [RowState(row, row.specs(backend), shared) for row in runnable])
+    return _end_rows(ctx, wanted)
+
+
+def run_rows(ctx: Context) -> str:
     import torch
 
     with torch.inference_mode():
-        _run_rows(ctx)
+        return _run_rows(ctx)
 
 
-def run_section(ctx: Context) -> None:
-    """The section's runner, unless a run under the same fingerprint already finished it."""
+def run_section(ctx: Context) -> str:
+    """The section's runner, unless a run under the same fingerprint already finished it; its end status."""
     if ctx.section.kind != "rows" and section_finished(
         _earlier(ctx), ctx.section.name, ctx.journal.base["fingerprint"]
     ):
-        ctx.journal.write("section_end", status="done", note="measured earlier (resumed)")
-        return
-    RUNNERS[ctx.section.kind](ctx)
-    if ctx.section.kind != "rows":
-        ctx.journal.write("section_end", status="done")
+        return _end(ctx, "done", note="measured earlier (resumed)")
+    return RUNNERS[ctx.section.kind](ctx)
 
 
 RUNNERS = {"smoke": run_smoke, "overhead": run_overhead, "rows": run_rows}
@@ -320,10 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         setup = section_setup(suite, section)
         journal = Journal(args.journal, **base, setup=setup, fingerprint=fingerprint(setup))
-        ctx = Context(
-            suite, section, journal, Clock(args.deadline), progress, args.resume, args.gpu_memory, setup
-        )
-        run_section(ctx)
+        clock = Clock(fault_deadline(section.name, args.deadline))
+        ctx = Context(suite, section, journal, clock, progress, args.resume, args.gpu_memory, setup)
+        status = run_section(ctx)
     except KeyboardInterrupt:
         journal.write("interrupted", row=progress.row, reason="stopped by SIGTERM or Ctrl-C")
         return 143
@@ -332,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         journal.write("failed", row=progress.row, reason=f"{type(error).__name__}: {error}", traceback=tail)
         print("\n".join(tail), file=sys.stderr, flush=True)
         return 1
-    return 0
+    return 0 if status == "done" else 1
 
 
 __all__ = ["main"]
