@@ -56,13 +56,15 @@ def fault_deadline(section: str, deadline: float) -> float:
     return time.time() if ("late", section) in _faults() else deadline
 
 
-def inject_fault(section: str, row: str) -> None:
+def inject_fault(progress: Progress, row: str) -> None:
     """The rehearsal's injected faults: ``FLOWBLENDING_SUITE_FAULT=KIND:<section>/<row label>[;...]`` with
     KIND ``hang``, ``crash`` (the process dies of SIGKILL, as the kernel's OOM killer does) or ``oom`` (a
-    CUDA out-of-memory error), just before that row's first timed run."""
+    CUDA out-of-memory error), as the section reaches that row: before its time check, so a busy machine
+    that leaves no time for the row cannot skip the fault."""
     for kind, where in _faults():
-        if where != f"{section}/{row}":
+        if where != f"{progress.section}/{row}" or kind not in ("hang", "crash", "oom"):
             continue
+        progress.say(f"injected {kind}", row=row)  # the part runner names the row in hand from this line
         if kind == "hang":
             while True:
                 time.sleep(60)

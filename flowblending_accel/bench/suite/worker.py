@@ -13,9 +13,9 @@ out of time, or left without its baseline. A section that timed nothing in this 
 baseline, no pair) ends ``cut short``, never ``done``. Exit status: 0 when the section ended done, 1 when it
 ended otherwise (cut short, skipped, failed), 143 on SIGTERM.
 
-``FLOWBLENDING_SUITE_FAULT=hang|crash|oom:<section>/<row label>[;...]`` injects faults before those rows'
-first timed runs, and ``late:<section>`` starts the section with its box spent: the rehearsal checks with
-them that hangs, crashes, out-of-memory errors and a section that measured nothing are recorded.
+``FLOWBLENDING_SUITE_FAULT=hang|crash|oom:<section>/<row label>[;...]`` injects faults as the section reaches
+those rows, and ``late:<section>`` starts the section with its box spent: the rehearsal checks with them
+that hangs, crashes, out-of-memory errors and a section that measured nothing are recorded.
 """
 
 from __future__ import annotations
@@ -239,9 +239,18 @@ def _attempt(ctx: Context, state: RowState, run) -> dict[str, Any] | None:
 UNPAIRED = "the baseline (large only) was not measured (see its line): nothing to pair this row with"
 
 
+def _reach(ctx: Context, state: RowState) -> None:
+    """The rehearsal's fault for ``state``'s row, if one is set, as the section reaches the row: before any
+    time check, so a busy machine that leaves the row no time cannot skip the fault."""
+    _attempt(ctx, state, lambda: inject_fault(ctx.progress, state.row.label))
+
+
 def _warm_up(ctx: Context, target, states: list[RowState], baseline: RowState) -> None:
     ctx.progress.say("warm-up: each row once (compiles, quantizes, every model, stage and CFG branch)")
     for state in states:
+        _reach(ctx, state)
+        if state.dropped:
+            continue
         if baseline.dropped:  # nothing to pair it with: its warm-up would be time lost
             _drop_row(ctx, state, "skipped", UNPAIRED)
             continue
@@ -269,12 +278,7 @@ def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any],
             if state.dropped or not _fits(ctx, state, warm=True):
                 continue
             ctx.progress.say(f"round {first + index}", row=state.row.label)
-
-            def timed(state=state):
-                inject_fault(ctx.section.name, state.row.label)
-                return run_timed(target, state, flops, states)
-
-            sample = _attempt(ctx, state, timed)
+            sample = _attempt(ctx, state, lambda state=state: run_timed(target, state, flops, states))
             if sample is not None:
                 ctx.journal.write("sample", round=first + index, **sample)
 
@@ -306,7 +310,7 @@ def _measure(ctx: Context, target, states: list[RowState]) -> None:
     baseline, flops, first = _baseline(states), None, 1
     for phase in _phases(states):
         _warm_up(ctx, target, [state for state in phase if not state.warmed], baseline)
-        if baseline.dropped:  # the rows of later phases still get their line
+        if baseline.dropped:  # the rows of later phases still get their line (and their faults)
             continue
         if flops is None:
             ctx.progress.say("counting one call per model")
