@@ -1,10 +1,10 @@
-"""The README's "Performance" tables, rendered from the committed results (never typed by hand):
+"""The "Performance" tables of docs/performance.md, rendered from the committed results (never typed by hand):
 the CPU stack benchmark, the router overhead, and one table per GPU suite run under benchmarks/results/gpu/.
 
     python benchmarks/performance_table.py           # print the section
-    python benchmarks/performance_table.py --write   # replace it in README.md (between its markers)
+    python benchmarks/performance_table.py --write   # replace it in docs/performance.md (between its markers)
 
-A test checks that README.md holds exactly what this renders.
+A test checks that docs/performance.md holds exactly what this renders.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+PAGE = ROOT / "docs" / "performance.md"
+UP = "../"  # the page lies in docs/: its links to benchmarks/ climb one folder
 START, END = "<!-- performance:start -->", "<!-- performance:end -->"
 
 
@@ -59,13 +61,13 @@ def cpu_section() -> list[str]:
         "",
         f"Embedded pair, {context['device']}, {_threads(context['threads'])}, {context['repeats']} "
         "interleaved "
-        f"rounds; `{context['command']}` ([bench.md](benchmarks/results/bench-embedded-cpu/bench.md)):",
+        f"rounds; `{context['command']}` ([bench.md]({UP}benchmarks/results/bench-embedded-cpu/bench.md)):",
         "",
         *HEADER,
         *[_row(row) for row in bench["rows"][1:]],
         "",
         f"Router overhead ({overhead['device']}; `{overhead['command']}`, "
-        "[report](benchmarks/results/router_overhead_cpu.md)): "
+        f"[report]({UP}benchmarks/results/router_overhead_cpu.md)): "
         f"{isolated['router']['median'] * 1e6:.0f} µs per denoiser call in isolation (a do-nothing diffusers "
         f"hook: {isolated['pass_through_hook']['median'] * 1e6:.0f} µs); in the tiny pipeline "
         f"{per_call['median'] * 1e6:.0f} µs per call (IQR {per_call['q1'] * 1e6:.0f} .. "
@@ -83,12 +85,13 @@ def gpu_section() -> list[str]:
             "",
             "**Not measured yet**: no GPU has been available to this project since the suite was split into "
             "parts. It is rehearsed in CI on tiny presets; on a CUDA machine it runs as five short calls, "
-            "`bash benchmarks/gpu/run.sh smoke` first (see [benchmarks/gpu](benchmarks/gpu/README.md)).",
+            f"`bash benchmarks/gpu/run.sh smoke` first (see [benchmarks/gpu]({UP}benchmarks/gpu/README.md)).",
         ]
     for path in runs:
         for device in _load(path)["devices"]:
             wan, stack = device["sections"]["wan"], device["sections"]["compile"]
-            lines += ["", f"{device['device']} ([suite.md]({path.parent.relative_to(ROOT)}/suite.md)):", ""]
+            suite = f"{UP}{path.parent.relative_to(ROOT)}/suite.md"
+            lines += ["", f"{device['device']} ([suite.md]({suite})):", ""]
             rows = [row for row in wan["rows"] + stack["rows"] if row["label"] != "baseline (large only)"]
             if not rows:
                 lines.append(f"Wan section: {wan['status']}.")
@@ -105,17 +108,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--write", action="store_true", help="replace the section in README.md")
+    parser.add_argument("--write", action="store_true", help="replace the section in docs/performance.md")
     args = parser.parse_args()
     section = render()
     if not args.write:
         print(section)
         return
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    text = PAGE.read_text()
     before, rest = text.split(START, 1)
     _, after = rest.split(END, 1)
-    readme.write_text(before + section + after)
+    PAGE.write_text(before + section + after)
 
 
 if __name__ == "__main__":

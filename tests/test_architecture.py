@@ -113,22 +113,22 @@ def test_help_imports_no_torch_and_lists_each_command_once():
 
 
 def _architecture_rows() -> list[str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Architecture\n", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    section = page.split("\n## ", 1)[0]  # the table, before "One denoiser call"
     return [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
 
 
-def test_readme_architecture_names_every_module_in_its_folder_row():
-    """Each folder of the package has one row in the Architecture table naming every module in it (as
-    `module`), and every folder or module the table names exists."""
+def test_docs_architecture_names_every_module_in_its_folder_row():
+    """Each folder of the package has one row in the table of docs/architecture.md naming every module in it
+    (as `module`), and every folder or module the table names exists."""
     package = ROOT / "flowblending_accel"
     rows = _architecture_rows()
     for folder in sorted(p for p in package.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         row = next((r for r in rows if f"`{folder.name}/`" in r), None)
-        assert row is not None, f"README Architecture: no row for {folder.name}/"
+        assert row is not None, f"docs/architecture.md: no row for {folder.name}/"
         modules = sorted(m.stem for m in folder.rglob("*.py") if m.stem not in ("__init__", "__main__"))
         missing = [module for module in modules if f"`{module}`" not in row]
-        assert not missing, f"README Architecture: the {folder.name}/ row does not name {missing}"
+        assert not missing, f"docs/architecture.md: the {folder.name}/ row does not name {missing}"
     named = {name for row in rows for name in re.findall(r"`(\w+)/`", row)}
     assert named <= {p.name for p in package.iterdir() if p.is_dir()}, named
     loose = [p.stem for p in package.glob("*.py") if p.stem != "__init__"]
