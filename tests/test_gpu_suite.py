@@ -2,6 +2,10 @@
 the device runs them (a part runner, one process per section). A part stopped by SIGKILL or SIGTERM keeps
 every finished row; a hang, a crash and an out-of-memory error are recorded; a section that timed nothing
 ends cut short, never done; a resumed part skips what was measured; any mix of part files renders.
+
+None of them depends on how busy the machine is: the rehearsal's boxes leave room for a machine several
+times slower than an idle one, the injected faults fire as a section reaches their row (before any time
+check could skip it), and the tests wait for events, not for a time.
 """
 
 import json
@@ -38,7 +42,7 @@ def _part(folder: Path, *parts: str, extra=(), env=None, **popen) -> subprocess.
     )
 
 
-def _finish(process: subprocess.Popen, seconds: float = 240) -> tuple[int, str]:
+def _finish(process: subprocess.Popen, seconds: float = 600) -> tuple[int, str]:  # beyond a part's budget
     output, _ = process.communicate(timeout=seconds)
     return process.returncode, output
 
@@ -47,7 +51,7 @@ def _lines(folder: Path, kind: str | None = None) -> list[dict]:
     return [line for line in read_lines([folder]) if kind is None or line["kind"] == kind]
 
 
-def _wait_for(folder: Path, kind: str, count: int, seconds: float = 120) -> None:
+def _wait_for(folder: Path, kind: str, count: int, seconds: float = 300) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if folder.is_dir() and len(_lines(folder, kind)) >= count:
@@ -288,13 +292,12 @@ def test_a_resumed_part_skips_the_rows_already_measured(wan_part, tmp_path):
 
 
 def test_a_row_whose_memory_estimate_does_not_fit_is_refused_before_any_model_is_built(tmp_path):
-    start = time.monotonic()
     code, output = _finish(_part(tmp_path, "wan", extra=["--gpu-memory", "1KiB"]))
-    assert code == 1 and "building" not in output, output
+    assert code == 1 and "building" not in output, output  # the line printed before a model is built
     skipped = _lines(tmp_path, "skipped")
     assert skipped and "above 90 % of the GPU's" in skipped[0]["reason"]
     assert _lines(tmp_path, "section_end")[0]["status"] == "skipped"
-    assert time.monotonic() - start < 60
+    assert not _lines(tmp_path, "warmup") and not _lines(tmp_path, "sample")
 
 
 def test_the_gpu_suite_is_refused_without_a_gpu_and_takes_no_target(tmp_path, capsys):
@@ -317,6 +320,7 @@ def _this_python_first() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # three parts, each held to its budget on a busy machine
 def test_the_other_parts_rehearsed_through_the_device_script(wan_part, tmp_path):
     """What the device runs, part by part, with run.sh (the wan and ltx parts ran above); then the report of
     all of them, with every headline."""
@@ -327,7 +331,7 @@ def test_the_other_parts_rehearsed_through_the_device_script(wan_part, tmp_path)
             env={**os.environ, "SUITE": "rehearsal", "OUT": str(tmp_path), "PATH": _this_python_first()},
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,  # beyond run.sh's own limit
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         lines = done.stdout.splitlines()
