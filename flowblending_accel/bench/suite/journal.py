@@ -10,8 +10,10 @@ Every line stands alone: the suite, part and section, the run (one section proce
 * ``flops``: one counted call per model;
 * ``sample``: one timed run of one row (times, calls, FLOPs, memory, counters, recompiles);
 * ``pair``: one unwrapped and one routed run (the smoke test), ``overhead``: the router's own cost;
-* ``skipped`` / ``failed`` / ``interrupted``: a row or a section that was not (fully) measured, and why;
-* ``section_end``, ``part`` and ``part_end``: bookkeeping.
+* ``skipped`` / ``failed`` / ``interrupted``: a row, the pairs (``pairs`` of ``planned``) or a section that
+  was not (fully) measured, and why;
+* ``section_end``: how a section process ended (``status``: ``done``, ``cut short`` when it timed nothing,
+  ``skipped`` when its baseline cannot run there; with a ``reason``); ``part`` and ``part_end``: bookkeeping.
 """
 
 from __future__ import annotations
