@@ -50,7 +50,7 @@ def test_mag_ratios_are_calibrated_for_every_model():
 def test_divergence_follows_the_whole_call_across_experts():
     pipe, small = _wan22()
     curve = divergence_curve(pipe, small, [wan_call_kwargs(steps=10)], guidance_scale=5.0)
-    assert len(curve.sigmas) == 10 and curve.values["velocity_cos"].shape == (1, 10)
+    assert len(curve.sigmas) == 10 and curve.values["velocity_cos_distance"].shape == (1, 10)
 
 
 def test_latent_consistency_pipelines_are_not_batched_cfg():

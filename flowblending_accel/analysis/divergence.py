@@ -4,10 +4,11 @@ At every denoiser call of a run (large-only by default, or any blended schedule)
 evaluated on exactly the same inputs, and per step, with classifier-free guidance applied as the pipeline
 does, we record for each sample:
 
-* ``velocity_cos`` / ``velocity_rel_l2``: 1 - cos and ||v_L - v_S|| / ||v_L|| of the guided outputs;
-* ``x0_cos`` / ``x0_rel_l2``: the same for the predicted clean sample ``x0 = x_t - sigma * v`` (flow-matching
-  schedulers only); at high noise the velocity is mostly the noise, which both models get right, while the
-  predicted x0 shows whether they agree on the content;
+* ``velocity_cos_distance`` / ``velocity_rel_l2``: the cosine distance 1 - cos (0 to 2) and
+  ||v_L - v_S|| / ||v_L|| of the guided outputs;
+* ``x0_cos_distance`` / ``x0_rel_l2``: the same for the predicted clean sample ``x0 = x_t - sigma * v``
+  (flow-matching schedulers only); at high noise the velocity is mostly the noise, which both models get
+  right, while the predicted x0 shows whether they agree on the content;
 * ``state_rel``: ``|sigma_next - sigma| * ||v_L - v_S|| / ||x_t||``, the perturbation that using the small
   model at this step injects into the trajectory.
 
@@ -99,7 +100,7 @@ class DivergenceProbe(RouterListener):
         flat = lambda t: t.float().flatten(1)  # noqa: E731
         vl, vs, x = flat(v_large), flat(v_small), flat(x_t)
         result = {
-            "velocity_cos": 1 - F.cosine_similarity(vl, vs, dim=1),
+            "velocity_cos_distance": 1 - F.cosine_similarity(vl, vs, dim=1),
             "velocity_rel_l2": (vl - vs).norm(dim=1) / vl.norm(dim=1).clamp_min(1e-12),
             "state_rel": abs(entry.next_sigma - entry.sigma)
             * (vl - vs).norm(dim=1)
@@ -107,7 +108,7 @@ class DivergenceProbe(RouterListener):
         }
         if entry.flow:
             x0l, x0s = x - entry.sigma * vl, x - entry.sigma * vs
-            result["x0_cos"] = 1 - F.cosine_similarity(x0l, x0s, dim=1)
+            result["x0_cos_distance"] = 1 - F.cosine_similarity(x0l, x0s, dim=1)
             result["x0_rel_l2"] = (x0l - x0s).norm(dim=1) / x0l.norm(dim=1).clamp_min(1e-12)
         result["sigma"] = torch.full_like(result["state_rel"], entry.sigma)
         return result
