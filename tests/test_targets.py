@@ -395,3 +395,93 @@ def test_target_settings_come_from_one_declaration(tmp_path, monkeypatch, capsys
     assert (options.steps, options.height, options.width, options.guidance_scale) == (7, 16, 24, 2.5)
     assert options.given_call_options() == {"height": 16, "width": 24, "steps": 7, "guidance_scale": 2.5}
     assert CALL_OPTIONS["frames"] == "num_frames" and flag("gpu_memory") == "--gpu-memory"
+
+
+@pytest.fixture(scope="module")
+def unsized(saved, tmp_path_factory):
+    """The same folders without the size tiny --save records: the tools fall back to the pipeline's own."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("unsized")
+    paths = {}
+    for family in ("wan", "wan2.2", "ltx"):
+        large, small = (root / family / "pipeline", root / family / "small")
+        shutil.copytree(saved[family][0], large)
+        shutil.copytree(saved[family][1], small)
+        (large / "flowblending_defaults.json").unlink()
+        paths[family] = (str(large), str(small))
+    return paths
+
+
+@pytest.mark.parametrize("family", ["wan", "wan2.2", "ltx", "sd", "flux"])
+def test_plan_memory_uses_the_folders_size_and_says_so(family, saved, capsys):
+    large, small = saved[family]
+    assert main(["plan", "--memory", "--large", large, "--small", small]) == 0
+    printed = capsys.readouterr().out
+    flags = FAMILIES[family][0]
+    width, height = flags[flags.index("--width") + 1], flags[flags.index("--height") + 1]
+    frames = f", {flags[flags.index('--frames') + 1]} frames" if "--frames" in flags else ""
+    assert f"size: {width}x{height}{frames}, 10 steps (the folder's flowblending_defaults.json)" in printed
+    assert "| sequential |" in printed
+
+
+@pytest.mark.parametrize("family", ["wan", "wan2.2"])
+def test_plan_memory_refuses_a_size_the_models_cannot_take_naming_one_that_works(family, saved, capsys):
+    large, small = saved[family]
+    argv = ["plan", "--memory", "--large", large, "--small", small]
+    assert main([*argv, "--height", "480", "--width", "832", "--frames", "81"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("flowblending-accel plan: error: --height/--width/--frames: WanPipeline")
+    assert error.strip().endswith("16x16, 5 frames, 10 steps works.") and len(error.splitlines()) == 1
+
+
+# Every command that takes folders, with the least it needs to run (the folders give the target).
+FOLDER_COMMANDS = {
+    "bench": ["--stack", "--repeats", "1"],
+    "analyze": ["--scorers", "psnr", "--seeds", "1"],
+    "calibrate": ["--scorers", "psnr", "--flop-budget", "0.7", "--seeds", "1", "--holdout-seeds", "1"],
+    "tune": ["--scorers", "psnr", "--seeds", "1", "--holdout-seeds", "1", "--step-counts", "10"],
+    "check": ["--stack", "--expected", "expected.csv", "--update"],
+}
+
+
+def _folder_argv(command, folders, prompts, tmp_path):
+    large, small = folders
+    argv = [command, "--large", large, "--small", small, "--prompts", prompts, *FOLDER_COMMANDS[command]]
+    if command == "check":
+        return [arg.replace("expected.csv", str(tmp_path / "expected.csv")) for arg in argv]
+    return [*argv, "--output", str(tmp_path / "out")]
+
+
+@pytest.mark.parametrize("command", list(FOLDER_COMMANDS))
+@pytest.mark.parametrize("family", ["wan", "wan2.2"])
+def test_without_a_recorded_size_every_command_refuses_the_default_in_one_line(
+    family, command, unsized, saved, tmp_path, capsys, no_loading
+):
+    """Wan's own default (832x480, 81 frames) is past the tiny model's positional range: refused before any
+    model is loaded, naming the pipeline's defaults and a size that works."""
+    assert main(_folder_argv(command, unsized[family], saved["prompts"], tmp_path)) == 2
+    error = capsys.readouterr().err.strip()
+    assert "cannot run at 832x480, 81 frames (the pipeline's own defaults)" in error
+    assert error.endswith("frames works.") and len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", list(FOLDER_COMMANDS))
+def test_without_a_recorded_size_ltx_runs_at_its_pipelines_defaults(
+    command, unsized, saved, tmp_path, capsys, no_loading
+):
+    """LTX's tiny model takes its pipeline's default size: every check passes and the build starts there."""
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        main(_folder_argv(command, unsized["ltx"], saved["prompts"], tmp_path))
+    large, small = unsized["ltx"]
+    assert main(["plan", "--memory", "--large", large, "--small", small]) == 0
+    assert "size: 704x512, 161 frames (the pipeline's own defaults)" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["wan2.2", "ltx"])
+def test_tune_on_each_video_family_folder(family, saved, tmp_path):
+    argv = _folder_argv("tune", saved[family], saved["prompts"], tmp_path)
+    assert main([*argv, "--repeats", "1", "--max-calls", "30"]) == 0
+    document = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert document["chosen"]["bench"].endswith("tuned.toml")

@@ -51,29 +51,36 @@ def register(commands) -> None:
     memory.add_argument("--small", metavar="FOLDER", help="the small denoiser's folder")
     memory.add_argument("--gpu-memory", metavar="SIZE", help="say which modes fit SIZE (e.g. 24GiB)")
     memory.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="bfloat16")
-    memory.add_argument("--height", type=whole_number(1), help="pixels (the pipeline's default)")
-    memory.add_argument("--width", type=whole_number(1), help="pixels (the pipeline's default)")
-    memory.add_argument("--frames", type=whole_number(1), help="video frames (the pipeline's default)")
+    where = "(default: the folder's flowblending_defaults.json, else the pipeline's default)"
+    memory.add_argument("--height", type=whole_number(1), help=f"pixels {where}")
+    memory.add_argument("--width", type=whole_number(1), help=f"pixels {where}")
+    memory.add_argument("--frames", type=whole_number(1), help=f"video frames {where}")
     plan.set_defaults(run=run)
 
 
 def _memory_plan(args: argparse.Namespace) -> int:
+    from ..support.env import require_extra
     from ..support.memory import parse_size
     from ..targets.folders import check_folders
     from ..targets.memory import FIT_SHARE, plan_for_folders, table
     from ..targets.options import TargetOptions
+    from ..targets.sizes import check_folder_size, describe, folder_size
 
     if not (args.large and args.small):
         raise ValueError("--memory needs the folders: --large PIPELINE_FOLDER --small SMALL_FOLDER.")
+    require_extra("demo", "flowblending-accel plan --memory")  # the pipelines' text encoders
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
     sizes = {name: getattr(args, name) for name in ("height", "width", "frames")}
     options = TargetOptions(large=args.large, small=args.small, dtype=args.dtype, **sizes)
     pair = check_folders(args.large, args.small)
     if pair.pipeline_class is None:
         raise ValueError(f"--large {args.large}: --memory reads a local folder, not a hub id.")
+    size, source = folder_size(options, pair)
+    check_folder_size(pair, args.dtype, size, None, source)  # as bench does: a size the models cannot take
     peaks = plan_for_folders(pair, options, None)
     name = pair.pipeline_class.__name__
     print(f"Memory plan: {name} from {args.large}, small from {args.small}, {args.dtype}")
+    print(f"size: {describe(size)} ({source})")
     print("\n".join(table(peaks, budget)))
     print(
         "Estimates: weights from the safetensors headers, activations from one denoiser call on the meta "

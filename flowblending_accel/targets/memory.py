@@ -334,14 +334,14 @@ def table(peaks: dict[str, dict[str, int]], memory: int | None) -> list[str]:
 
 def plan_for_folders(pair: Any, options: Any, prompt: str | None) -> dict[str, dict[str, int]]:
     """Every mode's estimated peak for a checked folder pair (``FolderPair``) at the options' dtype and
-    size, from headers and configs only."""
+    the size the tools resolve (:func:`.sizes.folder_size`), from headers and configs only."""
     import torch
 
-    from .options import CALL_OPTIONS
+    from .sizes import folder_size
 
     dtype = options.torch_dtype_name
     weights = pipeline_weights(pair.large, pair.small, pair.small_subfolder, dtype)
-    call = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
+    call, _ = folder_size(options, pair)
     call.update(prompt=prompt or "a prompt", num_inference_steps=2)
     small_folder = Path(pair.small) / pair.small_subfolder if pair.small_subfolder else Path(pair.small)
     activations = activation_bytes(pair.large, small_folder, getattr(torch, dtype), call)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .base import Target
-from .options import CALL_OPTIONS, OPTION_NAMES, TargetOptions
+from .options import CALL_OPTIONS, IDENTITY_SETTINGS, OPTION_NAMES, TargetOptions
 from .prompts import Prompt, read_prompts
 
 if TYPE_CHECKING:
@@ -23,11 +23,20 @@ if TYPE_CHECKING:
     from .folders import FolderPair
 
 
-def check_tuned_for(options: TargetOptions, tuned_for: str | None, source: Any) -> None:
-    """A settings file written for one target (tune's tuned.toml) is refused for another, naming both."""
-    if tuned_for is not None and tuned_for != options.identity():
+def check_tuned_for(options: TargetOptions, tuned_for: dict[str, str] | None, source: Any) -> None:
+    """A settings file written for one target (tune's tuned.toml: ``tuned_for = { large = ..., small = ...
+    }``, paths resolved against the file) is refused for another, naming both."""
+    if tuned_for is None:
+        return
+    unknown = sorted(set(tuned_for) - set(IDENTITY_SETTINGS))
+    if unknown:
         raise ValueError(
-            f"--config {source}: tuned for {tuned_for}, but this run's target is {options.identity()}; tune "
+            f"--config {source}: tuned_for takes {', '.join(IDENTITY_SETTINGS)}, not {', '.join(unknown)}."
+        )
+    tuned = TargetOptions(**tuned_for).identity()
+    if tuned != options.identity():
+        raise ValueError(
+            f"--config {source}: tuned for {tuned}, but this run's target is {options.identity()}; tune "
             "on this target, or run on the one it was tuned for."
         )
 
@@ -79,10 +88,10 @@ def check_target(options: TargetOptions) -> CheckedTarget:
                 "JSONL with per-prompt call arguments)."
             )
         if pair.pipeline_class is not None:  # a local folder: its size checked on the meta device
-            from .sizes import check_folder_size
+            from .sizes import check_folder_size, folder_size
 
-            call, _ = folder_size(options, pair)
-            check_folder_size(pair, options.torch_dtype_name, call, prompts[0].text)
+            call, source = folder_size(options, pair)
+            check_folder_size(pair, options.torch_dtype_name, call, prompts[0].text, source)
         _check_memory(options, pair, prompts)
         return CheckedTarget(options, prompts, pair)
     from .factory import find_factory
@@ -153,7 +162,7 @@ def build_target(
     base = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
     if kind == "folders":
         from .folders import folder_target
-        from .sizes import describe
+        from .sizes import describe, folder_size
 
         pair, prompts = checked.pair, checked.prompts
         size, source = folder_size(options, pair)
@@ -170,14 +179,6 @@ def build_target(
             target.base.setdefault("output_type", "np")  # outputs the scorers can read
     _applies(options, type(target.pipe), target.prompts)
     return target
-
-
-def folder_size(options: TargetOptions, pair: FolderPair) -> tuple[dict[str, Any], str]:
-    """The size arguments a folder pair runs at, and where they came from."""
-    from .sizes import chosen_call
-
-    given = {CALL_OPTIONS[name]: value for name, value in options.given_call_options().items()}
-    return chosen_call(given, pair.defaults)
 
 
 def _offload_here(options: TargetOptions) -> str:
