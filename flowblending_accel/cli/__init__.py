@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..support.env import quiet_optional_libraries
+from ..support.env import quiet_optional_libraries, require_extra
 from . import analysis, bench, check, demo, plan, tiny, tune
 from .common import OneLineParser, run_command
 
@@ -34,22 +34,36 @@ commands:
   export-demo   write a training checkpoint as a diffusers pipeline folder
 """
 
+PROG = "flowblending-accel"
 COMMAND_MODULES = (demo, bench, analysis, tune, check, plan, tiny)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="flowblending-accel",
+        prog=PROG,
         usage="flowblending-accel [-h] [--version] COMMAND ...",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"flowblending-accel {__version__}")
     # The commands are listed once, in the description above (one line each, in the order to read them).
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", help=argparse.SUPPRESS)
+    # prog: a command's errors and help name it as typed (`flowblending-accel bench`), not the usage line.
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", help=argparse.SUPPRESS, prog=PROG, parser_class=OneLineParser
+    )
     for module in COMMAND_MODULES:
         module.register(commands)
+    parser.set_defaults(command_parsers=commands.choices)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse; an unknown flag is reported by the command it was given to, pointing to that command's help."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        owner = args.command_parsers.get(args.command, parser) if args.command else parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,11 +71,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
     except SystemExit as exit_:  # --help, --version (0) and usage errors (2): a code, not an exception
         return int(exit_.code or 0)
     if args.command is None:
         parser.print_help()
         return 0
     args.command_line = "flowblending-accel " + shlex.join(argv)
-    return run_command(args.command, lambda: args.run(args))
+    return run_command(f"{PROG} {args.command}", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    extra = getattr(args, "extra", None)  # the optional packages the command's pipelines need
+    if extra:
+        require_extra(extra, f"{PROG} {args.command}")
+    return args.run(args)

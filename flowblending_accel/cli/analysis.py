@@ -33,7 +33,7 @@ def register(commands) -> None:
         "--windows", type=whole_number(0), default=0, help="window size of the evidence run (0: skip)"
     )
     analyze.add_argument("--overlay", default=PAPER_SCHEDULE, help="schedule drawn over the curve")
-    analyze.set_defaults(run=run_analyze)
+    analyze.set_defaults(run=run_analyze, extra="demo")
     calibrate = commands.add_parser(
         "calibrate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -81,7 +81,7 @@ def register(commands) -> None:
         default=4,
         help="held-out seeds per held-out prompt (default 4)",
     )
-    calibrate.set_defaults(run=run_calibrate)
+    calibrate.set_defaults(run=run_calibrate, extra="demo")
 
 
 def _check_goal(args, names: list[str]) -> None:

@@ -52,7 +52,7 @@ def register(commands) -> None:
     bench.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="results folder")
     bench.add_argument("--overwrite", action="store_true", help="replace results already in --output")
     add_suite_options(bench)
-    bench.set_defaults(run=run)
+    bench.set_defaults(run=run, extra="demo")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ from pathlib import Path
 from .common import add_threads_option, whole_number
 from .targeting import TARGET_FLAGS, add_target_options
 
+DEFAULT_EXPECTED = Path("flowblending-expected.csv")  # in the folder check runs from, beside the code
+
 
 def register(commands) -> None:
     check = commands.add_parser(
@@ -28,7 +30,7 @@ def register(commands) -> None:
         type=Path,
         default=None,
         help="expected-values CSV (scenario,metric,expected,margin); default: [check] expected in the "
-        "config file",
+        f"config file, else {DEFAULT_EXPECTED}",
     )
     check.add_argument(
         "--scenario", nargs="+", default=None, help="scenarios to run (default: those in the file)"
@@ -61,7 +63,7 @@ def register(commands) -> None:
         "--stack", nargs="*", default=None, help="the command line's target: its accelerators (default none)"
     )
     add_target_options(check)  # for the config file's scenarios: flags override what the file says
-    check.set_defaults(run=run)
+    check.set_defaults(run=run, extra="demo")
 
 
 def _scenarios(args, expectations, config):
@@ -93,6 +95,23 @@ def _scenarios(args, expectations, config):
     return [known[n] for n in names]
 
 
+def _default_expected(config, update: bool) -> Path:
+    """The expected file when --expected is not given: the config file's, else DEFAULT_EXPECTED (which
+    --update creates, saying where)."""
+    if "expected" in config.check:
+        return Path(config.check["expected"])
+    if update:
+        where = f"check: writing the expected values to {DEFAULT_EXPECTED} (choose with --expected FILE)"
+        print(where, file=sys.stderr)
+    elif not DEFAULT_EXPECTED.is_file():
+        raise ValueError(
+            f"no expected file: run `flowblending-accel check --update --scenario NAME ...` once to write "
+            f"{DEFAULT_EXPECTED}, or give --expected FILE (or `expected` under [check] in flowblending.toml "
+            "or pyproject.toml's [tool.flowblending.check])."
+        )
+    return DEFAULT_EXPECTED
+
+
 def measure_ratio(scenario, repeats: int) -> float:
     """Median speedup of the scenario over its baseline schedule, measured interleaved in one process."""
     from ..bench.runner import Row, measure_rows, summarise
@@ -113,12 +132,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = find_config(args.config)
     if args.expected is None:
-        if "expected" not in config.check:
-            raise ValueError(
-                "give --expected FILE, or `expected` under [check] in flowblending.toml or "
-                "pyproject.toml's [tool.flowblending.check]."
-            )
-        args.expected = Path(config.check["expected"])
+        args.expected = _default_expected(config, args.update)
     if not args.update and not args.expected.is_file():
         raise ValueError(
             f"--expected {args.expected}: no such file; create it with `--update --scenario NAME ...`."

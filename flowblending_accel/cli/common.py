@@ -4,6 +4,7 @@ command line as ``args.command_line`` for the results each command writes.)"""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -13,13 +14,17 @@ EXIT_OK, EXIT_USAGE = 0, 2
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, FileExistsError, PermissionError)
 
 
-def run_command(name: str, run: Callable[[], int]) -> int:
-    """Run a command; a user error prints ``flowblending-accel NAME: error: ...`` on stderr and exits 2."""
+def run_command(prog: str, run: Callable[[], int]) -> int:
+    """Run a command; a user error prints ``PROG: error: ...`` on stderr (PROG as typed, e.g.
+    ``flowblending-accel bench``) and exits 2."""
     try:
         return run()
+    except BrokenPipeError:  # the reader went away (`| head`): what it wanted was printed
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return EXIT_OK
     except USER_ERRORS as error:
         message = " ".join(str(error).split()) or type(error).__name__
-        print(f"flowblending-accel {name}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
 

@@ -71,7 +71,7 @@ def _register_demo(commands) -> None:
     demo.add_argument(
         "--pair", type=Path, default=None, help="a demo pair folder (default: the embedded one)"
     )
-    demo.set_defaults(run=run_demo_command)
+    demo.set_defaults(run=run_demo_command, extra="demo")
 
 
 def _register_train(commands) -> None:
@@ -126,7 +126,7 @@ def _register_train(commands) -> None:
         "flowblending_accel/assets/demo_pair; same model sizes required",
     )
     train.add_argument("--classifier", action="store_true", help="train the metrics classifier into --output")
-    train.set_defaults(run=run_train_command)
+    train.set_defaults(run=run_train_command, extra="demo")
 
 
 def _register_export(commands) -> None:
@@ -164,7 +164,7 @@ def _register_export(commands) -> None:
         default=None,
         help="a hand-written markdown file (e.g. the reading of the ablations) appended to the model card",
     )
-    export.set_defaults(run=run_export_command)
+    export.set_defaults(run=run_export_command, extra="demo")
 
 
 def run_demo_command(args: argparse.Namespace) -> int:

@@ -43,7 +43,7 @@ def register(commands) -> None:
         help="instead, save the tiny pipeline (with a tiny text stack: it takes prompt strings) to "
         "FOLDER/pipeline and its small denoiser to FOLDER/small, to try the tools' --large/--small offline",
     )
-    tiny.set_defaults(run=run)
+    tiny.set_defaults(run=run, extra="demo")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -74,7 +74,7 @@ def register(commands) -> None:
     tune.add_argument(
         "--holdout-seeds", type=whole_number(1), default=4, help="held-out seeds per held-out prompt"
     )
-    tune.set_defaults(run=run_tune)
+    tune.set_defaults(run=run_tune, extra="demo")
 
 
 def check_options(args: argparse.Namespace) -> None:

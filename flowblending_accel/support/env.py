@@ -15,6 +15,43 @@ def quiet_optional_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+DISTRIBUTION = "flowblending-accel"
+
+
+def missing_from_extra(extra: str) -> list[str]:
+    """The packages of ``pip install flowblending-accel[EXTRA]`` that are not installed, read from this
+    package's own metadata (pyproject.toml declares each extra once); none when it runs uninstalled."""
+    from packaging.requirements import Requirement
+
+    try:
+        declared = metadata.requires(DISTRIBUTION) or []
+    except metadata.PackageNotFoundError:
+        return []
+    missing = []
+    for line in declared:
+        requirement = Requirement(line)
+        if not (requirement.marker and requirement.marker.evaluate({"extra": extra})):
+            continue
+        if requirement.name == DISTRIBUTION:  # an extra made of others: train = [demo] + ...
+            missing += [name for other in requirement.extras for name in missing_from_extra(other)]
+            continue
+        try:
+            metadata.version(requirement.name)
+        except metadata.PackageNotFoundError:
+            missing.append(requirement.name)
+    return list(dict.fromkeys(missing))
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Refuse, in one line naming the install, to run ``what`` without the packages of ``extra``."""
+    missing = missing_from_extra(extra)
+    if missing:
+        raise ValueError(
+            f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"pip install '{DISTRIBUTION}[{extra}]'."
+        )
+
+
 def device_name(device: str | None = None) -> str:
     import torch
 
