@@ -103,7 +103,7 @@ def test_recipe_main_runs_to_the_written_output(name, tmp_path, capsys):
     pipeline, small = _folders(tmp_path, family)
     solver = {"sd": "dpm++-vp", "ltx": "unipc"}.get(family, "dpm++")  # LTX hands over sigmas: not DPM++
     argv = [
-        "--pipeline",
+        "--large",
         pipeline,
         "--small",
         small,
@@ -144,7 +144,7 @@ def test_recipe_offload_keeps_routing(name, mode, tmp_path):
     family = "wan" if name.startswith("wan21") else "wan2.2"
     pipeline, small = _folders(tmp_path, family)
     argv = [
-        "--pipeline",
+        "--large",
         pipeline,
         "--small",
         small,
@@ -252,7 +252,7 @@ def test_recipe_context_parallel_under_torchrun_writes_once_from_rank_0(name, tm
     launcher = tmp_path / "launch.py"
     launcher.write_text(RECIPE_UNDER_TORCHRUN)
     written = tmp_path / "out" / output
-    argv = ["--pipeline", pipeline, "--small", small, *size, "--steps", "5", "--device", "cpu"]
+    argv = ["--large", pipeline, "--small", small, *size, "--steps", "5", "--device", "cpu"]
     argv += ["--dtype", "float32", "--threads", "1", "--context-parallel", "2", "--output", str(written)]
     command = [*torchrun(2), str(launcher), str(RECIPES / f"{name}.py"), *argv]
     result = subprocess.run(command, capture_output=True, text=True, env=launch_env())
@@ -265,3 +265,72 @@ def test_recipe_context_parallel_outside_torchrun_says_how_to_launch(tmp_path, c
     argv = ["--context-parallel", "2", "--device", "cpu", "--output", str(tmp_path / "video.mp4")]
     with pytest.raises(ValueError, match="launch with torchrun --nproc_per_node N"):
         recipe("wan21_14b_1p3b").main(argv)
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small", "ltx_13b_2b"])
+def test_a_recipe_on_saved_folders_runs_at_their_recorded_size(name, tmp_path, capsys):
+    family, size, _ = MAINS[name]
+    pipeline, small = _folders(tmp_path, family)
+    argv = ["--large", pipeline, "--small", small, "--device", "cpu", "--dtype", "float32"]
+    result = recipe(name).main([*argv, "--output", str(tmp_path / "video")])  # no suffix: .mp4 is added
+    assert (tmp_path / "video.mp4").stat().st_size > 0 and result["stats"].num_steps == 10
+    width, height, frames = size[size.index("--width") + 1], size[1], size[size.index("--frames") + 1]
+    err = capsys.readouterr().err
+    recorded = "(the folder's flowblending_defaults.json)"
+    assert f"size: {width}x{height}, {frames} frames, 10 steps {recorded}" in err
+    assert f"--output {tmp_path / 'video'}: no suffix, writing {tmp_path / 'video.mp4'}" in err
+
+
+def _without_recorded_size(pipeline: str) -> None:
+    (Path(pipeline) / "flowblending_defaults.json").unlink()
+
+
+def _never_loaded(*args, **kwargs):
+    raise AssertionError("a model was loaded")
+
+
+@pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small"])
+def test_a_recipe_refuses_a_size_the_folders_cannot_take_before_loading(name, tmp_path, monkeypatch):
+    family = MAINS[name][0]
+    pipeline, small = _folders(tmp_path, family)
+    _without_recorded_size(pipeline)  # the recipe's own 832x480, 81 frames: past the tiny rope range
+    module = recipe(name)
+    monkeypatch.setattr(module, "load", _never_loaded)
+    argv = ["--large", pipeline, "--small", small, "--device", "cpu", "--output", str(tmp_path / "v.mp4")]
+    refusal = r"cannot run at 832x480, 81 frames, \d+ steps \(the recipe's defaults\)"
+    with pytest.raises(ValueError, match=refusal):
+        module.main(argv)
+
+
+def test_a_recipe_on_a_folder_without_sizes_takes_its_checkpoint_size(tmp_path, monkeypatch, capsys):
+    """LTX's tiny model takes the recipe's size (the 13B checkpoint's): checked, then loading starts."""
+    pipeline, small = _folders(tmp_path, "ltx")
+    _without_recorded_size(pipeline)
+    module = recipe("ltx_13b_2b")
+    monkeypatch.setattr(module, "load", _never_loaded)
+    argv = ["--large", pipeline, "--small", small, "--device", "cpu", "--output", str(tmp_path / "v.mp4")]
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        module.main(argv)
+    assert "size: 608x352, 61 frames, 50 steps (the recipe's defaults)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("video.txt", "--output {out}: .txt is not a format this recipe writes; use .mp4."),
+        ("", "--output {out}: a folder; name the file to write"),
+    ],
+)
+def test_a_recipe_refuses_an_output_it_cannot_write_in_one_line_before_loading(output, message, tmp_path):
+    """As a script: one line on stderr, exit 2, before any model (the default hub id is never reached)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / output
+    command = [sys.executable, str(RECIPES / "wan21_14b_1p3b.py"), "--device", "cpu", "--output", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == "", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message.format(out=out) in lines[0], done.stderr
+    assert lines[0].startswith(f"python {RECIPES / 'wan21_14b_1p3b.py'}: error: ")

@@ -4,7 +4,9 @@ the optional large-only baseline beside it, and an atomic write of the video or 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,19 +27,23 @@ from flowblending_accel.accelerators import (
     parse_accelerator,
     spec_help,
 )
-from flowblending_accel.cli.common import positive_number, whole_number
+from flowblending_accel.cli.common import positive_number, run_command, whole_number
 from flowblending_accel.core.distributed import DistContext, joined, launched_world_size
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
 from flowblending_accel.support.files import check_output_folder, default_file_mode
 from flowblending_accel.support.threads import use_threads
+from flowblending_accel.targets.sizes import describe, resolve_folder_size
+
+# What diffusers' export_to_video writes (imageio with its ffmpeg plugin; GIF through imageio's own).
+VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".gif"}
 
 
 @dataclass(frozen=True)
 class Defaults:
     """A recipe's defaults: its models, schedule and stack, and the size and steps its checkpoints use."""
 
-    pipeline: str
+    large: str
     small: str
     height: int
     width: int
@@ -50,25 +56,31 @@ class Defaults:
     output: str = "flowblending.mp4"
     context_parallel: bool = True  # whether the models can split a sample across GPUs (diffusers' cp plan)
 
+    def size(self) -> dict[str, int]:
+        """The call's size arguments the checkpoints were made for."""
+        size = {"height": self.height, "width": self.width, "num_inference_steps": self.steps}
+        return size if self.frames is None else {**size, "num_frames": self.frames}
+
 
 def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = defaults
-    p.add_argument("--pipeline", default=d.pipeline, help=f"pipeline folder or hub id (default {d.pipeline})")
+    p.add_argument("--large", default=d.large, help=f"pipeline folder or hub id (default {d.large})")
+    p.add_argument("--pipeline", dest="large", help=argparse.SUPPRESS)  # the name before --large
     p.add_argument("--small", default=d.small, help=f"small model folder or hub id (default {d.small})")
     p.add_argument("--schedule", default=d.schedule, help=f"FlowBlending stages (default {d.schedule})")
     p.add_argument("--stack", nargs="*", default=list(d.stack), help=f"accelerators: {spec_help()}")
     p.add_argument("--prompt", default="A polar bear playing guitar")
     p.add_argument("--negative-prompt", default=None, help="negative prompt (default: the pipeline's)")
-    p.add_argument("--height", type=whole_number(1), default=d.height)
-    p.add_argument("--width", type=whole_number(1), default=d.width)
+    where = "the folder's flowblending_defaults.json, else"
+    p.add_argument("--height", type=whole_number(1), help=f"pixels (default: {where} {d.height})")
+    p.add_argument("--width", type=whole_number(1), help=f"pixels (default: {where} {d.width})")
     if d.frames is not None:
-        p.add_argument("--frames", type=whole_number(1), default=d.frames)
+        p.add_argument("--frames", type=whole_number(1), help=f"video frames (default: {where} {d.frames})")
     p.add_argument(
         "--steps",
         type=whole_number(1),
-        default=d.steps,
-        help="solver steps (a step reduction in --stack sets its own)",
+        help=f"solver steps (default: {where} {d.steps}; a step reduction in --stack sets its own)",
     )
     p.add_argument("--guidance-scale", type=positive_number, default=d.guidance)
     p.add_argument("--seed", type=whole_number(0), default=0)
@@ -104,8 +116,19 @@ def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
         action="store_true",
         help="also run the large model alone and print the speedup and quality side by side",
     )
-    p.add_argument("--output", type=Path, default=Path(d.output), help=f"output file (default {d.output})")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=Path(d.output),
+        help=f"output file (default {d.output}; without a suffix, {Path(d.output).suffix} is added)",
+    )
     return p
+
+
+def script(main: Callable[[], Any]) -> int:
+    """A recipe run as a script: a user error (bad option, folder, size or output) is one line on stderr
+    and exit 2, as with the flowblending-accel commands."""
+    return run_command(f"python {sys.argv[0]}", lambda: (main(), 0)[1])
 
 
 def run(
@@ -131,18 +154,19 @@ def run(
 
 def _run(args, load, defaults: Defaults, parallel: list, ranks: DistContext, **router_options: Any) -> dict:
     if ranks.is_main:
-        check_output_folder(args.output.parent, "--output")
+        args.output = checked_output(args.output, defaults)
+    size = _size(args, defaults)  # refused here, before any weight is read, if the models cannot take it
     use_threads(args.threads)
     pipe, small, members = load(
-        args.pipeline, args.small, device=args.device, dtype=getattr(torch, args.dtype), offload=args.offload
+        args.large, args.small, device=args.device, dtype=getattr(torch, args.dtype), offload=args.offload
     )
     stack = list(args.stack) + members + parallel
     result: dict[str, Any] = {}
     if args.baseline:
-        result["baseline"] = _generate(pipe, args, defaults)
+        result["baseline"] = _generate(pipe, args, size, defaults)
     with flowblending(pipe, small, args.schedule, stack, **router_options):
         applied = applied_stack(pipe)
-        result["routed"] = _generate(pipe, args, defaults, without=applied.call_kwargs())
+        result["routed"] = _generate(pipe, args, size, defaults, without=applied.call_kwargs())
         result["stats"] = flowblending_stats(pipe)
     if not ranks.is_main:
         return result
@@ -152,6 +176,47 @@ def _run(args, load, defaults: Defaults, parallel: list, ranks: DistContext, **r
         _compare(result["baseline"], result["routed"])
     print(f"written to {args.output}")
     return result
+
+
+def _size(args, defaults: Defaults) -> dict[str, int]:
+    """The size and step count to run at, resolved as the tools do (given, else the folder's recorded
+    size, else the recipe's), checked against local folders' models on the meta device."""
+    given = {"height": args.height, "width": args.width, "num_inference_steps": args.steps}
+    if defaults.frames is not None:
+        given["num_frames"] = args.frames
+    given = {name: value for name, value in given.items() if value is not None}
+    fallback = ("the recipe's defaults", defaults.size())
+    size, source = resolve_folder_size(args.large, args.small, given, args.dtype, args.prompt, fallback)
+    print(f"size: {describe(size)} ({source})", file=sys.stderr)
+    return size
+
+
+def checked_output(path: Path, defaults: Defaults) -> Path:
+    """The output path, checked before any model loads: its folder writable, its suffix one the writer
+    takes (none: the default's is added), the video writer installed."""
+    suffix = Path(defaults.output).suffix
+    if path.is_dir():
+        raise ValueError(f"--output {path}: a folder; name the file to write, e.g. {path / defaults.output}.")
+    if not path.suffix:
+        print(f"--output {path}: no suffix, writing {path.with_suffix(suffix)}", file=sys.stderr)
+        path = path.with_suffix(suffix)
+    known = VIDEO_SUFFIXES if defaults.frames is not None else _image_suffixes()
+    if path.suffix.lower() not in known:
+        raise ValueError(f"--output {path}: {path.suffix} is not a format this recipe writes; use {suffix}.")
+    if defaults.frames is not None:
+        for module in ("imageio", "imageio_ffmpeg"):
+            if importlib.util.find_spec(module) is None:
+                raise ValueError(
+                    f"--output {path}: writing video needs {module}; pip install 'flowblending-accel[video]'."
+                )
+    check_output_folder(path.parent, "--output")
+    return path
+
+
+def _image_suffixes() -> set[str]:
+    from PIL import Image
+
+    return {suffix for suffix, format_ in Image.registered_extensions().items() if format_ in Image.SAVE}
 
 
 def load_pipeline(cls, path: str, device: str, dtype: torch.dtype, offload: str, **components):
@@ -171,20 +236,16 @@ def load_denoiser(cls, path: str, attribute: str, dtype: torch.dtype, device: st
     return model.to(device) if offload == "none" else model
 
 
-def _generate(pipe, args, defaults: Defaults, without: dict | None = None) -> tuple[np.ndarray, float]:
+def _generate(pipe, args, size, defaults: Defaults, without: dict | None = None) -> tuple[np.ndarray, float]:
     kwargs = dict(
         prompt=args.prompt,
-        height=args.height,
-        width=args.width,
-        num_inference_steps=args.steps,
+        **size,
         guidance_scale=args.guidance_scale,
         output_type="np",
         generator=torch.Generator(args.device).manual_seed(args.seed),
     )
     if args.negative_prompt is not None:
         kwargs["negative_prompt"] = args.negative_prompt
-    if defaults.frames is not None:
-        kwargs["num_frames"] = args.frames
     kwargs = {k: v for k, v in kwargs.items() if k not in (without or {})}  # the stack owns those
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
 from flowblending_accel import apply_flowblending_  # noqa: E402
 
@@ -40,7 +40,7 @@ DEFAULTS = Defaults(
 
 
 def load(
-    pipeline=DEFAULTS.pipeline,
+    large=DEFAULTS.large,
     small=DEFAULTS.small,
     device="cuda",
     dtype=torch.bfloat16,
@@ -51,7 +51,7 @@ def load(
     returns them and the stack members the mode asks for."""
     from diffusers import LTXPipeline, LTXVideoTransformer3DModel
 
-    pipe, members = load_pipeline(LTXPipeline, pipeline, device, dtype, offload, **components)
+    pipe, members = load_pipeline(LTXPipeline, large, device, dtype, offload, **components)
     return (
         pipe,
         load_denoiser(LTXVideoTransformer3DModel, small, "transformer", dtype, device, offload),
@@ -60,7 +60,7 @@ def load(
 
 
 def build(
-    pipeline=DEFAULTS.pipeline,
+    large=DEFAULTS.large,
     small=DEFAULTS.small,
     schedule=DEFAULTS.schedule,
     stack=(),
@@ -69,7 +69,7 @@ def build(
     offload="none",
     **components,
 ):
-    pipe, small_model, members = load(pipeline, small, device, dtype, offload, **components)
+    pipe, small_model, members = load(large, small, device, dtype, offload, **components)
     router = apply_flowblending_(pipe, small_model, schedule, [*members, *stack])
     return pipe, router
 
@@ -88,4 +88,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script(main))

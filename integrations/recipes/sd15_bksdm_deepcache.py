@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
 from flowblending_accel import apply_flowblending_  # noqa: E402
 from flowblending_accel.accelerators import DeepCache  # noqa: E402
@@ -37,7 +37,7 @@ DEFAULTS = Defaults(
 
 
 def load(
-    pipeline=DEFAULTS.pipeline,
+    large=DEFAULTS.large,
     small=DEFAULTS.small,
     device="cuda",
     dtype=torch.float16,
@@ -49,12 +49,12 @@ def load(
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     components.setdefault("safety_checker", None)
-    pipe, members = load_pipeline(StableDiffusionPipeline, pipeline, device, dtype, offload, **components)
+    pipe, members = load_pipeline(StableDiffusionPipeline, large, device, dtype, offload, **components)
     return pipe, load_denoiser(UNet2DConditionModel, small, "unet", dtype, device, offload), members
 
 
 def build(
-    pipeline=DEFAULTS.pipeline,
+    large=DEFAULTS.large,
     small=DEFAULTS.small,
     schedule=DEFAULTS.schedule,
     cache_interval=3,
@@ -64,7 +64,7 @@ def build(
     offload="none",
     **components,
 ):
-    pipe, small_unet, members = load(pipeline, small, device, dtype, offload, **components)
+    pipe, small_unet, members = load(large, small, device, dtype, offload, **components)
     chosen = [DeepCache(interval=cache_interval)] if stack is None else list(stack)
     router = apply_flowblending_(pipe, small_unet, schedule, [*members, *chosen])
     return pipe, router
@@ -77,4 +77,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script(main))

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import Defaults, load_denoiser, load_pipeline, parser, run  # noqa: E402
+from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
 from flowblending_accel import apply_flowblending_  # noqa: E402
 
@@ -39,7 +39,7 @@ EXPERTS = ("transformer", "transformer_2")
 
 
 def load(
-    pipeline=DEFAULTS.pipeline,
+    large=DEFAULTS.large,
     small=DEFAULTS.small,
     device="cuda",
     dtype=torch.bfloat16,
@@ -50,7 +50,7 @@ def load(
     returns them and the stack members the mode asks for."""
     from diffusers import WanPipeline, WanTransformer3DModel
 
-    pipe, members = load_pipeline(WanPipeline, pipeline, device, dtype, offload, **components)
+    pipe, members = load_pipeline(WanPipeline, large, device, dtype, offload, **components)
     # The project's own offload (offload:1) handles one large/small pair; with two experts the small model
     # follows the experts' group offloading instead.
     members = [member for member in members if not member.startswith("offload")]
@@ -58,7 +58,7 @@ def load(
 
 
 def build(
-    pipeline=DEFAULTS.pipeline,
+    large=DEFAULTS.large,
     small=DEFAULTS.small,
     schedule=DEFAULTS.schedule,
     stack=(),
@@ -67,7 +67,7 @@ def build(
     offload="none",
     **components,
 ):
-    pipe, small_model, members = load(pipeline, small, device, dtype, offload, **components)
+    pipe, small_model, members = load(large, small, device, dtype, offload, **components)
     router = apply_flowblending_(pipe, small_model, schedule, [*members, *stack], denoisers=EXPERTS)
     return pipe, router
 
@@ -78,4 +78,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script(main))
