@@ -107,7 +107,7 @@ def test_help_lists_each_command_once(capsys):
 def test_a_tuned_file_refuses_another_target(tmp_path, capsys):
     tuned = tmp_path / "tuned.toml"
     tuned.write_text(
-        'tuned_for = "--target random:tiny-wan"\ntarget = "random:tiny-wan"\nschedule = "L40-S60"\n'
+        'tuned_for = { target = "random:tiny-wan" }\ntarget = "random:tiny-wan"\nschedule = "L40-S60"\n'
     )
     assert (
         main(["bench", "--config", str(tuned), "--target", "embedded", "--output", str(tmp_path / "o")]) == 2
@@ -196,3 +196,18 @@ def test_counters_after_a_run_of_a_step_reduction_and_a_cache():
     assert counters["dpm++"]["runs"] == 1 and counters["dpm++"]["steps_per_run"] == 6
     fbc = counters["fbc"]
     assert fbc["large.calls"] + fbc["small.calls"] == 12 and "large.tail_skipped" in fbc
+
+
+def test_a_note_between_counted_steps_is_a_line_of_its_own():
+    import io
+
+    from flowblending_accel.support.progress import progress
+
+    stream = io.StringIO()
+    with progress("benchmarking rows", 4, stream=stream) as advance:
+        advance.note("warm-up: +compile (compiles the models)")
+        advance(4)
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "benchmarking rows: 0/4 (0 s)"
+    assert lines[1] == "benchmarking rows: 0/4 (0 s) — warm-up: +compile (compiles the models)"
+    assert lines[-1] == "benchmarking rows: 4/4 (0 s)"

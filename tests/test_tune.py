@@ -3,6 +3,9 @@ into bench and check through tuned.toml, costs less than the grid it replaces (a
 every bad budget or knob is refused before a model is loaded. Prefix replay is exact."""
 
 import json
+import re
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +58,24 @@ def test_the_pick_keeps_the_tolerance_and_round_trips_into_bench_and_check(wan, 
     assert main(["check", *wan, *size, "--expected", expected]) == 0
 
 
+def test_the_printed_bench_line_runs_as_printed_on_the_tuned_folders(wan, tmp_path, monkeypatch):
+    document = _tune(wan, tmp_path, "--max-calls", "40")
+    toml = (tmp_path / "out" / "tuned.toml").read_text()
+    paths = re.findall(r'(?:large|small|prompts) = "([^"]+)"', toml)
+    assert len(paths) == 5 and not any(Path(p).is_absolute() for p in paths), toml  # relative to the file
+    report = (tmp_path / "out" / "tune.md").read_text()
+    printed = re.search(r"as bench takes it: `(flowblending-accel bench [^`]+)`", report)
+    assert printed and printed.group(1) == document["chosen"]["bench"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # paths in the line and the file hold from any folder
+    argv = shlex.split(printed.group(1))[1:]
+    assert main(argv) == 0
+    bench = json.loads(next(elsewhere.glob("*/bench.json")).read_text())
+    assert bench["context"]["description"] == document["target"]  # the tuned folders, not the embedded pair
+    assert bench["rows"][1]["schedule"] == document["chosen"]["schedule"]
+
+
 def test_a_flop_budget_is_respected_and_a_hand_made_stack_is_scored_beside_the_pick(wan, tmp_path):
     document = _tune(wan, tmp_path, "--flop-budget", "0.45", "--compare", "L50-S50 dpm++:6 fbc:0.3")
     assert document["chosen"]["fit"]["flop_ratio"] <= 0.45
@@ -91,9 +112,10 @@ def test_a_latency_budget_picks_a_timed_frontier_point(wan, tmp_path):
     assert document["goal"]["latency_budget"] == 0.5 and document["timing"]["tuned"]["speedup"]["median"] > 0
 
 
-def test_a_call_budget_stops_the_search_and_still_writes(wan, tmp_path):
+def test_a_call_budget_stops_the_search_and_still_writes(wan, tmp_path, capsys):
     # --max-calls holds the whole run: 29 calls of fixed parts here, the search gets the rest.
     document = _tune(wan, tmp_path, "--max-calls", "40")
+    assert "tune: the search stopped: the call budget was spent (--max-calls 40)" in capsys.readouterr().err
     assert document["cost"]["budget_spent"] is True
     assert document["run"]["plan"].startswith("tune will make at most")
     assert (tmp_path / "out" / "tune.md").read_text().count("call budget was spent") == 1

@@ -19,7 +19,7 @@ class TuneResult:
 
     command: str
     target: str
-    tuned_target: dict[str, Any]  # the target's identity and the settings tuned.toml records
+    tuned_target: dict[str, Any]  # the target's identity, the settings naming it, those tuned.toml records
     space: dict[str, Any]  # step counts, solver, cache thresholds, small-distilled
     goal: dict[str, Any]  # tolerance, FLOP budget, latency budget
     proxy: dict[str, Any] | None  # the verdict on a pick made at --proxy-size
@@ -48,12 +48,20 @@ def tuned_toml(result: TuneResult) -> str:
     lines = [
         f"# flowblending-accel tune: {chosen['message']}",
         f"# `{result.command}`; copy into flowblending.toml, or pass as --config to bench and check.",
-        f"tuned_for = {json.dumps(target.get('identity'))}" if target.get("identity") else None,
+        _tuned_for(target.get("for", {})),
         *[f"{key} = {json.dumps(value)}" for key, value in target.get("settings", {}).items()],
         f"schedule = {json.dumps(chosen['schedule'])}",
         f"stack = {json.dumps(chosen['stack'])}",
     ]
     return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+def _tuned_for(named: dict[str, Any]) -> str | None:
+    """The target the pick holds for, as an inline table of the settings that name it (paths relative to
+    the file, as every path in it): a run whose flags name another target is refused."""
+    if not named:  # the embedded pair, the default target
+        return None
+    return "tuned_for = { " + ", ".join(f"{key} = {json.dumps(value)}" for key, value in named.items()) + " }"
 
 
 def _ci(entry: dict | None) -> str:

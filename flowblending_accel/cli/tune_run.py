@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -66,6 +68,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = search_tolerance(evaluator, space, goal, target.guidance_scale, match)
         evaluator.max_calls = None
+        if result.budget_spent:  # said now, not only in the report at the end
+            print(
+                f"tune: the search stopped: the call budget was spent (--max-calls {args.max_calls}); it "
+                "picks the best point found so far, then validates and times it.",
+                file=sys.stderr,
+                flush=True,
+            )
         cost = _cost(evaluator, space, len(work.calls), result.budget_spent)  # the search's, before the rest
         chosen = result.chosen.point if result.chosen else Point(("large",) * full)
         alone = _alone_points(space, chosen, match(full))
@@ -109,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         match={"schedule": args.match, "scores": matched.scores},
         chosen={
             **_point_dict(chosen, args.extra_stack),
+            "bench": f"flowblending-accel bench --config {shlex.quote(str(args.output / 'tuned.toml'))}",
             "message": result.message,
             "fit": evaluator.evaluations.get(chosen).to_dict() if chosen in evaluator.evaluations else None,
             "loss_ratio_vs_match": loss_ratio(evaluator.evaluate(chosen).scores, matched.scores),
@@ -138,9 +148,12 @@ TUNED_SETTINGS = ("target", "large", "small", "pair", "prompts", "height", "widt
 
 
 def _tuned_target(args) -> dict[str, Any]:
-    """The target tune ran on: its identity, and the settings that rebuild it (local paths made absolute)."""
+    """The target tune ran on: its identity, and the settings that rebuild it (local paths relative to the
+    output folder, where tuned.toml is written, so the folders can move together)."""
+    import os
     from pathlib import Path
 
+    from ..targets.options import IDENTITY_SETTINGS
     from .targeting import target_settings
 
     options, _ = target_settings(args)
@@ -150,8 +163,9 @@ def _tuned_target(args) -> dict[str, Any]:
         if value is None or (name == "target" and value == "embedded" and options.large is not None):
             continue
         local = isinstance(value, str) and Path(value).exists()
-        settings[name] = str(Path(value).resolve()) if local else value
-    return {"identity": options.identity(), "settings": settings}
+        settings[name] = os.path.relpath(Path(value).resolve(), args.output.resolve()) if local else value
+    named = {name: settings[name] for name in IDENTITY_SETTINGS if name in settings}
+    return {"identity": options.identity(), "for": named, "settings": settings}
 
 
 def _held_as_rows(rows: dict[str, Any]) -> dict[str, Any]:
@@ -185,7 +199,6 @@ def _point_dict(point, extra) -> dict[str, Any]:
         "schedule": point.schedule,
         "stack": stack,
         "small_guidance": point.small_guidance,
-        "bench": f"flowblending-accel bench --schedule {point.schedule} --stack {' '.join(stack)}".rstrip(),
     }
 
 

@@ -21,6 +21,7 @@ Paths are relative to the file that names them.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,12 @@ def _checked(table: dict[str, Any], path: Path) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"{path}: unknown setting(s) {unknown}; known: {', '.join(KEYS)}.")
     values = _resolved_paths(dict(table), path.parent)
+    if "tuned_for" in values:  # the target a tuned.toml holds for: its paths are relative to the file too
+        if not isinstance(values["tuned_for"], dict):
+            raise ValueError(
+                f'{path}: tuned_for is a table, e.g. tuned_for = {{ large = "pipeline", small = "small" }}.'
+            )
+        values["tuned_for"] = _resolved_paths(dict(values["tuned_for"]), path.parent)
     check = dict(values.get("check", {}))
     unknown = sorted(set(check) - {"expected", "scenarios"})
     if unknown:
@@ -129,9 +136,15 @@ def _checked(table: dict[str, Any], path: Path) -> dict[str, Any]:
 def _resolved_paths(values: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in PATH_KEYS:
         if isinstance(values.get(key), str):
-            values[key] = str(base / values[key])
+            values[key] = _beside(base, values[key])
     for key in ("target", "large", "small"):  # local files and folders, not hub ids or module:function
         value = values.get(key)
         if isinstance(value, str) and (base / value.split(":")[0]).exists() and value not in ("embedded",):
-            values[key] = str(base / value)
+            values[key] = _beside(base, value)
     return values
+
+
+def _beside(base: Path, path: str) -> str:
+    """``path`` as the file at ``base`` names it (``../data`` from ``out/``: ``data``, not
+    ``out/../data``)."""
+    return os.path.normpath(base / path)

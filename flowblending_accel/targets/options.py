@@ -158,6 +158,10 @@ class TargetOptions:
         return cls(**values)
 
 
+# The settings that say which target a run is on (the rest say how it runs): what identity() reads.
+IDENTITY_SETTINGS = ("target", "large", "small", "pair")
+
+
 def _where(path: str) -> str:
     """A local folder's absolute path; a hub id as it is."""
     return str(Path(path).resolve()) if Path(path).exists() else path
