@@ -67,6 +67,9 @@ def test_bench_cumulative_rows_on_tiny_random_weights(tmp_path, capsys):
     assert {entry["unit"] for entry in bigger} == {"x"} and len(bigger) == 4
     assert (tmp_path / "bench" / "bench.png").stat().st_size > 1000
     assert "| +FlowBlending L40-S40-L20 |" in (tmp_path / "bench" / "bench.md").read_text()
+    progress = capsys.readouterr().err  # each row's warm-up said as it starts, not a silent 0/N
+    for label in labels:
+        assert f" — warm-up: {label}\n" in progress
 
 
 def test_bench_rejects_a_typo_before_building_anything(capsys):

@@ -6,9 +6,10 @@ from flowblending_accel.demo.timing import MIN_ROUNDS, Timing, time_schedules
 
 
 def test_rounds_are_interleaved_rotated_and_at_least_the_minimum():
-    order = []
-    timing = time_schedules(order.append, ("LLL", "LSL", "SSS"), clips=4, seconds=0)
+    order, heard = [], []
+    timing = time_schedules(order.append, ("LLL", "LSL", "SSS"), clips=4, seconds=0, on_round=heard.append)
     assert timing.rounds == MIN_ROUNDS and len(order) == 3 * MIN_ROUNDS
+    assert heard == list(range(MIN_ROUNDS))  # the demo's progress line says each round as it starts
     assert order[:6] == ["LLL", "LSL", "SSS", "LSL", "SSS", "LLL"]  # each round starts one later
     assert timing.other_load is None or 0 <= timing.other_load <= 1
 

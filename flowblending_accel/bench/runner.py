@@ -187,7 +187,7 @@ def measure_rows(
     rows: list[Row],
     repeats: int,
     seed: int = 0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None,  # support.progress's: it also takes .note(text)
     count_flops: str = "all",
 ) -> dict[str, RowMeasurement]:
     """Warm-up round, then ``repeats`` interleaved rounds, then the FLOP pass. Ctrl-C (or a SIGTERM made
@@ -209,6 +209,8 @@ def measure_rows(
             for round_index in range(repeats + 1):
                 shift = round_index % len(everything)
                 for row in everything[shift:] + everything[:shift]:
+                    if round_index == 0 and progress is not None:  # a compile or a quantize can take minutes
+                        progress.note(f"warm-up: {row.label}{_warm_up_work(row)}")
                     _run_row(target, results[row.label], timed=round_index > 0, seed=seed)
                     if progress is not None:
                         progress(1)
@@ -227,6 +229,15 @@ def measure_rows(
     if count_flops != "all":
         _derive_flops(results, rows[0], [row for row in everything if row not in counted])
     return results
+
+
+WARM_UP_WORK = {"compile": "compiles the models", "quantize": "quantizes them", "engine": "builds engines"}
+
+
+def _warm_up_work(row: Row) -> str:
+    """What a row's warm-up does beyond a plain run (it may take minutes), for the progress line."""
+    heavy = [WARM_UP_WORK[config.kind] for config in row.stack if config.kind in WARM_UP_WORK]
+    return f" ({', '.join(heavy)})" if heavy else ""
 
 
 def _needs_flop_pass(row: Row, rows: list[Row]) -> bool:

@@ -20,6 +20,8 @@ from .data import all_prompts
 from .models import demo_call_kwargs
 from .timing import Timing, time_schedules
 
+NOTE_SECONDS = 5.0  # how often the timing phase says it is still timing
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -113,11 +115,11 @@ def run_comparison(pipe, small, settings: DemoSettings, progress=None, samples=N
         except KeyboardInterrupt:
             _drop_unfinished_chunk(result)
             return result
-        result.timing = _time(pipe, router, samples, settings)
+        result.timing = _time(pipe, router, samples, settings, progress)
     return result
 
 
-def _time(pipe, router, samples, settings: DemoSettings) -> Timing:
+def _time(pipe, router, samples, settings: DemoSettings, progress=None) -> Timing:
     chunk = samples[: settings.timing_clips]
     prompts, seeds = [p for p, _ in chunk], [s for _, s in chunk]
 
@@ -125,7 +127,15 @@ def _time(pipe, router, samples, settings: DemoSettings) -> Timing:
         router.set_schedule(SCHEDULES.get(name, name))
         generate_clips(pipe, prompts, seeds, settings)
 
-    return time_schedules(run_schedule, settings.schedules, len(chunk), settings.timing_seconds)
+    last = [float("-inf")]
+
+    def said(rounds: int) -> None:  # the clips are done: say, every few seconds, that the speed is timed
+        if progress is not None and time.monotonic() - last[0] >= NOTE_SECONDS:
+            last[0] = time.monotonic()
+            box = f"time box {settings.timing_seconds:g} s"
+            progress.note(f"timing the schedules: round {rounds + 1} ({box})")
+
+    return time_schedules(run_schedule, settings.schedules, len(chunk), settings.timing_seconds, said)
 
 
 def _run_chunk(pipe, router, name: str, chunk, settings: DemoSettings, result: Generated) -> None:

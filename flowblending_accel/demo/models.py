@@ -98,14 +98,15 @@ def load_demo_pipeline(path: str | Path | None = None, dtype: torch.dtype = torc
         )
     from diffusers.utils import logging as diffusers_logging
 
+    from ..support.progress import quiet_library_bars
+
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # WanPipeline expects an AutoencoderKLWan; ours is deliberate
-    diffusers_logging.disable_progress_bar()
     try:
-        pipe = WanPipeline.from_pretrained(folder, dtype=dtype)
+        with quiet_library_bars():
+            pipe = WanPipeline.from_pretrained(folder, dtype=dtype)
     finally:
         diffusers_logging.set_verbosity(level)
-        diffusers_logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     small = WanTransformer3DModel.from_pretrained(folder, subfolder=SMALL_SUBFOLDER, dtype=dtype).eval()
     return pipe, small

@@ -57,9 +57,12 @@ def _median_interval(values: list[float], seed: int = 0) -> tuple[float, float]:
     return medians[int(0.025 * BOOTSTRAP)], medians[int(0.975 * BOOTSTRAP) - 1]
 
 
-def time_schedules(run_schedule, schedules: tuple[str, ...], clips: int, seconds: float) -> Timing:
+def time_schedules(
+    run_schedule, schedules: tuple[str, ...], clips: int, seconds: float, on_round=None
+) -> Timing:
     """``run_schedule(name)`` generates the timing clips under one schedule; rounds until ``seconds`` have
-    passed (and at least :data:`MIN_ROUNDS`). Ctrl-C keeps the rounds every schedule finished."""
+    passed (and at least :data:`MIN_ROUNDS`). ``on_round(done)`` hears of each round as it starts. Ctrl-C
+    keeps the rounds every schedule finished."""
     timing = Timing(clips, {name: [] for name in schedules})
     started = time.monotonic()
     with OtherLoad() as load:
@@ -67,6 +70,8 @@ def time_schedules(run_schedule, schedules: tuple[str, ...], clips: int, seconds
             for index in range(MAX_ROUNDS):
                 if index >= MIN_ROUNDS and time.monotonic() - started >= seconds:
                     break
+                if on_round is not None:
+                    on_round(index)
                 shift = index % len(schedules)
                 for name in schedules[shift:] + schedules[:shift]:
                     begin = time.perf_counter()

@@ -32,10 +32,16 @@ class _PlainLines:
             self.last_tenth, self.last_line = tenth, now
             self._print()
 
-    def _print(self) -> None:
+    def note(self, text: str) -> None:
+        """What the work is doing now, between counted steps (a warm-up, a compile, timing rounds)."""
+        self.last_line = time.monotonic()
+        self._print(text)
+
+    def _print(self, note: str | None = None) -> None:
         elapsed = time.monotonic() - self.start
         count = f"{self.done:g}/{self.total}" if self.total else f"{self.done:g}"
-        print(f"{self.description}: {count} ({elapsed:.0f} s)", file=self.stream, flush=True)
+        now = f" — {note}" if note else ""
+        print(f"{self.description}: {count} ({elapsed:.0f} s){now}", file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.total is None or self.done < self.total or self.last_tenth < 10:
@@ -44,35 +50,44 @@ class _PlainLines:
 
 @contextmanager
 def progress(description: str, total: int | None, enabled: bool = True, stream=None) -> Iterator[Callable]:
-    """``with progress("benchmarking rows", 20) as advance: ... advance(1)``; ``total=None`` when unknown.
-    Each advance also lets the command's thread governor look at the machine's load."""
+    """``with progress("benchmarking rows", 20) as advance: ... advance(1)``; ``total=None`` when unknown;
+    ``advance.note("warm-up: +compile")`` says what runs between counted steps. Each advance also lets the
+    command's thread governor look at the machine's load."""
     done = [0.0]
 
-    def watched(show: Callable) -> Callable:
+    def watched(show: Callable, note: Callable[[str], None]) -> Callable:
         def advance(amount: float = 1) -> None:
             show(amount)
             done[0] += amount
             threads.observe(done[0])
 
+        advance.note = note
         return advance
 
     stream = stream or sys.stderr
     if not enabled:
-        yield watched(lambda amount=1: None)
+        yield watched(lambda amount=1: None, lambda text: None)
         return
     if stream.isatty():
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
         with Progress(
-            description, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(file=stream)
+            "{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=stream),
         ) as bar:
             task = bar.add_task(description, total=total)
-            yield watched(lambda amount=1: bar.advance(task, amount))
+            yield watched(
+                lambda amount=1: bar.advance(task, amount),
+                lambda text: bar.update(task, description=f"{description} — {text}"),
+            )
         return
     lines = _PlainLines(description, total, stream)
     try:
-        yield watched(lines.advance)
+        yield watched(lines.advance, lines.note)
     finally:
         lines.close()
 
