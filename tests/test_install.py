@@ -1,6 +1,7 @@
 """Every install path works or says what to install: a command whose pipelines need the [demo] extra's
 text-encoder stack refuses in one line without it, and the bare wheel in a fresh venv does just that."""
 
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -12,6 +13,7 @@ from flowblending_accel.cli import main
 from flowblending_accel.support import env
 
 ROOT = Path(__file__).resolve().parent.parent
+IGNORED = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache")
 NEEDS_DEMO = {  # each command with the arguments it requires
     "demo": [],
     "bench": [],
@@ -64,7 +66,9 @@ def test_the_bare_wheel_in_a_fresh_venv_routes_and_names_the_extra_for_the_demo(
     run = lambda *command, **kw: subprocess.run(  # noqa: E731
         command, capture_output=True, text=True, timeout=900, **kw
     )
-    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT))
+    source = tmp_path / "source"  # a copy: an in-tree build would leave build/ (and stale files) behind
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*IGNORED))
+    built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source))
     assert built.returncode == 0, built.stderr
     assert run(sys.executable, "-m", "venv", str(venv)).returncode == 0
     wheel = next(wheels.glob("flowblending_accel-*.whl"))
