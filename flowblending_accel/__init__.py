@@ -1,9 +1,10 @@
 """flowblending-accel: FlowBlending (large-small-large stage-aware sampling) for diffusers pipelines.
 
-``import flowblending_accel`` gives the pipeline verbs (``apply_flowblending_``, ``remove_flowblending_``,
-``flowblending``) and the core library: schedules and plans, the router, its run session and listeners, the
-families registry. Accelerators, metrics and the tools (bench, check, analysis, demo, cli) are subpackages on
-top of it. Public names are imported lazily (PEP 562), so
+``import flowblending_accel`` gives what a user writes: the verb pair ``apply_flowblending_`` /
+``remove_flowblending_`` and the block form ``flowblending``, with ``FlowBlendingConfig`` (the whole spec) and
+the accelerator configs; the run's stats and routers; the listener types; the warnings; and
+``register_family``. The core (schedules, plans, the router's run session), the accelerators, metrics and the
+tools (bench, check, analysis, demo, cli) are subpackages. Public names are imported lazily (PEP 562), so
 ``flowblending-accel --help`` does not pay for importing diffusers and torch.
 """
 
@@ -39,30 +40,44 @@ for _name, _starts in _IMPORT_NOISE.items():
     if not any(isinstance(f, _DropImportNoise) for f in _logger.filters):
         _logger.addFilter(_DropImportNoise(_starts))
 
+# What a user writes: the verb pair and its block form, the configs (FlowBlendingConfig and each
+# accelerator's), what a run reports (stats, the routers), the listener types, the warnings, and the family
+# registry's extension point. Everything else stays importable from its subpackage.
+_ACCELERATOR_CONFIGS = (
+    "StepReduction",
+    "FirstBlockCache",
+    "MagCache",
+    "PyramidAttentionBroadcast",
+    "SeaCache",
+    "TaylorSeer",
+    "DeepCache",
+    "CacheDiT",
+    "RegionalCompile",
+    "AttentionBackend",
+    "Quantize",
+    "TensorRT",
+    "ContextParallel",
+)
 _EXPORTS = {
     "apply_flowblending_": "accelerators.stack",
     "remove_flowblending_": "accelerators.stack",
     "flowblending": "accelerators.stack",
+    "FlowBlendingConfig": "accelerators.stack",
     "applied_stack": "accelerators.stack",
-    "FlowBlendingConfig": "core.api",
-    "add_flowblending_listener": "core.api",
-    "flowblending_routers": "core.api",
-    "flowblending_stats": "core.api",
-    "Family": "core.families",
-    "family_for": "core.families",
-    "register_family": "core.families",
-    "CallEvent": "core.listeners",
-    "RouterListener": "core.listeners",
-    "SegmentStart": "core.listeners",
-    "Plan": "core.plan",
-    "ModelRouter": "core.router",
+    "StackOwnsArgumentWarning": "accelerators.calls",
+    **dict.fromkeys(_ACCELERATOR_CONFIGS, "accelerators"),
     "Schedule": "core.schedule",
-    "Stage": "core.schedule",
     "FlowBlendingWarning": "core.schedule",
-    "RunSession": "core.session",
-    "SolverView": "core.step_grid",
-    "CallRecord": "core.stats",
+    "ModelRouter": "core.router",
     "RunStats": "core.stats",
+    "flowblending_stats": "core.api",
+    "flowblending_routers": "core.api",
+    "add_flowblending_listener": "core.api",
+    "RouterListener": "core.listeners",
+    "CallEvent": "core.listeners",
+    "SegmentStart": "core.listeners",
+    "Family": "core.families",
+    "register_family": "core.families",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,7 @@
 
 import torch
 
-from flowblending_accel import SolverView
+from flowblending_accel.core.step_grid import SolverView
 
 
 def manual_wan(pipe, large, small, models_by_step, kwargs):

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from flowblending_accel import applied_stack, flowblending_routers
 from flowblending_accel.accelerators import (
     AttentionBackend,
     FirstBlockCache,
+    FlowBlendingConfig,
     MagCache,
     PyramidAttentionBroadcast,
     RoutedModels,
@@ -107,7 +107,7 @@ def test_stack_remove_restores_the_pipeline():
     pipe = tiny_wan_pipeline(large)
     reference = pipe(**wan_call_kwargs(steps=8)).frames
     scheduler = pipe.scheduler
-    apply_flowblending_(pipe, small, "L40-S40-L20", ["unipc:6", "fbc:0.1"])
+    apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["unipc:6", "fbc:0.1"]))
     assert type(pipe.scheduler).__name__ == "UniPCMultistepScheduler" and large._cache_config is not None
     pipe(**wan_call_kwargs(steps=6))
     remove_flowblending_(pipe)
@@ -115,30 +115,16 @@ def test_stack_remove_restores_the_pipeline():
     assert (pipe(**wan_call_kwargs(steps=8)).frames == reference).all()
 
 
-def test_the_old_stack_verbs_warn_and_do_what_the_pipeline_verbs_do():
-    from flowblending_accel.accelerators import accelerated, apply_stack, remove_stack
-
-    large, small = tiny_wan_pair()
-    pipe = tiny_wan_pipeline(large)
-    scheduler = pipe.scheduler
-    with pytest.warns(DeprecationWarning, match=r"apply_stack\(...\) is now apply_flowblending_"):
-        router, stack = apply_stack(pipe, small, "L40-S40-L20", ["unipc:6"])
-    assert router is flowblending_routers(pipe)[0] and stack is applied_stack(pipe)
-    with pytest.warns(DeprecationWarning, match="remove_flowblending_"):
-        remove_stack(pipe)
-    assert pipe.scheduler is scheduler and not flowblending_routers(pipe) and applied_stack(pipe) is None
-    block = accelerated(pipe, small, "LSL")
-    with pytest.warns(DeprecationWarning, match="flowblending"), block as (_, found):
-        assert found.accelerators == []
-    assert not flowblending_routers(pipe)
-
-
 def test_failed_apply_undoes_what_was_done():
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
     scheduler = pipe.scheduler
     with pytest.raises(TypeError):
-        apply_flowblending_(pipe, small, "L40-S40-L20", ["unipc:6", "fbc:0.1"], not_an_option=True)
+        apply_flowblending_(
+            pipe,
+            small,
+            FlowBlendingConfig("L40-S40-L20", accelerators=["unipc:6", "fbc:0.1"], not_an_option=True),
+        )
     assert (
         pipe.scheduler is scheduler
         and large._cache_config is None
@@ -154,6 +140,6 @@ def test_a_solver_that_cannot_take_ltx_sigmas_is_refused_at_apply():
     with pytest.raises(
         ValueError, match=r"ltx pipeline hands the scheduler its own sigma grid, which 'dpm\+\+'"
     ):
-        apply_flowblending_(pipe, small, "L40-S40-L20", ["dpm++:10"])
-    apply_flowblending_(pipe, small, "L40-S40-L20", ["unipc:10"])
+        apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++:10"]))
+    apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["unipc:10"]))
     remove_flowblending_(pipe)

@@ -2,7 +2,7 @@
 
 import torch
 
-from flowblending_accel import Plan, Schedule
+from flowblending_accel import Schedule
 from flowblending_accel.analysis.calibrate import (
     Calibrator,
     best_placements,
@@ -11,6 +11,7 @@ from flowblending_accel.analysis.calibrate import (
     shifted,
 )
 from flowblending_accel.analysis.evidence import window_evidence
+from flowblending_accel.core.plan import Plan
 from flowblending_accel.metrics import psnr
 from flowblending_accel.tiny_models import tiny_wan_pipeline, tiny_wan_transformer, wan_call_kwargs
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from flowblending_accel.accelerators import applied_stack, flowblending
+from flowblending_accel.accelerators import FlowBlendingConfig, applied_stack, flowblending
 from flowblending_accel.cli import main
 from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
@@ -17,7 +17,10 @@ def _compiled_counters(second_call):
     torch._dynamo.reset()  # no graphs cached from other tests: this warm-up must compile
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
-    with flowblending(pipe, small, "L40-S40-L20", ["compile"]), torch.inference_mode():
+    with (
+        flowblending(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["compile"])),
+        torch.inference_mode(),
+    ):
         stack = applied_stack(pipe)
         pipe(**wan_call_kwargs(steps=10))
         stack.mark_warm()

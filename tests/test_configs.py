@@ -4,7 +4,7 @@ from fractions import Fraction
 
 import pytest
 
-from flowblending_accel import Family, FlowBlendingConfig, Schedule, Stage
+from flowblending_accel import Family, FlowBlendingConfig, Schedule
 from flowblending_accel.accelerators import (
     AttentionBackend,
     DeepCache,
@@ -17,6 +17,7 @@ from flowblending_accel.accelerators import (
     parse_accelerator,
     spec_help,
 )
+from flowblending_accel.core.schedule import Stage
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from diffusers import ContextParallelConfig
 from torchrun_on_cpu import launch_env, provide_device_count
 from torchrun_on_cpu import torchrun as torchrun_command
 
-from flowblending_accel import RouterListener, flowblending
+from flowblending_accel import ContextParallel, FlowBlendingConfig, RouterListener, flowblending
 from flowblending_accel.core.compat import check_context_parallel
 from flowblending_accel.core.diffusers_internals import context_parallel_of
 from flowblending_accel.core.families import family_for
@@ -81,14 +81,16 @@ def hook_names(model) -> list[str]:
 
 
 def routed_run(family: str, stack: list[str], how: str = "stack") -> dict:
-    """One routed call; the large model split by a ``cp`` stack member, ``parallel=``, or by the user."""
+    """One routed call; the large model split by a ``cp`` stack member (a spec, or diffusers' own config as
+    a member), or by the user."""
     pipe, small, kwargs = build(family)
     large = pipe.transformer
     before = {"large": hook_names(large), "small": hook_names(small)}
-    options = {"parallel": ContextParallelConfig(ulysses_degree=2)} if how == "parallel" else {}
+    if how == "parallel":  # diffusers' own config, handed over as a stack member
+        stack = [*stack, ContextParallel.from_diffusers(ContextParallelConfig(ulysses_degree=2))]
     if how == "user":
         large.enable_parallelism(config=ContextParallelConfig(ulysses_degree=2))
-    with flowblending(pipe, small, SCHEDULE, stack, timing="off", **options) as router:
+    with flowblending(pipe, small, FlowBlendingConfig(SCHEDULE, accelerators=stack, timing="off")) as router:
         listener = SmallParallelism(small)
         router.add_listener(listener)
         with torch.inference_mode():
@@ -109,7 +111,7 @@ def refused_run(family: str) -> dict:
         model.register_forward_pre_hook(lambda *_: calls.append(1))
     start = time.perf_counter()
     try:
-        with flowblending(pipe, small, SCHEDULE, ["cp:2"]):
+        with flowblending(pipe, small, FlowBlendingConfig(SCHEDULE, accelerators=["cp:2"])):
             pass
     except ValueError as error:
         return {
@@ -333,7 +335,7 @@ def test_data_parallel_groups_of_context_parallel_ranks_give_every_sample_once(t
     found = torch.load(tmp_path / "out.pt")
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
-    with flowblending(pipe, small, SCHEDULE, timing="off"), torch.inference_mode():
+    with flowblending(pipe, small, FlowBlendingConfig(SCHEDULE, timing="off")), torch.inference_mode():
         single = [pipe(**wan_call_kwargs(steps=5, seed=seed)).frames for seed in (0, 1, 2)]
     assert found["seeds"] == [0, 2] and len(found["outputs"]) == 3  # rank 0's group: samples 0 and 2
     for got, expected in zip(found["outputs"], single, strict=True):

@@ -79,11 +79,15 @@ def test_malformed_schedule_and_axis():
     with pytest.raises(ValueError, match="sum to 90"):
         apply_flowblending_(pipe, small, "L40-S30-L20")
     with pytest.raises(ValueError, match="axis='noise'"):
-        apply_flowblending_(pipe, small, "LSL", axis="noise")
-    with pytest.raises(TypeError, match="schedule must be a string"):
+        apply_flowblending_(pipe, small, FlowBlendingConfig("LSL", axis="noise"))
+    with pytest.raises(TypeError, match="the config must be a FlowBlendingConfig or a schedule string"):
         apply_flowblending_(pipe, small, 0.4)
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['shedule'\]"):
-        apply_flowblending_(pipe, small, shedule="LSL")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'shedule'"):
+        apply_flowblending_(pipe, small, FlowBlendingConfig(shedule="LSL"))
+    with pytest.raises(TypeError, match=r"accelerators='fbc:0.05' is one member: give a list"):
+        FlowBlendingConfig("LSL", accelerators="fbc:0.05")
+    with pytest.raises(ValueError, match="accelerator 'teacache' is unknown"):
+        FlowBlendingConfig("LSL", accelerators=["teacache"])  # parsed when the config is made
     assert flowblending_routers(pipe) == []
 
 
@@ -95,7 +99,9 @@ def test_unknown_pipeline_and_denoiser():
         apply_flowblending_(NoDenoiserPipeline(), tiny_wan_transformer(2, 2))
     pipe = tiny_wan_pipeline()
     with pytest.raises(ValueError, match="denoisers names 'transformer_2'"):
-        apply_flowblending_(pipe, tiny_wan_transformer(2, 2), denoisers=("transformer_2",))
+        apply_flowblending_(
+            pipe, tiny_wan_transformer(2, 2), FlowBlendingConfig(denoisers=("transformer_2",))
+        )
 
 
 def test_applied_twice_and_removed_twice():

@@ -12,8 +12,13 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
 )
 
-from flowblending_accel import apply_flowblending_, family_for, flowblending_stats, remove_flowblending_
-from flowblending_accel.core.families import Family, register_family, registered_families
+from flowblending_accel import (
+    FlowBlendingConfig,
+    apply_flowblending_,
+    flowblending_stats,
+    remove_flowblending_,
+)
+from flowblending_accel.core.families import Family, family_for, register_family, registered_families
 from flowblending_accel.tiny_models import (
     flux_call_kwargs,
     ltx_call_kwargs,
@@ -56,7 +61,9 @@ def test_flux_true_cfg_two_calls_and_a_guidance_free_small_stage():
     pipe(**flux_call_kwargs(true_cfg_scale=3.0))
     assert router.last_run.calls_per_model == {"large": 12, "small": 8}
     remove_flowblending_(pipe)
-    router = apply_flowblending_(pipe, small, "L40-S40-L20", small_guidance="off", small_distilled=True)
+    router = apply_flowblending_(
+        pipe, small, FlowBlendingConfig("L40-S40-L20", small_guidance="off", small_distilled=True)
+    )
     pipe(**flux_call_kwargs(true_cfg_scale=3.0))
     assert router.last_run.calls_per_model == {"large": 12, "small": 4}  # the negative branch skipped
 

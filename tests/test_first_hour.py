@@ -184,12 +184,12 @@ def test_ltx_gets_a_default_stack_it_can_take(tmp_path, capsys):
 
 
 def test_counters_after_a_run_of_a_step_reduction_and_a_cache():
-    from flowblending_accel.accelerators import applied_stack, flowblending
+    from flowblending_accel.accelerators import FlowBlendingConfig, applied_stack, flowblending
     from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
-    with flowblending(pipe, small, "L40-S40-L20", ["dpm++:6", "fbc:0.3"]):
+    with flowblending(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++:6", "fbc:0.3"])):
         stack = applied_stack(pipe)
         pipe(**wan_call_kwargs(steps=6))
         counters = stack.counters()

@@ -77,7 +77,7 @@ def test_a_mode_that_does_not_fit_is_refused_before_any_weight_is_read(wan_folde
 def _routed(mode: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """A tiny Wan pipeline loaded 'on the CPU' and put in ``mode`` (onto the CPU: this machine has no GPU),
     unwrapped under L100 and routed under L40-S40-L20."""
-    from flowblending_accel import flowblending
+    from flowblending_accel import FlowBlendingConfig, flowblending
 
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
@@ -87,7 +87,7 @@ def _routed(mode: str) -> tuple[torch.Tensor, torch.Tensor, dict]:
         routed = pipe(**wan_call_kwargs(steps=6)).frames
     from flowblending_accel.accelerators import flowblending
 
-    with flowblending(pipe, small, "L40-S40-L20", members) as router:
+    with flowblending(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=members)) as router:
         pipe(**wan_call_kwargs(steps=6))
         steps = router.last_run.steps_per_model
     return reference, routed, {"members": members, "steps": steps}

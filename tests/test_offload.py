@@ -3,6 +3,7 @@
 import torch
 
 from flowblending_accel.accelerators import (
+    FlowBlendingConfig,
     OffloadInactive,
     applied_stack,
     apply_flowblending_,
@@ -36,7 +37,7 @@ def test_offload_moves_at_the_right_steps_and_keeps_outputs():
     log, router_ref = [], [None]
     _record_moves(large, "large", log, router_ref)
     _record_moves(small, "small", log, router_ref)
-    router = apply_flowblending_(pipe, small, "L100", [offload])
+    router = apply_flowblending_(pipe, small, FlowBlendingConfig("L100", accelerators=[offload]))
     stack = applied_stack(pipe)
     router_ref[0] = router
     assert torch.equal(pipe(**wan_call_kwargs(steps=10)).frames, reference)  # all-large: bit-identical

@@ -6,6 +6,7 @@ import torch
 from optional import needs_torchao
 
 from flowblending_accel.accelerators import (
+    FlowBlendingConfig,
     Quantize,
     RoutedModels,
     Stack,
@@ -93,7 +94,9 @@ def test_int8_under_the_router_then_removed_bit_for_bit(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     reference = _run(pipe)
-    router = apply_flowblending_(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
+    router = apply_flowblending_(
+        pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["quantize:int8:host"])
+    )
     stack = applied_stack(pipe)
     quantized_weights = [p for p in large.parameters() if type(p) is not torch.nn.Parameter]
     routed = _run(pipe)
@@ -129,7 +132,11 @@ def test_reapplying_swaps_the_same_quantized_weights_back_in(wan_pair):
 def test_composes_with_a_cache_and_regional_compile(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
-    router = apply_flowblending_(pipe, small, "L40-S40-L20", ["quantize:int8:host", "fbc:0.05", "compile"])
+    router = apply_flowblending_(
+        pipe,
+        small,
+        FlowBlendingConfig("L40-S40-L20", accelerators=["quantize:int8:host", "fbc:0.05", "compile"]),
+    )
     stack = applied_stack(pipe)
     _run(pipe)
     stack.mark_warm()
@@ -165,7 +172,7 @@ def test_removal_leaves_the_modules_as_they_were(wan_pair):
     large, small = wan_pair
     pipe = tiny_wan_pipeline(large)
     before = {name: set(vars(m)) for name, m in large.named_modules()}
-    apply_flowblending_(pipe, small, "L40-S40-L20", ["quantize:int8:host"])
+    apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["quantize:int8:host"]))
     remove_flowblending_(pipe)
     assert {name: set(vars(m)) for name, m in large.named_modules()} == before
 
@@ -178,7 +185,7 @@ def test_attention_backend_removal_restores_processors_and_the_active_backend(wa
     processors = [m.processor for m in large.modules() if hasattr(m, "processor")]
     before = [dict(vars(p)) for p in processors]
     active = _AttentionBackendRegistry.get_active_backend()[0]
-    apply_flowblending_(pipe, small, "L40-S40-L20", ["attn:native"])
+    apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["attn:native"]))
     remove_flowblending_(pipe)
     assert [dict(vars(p)) for p in processors] == before
     assert _AttentionBackendRegistry.get_active_backend()[0] == active

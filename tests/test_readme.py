@@ -36,7 +36,7 @@ def _blocks(page: Path, language: str) -> list[str]:
 
 def _python_blocks(page: Path) -> list[str]:
     # A block marked "# launch: torchrun" needs several processes; tests/test_context_parallel.py makes the
-    # same calls (flowblending(..., parallel=ContextParallelConfig(ulysses_degree=2))) under two.
+    # same calls (flowblending(..., FlowBlendingConfig(..., accelerators=["cp:2"]))) under two.
     return [block for block in _blocks(page, "python") if not block.startswith("# launch: torchrun")]
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import FirstBlockCacheConfig
 
-from flowblending_accel import apply_flowblending_, remove_flowblending_
+from flowblending_accel import FlowBlendingConfig, apply_flowblending_, remove_flowblending_
 from flowblending_accel.core.diffusers_internals import cached_states
 from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
@@ -45,7 +45,9 @@ def test_large_model_computes_in_full_after_switching_back(reset_on_switch):
     # reset on the switch back forces the large model to compute its first step after the small segment.
     large, small = _cached_pair(threshold=1e6)
     pipe = tiny_wan_pipeline(large)
-    router = apply_flowblending_(pipe, small, "L40-S40-L20", reset_on_switch=reset_on_switch)
+    router = apply_flowblending_(
+        pipe, small, FlowBlendingConfig("L40-S40-L20", reset_on_switch=reset_on_switch)
+    )
     large_steps = _tail_compute_steps(pipe, large, router)
     small_steps = _tail_compute_steps(pipe, small, router)
     pipe(**wan_call_kwargs(steps=20))

@@ -10,7 +10,13 @@ from diffusers import (
 )
 from manual_loops import manual_wan
 
-from flowblending_accel import ModelRouter, apply_flowblending_, flowblending_stats, remove_flowblending_
+from flowblending_accel import (
+    FlowBlendingConfig,
+    ModelRouter,
+    apply_flowblending_,
+    flowblending_stats,
+    remove_flowblending_,
+)
 from flowblending_accel.core.named_schedulers import make_scheduler
 from flowblending_accel.tiny_models import tiny_wan_pipeline, wan_call_kwargs
 
@@ -102,7 +108,7 @@ def test_cfg_branches_stay_on_the_model_of_the_step(wan_pipe, wan_pair):
 
 
 def test_stats_record_timesteps_sigmas_and_time(wan_pipe, wan_pair):
-    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", count_flops=True)
+    router = apply_flowblending_(wan_pipe, wan_pair[1], FlowBlendingConfig("L40-S40-L20", count_flops=True))
     run(wan_pipe, steps=10)
     stats = flowblending_stats(wan_pipe)
     wan_pipe.scheduler.set_timesteps(10)
@@ -119,7 +125,7 @@ def test_stats_record_timesteps_sigmas_and_time(wan_pipe, wan_pair):
 
 
 def test_sigma_axis_routes_by_noise_level(wan_pipe, wan_pair):
-    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", axis="sigma")
+    router = apply_flowblending_(wan_pipe, wan_pair[1], FlowBlendingConfig("L40-S40-L20", axis="sigma"))
     run(wan_pipe, steps=20)
     for call in router.last_run.calls:
         progress = 1 - call.sigma
@@ -144,7 +150,9 @@ def test_plan_preview_matches_the_run(wan_pipe, wan_pair):
 def test_guidance_free_small_stage_skips_the_uncond_call(wan_pipe, wan_pair):
     """small_guidance='off' (the paper's LDL with a distilled small model): small steps make one call, and a
     small-only run equals the same run without CFG, bit for bit."""
-    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", small_guidance="off")
+    router = apply_flowblending_(
+        wan_pipe, wan_pair[1], FlowBlendingConfig("L40-S40-L20", small_guidance="off")
+    )
     run(wan_pipe, steps=10)
     assert router.last_run.calls_per_model == {"large": 12, "small": 4}
     assert router.last_run.skipped_uncond_calls == 4
@@ -162,7 +170,9 @@ def test_the_guidance_free_stage_is_an_interceptor_like_any_other(wan_pipe, wan_
     added by hand to a router with small_guidance='on' gives the same calls, skips and output."""
     from flowblending_accel.core.guidance_free import GuidanceFreeSmallStage
 
-    router = apply_flowblending_(wan_pipe, wan_pair[1], "L40-S40-L20", small_guidance="off")
+    router = apply_flowblending_(
+        wan_pipe, wan_pair[1], FlowBlendingConfig("L40-S40-L20", small_guidance="off")
+    )
     assert [type(listener) for listener in router.listeners] == [GuidanceFreeSmallStage]
     built_in = run(wan_pipe, steps=10)
     remove_flowblending_(wan_pipe)
@@ -181,4 +191,6 @@ def test_guidance_free_small_stage_needs_split_cfg(ltx_pair):
     with pytest.raises(
         ValueError, match="small_guidance='off' needs a pipeline that makes one denoiser call per CFG"
     ):
-        apply_flowblending_(tiny_ltx_pipeline(ltx_pair[0]), ltx_pair[1], "LSL", small_guidance="off")
+        apply_flowblending_(
+            tiny_ltx_pipeline(ltx_pair[0]), ltx_pair[1], FlowBlendingConfig("LSL", small_guidance="off")
+        )

@@ -8,7 +8,8 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from flowblending_accel import Plan, Schedule
+from flowblending_accel import Schedule
+from flowblending_accel.core.plan import Plan
 
 
 def test_parse_paper_setting():

@@ -9,7 +9,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from flowblending_accel import apply_flowblending_, flowblending_stats
+from flowblending_accel import FlowBlendingConfig, apply_flowblending_, flowblending_stats
 from flowblending_accel.tiny_models import (
     ltx_call_kwargs,
     sd_call_kwargs,
@@ -85,7 +85,9 @@ def test_wan22_two_expert_pipeline_built_from_a_routed_transformer():
     wan21 = tiny_wan_pipeline(high)
     apply_flowblending_(wan21, small, "L40-S40-L20")
     wan22 = tiny_wan_pipeline(high, transformer_2=low, boundary_ratio=0.7)
-    apply_flowblending_(wan22, small, "L40-S40-L20", denoisers=("transformer_2",))  # the shared one is routed
+    apply_flowblending_(
+        wan22, small, FlowBlendingConfig("L40-S40-L20", denoisers=("transformer_2",))
+    )  # the shared one is routed
     wan22(**wan_call_kwargs(steps=10))
     stats = flowblending_stats(wan22)
     assert stats.finished and _models(stats) == ["large"] * 4 + ["small"] * 4 + ["large"] * 2

@@ -13,8 +13,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from flowblending_accel import SolverView
-from flowblending_accel.core.step_grid import scheduler_kind
+from flowblending_accel.core.step_grid import SolverView, scheduler_kind
 
 
 def view(scheduler, steps=10):

@@ -9,6 +9,7 @@ from flowblending_accel.accelerators import (
     CacheDiT,
     DeepCache,
     FirstBlockCache,
+    FlowBlendingConfig,
     MagCache,
     PyramidAttentionBroadcast,
     RegionalCompile,
@@ -100,7 +101,7 @@ def _run_stack(name, solver, compiled):
     large = pipe.unet if field == "images" else pipe.transformer
     cache = _cache(name, pipe, small, kwargs)
     stack = [reduce, cache] + ([RegionalCompile()] if compiled else [])
-    router = apply_flowblending_(pipe, small, "L40-S40-L20", stack)
+    router = apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=stack))
     calls, attention_modules = (None, 0) if compiled else _attention_calls(large, router)
     try:
         first = getattr(pipe(**kwargs_fn()), field)
@@ -149,8 +150,10 @@ def test_cache_with_router_and_regional_compile(name, solver):
 def test_deepcache_rejects_compile_and_dits():
     pipe, small, *_ = _build("deepcache", "euler")
     with pytest.raises(ValueError, match="deepcache cannot be stacked with compile"):
-        apply_flowblending_(pipe, small, "LSL", [DeepCache(), RegionalCompile()])
+        apply_flowblending_(
+            pipe, small, FlowBlendingConfig("LSL", accelerators=[DeepCache(), RegionalCompile()])
+        )
     wan = tiny_wan_pipeline()
     with pytest.raises(ValueError, match="DeepCache works on UNets only"):
-        apply_flowblending_(wan, tiny_wan_pair()[1], "LSL", [DeepCache()])
+        apply_flowblending_(wan, tiny_wan_pair()[1], FlowBlendingConfig("LSL", accelerators=[DeepCache()]))
     assert not hasattr(wan, "_flowblending_stack")

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from flowblending_accel import Plan
 from flowblending_accel.analysis.transfer import Grid, sigma_schedule, transfer
 from flowblending_accel.cli import main
 from flowblending_accel.core.named_schedulers import make_scheduler
+from flowblending_accel.core.plan import Plan
 
 MODELS = (
     ["large"] * 5 + ["small"] * 9 + ["large"] * 2 + ["small"] * 2 + ["large"] * 2

@@ -2,9 +2,15 @@
 
 import torch
 
-from flowblending_accel import family_for, flowblending_stats
-from flowblending_accel.accelerators import RoutedModels, calibrate_mag_ratios, flowblending
+from flowblending_accel import flowblending_stats
+from flowblending_accel.accelerators import (
+    FlowBlendingConfig,
+    RoutedModels,
+    calibrate_mag_ratios,
+    flowblending,
+)
 from flowblending_accel.analysis.divergence import divergence_curve
+from flowblending_accel.core.families import family_for
 from flowblending_accel.core.schedule import Schedule
 from flowblending_accel.metrics.flops import run_flops
 from flowblending_accel.tiny_models import tiny_unet, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
@@ -34,7 +40,12 @@ def test_run_flops_counts_every_expert():
 def test_a_single_denoiser_name_is_one_name():
     pipe, small = _wan22()
     stack = ["fbc:0.2"]
-    with flowblending(pipe, small, "L40-S40-L20", stack, denoisers="transformer"), torch.inference_mode():
+    with (
+        flowblending(
+            pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=stack, denoisers="transformer")
+        ),
+        torch.inference_mode(),
+    ):
         pipe(**wan_call_kwargs(steps=10))
         # Only expert 1 routes: it runs steps 0-6 of the 10-step grid, of which 4-6 are the small stage.
         assert flowblending_stats(pipe).calls_per_model == {"large": 8, "small": 6}

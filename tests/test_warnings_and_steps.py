@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from flowblending_accel import FlowBlendingWarning, flowblending, flowblending_stats
+from flowblending_accel import FlowBlendingConfig, FlowBlendingWarning, flowblending, flowblending_stats
 from flowblending_accel.accelerators import (
     StackOwnsArgumentWarning,
     apply_flowblending_,
@@ -55,11 +55,15 @@ def test_a_stage_without_steps_is_warned_at_run_start(pair):
 
 def test_guidance_off_warns_unless_the_small_model_is_distilled(pair):
     pipe, small = pair
-    advice = _advice(lambda: flowblending(pipe, small, small_guidance="off").__enter__())
+    advice = _advice(lambda: flowblending(pipe, small, FlowBlendingConfig(small_guidance="off")).__enter__())
     assert len(advice) == 1 and "small_distilled=True" in advice[0]
     pipe, small = tiny_wan_pipeline(tiny_wan_pair()[0]), tiny_wan_pair()[1]
     assert (
-        _advice(lambda: flowblending(pipe, small, small_guidance="off", small_distilled=True).__enter__())
+        _advice(
+            lambda: flowblending(
+                pipe, small, FlowBlendingConfig(small_guidance="off", small_distilled=True)
+            ).__enter__()
+        )
         == []
     )
 
@@ -78,7 +82,10 @@ def test_step_reduction_runs_its_steps_through_the_python_api(pair):
     pipe, small = pair
     kwargs = wan_call_kwargs(steps=50)
     kwargs.pop("num_inference_steps")
-    with flowblending(pipe, small, "L40-S40-L20", ["dpm++:10"]), torch.inference_mode():
+    with (
+        flowblending(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++:10"])),
+        torch.inference_mode(),
+    ):
         pipe(**kwargs)  # the caller says nothing about steps
         assert flowblending_stats(pipe).num_steps == 10 and len(pipe.scheduler.timesteps) == 10
         with pytest.warns(
@@ -93,7 +100,7 @@ def test_step_reduction_refuses_custom_timesteps_and_restores_the_class():
     large, small = tiny_unet_pair()
     pipe = tiny_sd_pipeline(large)
     original = type(pipe)
-    apply_flowblending_(pipe, small, "L40-S40-L20", ["dpm++-vp:8"])
+    apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++-vp:8"]))
     assert (
         type(pipe) is not original and type(pipe).__name__ == original.__name__ and isinstance(pipe, original)
     )

@@ -1,8 +1,8 @@
 """Accelerators that stack with FlowBlending: one module per accelerator (its config dataclass, its runtime
 class and its mapping onto the library it drives), a registry of their spec names, and the pipeline verbs.
 
-``apply_flowblending_(pipe, small, "L40-S40-L20", accelerators=["dpm++:25", "fbc:0.05", "compile"])`` (or
-with configs: ``[StepReduction("dpm++", 25), FirstBlockCache(0.05), RegionalCompile()]``) applies them to
+``apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++:25", "fbc:0.05"]))``
+(or with configs: ``[StepReduction("dpm++", 25), FirstBlockCache(0.05), RegionalCompile()]``) applies them to
 every routed model in the order that works, puts the router outermost on top, and lets the router tell each
 accelerator when a run or a segment starts. ``remove_flowblending_(pipe)`` undoes all of it;
 ``flowblending(...)`` is the block form. Reading the accelerator modules imports no torch (each imports it
@@ -45,14 +45,12 @@ from .registry import (
 from .runtime import Accelerator, RoutedModels
 
 _RUNTIME = {
+    "FlowBlendingConfig": "stack",
     "Stack": "stack",
     "apply_flowblending_": "stack",
     "remove_flowblending_": "stack",
     "flowblending": "stack",
-    "accelerated": "stack",
     "applied_stack": "stack",
-    "apply_stack": "stack",
-    "remove_stack": "stack",
     "StackOwnsArgumentWarning": "calls",
 }
 
@@ -66,6 +64,7 @@ __all__ = [
     "ContextParallel",
     "DeepCache",
     "FirstBlockCache",
+    "FlowBlendingConfig",
     "MagCache",
     "OffloadInactive",
     "PyramidAttentionBroadcast",
@@ -78,12 +77,10 @@ __all__ = [
     "StepReduction",
     "TaylorSeer",
     "TensorRT",
-    "accelerated",
     "apply_flowblending_",
     "flowblending",
     "remove_flowblending_",
     "applied_stack",
-    "apply_stack",
     "best_attention_backend",
     "as_configs",
     "calibrate_mag_ratios",
@@ -91,7 +88,6 @@ __all__ = [
     "enable_offload",
     "parse_accelerator",
     "register_accelerator",
-    "remove_stack",
     "spec_help",
     "validate_configs",
     "validate_for_family",

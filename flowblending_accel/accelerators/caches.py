@@ -270,7 +270,7 @@ def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> 
     """Run the pipeline once all-large and once all-small with MagCache calibration; return the ratios of
     every model by its label (``large`` / ``small``, or per expert for Wan 2.2)."""
     from ..core.api import add_flowblending_listener
-    from .stack import flowblending
+    from .stack import FlowBlendingConfig, flowblending
 
     steps = call_kwargs["num_inference_steps"]
     ratios: dict[str, list[float]] = {}
@@ -281,7 +281,7 @@ def calibrate_mag_ratios(pipe: Any, small: Any, call_kwargs: dict[str, Any]) -> 
         cache.apply(target)
         recorders = {label: _RatioRecorder(model) for label, model in target.models(role).items()}
         try:
-            with flowblending(pipe, small, schedule, denoisers=target.denoisers):
+            with flowblending(pipe, small, FlowBlendingConfig(schedule, denoisers=target.denoisers)):
                 for recorder in recorders.values():
                     add_flowblending_listener(pipe, recorder)
                 pipe(**call_kwargs)

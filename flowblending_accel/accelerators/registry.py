@@ -171,8 +171,7 @@ def validate_configs(configs: list[AcceleratorConfig], device: str | None = None
     parallel = [config.spec for config in configs if config.kind == "parallel"]
     if len(parallel) > 1:
         raise ValueError(
-            f"stack splits the models twice {parallel} (a cp member, or parallel= beside one): a model takes "
-            "one parallel config; keep one."
+            f"stack splits the models twice {parallel}: a model takes one parallel config; keep one."
         )
     caches = [config.spec for config in configs if config.kind == "cache"]
     if len(caches) > 1:

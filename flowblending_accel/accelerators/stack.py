@@ -1,44 +1,32 @@
-"""The pipeline verbs, and the validated stack of accelerators they put under the router.
+"""The pipeline verbs, their config, and the validated stack of accelerators they put under the router.
 
-``apply_flowblending_(pipe, small, "L40-S40-L20", accelerators=["dpm++:25", "fbc", "compile"])`` checks every
-member (what this machine lacks first, then clashes, then each against the pipeline), applies them in
-:data:`KIND_ORDER` (scheduler, attention, quantize, cache, compile, engine, memory), puts the router outermost
-on every routed denoiser, and makes each accelerator a listener of every router. Call arguments a member
-owns (a step reduction's step count) are put into every pipeline call (:mod:`.calls`).
-``remove_flowblending_(pipe)`` undoes all of it, and a failed apply undoes what it did.
-``with flowblending(pipe, small, schedule, accelerators=...) as router:`` does both around a block. With no
-accelerators they put the router alone. ``applied_stack(pipe)`` is the stack in place.
-
-``apply_stack`` / ``remove_stack`` / ``accelerated`` are the names these verbs had; they still work and
-warn (:class:`DeprecationWarning`).
+``apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++:25", "fbc"]))``
+checks every member (what this machine lacks first, then clashes, then each against the pipeline), applies
+them in :data:`KIND_ORDER` (scheduler, attention, parallel, quantize, cache, compile, engine, memory), puts
+the router outermost on every routed denoiser, and makes each accelerator a listener of every router. A plain
+schedule string is shorthand for a config with that schedule alone. Call arguments a member owns (a step
+reduction's step count) are put into every pipeline call (:mod:`.calls`). ``remove_flowblending_(pipe)``
+undoes all of it, and a failed apply undoes what it did. ``with flowblending(pipe, small, config) as router:``
+does both around a block. ``applied_stack(pipe)`` is the stack in place.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..core.api import (
-    RouterOption,
-    ScheduleLike,
-    SmallModels,
-    attach_routers,
-    detach_routers,
-    flowblending_routers,
-)
+from ..core.api import RouterConfig, SmallModels, attach_routers, detach_routers, flowblending_routers
 from ..core.router import ModelRouter
-from ..core.schedule import PAPER_SCHEDULE
+from ..core.schedule import PAPER_SCHEDULE, Schedule
 from ..core.step_grid import scheduler_kind
 from .calls import own_call_arguments, release_call_arguments
-from .context_parallel import ContextParallel
 from .registry import KIND_ORDER, AcceleratorConfig, as_configs, validate_configs, validate_for_family
 from .runtime import Accelerator, RoutedModels
 
 if TYPE_CHECKING:
-    from diffusers import ContextParallelConfig, DiffusionPipeline
+    from diffusers import DiffusionPipeline
 
 _STACK_ATTRIBUTE = "_flowblending_stack"
 StackMember = str | AcceleratorConfig | Accelerator
@@ -116,44 +104,77 @@ class Stack:
         return {a.name: a.counters() for a in self.ordered() if a.counters()}
 
 
+@dataclass(frozen=True)
+class FlowBlendingConfig(RouterConfig):
+    """The whole spec of FlowBlending on a pipeline: the schedule, the router options (see
+    :class:`~flowblending_accel.core.api.RouterConfig`) and the accelerators stacked under the router.
+
+    Args:
+        accelerators: spec strings (``"fbc:0.05"``, parsed here, once), configs (``FirstBlockCache(0.05)``),
+            accelerators of an earlier stack, or a :class:`Stack` (re-applied as it is: its members' counters
+            keep accumulating and it is not checked again against the same models).
+    """
+
+    accelerators: tuple[AcceleratorConfig | Accelerator, ...] | Stack = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.accelerators, Stack):
+            return
+        if isinstance(self.accelerators, str | AcceleratorConfig):
+            raise TypeError(
+                f"FlowBlendingConfig.accelerators={self.accelerators!r} is one member: give a list, e.g. "
+                f"accelerators=[{self.accelerators!r}]."
+            )
+        members = list(self.accelerators)
+        configs = as_configs(members)  # spec strings parsed here, once
+        parsed = [m if isinstance(m, Accelerator) else c for m, c in zip(members, configs, strict=True)]
+        object.__setattr__(self, "accelerators", tuple(parsed))
+
+    @classmethod
+    def of(cls, config: FlowBlendingConfig | str | Schedule) -> FlowBlendingConfig:
+        """``config`` as a FlowBlendingConfig: a schedule string or :class:`Schedule` is shorthand for one."""
+        if isinstance(config, FlowBlendingConfig):
+            return config
+        if isinstance(config, str | Schedule):
+            return cls(schedule=config)
+        raise TypeError(
+            "the config must be a FlowBlendingConfig or a schedule string like 'L40-S40-L20', got "
+            f"{type(config).__name__}."
+        )
+
+
 def apply_flowblending_(
-    pipe: DiffusionPipeline,
-    small: SmallModels,
-    schedule: ScheduleLike = PAPER_SCHEDULE,
-    accelerators: Iterable[StackMember] | Stack = (),
-    *,
-    parallel: ContextParallelConfig | None = None,
-    **router_options: RouterOption,
+    pipe: DiffusionPipeline, small: SmallModels, config: FlowBlendingConfig | str = PAPER_SCHEDULE
 ) -> ModelRouter:
-    """Route ``pipe``'s denoiser between itself (large) and ``small`` by stage, in place, over
-    ``accelerators`` applied to every routed model; returns the router of the first routed denoiser
+    """Route ``pipe``'s denoiser between itself (large) and ``small`` by stage, in place, over the config's
+    accelerators applied to every routed model; returns the router of the first routed denoiser
     (:func:`~flowblending_accel.core.api.flowblending_routers` lists all, :func:`applied_stack` is the stack).
 
     ``small`` is a module, or for pipelines with several denoisers (Wan 2.2) a dict from attribute name to
-    module. Members are spec strings (``"fbc:0.05"``), configs (``FirstBlockCache(0.05)``) or accelerators
-    from an earlier stack (re-applied; their counters keep accumulating). ``parallel``: a diffusers
-    ``ContextParallelConfig`` for both models (under torchrun; the same as a ``cp`` member). Every check runs
-    here, before any denoising: schedule, family, pair compatibility, placement, each member, double apply.
+    module. ``config`` is a :class:`FlowBlendingConfig`, or a schedule string as shorthand for one. Every
+    check runs here, once, before any denoising: schedule, family, pair compatibility, placement, each
+    member, double apply.
 
     Example::
 
-        router = apply_flowblending_(pipe, small_transformer, "L40-S40-L20", accelerators=["fbc:0.05"])
+        config = FlowBlendingConfig("L40-S40-L20", accelerators=["dpm++:25", "fbc:0.05"])
+        router = apply_flowblending_(pipe, small_transformer, config)
         video = pipe(prompt, num_inference_steps=50).frames[0]
         print(router.last_run.table())
         remove_flowblending_(pipe)
     """
+    config = FlowBlendingConfig.of(config)
     # A pipeline applied to here; a denoiser routed through another pipeline sharing it: attach_routers says
     if hasattr(pipe, _STACK_ATTRIBUTE):
         raise ValueError(
             "FlowBlending is already applied to this pipeline; call remove_flowblending_(pipe) first."
         )
-    stack = Stack.of(accelerators)
-    if parallel is not None:
-        stack = Stack([*stack.accelerators, ContextParallel.from_diffusers(parallel).create()])
-    target = RoutedModels.of(pipe, small, router_options.get("denoisers"))
+    stack = Stack.of(config.accelerators)
+    target = RoutedModels.of(pipe, small, config.denoisers)
     stack.apply(target)
     try:
-        router = attach_routers(pipe, small, schedule, **{**router_options, "denoisers": target.denoisers})
+        router = attach_routers(pipe, target.smalls, target.family, config)
     except BaseException:
         stack.remove(target)
         raise
@@ -191,13 +212,7 @@ def applied_stack(pipe: DiffusionPipeline) -> Stack | None:
 
 @contextmanager
 def flowblending(
-    pipe: DiffusionPipeline,
-    small: SmallModels,
-    schedule: ScheduleLike = PAPER_SCHEDULE,
-    accelerators: Iterable[StackMember] | Stack = (),
-    *,
-    parallel: ContextParallelConfig | None = None,
-    **router_options: RouterOption,
+    pipe: DiffusionPipeline, small: SmallModels, config: FlowBlendingConfig | str = PAPER_SCHEDULE
 ) -> Iterator[ModelRouter]:
     """:func:`apply_flowblending_` for the block, :func:`remove_flowblending_` after it, even when it raises::
 
@@ -205,33 +220,8 @@ def flowblending(
         video = pipe(prompt).frames[0]
     print(router.last_run.table())
     """
-    router = apply_flowblending_(pipe, small, schedule, accelerators, parallel=parallel, **router_options)
+    router = apply_flowblending_(pipe, small, config)
     try:
         yield router
     finally:
         remove_flowblending_(pipe)
-
-
-def _renamed(old: str, new: str) -> None:
-    warnings.warn(f"{old} is now {new}; the old name will be removed.", DeprecationWarning, stacklevel=3)
-
-
-def apply_stack(pipe, small, schedule=PAPER_SCHEDULE, accelerators=(), **router_options):
-    """Deprecated: :func:`apply_flowblending_` (this returned ``(router, stack)``)."""
-    _renamed("apply_stack(...)", "apply_flowblending_(..., accelerators=...)")
-    router = apply_flowblending_(pipe, small, schedule, accelerators, **router_options)
-    return router, applied_stack(pipe)
-
-
-def remove_stack(pipe) -> None:
-    """Deprecated: :func:`remove_flowblending_`."""
-    _renamed("remove_stack(pipe)", "remove_flowblending_(pipe)")
-    remove_flowblending_(pipe)
-
-
-@contextmanager
-def accelerated(pipe, small, schedule=PAPER_SCHEDULE, accelerators=(), **router_options):
-    """Deprecated: :func:`flowblending` (this yielded ``(router, stack)``)."""
-    _renamed("accelerated(...)", "flowblending(..., accelerators=...)")
-    with flowblending(pipe, small, schedule, accelerators, **router_options) as router:
-        yield router, applied_stack(pipe)

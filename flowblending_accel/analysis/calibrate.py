@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from ..accelerators import flowblending
+from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.plan import Plan
 from ..core.schedule import Schedule
 from .divergence import DivergenceCurve, divergence_curve, replay
@@ -225,7 +225,9 @@ class Calibrator:
         # Candidates are probes: advice meant for a user's chosen schedule (e.g. "ends small") is noise here.
         with (
             probing(),
-            flowblending(self.pipe, self.small, schedule, timing="off", **self.router_options),
+            flowblending(
+                self.pipe, self.small, FlowBlendingConfig(schedule, timing="off", **self.router_options)
+            ),
             torch.inference_mode(),
         ):
             outputs = [getattr(self.pipe(**replay(kwargs)), self.field) for kwargs in self.calls]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..accelerators import flowblending
+from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.api import add_flowblending_listener
 from ..core.families import family_for
 from ..core.listeners import CallEvent, RouterListener
@@ -176,7 +176,7 @@ def divergence_curve(
     probe = DivergenceProbe(guidance_scale, batched_cfg=family_for(pipe).batched_cfg)
     outputs = []
     with (
-        flowblending(pipe, small, trajectory, timing="off", **router_options),
+        flowblending(pipe, small, FlowBlendingConfig(trajectory, timing="off", **router_options)),
         torch.inference_mode(),
     ):
         add_flowblending_listener(pipe, probe)

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..accelerators import flowblending
+from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.api import flowblending_stats
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, SetScorer, as_video
@@ -34,7 +34,11 @@ def generate(
 ) -> tuple[torch.Tensor, dict[str, int]]:
     """Every call under ``schedule``: the outputs as ``(N, F, C, H, W)`` and the calls per model."""
     videos, calls_per_model = [], {}
-    with probing(), flowblending(pipe, small, schedule, timing="off"), torch.inference_mode():
+    with (
+        probing(),
+        flowblending(pipe, small, FlowBlendingConfig(schedule, timing="off")),
+        torch.inference_mode(),
+    ):
         for kwargs in calls:
             videos.append(as_video(output(pipe(**replay(kwargs)))))
             for model, count in flowblending_stats(pipe).calls_per_model.items():

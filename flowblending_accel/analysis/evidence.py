@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..accelerators import flowblending
+from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.schedule import Schedule
 from .divergence import DivergenceCurve, replay
 from .scores import Scores, as_scores, probing
@@ -73,7 +73,9 @@ def window_evidence(
         models = ["small" if start <= i < start + window else "large" for i in range(steps)]
         with (
             probing(),
-            flowblending(pipe, small, Schedule.from_models(models), timing="off", **router_options),
+            flowblending(
+                pipe, small, FlowBlendingConfig(Schedule.from_models(models), timing="off", **router_options)
+            ),
             torch.inference_mode(),
         ):
             outputs = [getattr(pipe(**replay(kwargs)), output_field) for kwargs in calls]

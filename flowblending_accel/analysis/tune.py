@@ -28,6 +28,7 @@ import torch
 
 from ..accelerators import (
     FirstBlockCache,
+    FlowBlendingConfig,
     RoutedModels,
     StepReduction,
     applied_stack,
@@ -166,7 +167,11 @@ class Evaluator:
             options["small_distilled"] = True
         with (
             probing(),
-            flowblending(target.pipe, target.small, point.schedule, point.stack, **options),
+            flowblending(
+                target.pipe,
+                target.small,
+                FlowBlendingConfig(point.schedule, accelerators=point.stack, **options),
+            ),
             torch.inference_mode(),
         ):
             stack = applied_stack(target.pipe)

@@ -21,6 +21,7 @@ import torch
 from ..accelerators import (
     Accelerator,
     AcceleratorConfig,
+    FlowBlendingConfig,
     RoutedModels,
     Stack,
     applied_stack,
@@ -127,7 +128,7 @@ def run_row(
 ) -> RowRun:
     """Apply ``row``'s schedule and ``accelerators``, time one call of ``target``'s workload under ``seed``,
     remove them again. ``listeners`` follow the run; ``inspect(pipe)`` runs while the stack is still on."""
-    with flowblending(target.pipe, target.small, row.schedule, accelerators):
+    with flowblending(target.pipe, target.small, FlowBlendingConfig(row.schedule, accelerators=accelerators)):
         stack = applied_stack(target.pipe)
         for listener in listeners:
             add_flowblending_listener(target.pipe, listener)

@@ -17,6 +17,7 @@ import torch
 
 from ..accelerators import (
     AcceleratorConfig,
+    FlowBlendingConfig,
     RoutedModels,
     applied_stack,
     as_configs,
@@ -128,7 +129,7 @@ def run_scenario(
     configs = (*target.stack_members, *scenario.stack)  # the target's memory mode, then the scenario's stack
     members = [config.for_rounds().create() for config in configs]
     compiled = any(member.kind == "compile" for member in members)
-    with flowblending(target.pipe, target.small, scenario.schedule, members):
+    with flowblending(target.pipe, target.small, FlowBlendingConfig(scenario.schedule, accelerators=members)):
         stack = applied_stack(target.pipe)
         call = lambda: stack.without_owned(target.call_kwargs(0))  # noqa: E731  (fresh generators per call)
         with torch.inference_mode():

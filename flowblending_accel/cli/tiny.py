@@ -69,7 +69,7 @@ def tiny_report(
     """Run large-only and ``schedule`` from the same seed; return a human report."""
     import torch
 
-    from ..accelerators import flowblending
+    from ..accelerators import FlowBlendingConfig, flowblending
     from ..core.named_schedulers import make_scheduler
     from ..metrics.flops import run_flops
     from ..targets.tiny import tiny_target
@@ -78,7 +78,7 @@ def tiny_report(
     pipe, small, kwargs = target.pipe, target.small, target.call_kwargs(0)
     with torch.inference_mode():
         baseline = target.output(pipe(**kwargs))
-        with flowblending(pipe, small, schedule, axis=axis) as router:
+        with flowblending(pipe, small, FlowBlendingConfig(schedule, axis=axis)) as router:
             plan = router.plan(steps, **_plan_kwargs(target.family.passes_sigmas, steps))
             routed = target.output(pipe(**target.call_kwargs(0)))
             stats = router.last_run

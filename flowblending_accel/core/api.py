@@ -1,21 +1,22 @@
-"""The router on a pipeline: ``attach_routers(pipe, small, ...)`` puts one on each routed denoiser (in place),
-``detach_routers(pipe)`` takes them off, and the accessors read them (routers, run stats, listeners).
+"""The router on a pipeline, under the public verbs.
 
-These are the building blocks of the public verbs, ``apply_flowblending_`` / ``remove_flowblending_`` /
-``flowblending`` (:mod:`flowblending_accel.accelerators.stack`), which put an accelerator stack under the
-router as well; code that wraps a pipeline calls those."""
+The verbs users call, ``apply_flowblending_`` / ``remove_flowblending_`` / ``flowblending`` with their
+``FlowBlendingConfig``, live in :mod:`flowblending_accel.accelerators.stack`: they apply an accelerator stack
+and put the router on top. What they need from the core is here: :class:`RouterConfig` (the router's part of
+the config), :func:`attach_routers` / :func:`detach_routers` (building blocks of those verbs, not API: code
+that wraps a pipeline calls the verbs), and the accessors users read (routers, run stats, listeners)."""
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import diffusers_internals
 from .compat import check_adapters, check_context_parallel, check_pair, check_placement
-from .families import Family, family_for
+from .families import Family
 from .listeners import RouterListener
 from .router import ROUTER_HOOK_NAME, TIMINGS, ModelRouter
 from .schedule import AXES, PAPER_SCHEDULE, FlowBlendingWarning, Schedule
@@ -26,13 +27,11 @@ if TYPE_CHECKING:
 
 # The small model, or for pipelines with several denoisers (Wan 2.2) one per denoiser attribute.
 SmallModels = torch.nn.Module | dict[str, torch.nn.Module]
-# A router option's value (FlowBlendingConfig's fields besides the schedule and axis).
-RouterOption = str | bool | tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
-class FlowBlendingConfig:
-    """Everything ``apply_flowblending_`` takes besides the pipeline and the small model.
+class RouterConfig:
+    """The router's part of ``FlowBlendingConfig``: the schedule and how the router follows it.
 
     Args:
         schedule: stage string (``"L40-S40-L20"``) or :class:`Schedule`; stored parsed.
@@ -80,51 +79,15 @@ class FlowBlendingConfig:
                 f"FlowBlendingConfig.small_guidance={self.small_guidance!r} must be 'on' or 'off'."
             )
 
-    @classmethod
-    def from_options(
-        cls,
-        schedule: str | Schedule | FlowBlendingConfig = PAPER_SCHEDULE,
-        axis: str | None = None,
-        **options: RouterOption,
-    ) -> FlowBlendingConfig:
-        """A config from ``apply_flowblending_``'s arguments; an unknown option names the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise TypeError(f"apply_flowblending_ got unknown option(s) {unknown}; known: {sorted(known)}.")
-        if isinstance(schedule, FlowBlendingConfig):
-            config = replace(schedule, **options)
-            return config if axis is None else replace(config, axis=axis)
-        if not isinstance(schedule, str | Schedule):
-            raise TypeError(
-                f"schedule must be a string like 'L40-S40-L20', a Schedule or a FlowBlendingConfig, "
-                f"got {type(schedule).__name__}."
-            )
-        return cls(schedule=schedule, axis=axis, **options)
-
-
-# What the verbs take as the schedule: parsed once, here, when it is a string.
-ScheduleLike = str | Schedule | FlowBlendingConfig
-
 
 def attach_routers(
-    pipe: DiffusionPipeline,
-    small: SmallModels,
-    schedule: ScheduleLike = PAPER_SCHEDULE,
-    axis: str | None = None,
-    **options: RouterOption,
+    pipe: DiffusionPipeline, smalls: dict[str, torch.nn.Module], family: Family, config: RouterConfig
 ) -> ModelRouter:
-    """Route ``pipe``'s denoiser between itself (large) and ``small`` by stage, in place.
-
-    ``small`` is a module, or for pipelines with several denoisers (Wan 2.2) a dict from attribute name to
-    module. Returns the router of the first routed denoiser; :func:`flowblending_routers` lists all. Every
-    check runs here, before any denoising: schedule, family, pair compatibility, placement, double apply.
-
-    """
-    config = FlowBlendingConfig.from_options(schedule, axis, **options)
-    family = family_for(pipe)
-    names = routed_denoisers(pipe, family, config.denoisers)
-    smalls = small_per_denoiser(small, names)
+    """Route each of ``pipe``'s denoisers named in ``smalls`` between itself (large) and its small model,
+    in place (``family``: the pipeline's, resolved once by the verb). Returns the router of the first;
+    :func:`flowblending_routers` lists all. Every router check runs here, before any denoising: double
+    apply, the scheduler, pair compatibility, context parallelism, placement, adapters."""
+    names = list(smalls)
     routed = [name for name in names if diffusers_internals.hooks_of_type(getattr(pipe, name), ModelRouter)]
     if routed:
         raise ValueError(
@@ -222,7 +185,7 @@ def small_per_denoiser(small: Any, names: list[str]) -> dict[str, Any]:
     return small
 
 
-def _advise(config: FlowBlendingConfig) -> None:
+def _advise(config: RouterConfig) -> None:
     advice = config.schedule.advice()
     if config.small_guidance == "off" and not config.small_distilled:
         advice.append(
@@ -234,7 +197,7 @@ def _advise(config: FlowBlendingConfig) -> None:
         warnings.warn(text, FlowBlendingWarning, stacklevel=4)
 
 
-def _router(pipe: Any, large: Any, small: Any, family: Family, config: FlowBlendingConfig) -> ModelRouter:
+def _router(pipe: Any, large: Any, small: Any, family: Family, config: RouterConfig) -> ModelRouter:
     return ModelRouter(
         small,
         config.schedule,

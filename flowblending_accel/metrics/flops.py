@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..accelerators import AcceleratorConfig, flowblending
+from ..accelerators import AcceleratorConfig, FlowBlendingConfig, flowblending
 from ..core.api import SmallModels, add_flowblending_listener, flowblending_stats
 from ..core.families import family_for
 from ..core.listeners import RouterListener
@@ -166,7 +166,9 @@ def run_flops(
     """FLOPs per model of one ``pipe(**call_kwargs)`` under ``schedule`` and the countable part of ``stack``.
     Returns the FLOPs and the run's stats; ``listeners`` (e.g. an attention meter) follow the same run."""
     countable = [config.for_rounds() for config in stack if config.kind not in NOT_COUNTABLE]
-    with flowblending(pipe, small, schedule, countable, count_flops=True, timing="off"):
+    with flowblending(
+        pipe, small, FlowBlendingConfig(schedule, accelerators=countable, count_flops=True, timing="off")
+    ):
         for listener in listeners:
             add_flowblending_listener(pipe, listener)
         with torch.inference_mode():

@@ -21,6 +21,7 @@ import torch
 from flowblending_accel import flowblending_stats
 from flowblending_accel.accelerators import (
     OFFLOAD_MODES,
+    FlowBlendingConfig,
     applied_stack,
     enable_offload,
     flowblending,
@@ -164,7 +165,7 @@ def _run(args, load, defaults: Defaults, parallel: list, ranks: DistContext, **r
     result: dict[str, Any] = {}
     if args.baseline:
         result["baseline"] = _generate(pipe, args, size, defaults)
-    with flowblending(pipe, small, args.schedule, stack, **router_options):
+    with flowblending(pipe, small, FlowBlendingConfig(args.schedule, accelerators=stack, **router_options)):
         applied = applied_stack(pipe)
         result["routed"] = _generate(pipe, args, size, defaults, without=applied.call_kwargs())
         result["stats"] = flowblending_stats(pipe)

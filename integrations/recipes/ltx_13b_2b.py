@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
-from flowblending_accel import apply_flowblending_  # noqa: E402
+from flowblending_accel import FlowBlendingConfig, apply_flowblending_  # noqa: E402
 
 DEFAULTS = Defaults(
     "Lightricks/LTX-Video-0.9.7-dev",
@@ -70,7 +70,9 @@ def build(
     **components,
 ):
     pipe, small_model, members = load(large, small, device, dtype, offload, **components)
-    router = apply_flowblending_(pipe, small_model, schedule, [*members, *stack])
+    router = apply_flowblending_(
+        pipe, small_model, FlowBlendingConfig(schedule, accelerators=[*members, *stack])
+    )
     return pipe, router
 
 

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
-from flowblending_accel import apply_flowblending_  # noqa: E402
+from flowblending_accel import FlowBlendingConfig, apply_flowblending_  # noqa: E402
 
 DEFAULTS = Defaults(
     "Wan-AI/Wan2.1-T2V-14B-Diffusers",
@@ -66,10 +66,12 @@ def build(
     router = apply_flowblending_(
         pipe,
         small_model,
-        schedule,
-        list(stack),
-        small_guidance=small_guidance,
-        small_distilled=small_guidance == "off",
+        FlowBlendingConfig(
+            schedule,
+            accelerators=list(stack),
+            small_guidance=small_guidance,
+            small_distilled=small_guidance == "off",
+        ),
     )
     return pipe, router
 

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
-from flowblending_accel import apply_flowblending_  # noqa: E402
+from flowblending_accel import FlowBlendingConfig, apply_flowblending_  # noqa: E402
 
 DEFAULTS = Defaults(
     "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
@@ -68,7 +68,9 @@ def build(
     **components,
 ):
     pipe, small_model, members = load(large, small, device, dtype, offload, **components)
-    router = apply_flowblending_(pipe, small_model, schedule, [*members, *stack], denoisers=EXPERTS)
+    router = apply_flowblending_(
+        pipe, small_model, FlowBlendingConfig(schedule, accelerators=[*members, *stack], denoisers=EXPERTS)
+    )
     return pipe, router
 
 
