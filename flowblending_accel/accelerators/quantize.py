@@ -20,9 +20,7 @@ ones back. A failure while quantizing (out of memory) puts back the layers alrea
 
 from __future__ import annotations
 
-import logging
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -126,17 +124,16 @@ FLOAT8_FROM = ("bfloat16", "float16")  # torch dtypes float8 quantizes from
 HOST = "cpu"
 
 
-@contextmanager
+# torchao logs a warning per prebuilt kernel library this machine cannot load (e.g. CUDA-only kernels on a
+# CPU); the Python paths used here do not need them. Silenced (below ERROR) while torchao is imported and
+# applied.
+TORCHAO_NOTES = {"torchao": ()}
+
+
 def _quiet_torchao():
-    """torchao logs a warning per prebuilt kernel library this machine cannot load (e.g. CUDA-only
-    kernels on a CPU); the Python paths used here do not need them."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    from ..core import patches
+
+    return patches.silenced(TORCHAO_NOTES)
 
 
 def _torchao_config(mode: str) -> Any:

@@ -385,7 +385,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    quiet_optional_libraries()
+    with quiet_optional_libraries():
+        return _section(args)
+
+
+def _section(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     suite = suite_named(args.suite)
     section = suite.section(args.section)
