@@ -34,7 +34,9 @@ class AttentionBackend(AcceleratorConfig):
     names = ("attn",)
     kind = "attention"
     spec_help = "attn:<backend>"
-    implementation = "AttentionBackendAccelerator"
+
+    def create(self) -> AttentionBackendAccelerator:
+        return AttentionBackendAccelerator(self)
 
     def __post_init__(self) -> None:
         if not self.large:

@@ -43,7 +43,9 @@ class OffloadInactive(AcceleratorConfig):
     names = ("offload",)
     kind = "memory"
     spec_help = "offload[:prefetch_steps] (inactive model on CPU)"
-    implementation = "OffloadAccelerator"
+
+    def create(self) -> OffloadAccelerator:
+        return OffloadAccelerator(self)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefetch_steps, int) or self.prefetch_steps < 0:

@@ -59,11 +59,13 @@ class Quantize(AcceleratorConfig):
     names = ("quantize",)
     kind = "quantize"
     spec_help = "quantize[:int8|float8|auto][:host|drop|device] (torchao)"
-    implementation = "QuantizeAccelerator"
     exclusive_with = ("tensorrt",)
     clash_reasons = {"tensorrt": "TensorRT builds its engines at its own precision."}
     MODES = ("auto", "int8", "float8")
     KEEPS = ("auto", "host", "drop", "device")
+
+    def create(self) -> QuantizeAccelerator:
+        return QuantizeAccelerator(self)
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
