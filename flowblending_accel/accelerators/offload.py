@@ -104,6 +104,7 @@ def execution_device(model: torch.nn.Module) -> torch.device | None:
     import torch
 
     from ..core import diffusers_internals
+    from ..core.compat import device_of
 
     hook = getattr(model, "_hf_hook", None)
     if getattr(hook, "execution_device", None) is not None:
@@ -111,7 +112,7 @@ def execution_device(model: torch.nn.Module) -> torch.device | None:
     group = diffusers_internals.group_offloading_of(model)
     if group is not None:
         return torch.device(group.onload_device)
-    return next((p.device for p in model.parameters()), None)
+    return device_of(model)
 
 
 class OffloadAccelerator(Accelerator):

@@ -241,7 +241,7 @@ class QuantizeAccelerator(Accelerator):
         with _quiet_torchao():
             from torchao.quantization import quantize_
 
-        device = _device_of(model)
+        device = _weights_device(model)
         mode, keep = self.config.resolved(str(device)), self.config.keeps(str(device))
         layers = _linears(model, mode)
         before, full_bytes = device_bytes(model), sum(_nbytes(layer.weight) for layer in layers.values())
@@ -280,7 +280,7 @@ class QuantizeAccelerator(Accelerator):
         dropped = []
         for label, model in target.models().items():
             modules = dict(model.named_modules())
-            device = self._devices.get(id(model), _device_of(model))
+            device = self._devices.get(id(model), _weights_device(model))
             for name, (original, _) in self._weights.get(id(model), {}).items():
                 if original is None:
                     dropped.append(label)
@@ -307,10 +307,13 @@ class QuantizeAccelerator(Accelerator):
         }
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def _weights_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are (the host for a model without any)."""
     import torch
 
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    from ..core.compat import device_of
+
+    return device_of(model) or torch.device("cpu")
 
 
 def _nbytes(weight: torch.Tensor) -> int:
