@@ -14,7 +14,8 @@ Patch (what it changes; who applies it; its undo):
    parallelism on a family with ``masks_repeat_heads`` (LTX); :func:`unshare_mask_heads`.
 3. :func:`raise_recompile_limit`: ``torch._dynamo.config.recompile_limit`` (held); ``accelerators.compile``
    with a cache in the stack; :func:`restore_recompile_limit`.
-4. :func:`shim_forward`: one model's ``forward``; ``accelerators.deepcache``; :func:`unshim_forward`.
+4. :func:`shim_forward`: one model's ``forward``; ``accelerators.deepcache`` (and ``targets.memory`` on a
+   meta-device copy of its own); :func:`unshim_forward`.
 5. :func:`silenced`, the one silencer: other libraries' loggers (a filter, or a level); the command line, the
    tools' programs and a few library calls around one noisy call; leaving the block.
 6. :func:`calling_pipeline`: nothing (it reads the call stack); ``core.router``; nothing to undo.
@@ -230,7 +231,9 @@ def restore_recompile_limit(holder: Any) -> None:
 # --- 4. A shim on one model's forward -------------------------------------------------------------------
 # What: ``model.forward`` (an instance attribute) becomes ``shim(model.forward)``.
 # Why: DeepCache's helper replaces a UNet's forward and reads the timestep from positional slot 1 only,
-#   while diffusers pipelines pass it by keyword; the shim moves it (see ``accelerators.deepcache``).
+#   while diffusers pipelines pass it by keyword; the shim moves it (``accelerators.deepcache``). And a text
+#   encoder the memory plan builds on the meta device cannot run, so its forward answers with empty outputs
+#   of the right shapes (``targets.memory``: the project's own throwaway copy, never unshimmed).
 # Retired by: DeepCache reading a keyword timestep (no upstream issue known; DeepCache 0.1.1 does not).
 # Undo: unshim_forward leaves the model's own attributes as they were: its ``forward`` attribute back, or
 #   none when it had none (the class's forward then serves again).

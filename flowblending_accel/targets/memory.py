@@ -161,7 +161,9 @@ def _stand_in(encoder) -> None:
             output["text_embeds"] = empty(batch, projection)
         return output
 
-    encoder.forward = forward
+    from ..core import patches
+
+    patches.shim_forward(encoder, lambda _own: forward)  # a throwaway meta copy: never unshimmed
 
 
 def _meta_model(library: str, cls: type, path: Path, dtype):
