@@ -4,7 +4,8 @@ Nothing here runs at import: each patch is applied where a feature needs it and 
 removed. A patch on one object (a pipeline's class, a model's forward) is undone by its pair. A patch on
 process-wide state (a diffusers registry, a torch setting) is held: it is in place while at least one holder
 needs it, undone when the last one lets go, and scoped so it changes nothing for objects the project did not
-touch. Each says what it changes, why, what retires it upstream, what undoes it and who applies it.
+touch wherever that can be done (each says its scope). Each says what it changes, why, what retires it
+upstream, what undoes it and who applies it.
 
 Patch (what it changes; who applies it; its undo):
 
@@ -107,7 +108,9 @@ def _subclass_of(base: type) -> type:
         import inspect
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            args, kwargs = _REWRITES[self](inspect.signature(base.__call__), args, kwargs)
+            rewrite = _REWRITES.get(self)  # none for a copy made while owned: it runs as its class would
+            if rewrite is not None:
+                args, kwargs = rewrite(inspect.signature(base.__call__), args, kwargs)
             return base.__call__(self, *args, **kwargs)
 
         __call__.__doc__ = base.__call__.__doc__
@@ -201,7 +204,9 @@ def _one_mask_head(function: Callable[..., Any]) -> Callable[..., Any]:
 #   block and state length; two models and two CFG branches pass the default limit of 8, and the blocks past
 #   it run eagerly, unnoticed.
 # Retired by: nothing upstream; the limit is a setting, and this is the only way to set it per process.
-# Scope: process-wide (one setting), held: the value before the first holder comes back after the last.
+# Scope: process-wide and one number, so not scoped to our models: while held, another compiled region
+#   that passes 8 variants gets more compiled ones where it would have run eagerly. Held: the value before
+#   the first holder comes back after the last.
 # Undo: restore_recompile_limit.
 _RECOMPILE = _Holders()
 _RECOMPILE_BEFORE: list[int] = []  # the limit before the first holder
