@@ -8,37 +8,9 @@ tools (bench, check, analysis, demo, cli) are subpackages. Public names are impo
 ``flowblending-accel --help`` does not pay for importing diffusers and torch.
 """
 
-import logging
 from importlib import import_module
 
 __version__ = "0.1.0"
-
-# Notices optional libraries print when diffusers imports them, which say nothing about the user's work:
-# torchao's prebuilt kernels this machine cannot load and its Triton kernels (CPU-only machines),
-# diffusers' note about torchao tensors, torch's deprecation of how torchao registers enums. Only these
-# messages are dropped; every other warning of those loggers passes.
-_IMPORT_NOISE = {
-    "torchao": ("Failed to load ",),
-    "torchao.kernel.intmm": ("Warning: Detected no triton",),
-    "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
-    "torch.utils._pytree": ("is an Enum subclass and is now natively supported by torch.compile",),
-}
-
-
-class _DropImportNoise(logging.Filter):
-    def __init__(self, starts: tuple[str, ...]) -> None:
-        super().__init__()
-        self.starts = starts
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(start in message for start in self.starts)
-
-
-for _name, _starts in _IMPORT_NOISE.items():
-    _logger = logging.getLogger(_name)
-    if not any(isinstance(f, _DropImportNoise) for f in _logger.filters):
-        _logger.addFilter(_DropImportNoise(_starts))
 
 # What a user writes: the verb pair and its block form, the configs (FlowBlendingConfig and each
 # accelerator's), what a run reports (stats, the routers), the listener types, the warnings, and the family

@@ -2,6 +2,7 @@
 names or attributes, and the command line's help never imports torch."""
 
 import ast
+import logging
 import re
 import subprocess
 import sys
@@ -18,7 +19,18 @@ PACKAGE = ROOT / "flowblending_accel"
 
 def test_import_contracts_hold(monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    # import-linter configures its logging with dictConfig, which disables every logger that exists: the
+    # package's loggers (whose notes later tests read) are enabled again after it.
+    enabled = [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger) and not logger.disabled
+    ]
+    try:
+        assert lint_imports(config_filename=str(ROOT / "pyproject.toml"), no_cache=True) == 0
+    finally:
+        for logger in enabled:
+            logger.disabled = False
 
 
 def test_private_names_contract_catches_an_import(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ from torchrun_on_cpu import torchrun as torchrun_command
 
 from flowblending_accel import ContextParallel, FlowBlendingConfig, RouterListener, flowblending
 from flowblending_accel.core.compat import check_context_parallel
-from flowblending_accel.core.diffusers_internals import context_parallel_of
+from flowblending_accel.core.diffusers_internals import attention_backend_functions, context_parallel_of
 from flowblending_accel.core.families import family_for
 from flowblending_accel.tiny_models import (
     ltx_call_kwargs,
@@ -86,6 +86,7 @@ def routed_run(family: str, stack: list[str], how: str = "stack") -> dict:
     pipe, small, kwargs = build(family)
     large = pipe.transformer
     before = {"large": hook_names(large), "small": hook_names(small)}
+    backends = dict(attention_backend_functions())  # LTX's mask-head patch wraps them while routed
     if how == "parallel":  # diffusers' own config, handed over as a stack member
         stack = [*stack, ContextParallel.from_diffusers(ContextParallelConfig(ulysses_degree=2))]
     if how == "user":
@@ -101,7 +102,9 @@ def routed_run(family: str, stack: list[str], how: str = "stack") -> dict:
     expected = [how == "user", False]  # what the user split stays split; what we split is restored
     if how == "user":
         before["large"] = after["large"]
-    return {"output": output, **ran, "restored": before == after and parallel_left == expected}
+    registry = attention_backend_functions()
+    unwrapped = registry.keys() == backends.keys() and all(registry[n] is f for n, f in backends.items())
+    return {"output": output, **ran, "restored": before == after and parallel_left == expected and unwrapped}
 
 
 def refused_run(family: str) -> dict:

@@ -1,17 +1,31 @@
 """The demo's speed figures: interleaved rotated rounds, a median with a bootstrap interval, and a mark when
 the figure cannot be trusted (interval includes 1.0x, or the machine was busy)."""
 
+from flowblending_accel.demo import timing as timing_module
 from flowblending_accel.demo.report import speed_cell, speed_warning
 from flowblending_accel.demo.timing import MIN_ROUNDS, Timing, time_schedules
 
 
-def test_rounds_are_interleaved_rotated_and_at_least_the_minimum():
+class _BusyMachine:
+    """An OtherLoad that measured others using 60 % of the machine."""
+
+    share, busy = 0.6, True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+def test_rounds_are_interleaved_rotated_and_at_least_the_minimum(monkeypatch):
+    monkeypatch.setattr(timing_module, "OtherLoad", _BusyMachine)
     order, heard = [], []
     timing = time_schedules(order.append, ("LLL", "LSL", "SSS"), clips=4, seconds=0, on_round=heard.append)
     assert timing.rounds == MIN_ROUNDS and len(order) == 3 * MIN_ROUNDS
     assert heard == list(range(MIN_ROUNDS))  # the demo's progress line says each round as it starts
     assert order[:6] == ["LLL", "LSL", "SSS", "LSL", "SSS", "LLL"]  # each round starts one later
-    assert timing.other_load is None or 0 <= timing.other_load <= 1
+    assert timing.other_load == 0.6 and timing.busy  # the load measured over the rounds is the timing's
 
 
 def test_a_clear_speedup_is_reliable_and_one_within_noise_is_marked():

@@ -3,7 +3,12 @@
 import io
 import os
 import stat
+import time
+from pathlib import Path
 
+import pytest
+
+from flowblending_accel.support import cpu_load
 from flowblending_accel.support.cpu_load import OtherLoad
 from flowblending_accel.support.files import write_atomic
 from flowblending_accel.support.progress import progress
@@ -43,8 +48,30 @@ def test_progress_with_an_unknown_total_still_reports_the_end():
     assert log.getvalue().splitlines()[-1].startswith("calibrating: 7 (")
 
 
-def test_other_load_is_a_share_or_unknown():
+def _readings(monkeypatch, system, own):
+    """OtherLoad reads these (busy, total) machine jiffies and own jiffies, at enter then at exit."""
+    system, own = iter(system), iter(own)
+    monkeypatch.setattr(cpu_load, "system_jiffies", lambda: next(system))
+    monkeypatch.setattr(cpu_load, "own_jiffies", lambda: next(own))
+
+
+def test_other_load_is_the_share_of_the_machine_other_processes_used(monkeypatch):
+    _readings(monkeypatch, [(100, 1000), (160, 1100)], [10, 30])  # 60 busy of 100, 20 of them ours
     with OtherLoad() as load:
-        sum(range(10000))
-    assert load.share is None or 0.0 <= load.share <= 1.0
-    assert load.busy in (True, False)
+        pass
+    assert load.share == pytest.approx(0.4) and load.busy
+    _readings(monkeypatch, [(100, 1000), (160, 1100)], [10, 70])  # all of it ours
+    with OtherLoad() as quiet:
+        pass
+    assert quiet.share == 0.0 and not quiet.busy
+
+
+def test_other_load_is_unknown_without_proc_and_measured_with_it(monkeypatch):
+    with OtherLoad() as load:
+        time.sleep(0.05)  # the machine's jiffies advance (idle ones too)
+    if Path("/proc/stat").exists():
+        assert load.share is not None and 0.0 <= load.share <= 1.0
+    _readings(monkeypatch, [None, None], [None, None])
+    with OtherLoad() as unknown:
+        pass
+    assert unknown.share is None and not unknown.busy

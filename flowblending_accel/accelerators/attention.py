@@ -8,9 +8,7 @@ backend run as they did before (and compiled graphs, which guard on those attrib
 from __future__ import annotations
 
 import importlib.util
-import logging
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +34,9 @@ class AttentionBackend(AcceleratorConfig):
     names = ("attn",)
     kind = "attention"
     spec_help = "attn:<backend>"
-    implementation = "AttentionBackendAccelerator"
+
+    def create(self) -> AttentionBackendAccelerator:
+        return AttentionBackendAccelerator(self)
 
     def __post_init__(self) -> None:
         if not self.large:
@@ -97,20 +97,9 @@ def _backend_runs(backend: str, device: str) -> bool:
     return True
 
 
-def _not_the_experimental_note(record: logging.LogRecord) -> bool:
-    return "Attention backends are an experimental feature" not in record.getMessage()
-
-
-@contextmanager
-def _without_experimental_note() -> Iterator[None]:
-    """diffusers logs that attention backends are experimental on every set and reset; a stack applies and
-    removes them every bench round, so the note would fill the log. Other warnings pass."""
-    logger = logging.getLogger("diffusers.models.modeling_utils")
-    logger.addFilter(_not_the_experimental_note)
-    try:
-        yield
-    finally:
-        logger.removeFilter(_not_the_experimental_note)
+# diffusers logs that attention backends are experimental on every set and reset; a stack applies and
+# removes them every bench round, so the note would fill the log. Other warnings pass.
+EXPERIMENTAL_NOTE = {"diffusers.models.modeling_utils": ("Attention backends are an experimental feature",)}
 
 
 class AttentionBackendAccelerator(Accelerator):
@@ -130,6 +119,7 @@ class AttentionBackendAccelerator(Accelerator):
     def apply(self, target: RoutedModels) -> None:
         from diffusers.models.attention_dispatch import attention_backend
 
+        from ..core import patches
         from ..core.diffusers_internals import attention_backend_states
 
         backends = self.config.backends()
@@ -137,15 +127,16 @@ class AttentionBackendAccelerator(Accelerator):
         self._states = [
             state for model in target.models().values() for state in attention_backend_states(model)
         ]
-        with _without_experimental_note():
+        with patches.silenced(EXPERIMENTAL_NOTE):
             for role in ("large", "small"):
                 for model in target.models(role).values():
                     model.set_attention_backend(backends[role])
 
     def remove(self, target: RoutedModels) -> None:
+        from ..core import patches
         from ..core.diffusers_internals import restore_attention_backends
 
-        with _without_experimental_note():
+        with patches.silenced(EXPERIMENTAL_NOTE):
             restore_attention_backends(self._states)
         self._states = []
         self._active.close()

@@ -25,8 +25,10 @@ class CacheDiT(AcceleratorConfig):
     names = ("cache-dit",)
     kind = "cache"
     spec_help = "cache-dit"
-    implementation = "CacheDiTAccelerator"
     exclusive_with = ("tensorrt",)
+
+    def create(self) -> CacheDiTAccelerator:
+        return CacheDiTAccelerator(self)
 
     def check_environment(self, device: str) -> None:
         require_package("cache_dit", "cache-dit", "cache-dit")

@@ -41,12 +41,14 @@ class _DiffusersCache(AcceleratorConfig):
     options: Mapping[str, Any] = field(default_factory=dict, kw_only=True)
 
     kind = "cache"
-    implementation = "DiffusersCacheAccelerator"
     exclusive_with = ("tensorrt",)
     # Skips a call's remaining blocks as a whole (the runtime counts those skips per model).
     skips_tail: ClassVar[bool] = False
     # Its per-model state is indexed by the loop iteration (the runtime aligns it with the run's).
     iteration_indexed: ClassVar[bool] = False
+
+    def create(self) -> DiffusersCacheAccelerator:
+        return DiffusersCacheAccelerator(self)
 
     def check_family(self, family, denoisers, solver_kind=None) -> None:
         require_transformers(self.spec, family, denoisers)

@@ -1,9 +1,9 @@
 """Pipeline-call arguments a stack owns, such as the reduced step count of ``dpm++:10``.
 
 A step reduction swaps the scheduler, but the pipeline still runs whatever ``num_inference_steps`` its
-caller passes. So while a stack that owns call arguments is applied, the pipeline's class is swapped for a
-subclass of the same name whose ``__call__`` puts the owned values in: ``pipe(prompt)`` and
-``pipe(prompt, num_inference_steps=50)`` both run the stack's 10 steps (the second with a
+caller passes. So while a stack that owns call arguments is applied, the pipeline's call is rewritten to
+put the owned values in (a class swap: :func:`~flowblending_accel.core.patches.own_pipeline_call`):
+``pipe(prompt)`` and ``pipe(prompt, num_inference_steps=50)`` both run the stack's 10 steps (the second with a
 :class:`StackOwnsArgumentWarning`, since the caller asked for something else). Arguments that contradict an
 owned one (custom ``timesteps`` or ``sigmas`` beside a reduced step count) are refused before the call.
 Removing the stack puts the original class back.
@@ -11,16 +11,14 @@ Removing the stack puts the original class back.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-_OWNER = "_flowblending_call_arguments"
-_BASE = "_flowblending_base_class"
+from ..core import patches
+
 # An owned argument, and the call arguments that would contradict it.
 CONTRADICTS = {"num_inference_steps": ("timesteps", "sigmas")}
-_SUBCLASSES: dict[type, type] = {}
 
 
 class StackOwnsArgumentWarning(UserWarning):
@@ -29,24 +27,22 @@ class StackOwnsArgumentWarning(UserWarning):
 
 def own_call_arguments(pipe: Any, arguments: Callable[[], dict[str, Any]], owner: str) -> None:
     """From now on every ``pipe(...)`` call gets ``arguments()`` (named ``owner`` in messages)."""
-    base = type(pipe)
-    if getattr(base, _BASE, None) is not None:
+    if patches.pipeline_call_owned(pipe):
         raise ValueError(f"{owner}: this pipeline's call arguments are already owned by another stack.")
-    setattr(pipe, _OWNER, (arguments, owner))
-    pipe.__class__ = _subclass_of(base)
+
+    def rewrite(signature, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+        return merge_owned(signature, args, kwargs, arguments(), owner)
+
+    patches.own_pipeline_call(pipe, rewrite)
 
 
 def release_call_arguments(pipe: Any) -> None:
     """Give ``pipe`` its own class back (a no-op when nothing owns its arguments)."""
-    base = getattr(type(pipe), _BASE, None)
-    if base is not None:
-        pipe.__class__ = base
-    if _OWNER in vars(pipe):
-        delattr(pipe, _OWNER)
+    patches.release_pipeline_call(pipe)
 
 
 def merge_owned(
-    signature: inspect.Signature, args: tuple, kwargs: dict[str, Any], owned: dict[str, Any], owner: str
+    signature: Any, args: tuple, kwargs: dict[str, Any], owned: dict[str, Any], owner: str
 ) -> tuple[tuple, dict[str, Any]]:
     """The call's ``(args, kwargs)`` with the owned arguments in place (``args`` without ``self``)."""
     bound = signature.bind_partial(None, *args, **kwargs)
@@ -63,7 +59,7 @@ def merge_owned(
                 f"{owner} runs {name}={value}; the call's {name}={given} is replaced (drop it from "
                 "the call, or change the stack).",
                 StackOwnsArgumentWarning,
-                stacklevel=3,
+                stacklevel=4,  # merge_owned < rewrite < the pipeline's rewritten __call__ < the caller
             )
         bound.arguments[name] = value
     args, kwargs = bound.args[1:], bound.kwargs
@@ -71,23 +67,3 @@ def merge_owned(
         if name not in signature.parameters:
             kwargs[name] = value
     return args, kwargs
-
-
-def _subclass_of(base: type) -> type:
-    if base not in _SUBCLASSES:
-
-        def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            arguments, owner = getattr(self, _OWNER)
-            args, kwargs = merge_owned(inspect.signature(base.__call__), args, kwargs, arguments(), owner)
-            return base.__call__(self, *args, **kwargs)
-
-        __call__.__doc__ = base.__call__.__doc__
-        namespace = {
-            "__call__": __call__,
-            "__module__": base.__module__,
-            "__qualname__": base.__qualname__,
-            "__doc__": base.__doc__,
-            _BASE: base,
-        }
-        _SUBCLASSES[base] = type(base.__name__, (base,), namespace)
-    return _SUBCLASSES[base]

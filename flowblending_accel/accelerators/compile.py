@@ -34,13 +34,16 @@ class RegionalCompile(AcceleratorConfig):
     names = ("compile",)
     kind = "compile"
     spec_help = "compile"
-    implementation = "RegionalCompileAccelerator"
     exclusive_with = ("tensorrt",)
+
+    def create(self) -> RegionalCompileAccelerator:
+        return RegionalCompileAccelerator(self)
 
 
 # A cache's hooks inside the compiled blocks make dynamo compile a variant per (context name, head or tail
 # block, cache state length ...): two models and two CFG branches pass dynamo's default limit of 8, and the
-# blocks past it run eagerly, unnoticed. With a cache in the stack the limit is raised while applied.
+# blocks past it run eagerly, unnoticed. With a cache in the stack the limit is raised while applied
+# (a process-wide patch: flowblending_accel.core.patches.raise_recompile_limit).
 CACHED_RECOMPILE_LIMIT = 64
 
 
@@ -70,7 +73,6 @@ class RegionalCompileAccelerator(Accelerator):
         self._open_runs = 0  # Wan 2.2: one router per expert, their runs overlap
         self._fullgraph: bool | None = config.fullgraph
         self._cached = False
-        self._limit: int | None = None  # dynamo's recompile limit before apply, while raised
 
     def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
         for label, model in target.models().items():
@@ -88,23 +90,20 @@ class RegionalCompileAccelerator(Accelerator):
         self._cached = cached
 
     def apply(self, target: RoutedModels) -> None:
-        import torch
+        from ..core import patches
 
         if self._cached:
-            config = torch._dynamo.config
-            self._limit = config.recompile_limit
-            config.recompile_limit = max(self._limit, CACHED_RECOMPILE_LIMIT)
+            patches.raise_recompile_limit(self, CACHED_RECOMPILE_LIMIT)
         for model in target.models().values():
             model.compile_repeated_blocks(fullgraph=self._fullgraph, dynamic=False, mode=self.config.mode)
             self._compiled.append(model)
 
     def remove(self, target: RoutedModels) -> None:
+        from ..core import patches
+
         while self._compiled:
             uncompile(self._compiled.pop())
-        if self._limit is not None:
-            import torch
-
-            torch._dynamo.config.recompile_limit, self._limit = self._limit, None
+        patches.restore_recompile_limit(self)
 
     def mark_warm(self) -> None:
         self._warm = True

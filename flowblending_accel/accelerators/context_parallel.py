@@ -39,13 +39,15 @@ class ContextParallel(AcceleratorConfig):
     names = ("cp",)
     kind = "parallel"
     spec_help = "cp[:N|ring:N] (context parallel, under torchrun)"
-    implementation = "ContextParallelAccelerator"
     # Caches that decide from the activations skip or compute per rank, from each rank's own shard: ranks
     # would disagree, and the one that computes waits forever in an all-to-all the other skipped.
     exclusive_with = ("fbc", "cache-dit")
     clash_reasons = dict.fromkeys(
         exclusive_with, "each rank would decide from its own shard whether to skip, and the ranks would hang."
     )
+
+    def create(self) -> ContextParallelAccelerator:
+        return ContextParallelAccelerator(self)
 
     def __post_init__(self) -> None:
         for name in ("ulysses_degree", "ring_degree"):

@@ -30,9 +30,11 @@ class DeepCache(AcceleratorConfig):
     names = ("deepcache",)
     kind = "cache"
     spec_help = "deepcache[:interval] (UNets)"
-    implementation = "DeepCacheAccelerator"
     exclusive_with = ("tensorrt", "compile")
     clash_reasons = {"compile": "DeepCache swaps block forwards in Python at every step."}
+
+    def create(self) -> DeepCacheAccelerator:
+        return DeepCacheAccelerator(self)
 
     def __post_init__(self) -> None:
         if not isinstance(self.interval, int) or self.interval < 1:
@@ -102,17 +104,21 @@ class DeepCacheAccelerator(Accelerator):
     def apply(self, target: RoutedModels) -> None:
         from DeepCache import DeepCacheSDHelper
 
+        from ..core import patches
+
         for model in target.models().values():
             helper = DeepCacheSDHelper(pipe=_LivePipe(target.pipe, model))
             helper.set_params(cache_interval=self.config.interval, cache_branch_id=self.config.branch_id)
             helper.enable()
-            model.forward = _positional_timestep(model.forward)
+            patches.shim_forward(model, _positional_timestep)
             self.helpers[id(model)], self._models[id(model)] = helper, model
 
     def remove(self, target: RoutedModels) -> None:
+        from ..core import patches
+
         for key, helper in self.helpers.items():
             model = self._models[key]
-            model.forward = model.forward.__wrapped__  # our keyword shim, then DeepCache's own unwrap
+            patches.unshim_forward(model)  # our keyword shim, then DeepCache's own unwrap
             helper.disable()
             if getattr(model.__dict__.get("forward"), "__func__", None) is type(model).forward:
                 del model.__dict__["forward"]

@@ -43,7 +43,9 @@ class OffloadInactive(AcceleratorConfig):
     names = ("offload",)
     kind = "memory"
     spec_help = "offload[:prefetch_steps] (inactive model on CPU)"
-    implementation = "OffloadAccelerator"
+
+    def create(self) -> OffloadAccelerator:
+        return OffloadAccelerator(self)
 
     def __post_init__(self) -> None:
         if not isinstance(self.prefetch_steps, int) or self.prefetch_steps < 0:
@@ -102,6 +104,7 @@ def execution_device(model: torch.nn.Module) -> torch.device | None:
     import torch
 
     from ..core import diffusers_internals
+    from ..core.compat import device_of
 
     hook = getattr(model, "_hf_hook", None)
     if getattr(hook, "execution_device", None) is not None:
@@ -109,7 +112,7 @@ def execution_device(model: torch.nn.Module) -> torch.device | None:
     group = diffusers_internals.group_offloading_of(model)
     if group is not None:
         return torch.device(group.onload_device)
-    return next((p.device for p in model.parameters()), None)
+    return device_of(model)
 
 
 class OffloadAccelerator(Accelerator):

@@ -20,9 +20,7 @@ ones back. A failure while quantizing (out of memory) puts back the layers alrea
 
 from __future__ import annotations
 
-import logging
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -61,11 +59,13 @@ class Quantize(AcceleratorConfig):
     names = ("quantize",)
     kind = "quantize"
     spec_help = "quantize[:int8|float8|auto][:host|drop|device] (torchao)"
-    implementation = "QuantizeAccelerator"
     exclusive_with = ("tensorrt",)
     clash_reasons = {"tensorrt": "TensorRT builds its engines at its own precision."}
     MODES = ("auto", "int8", "float8")
     KEEPS = ("auto", "host", "drop", "device")
+
+    def create(self) -> QuantizeAccelerator:
+        return QuantizeAccelerator(self)
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
@@ -126,17 +126,16 @@ FLOAT8_FROM = ("bfloat16", "float16")  # torch dtypes float8 quantizes from
 HOST = "cpu"
 
 
-@contextmanager
+# torchao logs a warning per prebuilt kernel library this machine cannot load (e.g. CUDA-only kernels on a
+# CPU); the Python paths used here do not need them. Silenced (below ERROR) while torchao is imported and
+# applied.
+TORCHAO_NOTES = {"torchao": ()}
+
+
 def _quiet_torchao():
-    """torchao logs a warning per prebuilt kernel library this machine cannot load (e.g. CUDA-only
-    kernels on a CPU); the Python paths used here do not need them."""
-    logger = logging.getLogger("torchao")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    from ..core import patches
+
+    return patches.silenced(TORCHAO_NOTES)
 
 
 def _torchao_config(mode: str) -> Any:
@@ -242,7 +241,7 @@ class QuantizeAccelerator(Accelerator):
         with _quiet_torchao():
             from torchao.quantization import quantize_
 
-        device = _device_of(model)
+        device = _weights_device(model)
         mode, keep = self.config.resolved(str(device)), self.config.keeps(str(device))
         layers = _linears(model, mode)
         before, full_bytes = device_bytes(model), sum(_nbytes(layer.weight) for layer in layers.values())
@@ -281,7 +280,7 @@ class QuantizeAccelerator(Accelerator):
         dropped = []
         for label, model in target.models().items():
             modules = dict(model.named_modules())
-            device = self._devices.get(id(model), _device_of(model))
+            device = self._devices.get(id(model), _weights_device(model))
             for name, (original, _) in self._weights.get(id(model), {}).items():
                 if original is None:
                     dropped.append(label)
@@ -308,10 +307,13 @@ class QuantizeAccelerator(Accelerator):
         }
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def _weights_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are (the host for a model without any)."""
     import torch
 
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
+    from ..core.compat import device_of
+
+    return device_of(model) or torch.device("cpu")
 
 
 def _nbytes(weight: torch.Tensor) -> int:

@@ -10,7 +10,6 @@ command line can list and check accelerators without loading either.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,8 +31,10 @@ class AcceleratorConfig:
         kind: its slot in :data:`KIND_ORDER`; a stack holds at most one ``cache``.
         spec_help: the spec forms, for ``--help`` and error messages.
         exclusive_with: names or kinds it cannot share a stack with, and ``clash_reasons`` why.
-        implementation: the name of its runtime :class:`~.runtime.Accelerator` class, in the config's own
-            module.
+
+    A subclass overrides :meth:`create` to make its runtime :class:`~.runtime.Accelerator`, named directly:
+    both live in one module, which imports torch only where it acts, so the registry and ``--help`` stay
+    torch-free.
     """
 
     names: ClassVar[tuple[str, ...]] = ()
@@ -41,7 +42,6 @@ class AcceleratorConfig:
     spec_help: ClassVar[str] = ""
     exclusive_with: ClassVar[tuple[str, ...]] = ()
     clash_reasons: ClassVar[dict[str, str]] = {}
-    implementation: ClassVar[str] = ""
     # The spec it was parsed from (``"fbc"``), kept for reports that name members as the user wrote them.
     written: str = field(default="", compare=False, repr=False, kw_only=True)
 
@@ -90,7 +90,7 @@ class AcceleratorConfig:
 
     def create(self) -> Any:
         """A fresh runtime accelerator for this config (it holds the state of one application)."""
-        return getattr(sys.modules[type(self).__module__], self.implementation)(self)
+        raise NotImplementedError(f"{type(self).__name__} names no runtime: override create().")
 
     def describe(self) -> dict[str, Any]:
         shown = {

@@ -35,12 +35,13 @@ class RoutedModels:
     @classmethod
     def of(cls, pipe: Any, small: Any, denoisers: tuple[str, ...] | None = None) -> RoutedModels:
         from ..core.api import routed_denoisers, small_per_denoiser
+        from ..core.compat import device_of
         from ..core.families import family_for
 
         family = family_for(pipe)
         names = routed_denoisers(pipe, family, denoisers)
         larges = {name: getattr(pipe, name) for name in names}
-        device = next((p.device for p in larges[names[0]].parameters()), None)
+        device = device_of(larges[names[0]])
         return cls(pipe, family, larges, small_per_denoiser(small, names), device)
 
     @property

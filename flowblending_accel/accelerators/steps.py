@@ -23,7 +23,9 @@ class StepReduction(AcceleratorConfig):
     names = SCHEDULER_NAMES
     kind = "scheduler"
     spec_help = "dpm++:25 | unipc:20 | euler:30 | heun:25 (step reduction)"
-    implementation = "StepReductionAccelerator"
+
+    def create(self) -> StepReductionAccelerator:
+        return StepReductionAccelerator(self)
 
     def __post_init__(self) -> None:
         if self.solver not in SCHEDULER_NAMES:

@@ -25,8 +25,10 @@ class TensorRT(AcceleratorConfig):
     names = ("tensorrt", "trt")
     kind = "engine"
     spec_help = "tensorrt"
-    implementation = "TensorRTAccelerator"
     exclusive_with = ("cache", "compile", "memory")
+
+    def create(self) -> TensorRTAccelerator:
+        return TensorRTAccelerator(self)
 
     def __post_init__(self) -> None:
         if self.precision not in ("bf16", "fp16", "fp32"):

@@ -9,12 +9,14 @@ clock), and the run stops there when the rest would not fit.
 
 from __future__ import annotations
 
+import logging
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class BudgetError(ValueError):
@@ -164,14 +166,11 @@ def check_calls(
 
 
 class CostWatch:
-    """Wraps a progress callback: after the first pipeline call it prints the estimated wall time of the
-    plan, and stops the run when ``max_minutes`` cannot hold it."""
+    """Wraps a progress callback: after the first pipeline call it logs the estimated wall time of the plan,
+    and stops the run when ``max_minutes`` cannot hold it."""
 
-    def __init__(
-        self, plan: CallPlan, advance: Callable, max_minutes: float | None = None, stream=None, threads=None
-    ):
+    def __init__(self, plan: CallPlan, advance: Callable, max_minutes: float | None = None, threads=None):
         self.plan, self.advance, self.max_minutes, self.threads = plan, advance, max_minutes, threads
-        self.stream = stream or sys.stderr
         self.start, self.done, self.estimate = time.monotonic(), 0, None
 
     def __call__(self, amount: float = 1) -> None:
@@ -185,11 +184,12 @@ class CostWatch:
                 if not self.plan.search
                 else f", the fixed parts alone {_minutes(per_call * self.plan.fixed)}"
             )
-            print(
-                f"estimated wall time: at most {_minutes(self.estimate)} ({self.plan.at_most} calls at the "
-                f"first one's {per_call:.2f} s{fixed})",
-                file=self.stream,
-                flush=True,
+            logger.info(
+                "estimated wall time: at most %s (%d calls at the first one's %.2f s%s)",
+                _minutes(self.estimate),
+                self.plan.at_most,
+                per_call,
+                fixed,
             )
             if self.max_minutes is not None and self.estimate > 60 * self.max_minutes:
                 fitting = int(60 * self.max_minutes / per_call)

@@ -1,16 +1,114 @@
 """A workload: the fit and held-out prompts and seeds a command scores schedules on, with its scorers and its
-call plan, and the verdict on a pick fitted at a smaller (proxy) size. The command line builds one from its
-options (``cli/workload``); analyze, calibrate and tune run on it."""
+call plan, and the verdict on a pick fitted at a smaller (proxy) size. analyze, calibrate and tune run on it.
+
+The command line parses its options into a :class:`WorkloadRequest` and resolves the target; here the
+request is checked before the target is built (:func:`check_request`), and the workload made on the built
+target (:meth:`Workload.prepare`): the fit / held-out split, the scorers, the call plan (refused against
+``max_calls``, said before the first call) and the FLOPs of one call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..metrics.scorers import SetScorer, is_set_scorer
-from .cost import CostWatch
+from .cost import CostWatch, WorkloadSizes, check_calls
 from .scores import loss_ratio, passes
+
+if TYPE_CHECKING:
+    from ..core.families import Family
+
+logger = logging.getLogger(__name__)
+
+# A tolerance: one minimum for every score, or a minimum per scorer (``--tolerance ssim=0.6``).
+Tolerance = float | dict[str, float]
+
+
+@dataclass(frozen=True)
+class WorkloadRequest:
+    """What a scoring command asked for, parsed once where the command line enters.
+
+    ``output``: the results folder; ``scorers``: scorer names, checked against the built-in ones and
+    ``offered_scorers`` (the target's own, e.g. the embedded pair's classifier); ``seeds`` per fit prompt and
+    ``holdout_seeds`` per held-out prompt; ``fit_prompts``: how many prompts to fit on (None: the default
+    split); ``holding``: the prompts not fitted on are held out (calibrate, tune) or, unless ``fit_prompts``
+    picks some, all are fitted on (analyze); ``proxy``: the call arguments of a smaller fit size;
+    ``windows``: analyze's evidence window and ``sensitivity_window`` calibrate's (0: none);
+    ``max_calls`` and ``max_minutes``: the budgets; ``threads``: torch threads (None: automatic)."""
+
+    output: Path
+    scorers: tuple[str, ...]
+    seeds: int = 2
+    holdout_seeds: int = 4
+    fit_prompts: int | None = None
+    holding: bool = True
+    proxy: Mapping[str, int] | None = None
+    windows: int = 0
+    sensitivity_window: int = 0
+    max_calls: int | None = None
+    max_minutes: float | None = None
+    threads: int | None = None
+    offered_scorers: tuple[str, ...] = ()
+
+    @property
+    def holdout_seed_values(self) -> list[int]:
+        return [100 + s for s in range(self.holdout_seeds)]
+
+    @property
+    def window(self) -> int:
+        """The window the call plan counts (analyze's evidence window, else calibrate's sensitivity one)."""
+        return self.windows or self.sensitivity_window
+
+
+def check_request(
+    request: WorkloadRequest,
+    prompts: list | None,
+    family: Family | None,
+    steps: int | None,
+    tolerance: Tolerance | None = None,
+) -> None:
+    """Refuse what can be refused before the target is built: an unknown scorer, a video scorer on images,
+    a tolerance naming no scorer, a prompts file too short to hold prompts out, a window longer than the
+    run. ``prompts``, ``family`` and ``steps``: what the target's options already say (None: unknown until
+    it is built)."""
+    from ..metrics.scorers import check_scorer_names
+
+    names = list(request.scorers)
+    check_scorer_names(names, dict.fromkeys(request.offered_scorers))
+    if "temporal" in names and family is not None and family.output_field == "images":
+        raise ValueError(f"scorer temporal: the {family.name} pipeline makes images; it needs videos.")
+    if tolerance is not None:
+        check_tolerance(tolerance, [name for name in names if not name.startswith("fd:")])
+    if prompts is not None:
+        fit_and_held_out(prompts, request.fit_prompts, names, request.holdout_seed_values, request.holding)
+    check_windows(request.windows, steps)
+
+
+def check_windows(windows: int, steps: int | None) -> None:
+    """analyze's evidence window must fit in the run's ``steps`` (when known)."""
+    if steps is not None and windows > steps:
+        raise ValueError(f"--windows {windows} is longer than the run's {steps} steps; use at most that.")
+
+
+def check_tolerance(tolerance: Tolerance, names: list[str]) -> None:
+    """Refuse a per-scorer tolerance naming a score the workload does not compute."""
+    unknown = sorted(set(tolerance) - set(names)) if isinstance(tolerance, dict) else []
+    if unknown:
+        raise ValueError(
+            f"--tolerance: unknown score {', '.join(unknown)}; scores here are {', '.join(names)}."
+        )
+
+
+def resolve_tolerance(tolerance: Tolerance | None, reference: dict[str, float]) -> Tolerance:
+    """The minimum scores to keep: ``tolerance`` as given, or the ``reference`` scores when none was."""
+    if tolerance is None:
+        return reference
+    check_tolerance(tolerance, list(reference))
+    return tolerance
 
 
 @dataclass
@@ -27,12 +125,48 @@ class Workload:
     plan: Any = None  # the CallPlan, checked against --max-calls
     threads: Any = None  # the command's ThreadGovernor
 
+    @classmethod
+    def prepare(
+        cls, request: WorkloadRequest, target: Any, plan_of: Callable[[Any, Any], Any], threads: Any = None
+    ) -> Workload:
+        """The workload of ``request`` on the built ``target``; its plan (``plan_of(cost.WorkloadSizes,
+        target)``) is refused against ``max_calls``, then said, before the first pipeline call. ``threads``:
+        the command's thread governor, which the cost watch consults."""
+        from ..metrics.flops import flops_per_call
+        from ..metrics.scorers import build_scorers
+
+        check_windows(request.windows, target.base.get("num_inference_steps"))
+        names, holdout = list(request.scorers), request.holdout_seed_values
+        fit, held_out = fit_and_held_out(target.prompts, request.fit_prompts, names, holdout, request.holding)
+        reference, sets = build_scorers(names, target.scorers)
+        proxy = dict(request.proxy) if request.proxy is not None else None
+        work = cls(target, fit, held_out, list(range(request.seeds)), holdout, reference, sets, {}, proxy)
+        work.threads = threads
+        work.plan = work.checked_plan(plan_of, request)
+        work.flops = flops_per_call(target.pipe, target.small, work.calls[0])
+        return work
+
+    def checked_plan(self, plan_of: Callable[[Any, Any], Any], request: WorkloadRequest) -> Any:
+        counts = WorkloadSizes(
+            prompts=len(self.fit) + len(self.held_out),
+            fit_prompts=len(self.fit),
+            seeds=len(self.seeds),
+            holdout_seeds=len(self.holdout_seeds),
+            steps=self.target.steps,
+            window=request.window,
+            holding=bool(self.held_out),
+            batch=self.target.batch,
+        )
+        plan = check_calls(counts, lambda counted: plan_of(counted, self.target), request.max_calls)
+        logger.info("%s", plan.describe())
+        return plan
+
     @property
     def calls(self) -> list[dict]:
         return [{**call, **(self.proxy or {})} for call in self.target.calls(self.fit, self.seeds)]
 
     def watch(self, advance: Callable[[int], None], max_minutes: float | None = None) -> CostWatch:
-        """``advance`` that prints the estimated wall time after the first call and holds ``max_minutes``."""
+        """``advance`` that says the estimated wall time after the first call and holds ``max_minutes``."""
         return CostWatch(self.plan, advance, max_minutes, threads=self.threads)
 
 
@@ -83,7 +217,7 @@ HELD_SLACK = 1.05  # a proxy pick holds when, at full size, its loss vs the hand
 
 def proxy_verdict(
     work: Workload,
-    tolerance: float | dict[str, float] | None,
+    tolerance: Tolerance | None,
     pick: str,
     pick_fit,
     match_fit,

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..support.env import quiet_optional_libraries, require_extra
 from . import analysis, bench, check, demo, plan, tiny, tune
-from .common import OneLineParser, run_command
+from .common import OneLineParser, run_command, showing_library_notes
 
 DESCRIPTION = """\
 FlowBlending: the large model denoises the early and the late stage of the trajectory, a small model of
@@ -67,8 +67,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    quiet_optional_libraries()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    # What the command shows: the library's notes, and not the optional libraries' import noise.
+    with quiet_optional_libraries(), showing_library_notes():
+        return _main(list(sys.argv[1:] if argv is None else argv))
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
     try:
         args = _parse(parser, argv)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from ..analysis.measures import MEASURES
 from ..core.schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
-from .workload import add_workload_options, explicit_tolerance, prepare_workload, tolerance_from
+from .workload import add_workload_options, build_workload, parse_tolerance, workload_request
 
 
 def register(commands) -> None:
@@ -84,16 +84,6 @@ def register(commands) -> None:
     calibrate.set_defaults(run=run_calibrate, extra="demo")
 
 
-def _check_goal(args, names: list[str]) -> None:
-    if args.flop_budget is not None and args.flop_budget > 1:
-        raise ValueError(
-            f"--flop-budget {args.flop_budget:g} is a fraction of large-only FLOPs: give one in (0, 1]."
-        )
-    if args.tolerance is not None:
-        reference = [name for name in names if not name.startswith("fd:")]
-        tolerance_from(args.tolerance, dict.fromkeys(reference, 0.0))
-
-
 def run_analyze(args: argparse.Namespace) -> int:
     from ..analysis.cost import analyze_plan
     from ..analysis.divergence import divergence_curve
@@ -105,10 +95,11 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ..support.files import write_atomic
     from ..support.progress import progress
 
-    work = prepare_workload(args, holding=False, plan_of=lambda counts, _: analyze_plan(counts))
+    request, options = workload_request(args, holding=False)
+    work = build_workload(request, options, plan_of=lambda counts, _: analyze_plan(counts))
     calls, target = work.calls, work.target
     with progress("analysing (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, getattr(args, "max_minutes", None))
+        advance = work.watch(bar, request.max_minutes)
         curve = divergence_curve(
             target.pipe,
             target.small,
@@ -154,19 +145,26 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from ..analysis.evaluate import evaluate_schedules, quality_function
     from ..analysis.plots import divergence_plot
     from ..analysis.report import calibration_markdown
-    from ..analysis.workload import fit_and_seeds, proxy_verdict
+    from ..analysis.workload import fit_and_seeds, proxy_verdict, resolve_tolerance
     from ..support.files import write_atomic
     from ..support.progress import progress
+
+    if args.flop_budget is not None and args.flop_budget > 1:
+        raise ValueError(
+            f"--flop-budget {args.flop_budget:g} is a fraction of large-only FLOPs: give one in (0, 1]."
+        )
+    tolerance = parse_tolerance(args.tolerance)
 
     def plan_of(counts, _target):
         measures = 1 if args.measure else len(MEASURES)
         counts = counts if args.measure is None else replace(counts, window=0)
         return calibrate_plan(counts, measures, budget_goal=args.flop_budget is not None)
 
-    work = prepare_workload(args, holding=True, check_goal=_check_goal, plan_of=plan_of)
+    request, options = workload_request(args, holding=True)
+    work = build_workload(request, options, plan_of, tolerance)
     target = work.target
     with progress("calibrating (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, getattr(args, "max_minutes", None))
+        advance = work.watch(bar, request.max_minutes)
         calibrator = Calibrator(
             target.pipe,
             target.small,
@@ -183,7 +181,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if args.flop_budget is not None:
             result = calibrate_budget(calibrator, args.flop_budget, reference)
         else:
-            result = calibrate_tolerance(calibrator, tolerance_from(args.tolerance, reference), reference)
+            result = calibrate_tolerance(calibrator, resolve_tolerance(tolerance, reference), reference)
         held_calls = target.calls(work.held_out, work.holdout_seeds)
         names = [prompt.text for seed in work.holdout_seeds for prompt in work.held_out]
         held = evaluate_schedules(
@@ -203,7 +201,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "target": target.description,
         "run": advance.report(),
         "proxy": proxy_verdict(
-            work, explicit_tolerance(args, reference), "calibrated", result.quality, reference, held
+            work,
+            None if tolerance is None else resolve_tolerance(tolerance, reference),
+            "calibrated",
+            result.quality,
+            reference,
+            held,
         ),
         "calibration": result.to_dict(),
         "fit": fit_and_seeds(work.fit, work.seeds),

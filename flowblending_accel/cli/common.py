@@ -4,9 +4,11 @@ command line as ``args.command_line`` for the results each command writes.)"""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -26,6 +28,23 @@ def run_command(prog: str, run: Callable[[], int]) -> int:
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+
+
+@contextmanager
+def showing_library_notes() -> Iterator[None]:
+    """While a command runs, what the package's modules log (``logging.getLogger(__name__)``, INFO and up) is
+    shown on stderr as plain lines: the library decides what to say, the command line that it is shown."""
+    logger = logging.getLogger(__name__.partition(".")[0])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def resolve_device(device: str) -> str:

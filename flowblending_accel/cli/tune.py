@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..core.schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
@@ -113,7 +114,93 @@ def check_options(args: argparse.Namespace) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from .tune_run import run
+    """Check the options, parse them into a :class:`~flowblending_accel.analysis.tune_run.TuneRequest`, build
+    the workload, tune on it (analysis) and write tune.json, tuned.toml, tune.md and tune.png."""
+    import json
+
+    from ..analysis.tune_report import tune_markdown, tune_plot, tuned_toml
+    from ..analysis.tune_run import tune
+    from ..support.files import write_atomic
+    from ..support.progress import progress
+    from .workload import build_workload
 
     check_options(args)
-    return run(args)
+    request, options = tune_request(args)
+    work = build_workload(request.workload, options, request.plan_of, request.tolerance)
+    with progress("tuning (pipeline calls)", work.plan.at_most) as bar:
+        result = tune(request, work, _row_timer(work.target, request.repeats), bar)
+    write_atomic(
+        args.output / "tune.json", (json.dumps(result.to_dict(), indent=2, default=str) + "\n").encode()
+    )
+    write_atomic(args.output / "tuned.toml", tuned_toml(result).encode())
+    write_atomic(args.output / "tune.md", tune_markdown(result).encode())
+    write_atomic(args.output / "tune.png", tune_plot(result))
+    print((args.output / "tune.md").read_text())
+    return 0
+
+
+def tune_request(args: argparse.Namespace):
+    """The typed request of ``tune``'s options (its workload's among them), and the target's options."""
+    import shlex
+
+    from ..analysis.tune_run import TuneRequest
+    from .workload import parse_tolerance, workload_request
+
+    workload, options = workload_request(args, holding=True)
+    request = TuneRequest(
+        workload=workload,
+        match=args.match,
+        tolerance=parse_tolerance(args.tolerance),
+        flop_budget=args.flop_budget,
+        latency_budget=args.latency_budget,
+        step_counts=None if args.step_counts is None else tuple(args.step_counts),
+        solver=args.solver,
+        cache_thresholds=None if args.cache_thresholds is None else tuple(args.cache_thresholds),
+        small_distilled=args.small_distilled,
+        extra_stack=tuple(args.extra_stack),
+        compare=tuple(args.compare),
+        grid=args.grid,
+        repeats=args.repeats,
+        command_line=args.command_line,
+        tuned_target=_tuned_target(args, options),
+        bench_command=f"flowblending-accel bench --config {shlex.quote(str(args.output / 'tuned.toml'))}",
+    )
+    return request, options
+
+
+TUNED_SETTINGS = ("target", "large", "small", "pair", "prompts", "height", "width", "frames", "steps")
+
+
+def _tuned_target(args: argparse.Namespace, options) -> dict[str, Any]:
+    """The target tune runs on: its identity, and the settings that rebuild it (local paths relative to the
+    output folder, where tuned.toml is written, so the folders can move together)."""
+    import os
+    from pathlib import Path
+
+    from ..targets.options import IDENTITY_SETTINGS
+
+    settings = {}
+    for name in TUNED_SETTINGS:
+        value = getattr(options, name)
+        if value is None or (name == "target" and value == "embedded" and options.large is not None):
+            continue
+        local = isinstance(value, str) and Path(value).exists()
+        settings[name] = os.path.relpath(Path(value).resolve(), args.output.resolve()) if local else value
+    named = {name: settings[name] for name in IDENTITY_SETTINGS if name in settings}
+    return {"identity": options.identity(), "for": named, "settings": settings}
+
+
+def _row_timer(target, repeats: int):
+    """Rows ``(label, schedule, stack)`` measured interleaved by bench, as its table rows (tune's timing)."""
+    from ..bench.runner import Row, measure_rows, summarise
+
+    def time_rows(rows):
+        measured = measure_rows(
+            target,
+            [Row(label, schedule, stack) for label, schedule, stack in rows],
+            repeats,
+            count_flops="derived",
+        )
+        return summarise(measured, lambda *_: None)
+
+    return time_rows

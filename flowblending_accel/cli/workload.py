@@ -1,6 +1,7 @@
-"""What analyze, calibrate and tune share: the workload options (target, seeds, fit prompts, scorers), and
-the one place that checks them all, builds the target and splits its prompts into a fit set and a held-out
-set (refused before building when a prompts file is too short to hold some out)."""
+"""What analyze, calibrate and tune share at the command line's edge: the workload options (target, seeds,
+fit prompts, scorers, budgets), parsed once into a :class:`~flowblending_accel.analysis.workload.
+WorkloadRequest`; the target they name, checked and built by the one target resolver; and the workload
+analysis makes on it (the fit / held-out split, the scorers, the call plan)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from .common import add_threads_option, positive_number, whole_number
 from .targeting import add_target_options, setting, target_settings
 
 if TYPE_CHECKING:
-    from ..analysis.workload import Workload
+    from ..analysis.workload import Tolerance, Workload, WorkloadRequest
+    from ..targets.options import TargetOptions
 
 EMBEDDED_FIT_PROMPTS, EMBEDDED_PROMPTS = 12, 40
 
@@ -77,82 +79,62 @@ def parse_proxy_size(text: str | None) -> dict[str, int] | None:
     return dict(zip(PROXY_NAMES, map(int, parts), strict=False))
 
 
-def prepare_workload(
-    args,
-    holding: bool,
-    check_goal: Callable[[Any, list[str]], None] | None = None,
-    plan_of: Callable[[Any, Any], Any] | None = None,
-) -> Workload:
-    """Check everything the user gave, then build the target and the workload (fit / held-out split), and
-    count its plan (``plan_of(cost.WorkloadSizes, target)``): refused against --max-calls, printed, before the
-    first pipeline call."""
+def workload_request(args: argparse.Namespace, holding: bool) -> tuple[WorkloadRequest, TargetOptions]:
+    """The workload the options ask for (flags over the config file; the embedded pair's defaults), and the
+    options of the target it runs on."""
+    from ..analysis.workload import WorkloadRequest
 
-    from ..analysis.workload import Workload, fit_and_held_out
-    from ..metrics.flops import flops_per_call
-    from ..metrics.scorers import build_scorers, check_scorer_names
+    options, config = target_settings(args)
+    embedded = options.kind == "embedded"
+    request = WorkloadRequest(
+        output=args.output,
+        scorers=tuple(setting(args, config, "scorers", ["classifier", "ssim"] if embedded else ["ssim"])),
+        seeds=int(setting(args, config, "seeds", 2)),
+        holdout_seeds=getattr(args, "holdout_seeds", 4),
+        fit_prompts=args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None),
+        holding=holding,
+        proxy=parse_proxy_size(getattr(args, "proxy_size", None)),
+        windows=getattr(args, "windows", 0),
+        sensitivity_window=getattr(args, "sensitivity_window", 0) or 0,
+        max_calls=args.max_calls,
+        max_minutes=getattr(args, "max_minutes", None),
+        threads=args.threads,
+        offered_scorers=("classifier",) if embedded else (),
+    )
+    return request, options
+
+
+def build_workload(
+    request: WorkloadRequest,
+    options: TargetOptions,
+    plan_of: Callable[[Any, Any], Any],
+    tolerance: Tolerance | None = None,
+) -> Workload:
+    """Check everything the user gave (``tolerance``: the parsed --tolerance), then build the target and the
+    workload on it, whose plan (``plan_of(cost.WorkloadSizes, target)``) is refused against --max-calls and
+    said before the first pipeline call."""
+    from ..analysis.workload import Workload, check_request
     from ..support.files import check_output_folder
     from ..support.threads import use_threads
     from ..targets.resolve import build_target, check_target, given_prompts, known_family
 
-    options, config = target_settings(args)
-    check_output_folder(args.output)
-    proxy = parse_proxy_size(getattr(args, "proxy_size", None))
+    check_output_folder(request.output)
     checked = check_target(options)
     if options.kind == "random":
         raise ValueError(
             f"--target {options.target}: random weights make noise; there is no quality to analyse. "
             "Use the embedded pair, your folders or your factory."
         )
-    embedded = options.kind == "embedded"
-    names = list(setting(args, config, "scorers", ["classifier", "ssim"] if embedded else ["ssim"]))
-    check_scorer_names(names, {"classifier": None} if embedded else {})
     known = known_family(options, checked)
-    if "temporal" in names and known is not None and known[0].output_field == "images":
-        raise ValueError(f"scorer temporal: the {known[0].name} pipeline makes images; it needs videos.")
-    if check_goal is not None:
-        check_goal(args, names)
-    seeds = int(setting(args, config, "seeds", 2))
-    holdout_seeds = [100 + s for s in range(getattr(args, "holdout_seeds", 4))]
-    fit_count = args.fit_prompts or (EMBEDDED_FIT_PROMPTS if embedded and not options.prompts else None)
-    prompts = given_prompts(options, checked)
-    if prompts is not None:  # a prompts file too short to hold prompts out is refused before building
-        fit_and_held_out(prompts, fit_count, names, holdout_seeds, holding)
-    _check_windows(args, options.steps)
-    threads = use_threads(args.threads)
+    family = known[0] if known is not None else None
+    check_request(request, given_prompts(options, checked), family, options.steps, tolerance)
+    threads = use_threads(request.threads)
     target = build_target(options, checked, embedded_prompts=EMBEDDED_PROMPTS)
-    _check_windows(args, target.base.get("num_inference_steps"))
-    fit, held_out = fit_and_held_out(target.prompts, fit_count, names, holdout_seeds, holding)
-    reference, sets = build_scorers(names, target.scorers)
-    _check_proxy(proxy, target)
-    workload = Workload(target, fit, held_out, list(range(seeds)), holdout_seeds, reference, sets, {}, proxy)
-    workload.threads = threads
-    if plan_of is not None:
-        workload.plan = _checked_plan(args, workload, plan_of)
-    workload.flops = flops_per_call(target.pipe, target.small, workload.calls[0])
-    return workload
+    _check_proxy(request.proxy, target)
+    return Workload.prepare(request, target, plan_of, threads)
 
 
-def _checked_plan(args, work: Workload, plan_of):
-    import sys
-
-    from ..analysis.cost import WorkloadSizes, check_calls
-
-    counts = WorkloadSizes(
-        prompts=len(work.fit) + len(work.held_out),
-        fit_prompts=len(work.fit),
-        seeds=len(work.seeds),
-        holdout_seeds=len(work.holdout_seeds),
-        steps=work.target.steps,
-        window=getattr(args, "windows", 0) or getattr(args, "sensitivity_window", 0) or 0,
-        holding=bool(work.held_out),
-        batch=work.target.batch,
-    )
-    plan = check_calls(counts, lambda counted: plan_of(counted, work.target), args.max_calls)
-    print(plan.describe(), file=sys.stderr, flush=True)
-    return plan
-
-
-def _check_proxy(proxy: dict[str, int] | None, target) -> None:
+def _check_proxy(proxy, target) -> None:
     from ..targets.resolve import pipeline_takes
 
     for name in proxy or {}:
@@ -162,36 +144,17 @@ def _check_proxy(proxy: dict[str, int] | None, target) -> None:
             )
 
 
-def _check_windows(args, steps: int | None) -> None:
-    if steps is not None and getattr(args, "windows", 0) > steps:
-        raise ValueError(
-            f"--windows {args.windows} is longer than the run's {steps} steps; use at most that."
-        )
-
-
-def tolerance_from(values: list[str] | None, reference: dict[str, float]) -> float | dict[str, float]:
-    """``--tolerance``: None -> the reference scores; a bare number -> every score; else SCORER=MIN pairs."""
+def parse_tolerance(values: list[str] | None) -> Tolerance | None:
+    """``--tolerance``: None (the hand-picked schedule's scores), one number for every score, or SCORER=MIN
+    pairs; the names are checked against the scorers before the target is built."""
     if values is None:
-        return reference
+        return None
     try:
         if len(values) == 1 and "=" not in values[0]:
             return float(values[0])
         pairs = dict(value.rsplit("=", 1) for value in values)
-        tolerance = {name: float(minimum) for name, minimum in pairs.items()}
+        return {name: float(minimum) for name, minimum in pairs.items()}
     except ValueError as error:
         raise ValueError(
             f"--tolerance {' '.join(values)}: write SCORER=MIN pairs or one number ({error})."
         ) from None
-    unknown = sorted(set(tolerance) - set(reference))
-    if unknown:
-        raise ValueError(
-            f"--tolerance: unknown score {', '.join(unknown)}; scores here are {', '.join(reference)}."
-        )
-    return tolerance
-
-
-def explicit_tolerance(args, reference: dict[str, float]) -> float | dict[str, float] | None:
-    """``--tolerance`` resolved against ``reference`` (the hand-picked schedule's fit scores), or ``None``
-    when the command was given none."""
-    values = getattr(args, "tolerance", None)
-    return None if values is None else tolerance_from(values, reference)

@@ -96,6 +96,8 @@ def _normalise(value: Any) -> Any:
 
 
 def device_of(module: Any) -> torch.device | None:
+    """Where ``module``'s weights are (its first parameter's device); None for a plain callable or a module
+    without parameters. The one such helper: accelerators and tools ask it too."""
     if isinstance(module, torch.nn.Module):
         for parameter in module.parameters():
             return parameter.device

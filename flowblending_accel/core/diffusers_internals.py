@@ -8,7 +8,6 @@ submodules (block-level cache hooks). Stateful hooks keep one state per cache-co
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -292,39 +291,14 @@ def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | No
         delattr(model, _PARALLEL_FIELD)
 
 
-def share_mask_heads(model: torch.nn.Module) -> None:
-    """Ulysses attention in diffusers 0.42 gathers a mask's key axis but keeps all its heads while the query
-    has ``heads / degree`` of them, so a masked attention (LTX's text mask) fails (diffusers#14316, fix
-    pending in #14317). ``model``'s processors repeat one mask over every head, so under Ulysses its masks
-    are cut to one head, which broadcasts: marked on the model's parallel config, read by every backend."""
-    parallel = getattr(uncompiled(model), _PARALLEL_FIELD, None)
-    if parallel is not None:
-        parallel.flowblending_mask_heads_shared = True
-        _wrap_attention_backends()
+# The attention backend registry: diffusers looks each backend's function up in it on every attention call,
+# and has no public way to wrap one (the patches module's mask-head fix does, for diffusers#14316). Each
+# backend function receives the calling processor's parallel config under this keyword.
+ATTENTION_PARALLEL_ARGUMENT = "_parallel_config"
 
 
-def _wrap_attention_backends() -> None:
+def attention_backend_functions() -> dict[Any, Callable[..., Any]]:
+    """diffusers' registry of attention backend functions by name (the dict itself, to change in place)."""
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
-    backends = _AttentionBackendRegistry._backends
-    for name, function in list(backends.items()):
-        if not getattr(function, "flowblending_shares_mask_heads", False):
-            backends[name] = _one_mask_head(function)
-
-
-def _one_mask_head(function: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(function)
-    def attend(*args: Any, **kwargs: Any) -> Any:
-        mask, parallel = kwargs.get("attn_mask"), kwargs.get("_parallel_config")
-        if (  # only a flagged model's dense mask (a flex BlockMask passes untouched)
-            getattr(parallel, "flowblending_mask_heads_shared", False)
-            and parallel.context_parallel_config.ulysses_degree > 1
-            and isinstance(mask, torch.Tensor)
-            and mask.ndim == 4
-            and mask.shape[1] > 1
-        ):
-            kwargs["attn_mask"] = mask[:, :1]
-        return function(*args, **kwargs)
-
-    attend.flowblending_shares_mask_heads = True
-    return attend
+    return _AttentionBackendRegistry._backends

@@ -14,8 +14,9 @@ from the large model itself (whichever order the user did things in):
   and goes back to the CPU at the end of every run;
 * attention slicing, xformers attention, fused QKV projections and FreeU, on and off;
 * context parallelism (diffusers' ``enable_parallelism``): the small model gets the large one's kind and
-  degree on the large one's mesh, from a config of its own; its masks are cut to one head under Ulysses
-  where the family repeats one mask over every head (diffusers#14316). Released with the router.
+  degree on the large one's mesh, from a config of its own; both models' masks are cut to one head under
+  Ulysses where the family repeats one mask over every head (diffusers#14316, a patch held while they run
+  split: :func:`.patches.share_mask_heads`). Released with the router.
 
 What cannot be followed (a small model on the meta device) is left to the placement check, which refuses it.
 """
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from . import diffusers_internals
+from . import diffusers_internals, patches
 from .compat import check_context_parallel, compute_dtype_of, device_of, dtype_of
 from .families import Family
 
@@ -37,6 +38,7 @@ class Follower:
     def __init__(self, family: Family | None = None) -> None:
         self._offload_hook = None  # accelerate's hook we gave the small model, if any
         self._parallel = False  # whether we enabled the small model's context parallelism
+        self._mask_heads: list[Any] = []  # parallel configs whose masks we cut to one head (patches)
         self._family = family
 
     def sync(self, large: Any, small: Any, placement: bool = True) -> None:
@@ -59,6 +61,7 @@ class Follower:
             self._offload_hook.offload()
 
     def release(self, small: Any) -> None:
+        self._share_mask_heads([])
         if self._parallel:
             diffusers_internals.disable_context_parallel(small)
             self._parallel = False
@@ -72,6 +75,7 @@ class Follower:
     def _context_parallel(self, large: torch.nn.Module, small: torch.nn.Module) -> None:
         config = diffusers_internals.context_parallel_of(large)
         if config is None:
+            self._share_mask_heads([])
             if self._parallel:  # the large model left context parallelism: so does the small one
                 diffusers_internals.disable_context_parallel(small)
                 self._parallel = False
@@ -82,8 +86,20 @@ class Follower:
             diffusers_internals.enable_context_parallel_like(small, config)
             self._parallel = True
         if self._family is not None and self._family.masks_repeat_heads:
-            for model in (large, small):
-                diffusers_internals.share_mask_heads(model)
+            self._share_mask_heads([diffusers_internals.parallel_of(model) for model in (large, small)])
+
+    def _share_mask_heads(self, configs: list[Any]) -> None:
+        """Hold the mask-head patch for exactly ``configs`` (the models' parallel configs now): a config a
+        model no longer runs with is let go (diffusers#14316, see :mod:`.patches`)."""
+        kept = [held for held in self._mask_heads if any(held is config for config in configs)]
+        for held in self._mask_heads:
+            if not any(held is config for config in kept):
+                patches.unshare_mask_heads(held)
+        self._mask_heads = kept
+        for config in configs:
+            if config is not None and not any(config is held for held in self._mask_heads):
+                patches.share_mask_heads(config)
+                self._mask_heads.append(config)
 
     def _placement(self, large: torch.nn.Module, small: torch.nn.Module) -> None:
         offload = getattr(large, "_hf_hook", None)

@@ -21,7 +21,6 @@ control (:meth:`ModelRouter.start_run`, :meth:`~ModelRouter.enter_step`, :meth:`
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from collections import deque
@@ -32,7 +31,7 @@ import torch
 from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManager
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import diffusers_internals
+from . import diffusers_internals, patches
 from .compat import check_adapters, check_placement, device_of
 from .denoiser import RoutedDenoiser
 from .families import Family
@@ -309,6 +308,12 @@ class ModelRouter(ModelHook):
         model = self.enter_step(step)
         return self.call(model, step, getattr(scheduler, "step_index", None), args, kwargs)
 
+    def deinitalize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        # diffusers calls this when the hook is removed (``remove_hook``, ours or the user's): what following
+        # the large model gave the small one, and the patches it holds, are undone with it.
+        self.detach()
+        return module
+
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         # Reached from `maybe_free_model_hooks` once a pipeline call's loop has completed.
         self.end_run(completed=True)
@@ -337,8 +342,9 @@ class ModelRouter(ModelHook):
     def _calling_scheduler(self) -> Any:
         """The scheduler of the pipeline that is running this call: a denoiser shared by several pipelines
         (``from_pipe`` for img2img / i2v, or hand-built ones) is routed along the caller's own grid. Found
-        on the call stack (the pipeline's ``__call__`` holding this module); else the router's own."""
-        caller = calling_pipeline(self.large)
+        on the call stack (the pipeline's ``__call__`` holding this module: :func:`.patches.calling_pipeline`
+        says why the stack); else the router's own."""
+        caller = patches.calling_pipeline(self.large)
         if caller is not None:
             return caller.scheduler
         scheduler = self._given_scheduler()
@@ -427,21 +433,6 @@ class ModelRouter(ModelHook):
             device = device_of(self.large)
             return "cuda" if device is not None and device.type == "cuda" else "host"
         return self.timing
-
-
-def calling_pipeline(module: Any, depth: int = 24) -> Any:
-    """The innermost pipeline on the call stack whose ``__call__`` is running and which holds ``module``."""
-    frame = sys._getframe(2)
-    for _ in range(depth):
-        if frame is None:
-            return None
-        if frame.f_code.co_name == "__call__":
-            owner = frame.f_locals.get("self")
-            scheduler = getattr(owner, "scheduler", None)
-            if hasattr(scheduler, "set_timesteps") and any(value is module for value in vars(owner).values()):
-                return owner
-        frame = frame.f_back
-    return None
 
 
 class _Timer:

@@ -96,17 +96,12 @@ def load_demo_pipeline(path: str | Path | None = None, dtype: torch.dtype = torc
             f"no demo pair at {folder}: train one with `flowblending-accel train-demo` and export it, "
             "or reinstall the package (the pair ships in flowblending_accel/assets/demo_pair)."
         )
-    from diffusers.utils import logging as diffusers_logging
-
+    from ..core import patches
     from ..support.progress import quiet_library_bars
 
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # WanPipeline expects an AutoencoderKLWan; ours is deliberate
-    try:
-        with quiet_library_bars():
-            pipe = WanPipeline.from_pretrained(folder, dtype=dtype)
-    finally:
-        diffusers_logging.set_verbosity(level)
+    # diffusers warns that WanPipeline expects an AutoencoderKLWan; ours is deliberate.
+    with patches.silenced({"diffusers": ()}), quiet_library_bars():
+        pipe = WanPipeline.from_pretrained(folder, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     small = WanTransformer3DModel.from_pretrained(folder, subfolder=SMALL_SUBFOLDER, dtype=dtype).eval()
     return pipe, small

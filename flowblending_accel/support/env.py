@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-import os
 import platform
+from contextlib import AbstractContextManager
 from importlib import metadata
 from pathlib import Path
 
+# Notes optional libraries log when diffusers imports them, which say nothing about the user's work:
+# torchao's prebuilt kernels this machine cannot load and its Triton kernels (CPU-only machines), diffusers'
+# note about torchao tensors, torch's deprecation of how torchao registers enums, transformers' fallback to
+# its PIL image processors without torchvision. Only these messages are dropped; every other record passes.
+IMPORT_NOISE = {
+    "torchao": ("Failed to load ",),
+    "torchao.kernel.intmm": ("Warning: Detected no triton",),
+    "diffusers.quantizers.torchao.torchao_quantizer": ("Unable to import `torchao` Tensor objects",),
+    "torch.utils._pytree": ("is an Enum subclass and is now natively supported by torch.compile",),
+    "transformers.utils.import_utils": ("requires torchvision (not installed); falling back to",),
+}
 
-def quiet_optional_libraries() -> None:
-    """For a command line program (never done on import): transformers' notes about optional image
-    backends, which it prints whenever diffusers imports its pipelines, say nothing about the work. (The
-    package drops the import notices of torchao and torch itself, in ``flowblending_accel/__init__.py``.)"""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+def quiet_optional_libraries() -> AbstractContextManager[None]:
+    """For a program (the command line, a tool's worker, a recipe run as a script), never on import: the
+    block in which :data:`IMPORT_NOISE` is dropped (the one silencer, undone on leaving it)."""
+    from ..core.patches import silenced
+
+    return silenced(IMPORT_NOISE)
 
 
 DISTRIBUTION = "flowblending-accel"

@@ -21,7 +21,6 @@ import functools
 import json
 import re
 import struct
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -162,7 +161,9 @@ def _stand_in(encoder) -> None:
             output["text_embeds"] = empty(batch, projection)
         return output
 
-    encoder.forward = forward
+    from ..core import patches
+
+    patches.shim_forward(encoder, lambda _own: forward)  # a throwaway meta copy: never unshimmed
 
 
 def _meta_model(library: str, cls: type, path: Path, dtype):
@@ -251,16 +252,14 @@ class MetaPair:
         return 3 * largest
 
 
-@contextmanager
 def _quiet_diffusers():
-    import diffusers
+    """diffusers' warnings (below ERROR) while a folder's pipeline is built and run on the meta device: notes
+    about weights it does not load there say nothing about the memory plan."""
+    import diffusers  # noqa: F401  (configures its loggers on import: before their level is raised)
 
-    verbosity = diffusers.utils.logging.get_verbosity()
-    diffusers.utils.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers.utils.logging.set_verbosity(verbosity)
+    from ..core import patches
+
+    return patches.silenced({"diffusers": ()})
 
 
 def activation_bytes(large: str, small_model_folder: str | Path, dtype, call_kwargs: dict) -> int:

@@ -9,7 +9,7 @@ Kinds: ``embedded`` (default: the shipped pair), ``random:PRESET`` (real-size or
 from __future__ import annotations
 
 import inspect
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +21,8 @@ from .prompts import Prompt, read_prompts
 if TYPE_CHECKING:
     from ..core.families import Family
     from .folders import FolderPair
+
+logger = logging.getLogger(__name__)
 
 
 def check_tuned_for(options: TargetOptions, tuned_for: dict[str, str] | None, source: Any) -> None:
@@ -167,7 +169,7 @@ def build_target(
         pair, prompts = checked.pair, checked.prompts
         size, source = folder_size(options, pair)
         base = {**size, **base}
-        print(f"size: {describe(size)} ({source})", file=sys.stderr)
+        logger.info("size: %s (%s)", describe(size), source)
         target = folder_target(
             pair, options.device, dtype, {"output_type": "np", **base}, prompts, _offload_here(options)
         )
@@ -189,7 +191,7 @@ def _offload_here(options: TargetOptions) -> str:
 def _note_offload_on_cpu(options: TargetOptions) -> None:
     if options.offload != "none" and not options.device.startswith("cuda"):
         note = f"note: --offload {options.offload} does nothing on --device {options.device}"
-        print(f"{note}: the models already live in host memory.", file=sys.stderr)
+        logger.warning("%s: the models already live in host memory.", note)
 
 
 def _check_memory(options: TargetOptions, pair: FolderPair, prompts: list[Prompt]) -> None:

@@ -18,13 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowblending_accel import flowblending_stats
 from flowblending_accel.accelerators import (
     OFFLOAD_MODES,
-    FlowBlendingConfig,
-    applied_stack,
     enable_offload,
-    flowblending,
     parse_accelerator,
     spec_help,
 )
@@ -32,6 +28,7 @@ from flowblending_accel.cli.common import positive_number, run_command, whole_nu
 from flowblending_accel.core.distributed import DistContext, joined, launched_world_size
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
+from flowblending_accel.support.env import quiet_optional_libraries
 from flowblending_accel.support.files import check_output_folder, default_file_mode
 from flowblending_accel.support.threads import use_threads
 from flowblending_accel.targets.sizes import describe, resolve_folder_size
@@ -129,7 +126,8 @@ def parser(description: str, defaults: Defaults) -> argparse.ArgumentParser:
 def script(main: Callable[[], Any]) -> int:
     """A recipe run as a script: a user error (bad option, folder, size or output) is one line on stderr
     and exit 2, as with the flowblending-accel commands."""
-    return run_command(f"python {sys.argv[0]}", lambda: (main(), 0)[1])
+    with quiet_optional_libraries():
+        return run_command(f"python {sys.argv[0]}", lambda: (main(), 0)[1])
 
 
 def run(
@@ -154,6 +152,9 @@ def run(
 
 
 def _run(args, load, defaults: Defaults, parallel: list, ranks: DistContext, **router_options: Any) -> dict:
+    from flowblending_accel import flowblending_stats  # these import diffusers: after the user's errors
+    from flowblending_accel.accelerators import FlowBlendingConfig, applied_stack, flowblending
+
     if ranks.is_main:
         args.output = checked_output(args.output, defaults)
     size = _size(args, defaults)  # refused here, before any weight is read, if the models cannot take it

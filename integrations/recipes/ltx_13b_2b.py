@@ -25,8 +25,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
-from flowblending_accel import FlowBlendingConfig, apply_flowblending_  # noqa: E402
-
 DEFAULTS = Defaults(
     "Lightricks/LTX-Video-0.9.7-dev",
     "Lightricks/LTX-Video-0.9.5",
@@ -69,6 +67,11 @@ def build(
     offload="none",
     **components,
 ):
+    from flowblending_accel import (  # imports diffusers: after the user's errors
+        FlowBlendingConfig,
+        apply_flowblending_,
+    )
+
     pipe, small_model, members = load(large, small, device, dtype, offload, **components)
     router = apply_flowblending_(
         pipe, small_model, FlowBlendingConfig(schedule, accelerators=[*members, *stack])

@@ -19,7 +19,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
-from flowblending_accel import FlowBlendingConfig, apply_flowblending_  # noqa: E402
 from flowblending_accel.accelerators import DeepCache  # noqa: E402
 
 DEFAULTS = Defaults(
@@ -64,6 +63,11 @@ def build(
     offload="none",
     **components,
 ):
+    from flowblending_accel import (  # imports diffusers: after the user's errors
+        FlowBlendingConfig,
+        apply_flowblending_,
+    )
+
     pipe, small_unet, members = load(large, small, device, dtype, offload, **components)
     chosen = [DeepCache(interval=cache_interval)] if stack is None else list(stack)
     router = apply_flowblending_(

@@ -23,8 +23,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import Defaults, load_denoiser, load_pipeline, parser, run, script  # noqa: E402
 
-from flowblending_accel import FlowBlendingConfig, apply_flowblending_  # noqa: E402
-
 DEFAULTS = Defaults(
     "Wan-AI/Wan2.2-T2V-A14B-Diffusers",
     "Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
@@ -67,6 +65,11 @@ def build(
     offload="none",
     **components,
 ):
+    from flowblending_accel import (  # imports diffusers: after the user's errors
+        FlowBlendingConfig,
+        apply_flowblending_,
+    )
+
     pipe, small_model, members = load(large, small, device, dtype, offload, **components)
     router = apply_flowblending_(
         pipe, small_model, FlowBlendingConfig(schedule, accelerators=[*members, *stack], denoisers=EXPERTS)

@@ -9,6 +9,6 @@ with its own time box, every measured row one JSON line written as it is measure
 * :mod:`.summary` and :mod:`.render`: any set of part files into suite.json, suite.md and suite.png.
 """
 
-from .plan import PART_SECONDS, SUITES, Part, Section, Suite, SuiteRow, Workload, suite_named
+from .plan import PART_SECONDS, SUITES, Part, Section, Suite, SuiteRow, SuiteWorkload, suite_named
 
-__all__ = ["PART_SECONDS", "SUITES", "Part", "Section", "Suite", "SuiteRow", "Workload", "suite_named"]
+__all__ = ["PART_SECONDS", "SUITES", "Part", "Section", "Suite", "SuiteRow", "SuiteWorkload", "suite_named"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-from .plan import Section, Suite, SuiteRow, Workload
+from .plan import Section, Suite, SuiteRow, SuiteWorkload
 
 GIB = 2**30
 
@@ -87,7 +87,7 @@ def _weights(module) -> tuple[int, int]:
 
 
 @cache
-def workload_costs(workload: Workload, dtype: str) -> WorkloadCosts:
+def workload_costs(workload: SuiteWorkload, dtype: str) -> WorkloadCosts:
     """Count ``workload`` on the ``meta`` device: nothing is allocated, nothing computed."""
     import torch
 
@@ -125,7 +125,7 @@ def _reduced_steps(row: SuiteRow, steps: int) -> int:
     return reduced[0] if reduced else steps
 
 
-def row_calls(row: SuiteRow, workload: Workload, costs: WorkloadCosts) -> dict[str, int]:
+def row_calls(row: SuiteRow, workload: SuiteWorkload, costs: WorkloadCosts) -> dict[str, int]:
     """Denoiser calls per model of one run of ``row``."""
     from ...core.schedule import Schedule
 
@@ -137,7 +137,7 @@ def row_calls(row: SuiteRow, workload: Workload, costs: WorkloadCosts) -> dict[s
     return calls
 
 
-def row_seconds(row: SuiteRow, workload: Workload, dtype: str, profile: DeviceProfile) -> float:
+def row_seconds(row: SuiteRow, workload: SuiteWorkload, dtype: str, profile: DeviceProfile) -> float:
     """One timed run of ``row``."""
     costs = workload_costs(workload, dtype)
     calls = row_calls(row, workload, costs)
@@ -154,7 +154,7 @@ def row_seconds(row: SuiteRow, workload: Workload, dtype: str, profile: DevicePr
     return seconds
 
 
-def warmup_extra_seconds(row: SuiteRow, workload: Workload, dtype: str, profile: DeviceProfile) -> float:
+def warmup_extra_seconds(row: SuiteRow, workload: SuiteWorkload, dtype: str, profile: DeviceProfile) -> float:
     """What ``row``'s first (warm-up) run adds on top of a timed one: compiling, quantizing."""
     costs = workload_costs(workload, dtype)
     kinds, extra = row.kinds(), 0.0
@@ -169,7 +169,7 @@ def warmup_extra_seconds(row: SuiteRow, workload: Workload, dtype: str, profile:
     return extra
 
 
-def build_seconds(workload: Workload, dtype: str, profile: DeviceProfile) -> float:
+def build_seconds(workload: SuiteWorkload, dtype: str, profile: DeviceProfile) -> float:
     costs = workload_costs(workload, dtype)
     return sum(costs.parameters.values()) / profile.build_parameters_per_second
 
@@ -212,7 +212,7 @@ def part_seconds(suite: Suite, part_name: str, profile: DeviceProfile) -> dict[s
     return estimate
 
 
-def row_memory(row: SuiteRow, workload: Workload, dtype: str) -> dict[str, int]:
+def row_memory(row: SuiteRow, workload: SuiteWorkload, dtype: str) -> dict[str, int]:
     """Estimated peak bytes of ``row`` on the device and on the host (besides the interpreter itself)."""
     costs = workload_costs(workload, dtype)
     weights = costs.weight_bytes

@@ -133,7 +133,8 @@ def _computed_share(state: RowState, states: list[RowState]) -> tuple[dict[str, 
     return {}, "calls x counted call: cache hits not counted (no eager row with this cache)"
 
 
-def run_flops(calls: dict[str, int], flops: dict[str, Any], share: dict[str, float]) -> dict[str, int]:
+def flops_from_calls(calls: dict[str, int], flops: dict[str, Any], share: dict[str, float]) -> dict[str, int]:
+    """A row's FLOPs per model from its calls and one counted call each (blocks scaled by ``share``)."""
     found = {}
     for model, count in calls.items():
         per_call, blocks = flops[model]["per_call"], flops[model]["blocks_per_call"]
@@ -157,7 +158,7 @@ def run_timed(target, state: RowState, flops: dict[str, Any], states: list[RowSt
         "model_seconds": run.model_seconds,
         "calls": run.calls,
         "steps": run.steps,
-        "flops": run_flops(run.calls, flops, share),
+        "flops": flops_from_calls(run.calls, flops, share),
         "flops_basis": basis,
         "peak_cuda_bytes": run.peak_memory,
         "peak_host_bytes": host_peak_bytes(),

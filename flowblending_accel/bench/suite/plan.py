@@ -61,7 +61,7 @@ PROBE = SuiteRow("small only (probe)", "S100")
 
 
 @dataclass(frozen=True)
-class Workload:
+class SuiteWorkload:
     """A random-weight preset pair at one size (height, width, frames) and step count."""
 
     preset: str
@@ -81,7 +81,7 @@ class Section:
     name: str
     title: str
     kind: str
-    workload: Workload
+    workload: SuiteWorkload
     rows: tuple[SuiteRow, ...] = ()
     probe: bool = False  # also time the small model alone: its per-call time makes the time-ideal
     repeats: int = 3
@@ -137,9 +137,9 @@ def cumulative(first: SuiteRow, stack: list[str]) -> list[SuiteRow]:
 def _suite(
     name: str, device: str, dtype: str, sizes: dict, repeats: int, boxes: dict, budget: float = PART_SECONDS
 ) -> Suite:
-    wan = Workload(sizes["wan"], sizes["wan_size"], sizes["steps"])
-    ltx = Workload(sizes["ltx"], sizes["ltx_size"], sizes["steps"])
-    smoke = Workload(sizes["smoke"], sizes["smoke_size"], sizes["smoke_steps"])
+    wan = SuiteWorkload(sizes["wan"], sizes["wan_size"], sizes["steps"])
+    ltx = SuiteWorkload(sizes["ltx"], sizes["ltx_size"], sizes["steps"])
+    smoke = SuiteWorkload(sizes["smoke"], sizes["smoke_size"], sizes["smoke_steps"])
     reduced = f"dpm++:{sizes['steps'] // 2}"
     eager = cumulative(BLENDED, [reduced, "fbc:0.05", BEST_ATTENTION, "quantize:auto"])
     compiled = cumulative(eager[-1], ["compile"])
@@ -151,7 +151,9 @@ def _suite(
     offload = SuiteRow("+FlowBlending, offload with prefetch", SCHEDULE, ("offload:1",))
     offload_peak = SuiteRow("+FlowBlending, offload without prefetch", SCHEDULE, ("offload:0",))
 
-    def rows(section: str, title: str, workload: Workload, measured: list[SuiteRow], probe=False) -> Section:
+    def rows(
+        section: str, title: str, workload: SuiteWorkload, measured: list[SuiteRow], probe=False
+    ) -> Section:
         return Section(
             section, title, "rows", workload, (BASELINE, *measured), probe, repeats, boxes[section]
         )
@@ -166,7 +168,7 @@ def _suite(
                     "overhead",
                     "Router overhead per call on a launch-bound tiny pipeline",
                     "overhead",
-                    Workload(sizes["overhead"], sizes["overhead_size"], 20),
+                    SuiteWorkload(sizes["overhead"], sizes["overhead_size"], 20),
                     repeats=sizes["overhead_repeats"],
                     box=boxes["overhead"],
                 ),

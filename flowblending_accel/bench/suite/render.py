@@ -12,7 +12,7 @@ from ...support.memory import gib
 from ..report import plot
 from .journal import read_lines
 from .plan import Suite
-from .summary import CHAIN, summarise
+from .summary import CHAIN, summarise_suite
 
 
 def _number(value: float | None, form: str = "{:.3f}") -> str:
@@ -181,7 +181,7 @@ def _plot_rows(device: dict[str, Any]) -> list[dict[str, Any]]:
 
 def render(paths: list[Path], output: Path, suite: Suite, command: str) -> dict[str, Any]:
     lines = list(read_lines(paths))
-    summary = summarise(suite, lines)
+    summary = summarise_suite(suite, lines)
     output.mkdir(parents=True, exist_ok=True)
     write_atomic(output / "suite.json", (json.dumps(summary, indent=2, default=str) + "\n").encode())
     write_atomic(output / "suite.md", suite_markdown(summary, suite, command).encode())

@@ -230,7 +230,7 @@ def summarise_device(suite: Suite, device: str, lines: list[dict[str, Any]]) -> 
     }
 
 
-def summarise(suite: Suite, lines: list[dict[str, Any]]) -> dict[str, Any]:
+def summarise_suite(suite: Suite, lines: list[dict[str, Any]]) -> dict[str, Any]:
     mine = [line for line in lines if line.get("suite") == suite.name]
     return {
         "schema": SUMMARY_SCHEMA,

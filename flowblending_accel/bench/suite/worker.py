@@ -28,7 +28,7 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...support.env import quiet_optional_libraries
 from .costs import PROFILES, memory_refusal, row_memory, row_seconds, warmup_extra_seconds
@@ -42,8 +42,10 @@ from .journal import (
     section_finished,
     section_setup,
 )
-from .measure import RowState, count_flops, run_timed, run_warmup
 from .plan import BASELINE, Section, Suite, SuiteRow, suite_named
+
+if TYPE_CHECKING:  # measuring imports torch and diffusers: in main, after the import noise is silenced
+    from .measure import RowState
 
 
 @dataclass
@@ -246,6 +248,8 @@ def _reach(ctx: Context, state: RowState) -> None:
 
 
 def _warm_up(ctx: Context, target, states: list[RowState], baseline: RowState) -> None:
+    from .measure import run_warmup
+
     ctx.progress.say("warm-up: each row once (compiles, quantizes, every model, stage and CFG branch)")
     for state in states:
         _reach(ctx, state)
@@ -266,6 +270,8 @@ def _warm_up(ctx: Context, target, states: list[RowState], baseline: RowState) -
 
 
 def _rounds(ctx: Context, target, states: list[RowState], flops: dict[str, Any], first: int) -> None:
+    from .measure import run_timed
+
     """``repeats`` interleaved rounds of ``states`` (the baseline among them), numbered from ``first``;
     they stop when the baseline is dropped (the rows left are named by :func:`_drop_unpaired`)."""
     baseline = _baseline(states)
@@ -306,6 +312,8 @@ def _phases(states: list[RowState]) -> list[list[RowState]]:
 
 
 def _measure(ctx: Context, target, states: list[RowState]) -> None:
+    from .measure import count_flops
+
     """Each phase warmed up, then timed in rounds against the baseline."""
     baseline, flops, first = _baseline(states), None, 1
     for phase in _phases(states):
@@ -332,6 +340,7 @@ def _end_rows(ctx: Context, wanted: list[SuiteRow]) -> str:
 
 def _run_rows(ctx: Context) -> str:
     from ...accelerators import best_attention_backend
+    from .measure import RowState
 
     backend = best_attention_backend(ctx.suite.device)
     wanted = _rows_wanted(ctx)
@@ -385,7 +394,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    quiet_optional_libraries()
+    with quiet_optional_libraries():
+        return _section(args)
+
+
+def _section(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     suite = suite_named(args.suite)
     section = suite.section(args.section)
