@@ -310,14 +310,15 @@ DATA_PARALLEL_GROUPS = textwrap.dedent("""
     provide_device_count()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
-    from flowblending_accel import flowblending
+    from flowblending_accel import FlowBlendingConfig, flowblending
     from flowblending_accel.core.distributed import current, gather_ordered, shard
     from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
     context = current()
     large, small = tiny_wan_pair()
     pipe = tiny_wan_pipeline(large)
     mine = shard([0, 1, 2], context.data_parallel(2))
-    with flowblending(pipe, small, "L40-S40-L20", ["cp:2"], timing="off"), torch.inference_mode():
+    config = FlowBlendingConfig("L40-S40-L20", accelerators=["cp:2"], timing="off")
+    with flowblending(pipe, small, config), torch.inference_mode():
         outputs = [(index, pipe(**wan_call_kwargs(steps=5, seed=seed)).frames) for index, seed in mine]
     merged = gather_ordered(outputs, context, group_size=2)
     if context.is_main:

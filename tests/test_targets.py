@@ -482,6 +482,6 @@ def test_without_a_recorded_size_ltx_runs_at_its_pipelines_defaults(
 @pytest.mark.parametrize("family", ["wan2.2", "ltx"])
 def test_tune_on_each_video_family_folder(family, saved, tmp_path):
     argv = _folder_argv("tune", saved[family], saved["prompts"], tmp_path)
-    assert main([*argv, "--repeats", "1", "--max-calls", "30"]) == 0
+    assert main([*argv, "--repeats", "1", "--max-calls", "40"]) == 0
     document = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert document["chosen"]["bench"].endswith("tuned.toml")
