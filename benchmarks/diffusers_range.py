@@ -1,7 +1,7 @@
 """The core compatibility tests on every supported diffusers minor, each in a fresh venv.
 
     python benchmarks/diffusers_range.py       # every minor, into benchmarks/results/diffusers-range/
-    python benchmarks/diffusers_range.py --versions 0.36.0 0.42.1 --output /tmp/range    # what CI runs
+    python benchmarks/diffusers_range.py --ends --output /tmp/range       # what CI runs: oldest, newest
     python benchmarks/diffusers_range.py --versions 0.42.1@2.14.1 --force                 # another torch
 
 For each ``diffusers[@torch]`` (torch 2.13.0 unless named): a new venv; ``pip install torch==T``; then
@@ -252,11 +252,14 @@ def render(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--versions", nargs="+", default=DEFAULT_ROWS, help="diffusers[@torch] rows")
+    parser.add_argument("--ends", action="store_true", help="the oldest and the newest minor only (CI)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--work", type=Path, default=None, help="where the venvs go (default: a temp folder)")
     parser.add_argument("--force", action="store_true", help="rerun rows already in the results")
     parser.add_argument("--keep", action="store_true", help="keep each venv (default: removed after its row)")
     args = parser.parse_args(argv)
+    if args.ends:
+        args.versions = [MINORS[0], MINORS[-1]]
     args.output.mkdir(parents=True, exist_ok=True)
     data = args.output / "results.json"
     results = json.loads(data.read_text()) if data.exists() else {}
