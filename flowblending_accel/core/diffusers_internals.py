@@ -286,6 +286,10 @@ def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
     diffusers fills a config's state in when it sets it up."""
     from diffusers import ContextParallelConfig
 
+    # Checked at apply time too; here for a router without a family (no pair checks) whose large model was
+    # split later: ``like`` has no mesh to share before 0.38.
+    diffusers_versions.require("context_parallel", "the small model following the large one's parallelism")
+
     config = ContextParallelConfig(
         ring_degree=like.ring_degree,
         ulysses_degree=like.ulysses_degree,
