@@ -241,10 +241,10 @@ class DiffusersCacheAccelerator(Accelerator):
             self._handles.append(leaves[0].register_forward_pre_hook(computed))
 
     def remove(self, target: RoutedModels) -> None:
-        while self._handles:
-            self._handles.pop().remove()
         from ..core import diffusers_internals
 
+        while self._handles:
+            self._handles.pop().remove()
         while self._enabled:
             model = self._enabled.pop()
             model.disable_cache()
