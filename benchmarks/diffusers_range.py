@@ -1,10 +1,14 @@
 """The core compatibility tests on every supported diffusers minor, each in a fresh venv.
 
-    python benchmarks/diffusers_range.py       # every minor, into benchmarks/results/diffusers-range/
-    python benchmarks/diffusers_range.py --ends --output /tmp/range       # what CI runs: oldest, newest
-    python benchmarks/diffusers_range.py --versions 0.42.1@2.14.1 --force                 # another torch
+    python benchmarks/diffusers_range.py     # every row, into benchmarks/results/diffusers-range/
+    python benchmarks/diffusers_range.py --ends --output /tmp/range     # what CI runs
+    python benchmarks/diffusers_range.py --versions 0.42.1@2.14.1 --force
 
-For each ``diffusers[@torch]`` (torch 2.13.0 unless named): a new venv; ``pip install torch==T``; then
+Rows: every minor with torch 2.13.0, and the oldest and the newest minor with torch 2.14.1 (the torch
+releases this project's machines hold); CI runs the oldest minor, the newest, and the newest with the newer
+torch (``--ends``).
+
+Each ``diffusers[@torch]`` row (torch 2.13.0 unless named): a new venv; ``pip install torch==T``; then
 ``pip install diffusers==V -e ".[test]"`` in one command, which must keep that diffusers (checked after);
 whether ``.[dev]`` would resolve too (pip's dry run); ``import flowblending_accel`` and which features the
 versions module refuses there; then the core tests (:data:`CORE_TESTS`, the default markers) and the
@@ -34,8 +38,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "benchmarks" / "results" / "diffusers-range"
 MINORS = ["0.36.0", "0.37.1", "0.38.0", "0.39.0", "0.40.0", "0.41.0", "0.42.1"]  # the latest patch of each
-TORCH = "2.13.0"
-DEFAULT_ROWS = [*MINORS, "0.42.1@2.14.1"]
+TORCHES = ["2.13.0", "2.14.1"]  # the torch releases this project's machines hold wheels of
+TORCH = TORCHES[0]
+NEWER_TORCH = [f"{MINORS[0]}@{TORCHES[-1]}", f"{MINORS[-1]}@{TORCHES[-1]}"]
+DEFAULT_ROWS = [*MINORS, *NEWER_TORCH]
+ENDS = [MINORS[0], MINORS[-1], NEWER_TORCH[-1]]  # what CI runs: the oldest and the newest of each
 CORE_TESTS = [
     "tests/test_router_wan.py",
     "tests/test_router_caches.py",
@@ -234,8 +241,9 @@ def render(results: dict) -> str:
     keys = sorted(results, key=_sort_key)
     lines = [HEADER.format(core=" ".join(CORE_TESTS), examples=EXAMPLES[0]).rstrip("\n")]
     lines += [_table_row(results[key]) for key in keys]
-    machine = results[keys[0]].get("machine") if keys else _machine()
-    lines += ["", f"Machine: {machine}, Python {platform.python_version()}, no GPU.", ""]
+    first = results[keys[0]] if keys else {}
+    machine, python = first.get("machine", _machine()), first.get("python", platform.python_version())
+    lines += ["", f"Machine: {machine}, Python {python}, no GPU.", ""]
     skips: dict[str, list[str]] = {}
     for key in keys:
         for reason in results[key]["tests"]["skips"]:
@@ -252,14 +260,14 @@ def render(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--versions", nargs="+", default=DEFAULT_ROWS, help="diffusers[@torch] rows")
-    parser.add_argument("--ends", action="store_true", help="the oldest and the newest minor only (CI)")
+    parser.add_argument("--ends", action="store_true", help=f"only {' '.join(ENDS)} (what CI runs)")
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--work", type=Path, default=None, help="where the venvs go (default: a temp folder)")
     parser.add_argument("--force", action="store_true", help="rerun rows already in the results")
     parser.add_argument("--keep", action="store_true", help="keep each venv (default: removed after its row)")
     args = parser.parse_args(argv)
     if args.ends:
-        args.versions = [MINORS[0], MINORS[-1]]
+        args.versions = ENDS
     args.output.mkdir(parents=True, exist_ok=True)
     data = args.output / "results.json"
     results = json.loads(data.read_text()) if data.exists() else {}
@@ -292,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             print("".join(kept.read_text().splitlines(True)[-40:]) + f"(whole log: {kept})", flush=True)
         if not args.keep:
             shutil.rmtree(work / key, ignore_errors=True)
+    (args.output / "results.md").write_text(render(results))  # also when every row was there already
     if args.work is None and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print(f"results: {args.output / 'results.md'}" + (f"; failed: {', '.join(failed)}" if failed else ""))

@@ -15,6 +15,7 @@ from flowblending_accel.accelerators import (
     apply_flowblending_,
     calibrate_mag_ratios,
     enable_offload,
+    flowblending,
     parse_accelerator,
     validate_configs,
 )
@@ -22,7 +23,7 @@ from flowblending_accel.accelerators.context_parallel import ContextParallel
 from flowblending_accel.core import diffusers_internals, diffusers_versions
 from flowblending_accel.core.compat import check_context_parallel
 from flowblending_accel.core.families import family_for
-from flowblending_accel.tiny_models import tiny_wan_pipeline, wan_call_kwargs
+from flowblending_accel.tiny_models import tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -165,3 +166,18 @@ def test_the_cache_context_reads_on_the_installed_diffusers(wan_pipe, wan_pair):
     wan_pipe(**wan_call_kwargs(steps=2))
     assert names[:2] == ["cond", "uncond"] and router.cache_context is None
     assert re.fullmatch(r"\d+\.\d+.*", diffusers_versions.installed())
+
+
+def test_a_cache_applied_after_a_plain_run_gets_each_calls_context():
+    """diffusers 0.38-0.40 list the hook registries a cache context reaches at a model's first run and never
+    again: a cache enabled later got no context, and Wan's uncond calls read the cond calls' state (no
+    error). The same stack gives the same video whether or not the pipeline ran before it was applied."""
+    videos = []
+    for ran_before in (False, True):
+        large, small = tiny_wan_pair()
+        pipe = tiny_wan_pipeline(large)
+        if ran_before:
+            pipe(**wan_call_kwargs(steps=6))
+        with flowblending(pipe, small, "L100", ["fbc:0.5"]):
+            videos.append(pipe(**wan_call_kwargs(steps=6)).frames)
+    assert torch.equal(*videos)
