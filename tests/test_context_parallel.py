@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from diffusers import ContextParallelConfig
+from optional import needs_diffusers
 from torchrun_on_cpu import launch_env, provide_device_count
 from torchrun_on_cpu import torchrun as torchrun_command
 
@@ -34,6 +35,8 @@ from flowblending_accel.tiny_models import (
     tiny_wan_transformer,
     wan_call_kwargs,
 )
+
+pytestmark = needs_diffusers("context_parallel")
 
 SCHEDULE = "L40-S40-L20"
 STEPS = 5

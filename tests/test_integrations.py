@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from optional import needs_deepcache
+from optional import needs_deepcache, needs_group_offload_here
 
 from flowblending_accel import flowblending_stats
 from flowblending_accel.tiny_models import ltx_call_kwargs, save_tiny_folders, sd_call_kwargs, wan_call_kwargs
@@ -138,7 +138,7 @@ def test_recipe_main_runs_to_the_written_output(name, tmp_path, capsys):
     assert [p.name for p in written.parent.iterdir()] == [output]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("mode", ["model", "group"])
+@pytest.mark.parametrize("mode", ["model", pytest.param("group", marks=needs_group_offload_here)])
 @pytest.mark.parametrize("name", ["wan21_14b_1p3b", "wan22_a14b_small"])
 def test_recipe_offload_keeps_routing(name, mode, tmp_path):
     family = "wan" if name.startswith("wan21") else "wan2.2"
@@ -185,7 +185,9 @@ ENABLES = {
 }
 
 
-@pytest.mark.parametrize("mode", list(ENABLES))
+@pytest.mark.parametrize(
+    "mode", [pytest.param(m, marks=needs_group_offload_here) if m == "group" else m for m in ENABLES]
+)
 @pytest.mark.parametrize("name", list(RECIPE_FAMILIES))
 def test_recipe_offload_never_moves_the_whole_pipeline_to_the_accelerator(name, mode, tmp_path, monkeypatch):
     """A spy on every ``.to``: the pipeline is loaded on the CPU and handed to the offload mode, and no

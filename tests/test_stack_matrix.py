@@ -3,7 +3,7 @@ across a switch (the first large step after the small segment recomputes every a
 
 import pytest
 import torch
-from optional import needs_cachedit, needs_deepcache
+from optional import needs_cachedit, needs_deepcache, needs_diffusers
 
 from flowblending_accel.accelerators import (
     CacheDiT,
@@ -115,7 +115,12 @@ def _run_stack(name, solver, compiled):
     return first, second, trace, leftovers, calls, attention_modules
 
 
-OPTIONAL = {"cache-dit": needs_cachedit, "deepcache": needs_deepcache}
+OPTIONAL = {
+    "cache-dit": needs_cachedit,
+    "deepcache": needs_deepcache,
+    "magcache": needs_diffusers("magcache"),
+    "seacache": needs_diffusers("seacache"),
+}
 CACHE_NAMES = [
     pytest.param(name, marks=OPTIONAL.get(name, ()))
     for name in ["fbc", "magcache", "taylorseer", "pab", "seacache", "cache-dit", "deepcache"]

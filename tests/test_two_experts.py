@@ -1,6 +1,7 @@
 """Tools on a pipeline with two routed denoisers (Wan 2.2's experts): every router is counted and followed."""
 
 import torch
+from optional import needs_diffusers
 
 from flowblending_accel import flowblending_stats
 from flowblending_accel.accelerators import (
@@ -51,6 +52,7 @@ def test_a_single_denoiser_name_is_one_name():
         assert flowblending_stats(pipe).calls_per_model == {"large": 8, "small": 6}
 
 
+@needs_diffusers("magcache")
 def test_mag_ratios_are_calibrated_for_every_model():
     pipe, small = _wan22()
     ratios = calibrate_mag_ratios(pipe, small, wan_call_kwargs(steps=6))

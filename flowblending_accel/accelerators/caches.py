@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..core import diffusers_versions
 from ..core.listeners import RouterListener
 from .registry import (
     AcceleratorConfig,
@@ -46,6 +47,12 @@ class _DiffusersCache(AcceleratorConfig):
     skips_tail: ClassVar[bool] = False
     # Its per-model state is indexed by the loop iteration (the runtime aligns it with the run's).
     iteration_indexed: ClassVar[bool] = False
+    # The diffusers_versions feature it needs, when older supported diffusers lack it.
+    needs: ClassVar[str] = ""
+
+    def check_environment(self, device: str) -> None:
+        if self.needs:
+            diffusers_versions.require(self.needs, self.spec)
 
     def create(self) -> DiffusersCacheAccelerator:
         return DiffusersCacheAccelerator(self)
@@ -130,6 +137,7 @@ class PyramidAttentionBroadcast(_DiffusersCache):
 class SeaCache(_DiffusersCache):
     names = ("seacache",)
     spec_help = "seacache"
+    needs = "seacache"
 
     def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
         import diffusers
@@ -148,6 +156,7 @@ class MagCache(_DiffusersCache):
 
     names = ("magcache",)
     spec_help = "magcache:calibrate"
+    needs = "magcache"
 
     def __post_init__(self) -> None:
         if not self.calibrate and not self.mag_ratios:
@@ -193,6 +202,7 @@ class DiffusersCacheAccelerator(Accelerator):
         self._count_tails = config.skips_tail
 
     def check(self, target: RoutedModels, others: list[Accelerator]) -> None:
+        self.config.check_environment(str(target.device))  # the stack checks it only when a device is known
         for label, model in target.models().items():
             if not hasattr(model, "enable_cache"):
                 raise ValueError(
@@ -206,10 +216,14 @@ class DiffusersCacheAccelerator(Accelerator):
             self._count_tails = False
 
     def apply(self, target: RoutedModels) -> None:
+        from ..core import diffusers_internals
+
+        self.config.check_environment(str(target.device))  # calibrate_mag_ratios applies without check()
         ratios = getattr(self.config, "mag_ratios", None) or {}
         for role in ("large", "small"):
             for label, model in target.models(role).items():
                 model.enable_cache(self.config.diffusers_config(target, ratios.get(label, ratios.get(role))))
+                diffusers_internals.refresh_child_registries(model)
                 self._enabled.append(model)
                 self._labels[id(model)] = label
                 if self.config.iteration_indexed:
@@ -229,10 +243,14 @@ class DiffusersCacheAccelerator(Accelerator):
             self._handles.append(leaves[0].register_forward_pre_hook(computed))
 
     def remove(self, target: RoutedModels) -> None:
+        from ..core import diffusers_internals
+
         while self._handles:
             self._handles.pop().remove()
         while self._enabled:
-            self._enabled.pop().disable_cache()
+            model = self._enabled.pop()
+            model.disable_cache()
+            diffusers_internals.refresh_child_registries(model)
 
     def on_call(self, router, call) -> None:
         label = self._labels.get(id(router.model(call.record.model)))

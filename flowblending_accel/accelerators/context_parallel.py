@@ -18,6 +18,7 @@ import atexit
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core import diffusers_versions
 from .registry import AcceleratorConfig, register_accelerator, spec_value
 from .runtime import Accelerator, RoutedModels
 
@@ -74,6 +75,7 @@ class ContextParallel(AcceleratorConfig):
     @classmethod
     def from_diffusers(cls, config: Any) -> ContextParallel:
         """Ours for a diffusers ``ContextParallelConfig`` (its degrees, ``ulysses_anything`` and mesh)."""
+        diffusers_versions.require("context_parallel", "ContextParallel.from_diffusers(...)")
         return cls(
             ulysses_degree=config.ulysses_degree or 1,
             ring_degree=config.ring_degree or 1,
@@ -91,6 +93,7 @@ class ContextParallel(AcceleratorConfig):
     def check_environment(self, device: str) -> None:
         from ..core.distributed import launched_world_size  # torch: when a stack is checked, not at import
 
+        diffusers_versions.require("context_parallel", self.spec)
         world = launched_world_size()
         ring, ulysses = self.degrees(world)
         if world < 2:
@@ -171,6 +174,7 @@ class ContextParallelAccelerator(Accelerator):
         from ..core.compat import check_context_parallel
         from ..core.diffusers_internals import context_parallel_of, context_parallel_plan, parallel_of
 
+        diffusers_versions.require("context_parallel", self.config.spec)  # a stack without a device
         if not dist.is_initialized():
             raise ValueError(
                 f"{self.config.spec}: no process group; launch with torchrun and call "

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..core import diffusers_versions
 from .registry import AcceleratorConfig, register_accelerator, spec_value
 from .runtime import Accelerator, RoutedModels
 
@@ -87,6 +88,8 @@ def enable_offload(pipe: Any, device: str, mode: str) -> list[str]:
     if mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
         return []
+    if torch.accelerator.current_accelerator() is None:  # what older diffusers' group offloading reads
+        diffusers_versions.require("group_offload_without_accelerator", "--offload group")
     on_gpu = torch.device(device).type == "cuda"
     pipe.enable_group_offload(
         onload_device=torch.device(device),

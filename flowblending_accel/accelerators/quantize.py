@@ -24,6 +24,7 @@ import warnings
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from ..core import diffusers_versions
 from ..core.schedule import FlowBlendingWarning
 from .registry import AcceleratorConfig, register_accelerator, require_package
 from .runtime import Accelerator, RoutedModels
@@ -110,6 +111,7 @@ class Quantize(AcceleratorConfig):
         return "float8" if float8_runs(device) else "int8"
 
     def check_environment(self, device: str) -> None:
+        diffusers_versions.require("quantize", self.spec)  # before require_package asks to install torchao
         require_package("torchao", "quantize", "quantize")
         if self.mode == "float8" and not float8_runs(device):
             raise ValueError(

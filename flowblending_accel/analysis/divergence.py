@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.api import add_flowblending_listener
+from ..core.diffusers_internals import context_name
 from ..core.families import family_for
 from ..core.listeners import CallEvent, RouterListener
 
@@ -66,10 +67,8 @@ class DivergenceProbe(RouterListener):
         entry = self._steps.setdefault(
             record.step, _StepCalls(record.sigma, next_sigma, record.model, plan.view.kind == "flow")
         )
-        context = router.cache_context
-        entry.calls.append(
-            (context.name if context else None, latents, _first(call.output), _first(other_output))
-        )
+        name = context_name(router.cache_context)
+        entry.calls.append((name, latents, _first(call.output), _first(other_output)))
 
     def on_run_end(self, router, stats) -> None:
         self._open_runs = max(0, self._open_runs - 1)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from . import diffusers_internals
+from . import diffusers_internals, diffusers_versions
 from .families import Family
 
 
@@ -58,6 +58,8 @@ def check_context_parallel(
     config = config if config is not None else diffusers_internals.context_parallel_of(large_core)
     if config is None or not isinstance(small_core, torch.nn.Module):
         return
+    following = f"{where} runs context-parallel; the small model following it"
+    diffusers_versions.require("context_parallel", following)
     if diffusers_internals.context_parallel_plan(small_core) is None:
         raise ValueError(
             f"{where} runs context-parallel, but the small model ({type(small_core).__name__}) has no "

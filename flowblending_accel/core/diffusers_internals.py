@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import CacheContext, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
+
+from . import diffusers_versions
+
+if diffusers_versions.has("cache_context"):
+    from diffusers.hooks.hooks import CacheContext
+else:  # the context is the call's name alone ("cond", "uncond" ...), which set_context takes as it is
+    CacheContext = str
 
 REGISTRY_ATTRIBUTE = "_diffusers_hook"
 
@@ -65,7 +72,8 @@ def set_cache_context(module: torch.nn.Module, context: CacheContext | None) -> 
 def cache_context(module: torch.nn.Module, context: CacheContext | None):
     """Enter ``context`` on ``module``'s hooks for one call, like ``CacheMixin.cache_context`` for any
     module."""
-    if context is None or getattr(module, REGISTRY_ATTRIBUTE, None) is None:
+    # Any registry, not the root's: before diffusers 0.41 enable_cache gives only the blocks one.
+    if context is None or not registries(module):
         yield
         return
     set_cache_context(module, context)
@@ -77,7 +85,26 @@ def cache_context(module: torch.nn.Module, context: CacheContext | None):
 
 def current_context(manager: StateManager) -> CacheContext | None:
     """The cache context ``manager`` holds now (``None`` outside ``cache_context``), without raising."""
-    return manager._context
+    return manager._context if diffusers_versions.has("cache_context") else manager._current_context
+
+
+def context_name(context: CacheContext | None) -> str | None:
+    """The name ("cond", "uncond" ...) of a cache context, whichever form this diffusers gives it in."""
+    return context if context is None or isinstance(context, str) else context.name
+
+
+def refresh_child_registries(module: torch.nn.Module) -> None:
+    """After ``enable_cache``/``disable_cache``: let every registry under ``module`` list its child registries
+    afresh at the next cache context.
+
+    diffusers 0.38-0.40 list them at a registry's first ``cache_context`` and never again, so the hooks of a
+    cache enabled after a pipeline run never get the context: the uncond call reads the cond call's state
+    (0.36-0.37 walk the modules on every call; 0.41 refreshes the list itself)."""
+    if diffusers_versions.has("enable_cache_refreshes_registries"):
+        return
+    for registry in registries(module):
+        if getattr(registry, "_child_registries_cache", None) is not None:
+            registry._child_registries_cache = None
 
 
 def _state_managers(module: torch.nn.Module) -> Iterator[StateManager]:
@@ -257,6 +284,10 @@ def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
     ``like``'s mesh: the same ranks split the same sequence the same way. A config of its own, since
     diffusers fills a config's state in when it sets it up."""
     from diffusers import ContextParallelConfig
+
+    # Checked at apply time too; here for a router without a family (no pair checks) whose large model was
+    # split later: ``like`` has no mesh to share before 0.38.
+    diffusers_versions.require("context_parallel", "the small model following the large one's parallelism")
 
     config = ContextParallelConfig(
         ring_degree=like.ring_degree,

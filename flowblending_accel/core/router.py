@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.hooks.hooks import BaseState, CacheContext, ModelHook, StateManager
+from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import diffusers_internals, patches
@@ -152,7 +152,7 @@ class ModelRouter(ModelHook):
         return tuple(self._listeners)
 
     @property
-    def cache_context(self) -> CacheContext | None:
+    def cache_context(self) -> diffusers_internals.CacheContext | None:
         """The pipeline's cache context of the current call (``None`` outside one)."""
         return diffusers_internals.current_context(self.context)
 

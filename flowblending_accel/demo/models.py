@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.diffusers_versions import dtype_kwargs
 from .pixel_vae import PixelShuffleVAE
 from .text import MAX_SEQUENCE_LENGTH, TEXT_DIM
 
@@ -101,7 +102,8 @@ def load_demo_pipeline(path: str | Path | None = None, dtype: torch.dtype = torc
 
     # diffusers warns that WanPipeline expects an AutoencoderKLWan; ours is deliberate.
     with patches.silenced({"diffusers": ()}), quiet_library_bars():
-        pipe = WanPipeline.from_pretrained(folder, dtype=dtype)
+        pipe = WanPipeline.from_pretrained(folder, **dtype_kwargs(dtype))
     pipe.set_progress_bar_config(disable=True)
-    small = WanTransformer3DModel.from_pretrained(folder, subfolder=SMALL_SUBFOLDER, dtype=dtype).eval()
+    loading = {"subfolder": SMALL_SUBFOLDER, **dtype_kwargs(dtype)}
+    small = WanTransformer3DModel.from_pretrained(folder, **loading).eval()
     return pipe, small

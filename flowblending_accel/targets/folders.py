@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..core.diffusers_versions import dtype_kwargs
 from ..core.families import Family, family_for_class
 from ..support.files import folder_defaults
 from ..support.progress import quiet_library_bars
@@ -144,10 +145,10 @@ def folder_target(
 
     try:
         with quiet_library_bars():
-            pipe = DiffusionPipeline.from_pretrained(pair.large, dtype=dtype)
+            pipe = DiffusionPipeline.from_pretrained(pair.large, **dtype_kwargs(dtype))
             denoiser = pair.denoiser or pipe_denoiser(pipe)
             kwargs = {"subfolder": pair.small_subfolder or denoiser} if pair.small_subfolder else {}
-            small = AutoModel.from_pretrained(pair.small, dtype=dtype, **kwargs).eval()
+            small = AutoModel.from_pretrained(pair.small, **dtype_kwargs(dtype), **kwargs).eval()
     except OSError as error:
         raise ValueError(f"--large {pair.large} / --small {pair.small}: cannot load ({error}).") from None
     members = enable_offload(pipe, device, offload)

@@ -25,6 +25,7 @@ from flowblending_accel.accelerators import (
     spec_help,
 )
 from flowblending_accel.cli.common import positive_number, run_command, whole_number
+from flowblending_accel.core.diffusers_versions import dtype_kwargs
 from flowblending_accel.core.distributed import DistContext, joined, launched_world_size
 from flowblending_accel.core.schedule import PAPER_SCHEDULE
 from flowblending_accel.metrics import psnr, ssim
@@ -224,7 +225,7 @@ def _image_suffixes() -> set[str]:
 def load_pipeline(cls, path: str, device: str, dtype: torch.dtype, offload: str, **components):
     """The pipeline loaded on the CPU, then put on ``device`` in memory mode ``offload`` (in an offload mode
     it is never moved whole to the device); returns it and the stack members the mode asks for."""
-    pipe = cls.from_pretrained(path, dtype=dtype, **components)
+    pipe = cls.from_pretrained(path, **dtype_kwargs(dtype), **components)
     return pipe, enable_offload(pipe, device, offload)
 
 
@@ -234,7 +235,7 @@ def load_denoiser(cls, path: str, attribute: str, dtype: torch.dtype, device: st
     folder = Path(path)
     bare = folder.is_dir() and (folder / "config.json").exists() and not (folder / attribute).is_dir()
     kwargs = {} if bare else {"subfolder": attribute}
-    model = cls.from_pretrained(path, dtype=dtype, **kwargs).eval()
+    model = cls.from_pretrained(path, **dtype_kwargs(dtype), **kwargs).eval()
     return model.to(device) if offload == "none" else model
 
 
