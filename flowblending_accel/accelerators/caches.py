@@ -13,6 +13,9 @@ cache state of the model it switches to, so nothing computed before a gap is reu
   blocks the families registry names (its defaults hook nothing on Wan).
 * PyramidAttentionBroadcast reads the pipeline's current timestep (global) and counts per module from the
   segment start; SeaCache reads the step from the cache context and notices gaps itself.
+
+Beside context parallelism a cache is enabled beneath diffusers' split hooks (its first-block hook sees the
+shard the block computes).
 """
 
 from __future__ import annotations
@@ -206,10 +209,14 @@ class DiffusersCacheAccelerator(Accelerator):
             self._count_tails = False
 
     def apply(self, target: RoutedModels) -> None:
+        from ..core.diffusers_internals import outside_the_split
+
         ratios = getattr(self.config, "mag_ratios", None) or {}
         for role in ("large", "small"):
             for label, model in target.models(role).items():
-                model.enable_cache(self.config.diffusers_config(target, ratios.get(label, ratios.get(role))))
+                config = self.config.diffusers_config(target, ratios.get(label, ratios.get(role)))
+                with outside_the_split(model):  # a model already split: the cache sees one shard
+                    model.enable_cache(config)
                 self._enabled.append(model)
                 self._labels[id(model)] = label
                 if self.config.iteration_indexed:
@@ -231,8 +238,12 @@ class DiffusersCacheAccelerator(Accelerator):
     def remove(self, target: RoutedModels) -> None:
         while self._handles:
             self._handles.pop().remove()
+        from ..core.diffusers_internals import outside_the_split
+
         while self._enabled:
-            self._enabled.pop().disable_cache()
+            model = self._enabled.pop()
+            with outside_the_split(model):
+                model.disable_cache()
 
     def on_call(self, router, call) -> None:
         label = self._labels.get(id(router.model(call.record.model)))

@@ -270,6 +270,27 @@ def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
     enable_context_parallel(model, config)
 
 
+@contextmanager
+def outside_the_split(model: torch.nn.Module):
+    """Change ``model``'s hooks beneath its context-parallel split/gather hooks: they are taken off for the
+    block and put back on top (the same config, so no new mesh). A hook registered later runs outside the
+    earlier ones, so a cache enabled on a split model would see the whole sequence at its first block while
+    the block computes one shard; beneath the split it sees the shard. Changes made here, enabling a cache
+    and disabling it, nest like brackets with the split (another library's forward wrapper too)."""
+    model = uncompiled(model)
+    config, plan = context_parallel_of(model), context_parallel_plan(model)
+    if config is None or plan is None:
+        yield
+        return
+    from diffusers.hooks.context_parallel import apply_context_parallel, remove_context_parallel
+
+    remove_context_parallel(model, plan)
+    try:
+        yield
+    finally:
+        apply_context_parallel(model, config, plan)
+
+
 def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | None = None) -> None:
     """Undo :func:`enable_context_parallel`: its split/gather hooks, the registries it gave submodules, the
     config on the model and its processors (the mesh and its process groups stay; other models share them)."""
