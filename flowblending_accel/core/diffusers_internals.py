@@ -270,6 +270,14 @@ def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
     enable_context_parallel(model, config)
 
 
+def context_parallel_group(model: torch.nn.Module) -> Any | None:
+    """The process group whose ranks each hold one shard of ``model``'s sequence (ring x Ulysses), or None
+    while it runs whole."""
+    config = context_parallel_of(uncompiled(model))
+    mesh = getattr(config, "_flattened_mesh", None)  # diffusers flattens (ring, ulysses) when it sets up
+    return mesh.get_group() if mesh is not None else None
+
+
 @contextmanager
 def outside_the_split(model: torch.nn.Module):
     """Change ``model``'s hooks beneath its context-parallel split/gather hooks: they are taken off for the
@@ -323,3 +331,26 @@ def attention_backend_functions() -> dict[Any, Callable[..., Any]]:
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     return _AttentionBackendRegistry._backends
+
+
+# FirstBlockCache: the hook on a model's first block thresholds how much that block's residual changed since
+# the last computed call, in this method (the patches module makes it decide across the ranks of a split).
+FIRST_BLOCK_CACHE_DECISION = "_should_compute_remaining_blocks"
+
+
+def first_block_cache_heads(model: torch.nn.Module) -> list[ModelHook]:
+    """The FirstBlockCache head hooks under ``model`` (one per ``enable_cache``)."""
+    from diffusers.hooks.first_block_cache import FBCHeadBlockHook
+
+    return [
+        hook
+        for registry in registries(model)
+        for hook in registry.hooks.values()
+        if isinstance(hook, FBCHeadBlockHook)
+    ]
+
+
+def first_block_cache_reference(hook: ModelHook) -> tuple[torch.Tensor | None, float]:
+    """``(the first block's residual at the last computed call, or None before one; the threshold)`` of a
+    FirstBlockCache head hook, in the cache context running now."""
+    return hook.state_manager.get_state().head_block_residual, hook.threshold
