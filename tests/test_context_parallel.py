@@ -233,13 +233,10 @@ def test_cp_needs_torchrun_and_says_so():
         parse_accelerator("cp:sideways:2")
 
 
-def test_cp_refuses_caches_that_decide_from_each_ranks_own_shard():
+def test_cp_splits_the_models_once():
+    """Which caches stack with cp, and how they decide together: test_collective_caches.py."""
     from flowblending_accel.accelerators import parse_accelerator, validate_configs
 
-    for cache in ("fbc:0.05", "cache-dit"):
-        with pytest.raises(ValueError, match="cp cannot be stacked with .*decide from its own shard"):
-            validate_configs([parse_accelerator("cp:2"), parse_accelerator(cache)])
-    validate_configs([parse_accelerator("cp:2"), parse_accelerator("taylorseer")])  # decides by step: fine
     with pytest.raises(ValueError, match=r"splits the models twice \['cp:2', 'cp:ring:2'\]"):
         validate_configs([parse_accelerator("cp:2"), parse_accelerator("cp:ring:2")])
 

@@ -26,6 +26,8 @@ class CacheDiT(AcceleratorConfig):
     kind = "cache"
     spec_help = "cache-dit"
     exclusive_with = ("tensorrt",)
+    # Under torchrun cache-dit averages its residual-difference statistics over the default process group.
+    decides_over_world = True
 
     def create(self) -> CacheDiTAccelerator:
         return CacheDiTAccelerator(self)
@@ -48,17 +50,23 @@ class CacheDiTAccelerator(Accelerator):
     def apply(self, target: RoutedModels) -> None:
         import cache_dit
 
+        from ..core.diffusers_internals import outside_the_split
+
         # cache-dit tells cond from uncond by call parity when the pipeline makes one call per CFG branch.
         options = {"enable_separate_cfg": target.family.separate_cfg_calls, **self.config.options}
         for label, model in target.models().items():
-            cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(**options))
+            with outside_the_split(model):  # it wraps the forward: beneath diffusers' split, in and out
+                cache_dit.enable_cache(model, cache_config=cache_dit.DBCacheConfig(**options))
             self._models[label] = model
 
     def remove(self, target: RoutedModels) -> None:
         import cache_dit
 
+        from ..core.diffusers_internals import outside_the_split
+
         for model in self._models.values():
-            cache_dit.disable_cache(model)
+            with outside_the_split(model):
+                cache_dit.disable_cache(model)
         self._models.clear()
 
     def on_segment_start(self, router, segment) -> None:

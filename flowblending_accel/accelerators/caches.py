@@ -13,6 +13,10 @@ cache state of the model it switches to, so nothing computed before a gap is reu
   blocks the families registry names (its defaults hook nothing on Wan).
 * PyramidAttentionBroadcast reads the pipeline's current timestep (global) and counts per module from the
   segment start; SeaCache reads the step from the cache context and notices gaps itself.
+
+Beside context parallelism a cache is enabled beneath diffusers' split hooks (its first-block hook sees the
+shard the block computes), and FirstBlockCache, the one that decides from the activations, decides from the
+whole sequence on every rank (``decide_across_ranks``); the others decide alike on every rank already.
 """
 
 from __future__ import annotations
@@ -65,6 +69,12 @@ class _DiffusersCache(AcceleratorConfig):
         model's MagCache ratios. diffusers is imported here, not with the registry."""
         raise NotImplementedError
 
+    def decide_across_ranks(self, model: torch.nn.Module, together: bool) -> None:
+        """Make ``model``'s skip decisions from the whole sequence while it runs split across ranks
+        (``together``), or undo that. Nothing to do for a cache whose decisions every rank already takes
+        alike: by step or timestep (TaylorSeer, PAB), from precomputed ratios (MagCache), or from the
+        pipeline's unsplit latents (SeaCache)."""
+
 
 @register_accelerator
 @dataclass(frozen=True)
@@ -95,6 +105,12 @@ class FirstBlockCache(_DiffusersCache):
         import diffusers
 
         return diffusers.FirstBlockCacheConfig(threshold=self.threshold, **self.options)
+
+    def decide_across_ranks(self, model: torch.nn.Module, together: bool) -> None:
+        # It thresholds the first block's residual, which each rank of a split holds one shard of.
+        from ..core import patches
+
+        (patches.decide_across_ranks if together else patches.decide_alone)(model)
 
 
 @register_accelerator
@@ -222,8 +238,11 @@ class DiffusersCacheAccelerator(Accelerator):
         ratios = getattr(self.config, "mag_ratios", None) or {}
         for role in ("large", "small"):
             for label, model in target.models(role).items():
-                model.enable_cache(self.config.diffusers_config(target, ratios.get(label, ratios.get(role))))
+                config = self.config.diffusers_config(target, ratios.get(label, ratios.get(role)))
+                with diffusers_internals.outside_the_split(model):  # a model already split: one shard
+                    model.enable_cache(config)
                 diffusers_internals.refresh_child_registries(model)
+                self.config.decide_across_ranks(model, together=True)
                 self._enabled.append(model)
                 self._labels[id(model)] = label
                 if self.config.iteration_indexed:
@@ -249,7 +268,9 @@ class DiffusersCacheAccelerator(Accelerator):
             self._handles.pop().remove()
         while self._enabled:
             model = self._enabled.pop()
-            model.disable_cache()
+            self.config.decide_across_ranks(model, together=False)
+            with diffusers_internals.outside_the_split(model):
+                model.disable_cache()
             diffusers_internals.refresh_child_registries(model)
 
     def on_call(self, router, call) -> None:

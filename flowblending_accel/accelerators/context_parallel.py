@@ -10,6 +10,11 @@ are 2 groups of 2, each generating its own share of the prompts on one mesh ``(d
 Checked before any model changes: the process group exists (launched under torchrun), the degree fits the
 world size, both models have a context-parallel plan, and the Ulysses degree divides both models' head counts
 (the refusal names the degrees that do). Removal takes both models' parallelism off.
+
+Caches stack with it: the ones that decide from the activations whether to skip decide from the whole
+sequence, reduced over the ranks of the split, so every rank skips or computes together (``fbc`` through
+:func:`~flowblending_accel.core.patches.decide_across_ranks`; cache-dit reduces over every process itself,
+so it is refused beside data-parallel groups); the others decide by step, timestep or unsplit latents.
 """
 
 from __future__ import annotations
@@ -40,12 +45,6 @@ class ContextParallel(AcceleratorConfig):
     names = ("cp",)
     kind = "parallel"
     spec_help = "cp[:N|ring:N] (context parallel, under torchrun)"
-    # Caches that decide from the activations skip or compute per rank, from each rank's own shard: ranks
-    # would disagree, and the one that computes waits forever in an all-to-all the other skipped.
-    exclusive_with = ("fbc", "cache-dit")
-    clash_reasons = dict.fromkeys(
-        exclusive_with, "each rank would decide from its own shard whether to skip, and the ranks would hang."
-    )
 
     def create(self) -> ContextParallelAccelerator:
         return ContextParallelAccelerator(self)
@@ -106,6 +105,22 @@ class ContextParallel(AcceleratorConfig):
                 f"{self.spec}: a context-parallel group of {ring * ulysses} processes does not divide the "
                 f"{world} torchrun launched; use a degree that divides {world}."
             )
+
+    def clashes_with(self, other: AcceleratorConfig) -> str | None:
+        if other.decides_over_world:  # cache-dit: fine while every process splits the one sample
+            from ..core.distributed import launched_world_size
+
+            world = launched_world_size()
+            ring, ulysses = self.degrees(world)
+            if world > ring * ulysses:
+                groups = world // (ring * ulysses)
+                return (
+                    f"{self.name} cannot be stacked with {other.name} on {world} processes: {self.spec} "
+                    f"makes {groups} groups and {other.name} reduces its skip decision over all {world}, so "
+                    "the groups' samples would decide each other's skips (and a group with fewer calls "
+                    f"leaves the rest waiting); use cp:{world} (one group) or drop {other.name}."
+                )
+        return super().clashes_with(other)
 
     def diffusers_config(self, world: int, mesh: Any = None) -> Any:
         """The diffusers ``ContextParallelConfig`` this declares on ``world`` processes (on ``mesh``)."""

@@ -31,6 +31,7 @@ class AcceleratorConfig:
         kind: its slot in :data:`KIND_ORDER`; a stack holds at most one ``cache``.
         spec_help: the spec forms, for ``--help`` and error messages.
         exclusive_with: names or kinds it cannot share a stack with, and ``clash_reasons`` why.
+        decides_over_world: a cache whose skip decision is reduced over every process torchrun launched.
 
     A subclass overrides :meth:`create` to make its runtime :class:`~.runtime.Accelerator`, named directly:
     both live in one module, which imports torch only where it acts, so the registry and ``--help`` stay
@@ -42,6 +43,9 @@ class AcceleratorConfig:
     spec_help: ClassVar[str] = ""
     exclusive_with: ClassVar[tuple[str, ...]] = ()
     clash_reasons: ClassVar[dict[str, str]] = {}
+    # Its skip decision reduces statistics over every process of the run (cache-dit's own all_reduce): right
+    # when they all split one sample, wrong across data-parallel groups (context parallelism refuses that).
+    decides_over_world: ClassVar[bool] = False
     # The spec it was parsed from (``"fbc"``), kept for reports that name members as the user wrote them.
     written: str = field(default="", compare=False, repr=False, kw_only=True)
 

@@ -301,6 +301,35 @@ def enable_context_parallel_like(model: torch.nn.Module, like: Any) -> None:
     enable_context_parallel(model, config)
 
 
+def context_parallel_group(model: torch.nn.Module) -> Any | None:
+    """The process group whose ranks each hold one shard of ``model``'s sequence (ring x Ulysses), or None
+    while it runs whole."""
+    config = context_parallel_of(uncompiled(model))
+    mesh = getattr(config, "_flattened_mesh", None)  # diffusers flattens (ring, ulysses) when it sets up
+    return mesh.get_group() if mesh is not None else None
+
+
+@contextmanager
+def outside_the_split(model: torch.nn.Module):
+    """Change ``model``'s hooks beneath its context-parallel split/gather hooks: they are taken off for the
+    block and put back on top (the same config, so no new mesh). A hook registered later runs outside the
+    earlier ones, so a cache enabled on a split model would see the whole sequence at its first block while
+    the block computes one shard; beneath the split it sees the shard. Changes made here, enabling a cache
+    and disabling it, nest like brackets with the split (another library's forward wrapper too)."""
+    model = uncompiled(model)
+    config, plan = context_parallel_of(model), context_parallel_plan(model)
+    if config is None or plan is None:
+        yield
+        return
+    from diffusers.hooks.context_parallel import apply_context_parallel, remove_context_parallel
+
+    remove_context_parallel(model, plan)
+    try:
+        yield
+    finally:
+        apply_context_parallel(model, config, plan)
+
+
 def disable_context_parallel(model: torch.nn.Module, created: Iterable[str] | None = None) -> None:
     """Undo :func:`enable_context_parallel`: its split/gather hooks, the registries it gave submodules, the
     config on the model and its processors (the mesh and its process groups stay; other models share them)."""
@@ -333,3 +362,26 @@ def attention_backend_functions() -> dict[Any, Callable[..., Any]]:
     from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
     return _AttentionBackendRegistry._backends
+
+
+# FirstBlockCache: the hook on a model's first block thresholds how much that block's residual changed since
+# the last computed call, in this method (the patches module makes it decide across the ranks of a split).
+FIRST_BLOCK_CACHE_DECISION = "_should_compute_remaining_blocks"
+
+
+def first_block_cache_heads(model: torch.nn.Module) -> list[ModelHook]:
+    """The FirstBlockCache head hooks under ``model`` (one per ``enable_cache``)."""
+    from diffusers.hooks.first_block_cache import FBCHeadBlockHook
+
+    return [
+        hook
+        for registry in registries(model)
+        for hook in registry.hooks.values()
+        if isinstance(hook, FBCHeadBlockHook)
+    ]
+
+
+def first_block_cache_reference(hook: ModelHook) -> tuple[torch.Tensor | None, float]:
+    """``(the first block's residual at the last computed call, or None before one; the threshold)`` of a
+    FirstBlockCache head hook, in the cache context running now."""
+    return hook.state_manager.get_state().head_block_residual, hook.threshold

@@ -7,7 +7,8 @@ N ranks split one sample between them, and the data-parallel view (:meth:`DistCo
 the samples across the groups; gathering keeps one copy per group. Context / sequence parallel (diffusers'
 ``enable_parallelism``, xDiT) split one sample across ranks; the router then must take the same decision on
 every rank, which it does by construction (it reads the scheduler's step index, identical everywhere);
-:class:`RankConsistency` checks it at every segment start and fails loudly if a rank ever disagrees.
+:class:`RankConsistency` checks it at every segment start and fails loudly if a rank ever disagrees. A cache
+that decides from the activations decides from the whole sample's (:mod:`.collectives`).
 """
 
 from __future__ import annotations

@@ -20,10 +20,13 @@ Patch (what it changes; who applies it; its undo):
 5. :func:`silenced`, the one silencer: other libraries' loggers (a filter, or a level); the command line, the
    tools' programs and a few library calls around one noisy call; leaving the block.
 6. :func:`calling_pipeline`: nothing (it reads the call stack); ``core.router``; nothing to undo.
+7. :func:`decide_across_ranks`: the skip decision of the FirstBlockCache hooks on one model;
+   ``accelerators.caches``, for ``fbc``; :func:`decide_alone`.
 
 Private attributes of diffusers are read through :mod:`.diffusers_internals` only; what the patches still
 need from it: the attention backend registry (``_AttentionBackendRegistry._backends``: diffusers has no
-public way to wrap a backend) and the name of the parallel config a backend receives (``_parallel_config``).
+public way to wrap a backend), the name of the parallel config a backend receives (``_parallel_config``), and
+FirstBlockCache's decision method, reference residual and the group a model's sequence is split over.
 """
 
 from __future__ import annotations
@@ -341,3 +344,57 @@ def calling_pipeline(module: Any, depth: int = 24) -> Any:
         return None
     finally:
         del frame  # a frame held past the call keeps its locals (the latents) alive
+
+
+# --- 7. FirstBlockCache decides across the ranks that split the sequence -------------------------------
+# What: on each FirstBlockCache head hook of one model, the decision (``_should_compute_remaining_blocks``)
+#   becomes an instance attribute: while the model runs split, the relative L1 change it thresholds is the
+#   whole sequence's, numerator and denominator summed over the split's ranks (``collectives.relative_l1``);
+#   while it runs whole, the class's own method decides, unchanged.
+# Why: diffusers 0.42.1 takes it from the rank's own shard, so the ranks can disagree, and a rank that
+#   computes the remaining blocks waits forever in the all-to-all of an attention the others skipped.
+#   Every rank gets the same sums, so every rank takes the same decision, the one a single process takes.
+# Retired by: diffusers reducing FirstBlockCache's decision under context parallelism (its SeaCache votes
+#   across ranks in 0.42; FirstBlockCache does not; no upstream issue known).
+# Scope: the head hooks of the model given (the ones the stack's enable_cache made); nothing else.
+# Undo: decide_alone deletes the instance attributes (the class's method decides again).
+_DECIDING: weakref.WeakSet[Any] = weakref.WeakSet()  # head hooks whose decision is ours
+
+
+def decide_across_ranks(model: Any) -> None:
+    """``model``'s FirstBlockCache hooks decide from the whole sequence while it is split across ranks."""
+    from . import diffusers_internals
+
+    for hook in diffusers_internals.first_block_cache_heads(model):
+        if hook not in _DECIDING:
+            setattr(hook, diffusers_internals.FIRST_BLOCK_CACHE_DECISION, _shared_decision(hook, model))
+            _DECIDING.add(hook)
+
+
+def decide_alone(model: Any) -> None:
+    """Undo :func:`decide_across_ranks` on ``model`` (a no-op where it was not applied)."""
+    from . import diffusers_internals
+
+    for hook in diffusers_internals.first_block_cache_heads(model):
+        if hook in _DECIDING:
+            delattr(hook, diffusers_internals.FIRST_BLOCK_CACHE_DECISION)
+            _DECIDING.discard(hook)
+
+
+def _shared_decision(hook: Any, model: Any) -> Callable[[Any], bool]:
+    import torch
+
+    from . import diffusers_internals
+    from .collectives import relative_l1
+
+    alone = getattr(type(hook), diffusers_internals.FIRST_BLOCK_CACHE_DECISION)
+
+    @torch.compiler.disable  # as the method it stands in for: a collective and a float, outside any graph
+    def should_compute(residual: Any) -> bool:
+        group = diffusers_internals.context_parallel_group(model)
+        previous, threshold = diffusers_internals.first_block_cache_reference(hook)
+        if group is None or previous is None:  # whole, or the first call: every rank computes alike
+            return alone(hook, residual)
+        return relative_l1(residual, previous, group) > threshold
+
+    return should_compute
