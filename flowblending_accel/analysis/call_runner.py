@@ -226,7 +226,7 @@ class CallRunner:
             self.coordinator.agree(error)
             result = self.coordinator.gather(result)[0]
             if self.ranks.is_main:
-                self.journal.record(job.key, job.what, job.call, result, 0.0)
+                self.journal.record(job.key, job.what, job.call, result, 0.0, job.calls)
             self.journal.done[job.key] = result
             self.made += job.calls
             self._skip(job.calls)
@@ -261,7 +261,7 @@ class CallRunner:
         if self.stop is not None:
             self.stop.finished_in_time()
         if self.leads:
-            self.journal.record(job.key, job.what, job.call, result, time.monotonic() - start)
+            self.journal.record(job.key, job.what, job.call, result, time.monotonic() - start, job.calls)
         else:
             self.journal.done[job.key] = result
         self.made += job.calls

@@ -168,6 +168,10 @@ class CallJournal:
                 self.done.setdefault(line["key"], line["result"])
         return len(self.done)
 
+    def journalled_calls(self) -> int:
+        """The pipeline calls every rank's file holds now (scoring-only jobs make none)."""
+        return sum(line.get("calls", 1) for line in self.lines() if line["kind"] == "call")
+
     def start(self) -> None:
         """This rank's ``run`` line: a (re)start of the run, with its identity. A line a kill tore is ended
         first, so the lines after it stay whole."""
@@ -190,11 +194,10 @@ class CallJournal:
         made a call decides from exactly what a resumed one will."""
         return json.loads(json.dumps(result, default=str))
 
-    def record(self, key: str, what: Any, call: Any, result: Any, seconds: float) -> None:
-        """One finished job, flushed to disk before this returns."""
-        self._append(
-            {"kind": "call", "key": key, "what": what, "call": call, "result": result, "seconds": seconds}
-        )
+    def record(self, key: str, what: Any, call: Any, result: Any, seconds: float, calls: int = 1) -> None:
+        """One finished job (``calls``: the pipeline calls it made), flushed to disk before this returns."""
+        line = {"kind": "call", "key": key, "what": what, "call": call, "calls": calls}
+        self._append({**line, "result": result, "seconds": seconds})
         self.done[key] = result
 
     def _append(self, fields: dict[str, Any]) -> None:
@@ -253,7 +256,7 @@ class MemoryJournal(CallJournal):
     def normalised(self, result: Any) -> Any:
         return result
 
-    def record(self, key: str, what: Any, call: Any, result: Any, seconds: float) -> None:
+    def record(self, key: str, what: Any, call: Any, result: Any, seconds: float, calls: int = 1) -> None:
         self.done[key] = result
 
     def keep_output(self, key: str, output: Any, store: bool = True) -> None:

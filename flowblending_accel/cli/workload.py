@@ -50,13 +50,16 @@ def add_workload_options(parser: argparse.ArgumentParser) -> None:
         "time after it. A plan that cannot fit a budget is refused, naming a smaller plan that fits.",
     )
     budget.add_argument(
-        "--max-calls", type=whole_number(1), default=None, help="pipeline calls the whole run may make"
+        "--max-calls",
+        type=whole_number(1),
+        default=None,
+        help="pipeline calls the whole run may make (under torchrun: each rank)",
     )
     budget.add_argument(
         "--max-minutes",
         type=positive_number,
         default=None,
-        help="wall time the whole run may take (checked at the first call's time)",
+        help="wall time the whole run may take (checked at the first call's time, for one rank's share)",
     )
     budget.add_argument(
         "--proxy-size",
@@ -170,7 +173,7 @@ def workload_run(
                 yield work
         except Interrupted as stopped:
             raise Interrupted(
-                f"stopped by SIGTERM ({stopped}); {len(journal.done)} calls are journalled in "
+                f"stopped by SIGTERM ({stopped}); {journal.journalled_calls()} calls are journalled in "
                 f"{journal.folder}: "
                 "run the same command again (or add --resume) to make only the missing ones"
             ) from None
