@@ -113,8 +113,9 @@ def test_a_rank_that_raises_makes_every_rank_exit_non_zero(folders, tmp_path):
 
 def test_sigterm_to_torchrun_stops_every_rank_and_the_same_line_resumes(folders, tmp_path):
     """The scheduler's SIGTERM goes to torchrun, which forwards it to every rank: each stops (a rank holding
-    in a call past the grace abandons it), they exit together with the line to resume, and the same launch
-    then makes only the missing calls and writes the single-process report."""
+    in a call past the grace abandons it), they exit together with the line to resume; the same command on
+    one process (the rank count may change) then makes only the missing calls and writes the one-process
+    report."""
     argv = [
         "calibrate",
         *target(folders),
@@ -138,8 +139,7 @@ def test_sigterm_to_torchrun_stops_every_rank_and_the_same_line_resumes(folders,
     assert before and not (tmp_path / "out" / "calibration.json").exists()
     one = tmp_path / "one"  # this scorer's single-process report
     assert main([*argv[:-1], str(one)]) == 0
-    again = launched(2, argv)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert main(argv) == 0  # resumed by one process: both ranks' files read, the rest made here
     assert report(tmp_path / "out", "calibrate") == report(one, "calibrate")
     assert sorted(line["key"] for line in calls_of(tmp_path / "out")) == sorted(
         line["key"] for line in calls_of(one)

@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -113,12 +114,19 @@ def _ranks_worker(rank: int, world: int, init_file: str, out: str) -> None:
     found = {}
     try:
         coordinator = Coordinator(DistContext(rank, world))
-        runner = CallRunner(coordinator=coordinator)
+        folder = Path(out).parent / "journalled"
+        try:  # rank 1 was given other settings (another prompts file on its node, say)
+            open_journal(CallJournal(folder, {**IDENTITY, "rank": rank}, rank, world), coordinator)
+        except ValueError as error:
+            found["other run"] = str(error)
+        journal = open_journal(CallJournal(folder, IDENTITY, rank, world), coordinator)  # both see the folder
+        runner = CallRunner(journal, coordinator)
         jobs = [Job({"pass": "x"}, i, {"hash": str(i)}) for i in range(5)]
         made = []
         results = runner.run(jobs, lambda job: made.append(job.index) or {"index": job.index})
         found["dealt"] = made
         found["results"] = [r["index"] for r in results]
+        found["files"] = sorted(path.name for path in journal.files())  # each rank appends its own
         one = [Job({"pass": "one"}, 0, {"hash": "0"})]  # a list of one call goes to the next rank
         found["next"] = runner.run(one, lambda job: {"by": rank})[0]["by"]
         for name, asked in {
@@ -139,6 +147,9 @@ def _ranks_worker(rank: int, world: int, init_file: str, out: str) -> None:
 def test_ranks_share_the_calls_and_fail_together(tmp_path):
     mp.spawn(_ranks_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
     found = [torch.load(tmp_path / f"out.{rank}") for rank in (0, 1)]
+    for rank in (0, 1):
+        assert "ranks disagree on the run (rank: rank 0's 0, rank 1's 1)" in found[rank]["other run"]
+        assert found[rank]["files"] == ["journal.rank-0.jsonl", "journal.rank-1.jsonl"]
     assert [f["dealt"] for f in found] == [[0, 2, 4], [1, 3]]  # round-robin: at most one call apart
     assert found[0]["results"] == found[1]["results"] == [0, 1, 2, 3, 4]
     assert found[0]["next"] == found[1]["next"] == 1  # five calls dealt before: the sixth is rank 1's

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..core.distributed import DistContext
 from ..support.stopping import Interrupted, StopRequest
-from .journal import CallJournal, MemoryJournal, call_identity, job_key
+from .journal import CallJournal, MemoryJournal, call_identity, first_difference, job_key
 
 GATHER_TIMEOUT = timedelta(hours=12)  # the longest a rank waits at a gather for the others' share
 
@@ -121,6 +121,7 @@ def open_journal(
             )
         journal.folder.mkdir(parents=True, exist_ok=True)
     coordinator.agree(error)
+    _check_same_run(journal, coordinator)
     _check_shared(journal, coordinator)
     try:
         journal.read()
@@ -129,6 +130,18 @@ def open_journal(
     coordinator.agree(error)
     journal.start()
     return journal
+
+
+def _check_same_run(journal: CallJournal, coordinator: Coordinator) -> None:
+    """Every rank was asked for the same run (the same prompts file on every node, the same settings)."""
+    identities = coordinator.gather(journal.identity)
+    for rank, identity in enumerate(identities):
+        difference = first_difference(identities[0], identity, names=("rank 0's", f"rank {rank}'s"))
+        if difference:
+            raise ValueError(
+                f"ranks disagree on the run ({difference}): every node must run the same command on the same "
+                "files."
+            )
 
 
 def _check_shared(journal: CallJournal, coordinator: Coordinator) -> None:
@@ -215,7 +228,7 @@ class CallRunner:
             self.reused += job.calls
             self._skip(job.calls)
         else:
-            result, error = None, None
+            result, error, start = None, None, time.monotonic()
             try:
                 self._stop_if_asked()
                 result = self.journal.normalised(make(job))
@@ -226,7 +239,7 @@ class CallRunner:
             self.coordinator.agree(error)
             result = self.coordinator.gather(result)[0]
             if self.ranks.is_main:
-                self.journal.record(job.key, job.what, job.call, result, 0.0, job.calls)
+                self.journal.record(job.key, job.what, job.call, result, time.monotonic() - start, job.calls)
             self.journal.done[job.key] = result
             self.made += job.calls
             self._skip(job.calls)
@@ -296,8 +309,3 @@ class CallRunner:
 
 def _digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-
-
-def same_on_every_rank(runner: CallRunner, value: Any) -> Any:
-    """Rank 0's ``value`` (e.g. a measured time a decision depends on) on every rank."""
-    return runner.coordinator.gather(value)[0]

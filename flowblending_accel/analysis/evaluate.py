@@ -39,8 +39,10 @@ def call_prompts(kwargs: dict[str, Any]) -> list[str | None]:
 class HeldOut:
     """The held-out comparison's ``calls``, scored by ``scorers`` and ``set_scorers``."""
 
-    def __init__(self, pipe, small, calls, scorers, set_scorers, output: Callable, runner) -> None:
-        self.pipe, self.small, self.calls, self.output = pipe, small, calls, output
+    def __init__(
+        self, pipe, small, calls, scorers, set_scorers, output: Callable, runner, flops=None
+    ) -> None:
+        self.pipe, self.small, self.calls, self.output, self.flops = pipe, small, calls, output, flops or {}
         self.quality, self.set_scorers, self.runner = SampleQuality(scorers), set_scorers, runner
         self.scorers = scorers
         self.what = {"pass": "held-out", "scorers": self.quality.key, "sets": [s.name for s in set_scorers]}
@@ -68,7 +70,7 @@ class HeldOut:
     def _make(self, job: Job) -> dict[str, Any]:
         video = as_video(self.output(self.pipe(**replay(self.calls[job.index]))))
         calls = dict(flowblending_stats(self.pipe).calls_per_model)
-        result: dict[str, Any] = {"calls": calls, "samples": len(video)}
+        result: dict[str, Any] = {"calls": calls, "flops": _flops(calls, self.flops), "samples": len(video)}
         if job.what["schedule"] == "L100":
             self.runner.keep_output(job, video)
         else:
@@ -120,7 +122,9 @@ def evaluate_schedules(
     """Rows per schedule (``LLL`` first, the reference); the calls are jobs of ``runner`` (none: one in
     memory, advancing ``progress``), a target's own figures read each call's prompts."""
     runner = runner if runner is not None else CallRunner(progress=progress)
-    generated = HeldOut(pipe, small, calls, scorers, set_scorers, output, runner).run(schedules)
+    generated = HeldOut(pipe, small, calls, scorers, set_scorers, output, runner, flops_per_call).run(
+        schedules
+    )
     reference = generated["LLL"]
     base_flops = _flops(calls_per_model(reference), flops_per_call)
     rows = {}
@@ -151,4 +155,4 @@ def _set_value(scorer: SetScorer, results: list[dict], reference: list[dict]) ->
 
 
 def _flops(calls: dict[str, int], per_call: dict[str, int]) -> float:
-    return float(sum(count * per_call[model] for model, count in calls.items()))
+    return float(sum(count * per_call.get(model, 0) for model, count in calls.items()))

@@ -102,17 +102,20 @@ class JournalMismatch(ValueError):
     """The output folder's journal is of another run: one line, exit 2, before any pipeline call."""
 
 
-def first_difference(journalled: Any, current: Any, path: str = "") -> str | None:
-    """Where two identities first differ, in words (``None``: they are equal)."""
-    if isinstance(journalled, dict) and isinstance(current, dict):
-        for key in [*journalled, *(k for k in current if k not in journalled)]:
-            found = first_difference(journalled.get(key), current.get(key), f"{path}.{key}" if path else key)
+def first_difference(
+    first: Any, second: Any, path: str = "", names: tuple[str, str] = ("the journal's", "this run's")
+) -> str | None:
+    """Where two identities first differ, in words (``names``: whose each is; ``None``: they are equal)."""
+    if isinstance(first, dict) and isinstance(second, dict):
+        for key in [*first, *(k for k in second if k not in first)]:
+            where = f"{path}.{key}" if path else key
+            found = first_difference(first.get(key), second.get(key), where, names)
             if found:
                 return found
         return None
-    if journalled == current:
+    if first == second:
         return None
-    return f"{path}: the journal's {_short(journalled)}, this run's {_short(current)}"
+    return f"{path}: {names[0]} {_short(first)}, {names[1]} {_short(second)}"
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -228,6 +228,8 @@ class Evaluator:
         }
         calls = dict(flowblending_stats(target.pipe).calls_per_model)
         result: dict[str, Any] = {"calls": calls, "samples": len(video), "replay": replayed}
+        if point.cache is None:  # exact: a call's work does not depend on its step (a cache's: its own job)
+            result["flops"] = sum(count * self.per_call[model] for model, count in calls.items())
         if job.what["role"] == "reference":
             self.runner.keep_output(job, video)
         else:
