@@ -23,7 +23,8 @@ candidate (bisection: about log2(steps) rounds of at most one proposal per measu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,11 @@ import torch
 from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.plan import Plan
 from ..core.schedule import Schedule
-from .divergence import DivergenceCurve, divergence_curve, replay
+from .call_runner import CallRunner, Job, identities_of, jobs_over
+from .divergence import DivergenceCurve, divergence_curve, replay, self_scores
 from .evidence import window_evidence
-from .scores import Scores, as_scores, loss_ratio, margin, passes, probing
+from .journal import canonical
+from .scores import Scores, as_quality, loss_ratio, margin, passes, probing
 from .transfer import Grid, Transfer, sigma_schedule, transfer
 
 
@@ -123,7 +126,9 @@ class Calibration:
 
 
 class Calibrator:
-    """Holds the calibration set and scores schedules on it (each verification is one generation)."""
+    """Holds the calibration set and scores schedules on it (each verification is one generation). Every
+    call is a job of ``runner`` (none: one in memory, advancing ``progress``), so under torchrun the calls of
+    a verification round spread over the ranks and every rank takes the same decision from their scores."""
 
     def __init__(
         self,
@@ -138,13 +143,23 @@ class Calibrator:
         progress=None,
         sensitivity_window: int = 0,
         refine: bool = True,
+        runner: CallRunner | None = None,
         **router_options: Any,
     ) -> None:
         self.pipe, self.small, self.calls, self.router_options = pipe, small, calls, router_options
-        self.flops, self.quality_fn, self.field = flops_per_call, quality, output_field
-        self.progress, self.refine = progress, refine
+        self.flops, self.quality, self.field = flops_per_call, as_quality(quality), output_field
+        self.runner = runner if runner is not None else CallRunner(progress=progress)
+        self.refine = refine
+        self.identities = identities_of(calls)
         self.curve = divergence_curve(
-            pipe, small, calls, guidance_scale, output_field=output_field, progress=progress, **router_options
+            pipe,
+            small,
+            calls,
+            guidance_scale,
+            output_field=output_field,
+            runner=self.runner,
+            quality=self.quality,
+            **router_options,
         )
         if measure is not None and measure not in self.curve.values:
             raise ValueError(
@@ -161,6 +176,11 @@ class Calibrator:
         self.proposed: dict[int, list[Candidate]] = {}
         self.tried: dict[str, Candidate] = {}
 
+    @property
+    def self_scores(self) -> Scores:
+        """The outputs' scores against themselves (each score's ceiling; its names)."""
+        return self_scores(self.curve, self.quality)
+
     def _measure_sensitivity(self, window: int):
         """Run the small model on each ``window`` of steps and measure the quality lost (every score); the
         per-step cost is the largest of the scores' losses, each as a share of its total, so placements that
@@ -171,9 +191,9 @@ class Calibrator:
             self.calls,
             self.curve,
             window,
-            self.quality_fn,
+            self.quality,
             self.field,
-            self.progress,
+            runner=self.runner,
             **self.router_options,
         )
         shares = {
@@ -215,29 +235,42 @@ class Calibrator:
         return list(proposals.values())
 
     def verify(self, candidate: Candidate) -> Candidate:
-        if candidate.schedule in self.tried:
-            return self.tried[candidate.schedule]
-        candidate.quality = self.score(Schedule.parse(candidate.schedule))
-        self.tried[candidate.schedule] = candidate
-        return candidate
+        return self.verify_all([candidate])[0]
+
+    def verify_all(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Every candidate scored (those not tried before: every call of every one in one round of jobs)."""
+        new = list({c.schedule: c for c in candidates if c.schedule not in self.tried}.values())
+        for candidate, scores in zip(new, self.score_all([c.schedule for c in new]), strict=True):
+            candidate.quality = scores
+            self.tried[candidate.schedule] = candidate
+        return [self.tried[c.schedule] for c in candidates]
 
     def score(self, schedule: Schedule) -> Scores:
+        return self.score_all([str(schedule)])[0]
+
+    def score_all(self, schedules: list[str]) -> list[Scores]:
+        """Each schedule's scores on the calibration calls against the large-only outputs."""
+        what = {"pass": "verify", "router": canonical(self.router_options), "scorers": self.quality.key}
+        jobs = [job for s in schedules for job in jobs_over({**what, "schedule": s}, self.identities)]
+        results = self.runner.run(jobs, self._generate_scored, self._routed)
+        count = len(self.calls)
+        return [self.quality.combine(results[i * count : (i + 1) * count]) for i in range(len(schedules))]
+
+    @contextmanager
+    def _routed(self, job: Job) -> Iterator[None]:
         # Candidates are probes: advice meant for a user's chosen schedule (e.g. "ends small") is noise here.
-        with (
-            probing(),
-            flowblending(
-                self.pipe, self.small, FlowBlendingConfig(schedule, timing="off", **self.router_options)
-            ),
-            torch.inference_mode(),
-        ):
-            outputs = [getattr(self.pipe(**replay(kwargs)), self.field) for kwargs in self.calls]
-        if self.progress is not None:
-            self.progress(len(self.calls))
-        return as_scores(self.quality_fn(outputs, self.curve.outputs))
+        schedule = Schedule.parse(job.what["schedule"])
+        config = FlowBlendingConfig(schedule, timing="off", **self.router_options)
+        with probing(), flowblending(self.pipe, self.small, config), torch.inference_mode():
+            yield
+
+    def _generate_scored(self, job: Job) -> Any:
+        output = self.quality.prepare(getattr(self.pipe(**replay(self.calls[job.index])), self.field))
+        return self.quality.of_call(output, self.curve.outputs[job.index])
 
     def best_verified(self, m: int, tolerance: Scores | None = None) -> Candidate | None:
         """The best-scoring proposal for ``m`` small steps (passing ``tolerance`` when given), or None."""
-        verified = [self.verify(c) for c in self.candidates(m)]
+        verified = self.verify_all(self.candidates(m))
         if tolerance is not None:
             verified = [c for c in verified if passes(c.quality, tolerance)]
         return max(verified, key=lambda c: c.mean_quality, default=None)
@@ -261,16 +294,16 @@ def refine(calibrator: Calibrator, m: int, tolerance: Scores, rounds: int = 3) -
     time, until a placement passes (verified) or no move helps. The proxies rank where the small model
     hurts; this settles the boundary between scores that pull in opposite directions (e.g. semantic
     fidelity wants more early large steps, pixel fidelity more late ones)."""
-    current = max(
-        (calibrator.verify(c) for c in calibrator.candidates(m)), key=lambda c: margin(c.quality, tolerance)
-    )
+    current = max(calibrator.verify_all(calibrator.candidates(m)), key=lambda c: margin(c.quality, tolerance))
     for _ in range(rounds):
         if margin(current.quality, tolerance) >= -1e-12:
             return current
-        neighbours = [
-            calibrator.verify(calibrator.propose(str(Schedule.from_models(models)), "refined"))
-            for models in shifted(calibrator.models_of(current.schedule))
-        ]
+        neighbours = calibrator.verify_all(
+            [
+                calibrator.propose(str(Schedule.from_models(models)), "refined")
+                for models in shifted(calibrator.models_of(current.schedule))
+            ]
+        )
         best = max(neighbours, key=lambda c: margin(c.quality, tolerance), default=None)
         if best is None or margin(best.quality, tolerance) <= margin(current.quality, tolerance):
             return None
@@ -285,9 +318,7 @@ def calibrate_tolerance(
     A float tolerance applies to every score."""
     n = len(calibrator.costs)
     if not isinstance(tolerance, dict):
-        names = reference or as_scores(
-            calibrator.quality_fn(calibrator.curve.outputs, calibrator.curve.outputs)
-        )
+        names = reference or calibrator.self_scores
         tolerance = {name: float(tolerance) for name in names}
     low, high, best = 0, n - 1, None  # invariant: m = low passes (m = 0 is large-only)
     while low < high:
@@ -328,8 +359,7 @@ def calibrate_budget(
         return _result(
             calibrator, None, reference, f"no schedule fits a FLOP budget of {flop_budget:g} of large-only."
         )
-    verified = [c for m in fitting[:verify] for c in calibrator.candidates(m)]
-    verified = [calibrator.verify(c) for c in verified]
+    verified = calibrator.verify_all([c for m in fitting[:verify] for c in calibrator.candidates(m)])
     if reference:
         best = min(verified, key=lambda c: loss_ratio(c.quality, reference))
     else:

@@ -5,6 +5,10 @@ by the most it can make), so a user of a real pair knows the bill before paying 
 steps one call is minutes of a GPU. ``--max-calls`` refuses a plan whose most exceeds it before any call,
 naming a smaller plan that fits; ``--max-minutes`` is checked from the first call's time (the only honest
 clock), and the run stops there when the rest would not fit.
+
+Under torchrun the calls are shared by the data-parallel ranks (every rank makes the FLOP count and tune's
+timing rounds itself): the plan says how many ranks share it and the most one rank makes, ``--max-calls``
+holds each rank, and the wall time is estimated for one rank's share.
 """
 
 from __future__ import annotations
@@ -49,12 +53,38 @@ class WorkloadSizes:
         return self._calls(self.prompts - self.fit_prompts, self.holdout_seeds) if self.holding else 0
 
 
+EVERY_RANK = ("FLOP count", "timing")  # parts every rank makes itself under torchrun
+
+
 @dataclass(frozen=True)
 class CallPlan:
     command: str
     parts: tuple[tuple[str, int], ...]  # (what, pipeline calls), made whatever happens
     search: tuple[str, int] | None = None  # (what, at most): an adaptive search stops earlier
     stoppable: int | None = None  # the search stops at a call budget, after at least this many calls
+    ranks: int = 1  # the data-parallel ranks that share the calls
+
+    @property
+    def every_rank(self) -> int:
+        """The calls each rank makes itself (not shared)."""
+        return sum(calls for what, calls in self.parts if what in EVERY_RANK)
+
+    def per_rank(self, calls: int) -> int:
+        """The most one rank makes of ``calls`` of this plan: its own parts and its share of the rest."""
+        return self.every_rank + math.ceil((calls - self.every_rank) / self.ranks)
+
+    @property
+    def at_most_per_rank(self) -> int:
+        return self.per_rank(self.at_most)
+
+    @property
+    def least_per_rank(self) -> int:
+        return self.per_rank(self.least)
+
+    def search_allowance(self, max_calls: int) -> int:
+        """The search's calls, all ranks together, that ``max_calls`` per rank leaves after the fixed
+        parts."""
+        return self.ranks * (max_calls - self.every_rank) - (self.fixed - self.every_rank)
 
     @property
     def fixed(self) -> int:
@@ -73,7 +103,13 @@ class CallPlan:
         parts = ", ".join(f"{what} {calls}" for what, calls in self.parts)
         search = f"; {self.search[0]}: at most {self.search[1]}" if self.search else ""
         total = f"at most {self.at_most}" if self.search else str(self.at_most)
-        return f"{self.command} will make {total} pipeline calls ({parts}{search})"
+        shared = (
+            f"; {self.ranks} ranks share them: {'at most ' if self.search else ''}"
+            f"{self.at_most_per_rank} per rank"
+            if self.ranks > 1
+            else ""
+        )
+        return f"{self.command} will make {total} pipeline calls ({parts}{search}){shared}"
 
 
 def analyze_plan(work: WorkloadSizes) -> CallPlan:
@@ -137,11 +173,11 @@ def smaller_plan(
     current, best = work, ("", plan_of(work))
     for flag, value, shrink in SMALLER:
         reduced = shrink(current)
-        if plan_of(reduced).least >= best[1].least:
+        if plan_of(reduced).least_per_rank >= best[1].least_per_rank:
             continue  # e.g. fewer fit prompts when they share one batched call
         flags[flag], current = value, reduced
         best = (" ".join(f"{name} {setting}" for name, setting in flags.items()), plan_of(current))
-        if best[1].least <= calls:
+        if best[1].least_per_rank <= calls:
             return best
     return best
 
@@ -149,45 +185,56 @@ def smaller_plan(
 def check_calls(
     work: WorkloadSizes, plan_of: Callable[[WorkloadSizes], CallPlan], max_calls: int | None
 ) -> CallPlan:
-    """The plan; refused before any call when its most exceeds ``max_calls``, naming what fits."""
+    """The plan; refused before any call when its most exceeds ``max_calls`` (per rank), naming what fits."""
     plan = plan_of(work)
-    if max_calls is None or plan.least <= max_calls:
+    if max_calls is None or plan.least_per_rank <= max_calls:
         return plan
     flags, smaller = smaller_plan(work, plan_of, max_calls)
-    needs = f"needs at least {smaller.least}" if smaller.stoppable is not None else f"makes {smaller.at_most}"
-    if smaller.least <= max_calls:
+    most = smaller.at_most_per_rank
+    needs = f"needs at least {smaller.least_per_rank}" if smaller.stoppable is not None else f"makes {most}"
+    needs += " per rank" if plan.ranks > 1 else ""
+    if smaller.least_per_rank <= max_calls:
         advice = f"with {flags} it {needs}, which fits"
     else:
         advice = f"even the smallest plan ({flags}) {needs}: raise --max-calls"
-    least = f" (it needs at least {plan.least})" if plan.stoppable is not None else ""
+    per_rank = " per rank" if plan.ranks > 1 else ""
+    least = f" (it needs at least {plan.least_per_rank}{per_rank})" if plan.stoppable is not None else ""
     raise BudgetError(
         f"--max-calls {max_calls}: {plan.describe()}{least}; {advice} (or fit at a --proxy-size)."
     )
 
 
 class CostWatch:
-    """Wraps a progress callback: after the first pipeline call it logs the estimated wall time of the plan,
-    and stops the run when ``max_minutes`` cannot hold it."""
+    """Wraps a progress callback: after the first pipeline call this rank makes it logs the estimated wall
+    time of its share of the plan, and stops the run when ``max_minutes`` cannot hold it. Calls it did not
+    make (journalled before, or another rank's) advance the count through :meth:`skip`, untimed."""
 
     def __init__(self, plan: CallPlan, advance: Callable, max_minutes: float | None = None, threads=None):
         self.plan, self.advance, self.max_minutes, self.threads = plan, advance, max_minutes, threads
         self.start, self.done, self.estimate = time.monotonic(), 0, None
+        self.clock = self.start  # when this rank's first call started
+
+    def skip(self, amount: float) -> None:
+        self.advance(amount)
+        if self.done == 0:
+            self.clock = time.monotonic()
 
     def __call__(self, amount: float = 1) -> None:
         self.advance(amount)
         self.done += amount
         if self.estimate is None and self.done >= 1:
-            per_call = (time.monotonic() - self.start) / self.done
-            self.estimate = per_call * self.plan.at_most
+            per_call = (time.monotonic() - self.clock) / self.done
+            self.estimate = per_call * self.plan.at_most_per_rank
             fixed = (
                 ""
                 if not self.plan.search
-                else f", the fixed parts alone {_minutes(per_call * self.plan.fixed)}"
+                else f", the fixed parts alone {_minutes(per_call * self.plan.per_rank(self.plan.fixed))}"
             )
             logger.info(
-                "estimated wall time: at most %s (%d calls at the first one's %.2f s%s)",
+                "estimated wall time: at most %s (%d calls%s at the first one's %.2f s%s)",
                 _minutes(self.estimate),
-                self.plan.at_most,
+                self.plan.at_most_per_rank,
+                " per rank" if self.plan.ranks > 1 else "",
                 per_call,
                 fixed,
             )
@@ -196,12 +243,15 @@ class CostWatch:
                 raise BudgetError(
                     f"--max-minutes {self.max_minutes:g}: {self.plan.describe()}, about "
                     f"{_minutes(self.estimate)} at the first call's {per_call:.2f} s; about {fitting} calls "
-                    f"fit (--max-calls {fitting} names the flags of a plan that small; or --proxy-size)."
+                    f"{'per rank ' if self.plan.ranks > 1 else ''}fit (--max-calls {fitting} names the "
+                    "flags of "
+                    "a plan that small; or --proxy-size)."
                 )
 
     def report(self) -> dict[str, Any]:
         return {
             "planned_at_most": self.plan.at_most,
+            "ranks": self.plan.ranks,
             "plan": self.plan.describe(),
             "estimated_seconds": self.estimate,
             "seconds": time.monotonic() - self.start,
@@ -210,4 +260,6 @@ class CostWatch:
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"

@@ -18,6 +18,8 @@ measures it by substituting the small model in windows of steps.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,9 @@ from ..core.api import add_flowblending_listener
 from ..core.diffusers_internals import context_name
 from ..core.families import family_for
 from ..core.listeners import CallEvent, RouterListener
+from .call_runner import CallRunner, Job, identities_of, jobs_over
+from .journal import canonical
+from .scores import Scores, as_quality
 
 
 @dataclass
@@ -133,6 +138,22 @@ def _first(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple | list) else getattr(output, "sample", output)
 
 
+class KeptOutputs(Sequence):
+    """The outputs a pass kept (one per call, what later calls are scored against), read when asked for: in
+    memory where this rank made them, else from the journal folder."""
+
+    def __init__(self, runner: CallRunner, jobs: list[Job]) -> None:
+        self.runner, self.jobs = runner, jobs
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self.runner.output(job) for job in self.jobs[index]]
+        return self.runner.output(self.jobs[index])
+
+
 @dataclass
 class DivergenceCurve:
     """Per solver step: sigma and, per measure, the per-sample values (samples x steps)."""
@@ -140,7 +161,7 @@ class DivergenceCurve:
     sigmas: list[float]
     values: dict[str, torch.Tensor]  # measure -> (samples, steps)
     schedule: str
-    outputs: list[Any] = field(default_factory=list, repr=False)  # the pipeline's outputs, one per call
+    outputs: Sequence[Any] = field(default_factory=list, repr=False)  # the pipeline's outputs, one per call
 
     def mean(self, measure: str) -> list[float]:
         return self.values[measure].mean(0).tolist()
@@ -169,26 +190,71 @@ def divergence_curve(
     trajectory: str = "L100",
     progress=None,
     output_field: str = "frames",
+    runner: CallRunner | None = None,
+    quality: Any = None,
+    keep_outputs: bool = True,
     **router_options: Any,
 ) -> DivergenceCurve:
-    """Run ``pipe`` on every call's arguments along ``trajectory``, evaluating both models at every step."""
+    """Run ``pipe`` on every call's arguments along ``trajectory``, evaluating both models at every step.
+
+    Each call is one job of ``runner`` (none: one in memory, advancing ``progress``): made once, journalled,
+    shared across ranks. Its output is kept (unless ``keep_outputs`` is off: nothing will be scored against
+    it), prepared by ``quality`` (:func:`.scores.as_quality`; none: as the pipeline gave it), for later calls
+    to score against."""
+    runner = runner if runner is not None else CallRunner(progress=progress)
+    quality = as_quality(quality) if quality is not None else None
     probe = DivergenceProbe(guidance_scale, batched_cfg=family_for(pipe).batched_cfg)
-    outputs = []
-    with (
-        flowblending(pipe, small, FlowBlendingConfig(trajectory, timing="off", **router_options)),
-        torch.inference_mode(),
-    ):
-        add_flowblending_listener(pipe, probe)
-        for kwargs in calls:
-            outputs.append(getattr(pipe(**replay(kwargs)), output_field))
-            if progress is not None:
-                progress(1)
-    if not probe.runs:
-        raise RuntimeError("no run finished; nothing to analyse.")
-    steps = sorted(probe.runs[0])
-    measures = [m for m in probe.runs[0][steps[0]] if m != "sigma"]
-    values = {
-        m: torch.cat([torch.stack([run[s][m] for s in steps], dim=1) for run in probe.runs]) for m in measures
+    what = {
+        "pass": "divergence",
+        "trajectory": trajectory,
+        "guidance_scale": guidance_scale,
+        "router": canonical(router_options),
+        "scorers": quality.key if quality is not None else None,
     }
-    sigmas = [float(probe.runs[0][s]["sigma"][0]) for s in steps]
-    return DivergenceCurve(sigmas, values, trajectory, outputs)
+    jobs = jobs_over(what, identities_of(calls))
+
+    @contextmanager
+    def routed(_job: Job) -> Iterator[None]:
+        config = FlowBlendingConfig(trajectory, timing="off", **router_options)
+        with flowblending(pipe, small, config), torch.inference_mode():
+            add_flowblending_listener(pipe, probe)
+            yield
+
+    def make(job: Job) -> dict[str, Any]:
+        finished = len(probe.runs)
+        output = getattr(pipe(**replay(calls[job.index])), output_field)
+        if len(probe.runs) == finished:
+            raise RuntimeError("no run finished; nothing to analyse.")
+        if keep_outputs:
+            runner.keep_output(job, quality.prepare(output) if quality is not None else output)
+        return _run_result(probe.runs.pop())
+
+    results = runner.run(jobs, make, routed)
+    steps = len(results[0]["sigmas"])
+    values = {
+        m: torch.cat([torch.tensor(r["values"][m], dtype=torch.float32).reshape(-1, steps) for r in results])
+        for m in results[0]["values"]
+    }
+    return DivergenceCurve(results[0]["sigmas"], values, trajectory, KeptOutputs(runner, jobs))
+
+
+def self_scores(curve: DivergenceCurve, quality: Any) -> Scores:
+    """The quality of ``curve``'s outputs against themselves (each score's ceiling, and its names); scoring
+    jobs of the runner that kept them, so they are journalled and shared like the calls."""
+    quality, outputs = as_quality(quality), curve.outputs
+    if not isinstance(outputs, KeptOutputs):
+        return quality.combine([quality.of_call(output, output) for output in outputs])
+    what = {"pass": "self-score", "scorers": quality.key}
+    jobs = [Job({**what, "of": job.key}, job.index, job.call, 0) for job in outputs.jobs]
+    results = outputs.runner.run(jobs, lambda job: quality.of_call(outputs[job.index], outputs[job.index]))
+    return quality.combine(results)
+
+
+def _run_result(run: dict[int, dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """One call's divergences (per measure: samples x steps, as lists) and its sigmas."""
+    steps = sorted(run)
+    measures = [m for m in run[steps[0]] if m != "sigma"]
+    return {
+        "sigmas": [float(run[s]["sigma"][0]) for s in steps],
+        "values": {m: torch.stack([run[s][m] for s in steps], dim=1).float().tolist() for m in measures},
+    }

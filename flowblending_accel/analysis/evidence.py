@@ -10,7 +10,8 @@ window.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,10 @@ import torch
 
 from ..accelerators import FlowBlendingConfig, flowblending
 from ..core.schedule import Schedule
-from .divergence import DivergenceCurve, replay
-from .scores import Scores, as_scores, probing
+from .call_runner import CallRunner, Job, identities_of, jobs_over
+from .divergence import DivergenceCurve, replay, self_scores
+from .journal import canonical
+from .scores import Scores, as_quality, probing
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -64,26 +67,37 @@ def window_evidence(
     quality: Callable[[list, list], float | Scores],
     output_field: str = "frames",
     progress=None,
+    runner: CallRunner | None = None,
     **router_options: Any,
 ) -> WindowEvidence:
+    """The quality lost per window of ``window`` steps run small; every window x call is one job of
+    ``runner`` (none: one in memory, advancing ``progress``), scored against ``curve``'s kept outputs."""
+    runner = runner if runner is not None else CallRunner(progress=progress)
+    quality = as_quality(quality)
     steps = len(curve.sigmas)
-    reference = as_scores(quality(curve.outputs, curve.outputs))
-    starts, losses = list(range(0, steps, window)), {name: [] for name in reference}
-    for start in starts:
+    reference = self_scores(curve, quality)
+    starts, identities = list(range(0, steps, window)), identities_of(calls)
+    what = {"pass": "window", "window": window, "router": canonical(router_options), "scorers": quality.key}
+    jobs = [job for start in starts for job in jobs_over({**what, "start": start}, identities)]
+
+    @contextmanager
+    def routed(job: Job) -> Iterator[None]:
+        start = job.what["start"]
         models = ["small" if start <= i < start + window else "large" for i in range(steps)]
-        with (
-            probing(),
-            flowblending(
-                pipe, small, FlowBlendingConfig(Schedule.from_models(models), timing="off", **router_options)
-            ),
-            torch.inference_mode(),
-        ):
-            outputs = [getattr(pipe(**replay(kwargs)), output_field) for kwargs in calls]
-        scores = as_scores(quality(outputs, curve.outputs))
+        config = FlowBlendingConfig(Schedule.from_models(models), timing="off", **router_options)
+        with probing(), flowblending(pipe, small, config), torch.inference_mode():
+            yield
+
+    def make(job: Job) -> Any:
+        output = quality.prepare(getattr(pipe(**replay(calls[job.index])), output_field))
+        return quality.of_call(output, curve.outputs[job.index])
+
+    results = runner.run(jobs, make, routed)
+    losses: dict[str, list[float]] = {name: [] for name in reference}
+    for number in range(len(starts)):
+        scores = quality.combine(results[number * len(calls) : (number + 1) * len(calls)])
         for name in reference:
             losses[name].append(reference[name] - scores[name])
-        if progress is not None:
-            progress(len(calls))
     sums = {measure: [sum(curve.mean(measure)[s : s + window]) for s in starts] for measure in curve.values}
     correlations = {
         name: {measure: spearman(sums[measure], loss) for measure in curve.values}

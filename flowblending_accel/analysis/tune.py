@@ -42,9 +42,11 @@ from ..metrics.flops import flops_per_call, run_flops
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, as_video
 from .calibrate import best_placements
+from .call_runner import CallRunner, Job, identities_of
 from .divergence import divergence_curve, replay
+from .evaluate import call_extras, call_prompts, extras_row
 from .replay import PrefixReplay
-from .scores import Scores, probing
+from .scores import SampleQuality, Scores, probing
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,21 @@ class Point:
     def label(self) -> str:
         parts = [self.schedule, *self.stack]
         return " ".join(parts) + (" small-guidance-off" if self.small_guidance == "off" else "")
+
+    def as_what(self) -> dict[str, Any]:
+        """The point as a journal line says it (letters for the models of the steps)."""
+        letters = "".join("S" if model == "small" else "L" for model in self.models)
+        return {
+            "models": letters,
+            "solver": self.solver,
+            "cache": self.cache,
+            "guidance": self.small_guidance,
+        }
+
+    @classmethod
+    def from_what(cls, what: dict[str, Any]) -> Point:
+        models = tuple("small" if letter == "S" else "large" for letter in what["models"])
+        return cls(models, what["solver"], what["cache"], what["guidance"])
 
     @classmethod
     def parse(cls, text: str, full_steps: int) -> Point:
@@ -142,58 +159,93 @@ def solver_at(target, solver: str | None, steps: int) -> Iterator[dict]:
 
 
 class Evaluator:
-    """Generates points on the fit calls and scores them against the large-only, full-step output."""
+    """Generates points on the fit calls and scores them against the large-only, full-step output. Every
+    call is a job of ``runner`` (none: one in memory, advancing ``progress``): a point's first call (its
+    screen) and its other calls spread over the ranks, and each call's scores, calls per model and
+    prefix-replay counts are journalled with it."""
 
     def __init__(
-        self, target, fit_calls: list[dict], scorers: list[Scorer], full_steps: int, **options
+        self, target, fit_calls: list[dict], scorers: list[Scorer], full_steps: int, runner=None, **options
     ) -> None:
         self.target, self.calls, self.scorers, self.full_steps = target, fit_calls, scorers, full_steps
-        self.max_calls, self.progress = options.get("max_calls"), options.get("progress")
-        self.replay, self.pipeline_calls = PrefixReplay(), 0
+        self.quality = SampleQuality(scorers)
+        self.runner = runner if runner is not None else CallRunner(progress=options.get("progress"))
+        self.max_calls = options.get("max_calls")
+        self.replay = PrefixReplay()
+        self.denoiser_calls = {"computed": 0, "replayed": 0}  # over every job's result, made or journalled
         self.evaluations: dict[Point, Evaluation] = {}
+        self.identities = identities_of(fit_calls)
         # Every use of a call goes through replay(): a generator advances when it is used, and the fit calls'
         # noise must be the same for every point and for the reference.
         self.per_call = flops_per_call(target.pipe, target.small, replay(fit_calls[0]))
-        full = Point(("large",) * full_steps)
-        self.reference = [self._run(full, kwargs, index) for index, kwargs in enumerate(fit_calls)]
-        self.reference_large_calls = self._last_calls.get("large", 0)
+        self.full = Point(("large",) * full_steps)
+        self.references = self._jobs(self.full, "reference", range(len(fit_calls)))
+        self.reference_large_calls = self._run(self.references)[-1]["calls"].get("large", 0)
 
-    def _run(self, point: Point, kwargs: dict, index: int) -> torch.Tensor:
-        if self.max_calls is not None and self.pipeline_calls >= self.max_calls:
+    @property
+    def pipeline_calls(self) -> int:
+        """The pipeline calls the run has used (made or journalled, on every rank)."""
+        return self.runner.used
+
+    def _jobs(self, point: Point, role: str, indexes, extras: bool = False) -> list[Job]:
+        what = {"pass": "tune", "role": role, "point": point.as_what(), "scorers": self.quality.key}
+        what.update({"extras": True} if extras else {})
+        return [Job(what, index, self.identities[index], 0 if role == "flops" else 1) for index in indexes]
+
+    def _run(self, jobs: list[Job]) -> list[dict[str, Any]]:
+        if self.max_calls is not None and self.pipeline_calls + sum(j.calls for j in jobs) > self.max_calls:
             raise BudgetSpent
-        target = self.target
+        results = self.runner.run(jobs, self._make, self._routed)
+        for result in results:
+            for kind in self.denoiser_calls:
+                self.denoiser_calls[kind] += result["replay"][kind]
+        return results
+
+    @contextmanager
+    def _routed(self, job: Job) -> Iterator[None]:
+        point, target = Point.from_what(job.what["point"]), self.target
         options: dict[str, Any] = {"timing": "off", "small_guidance": point.small_guidance}
         if point.small_guidance == "off":
             options["small_distilled"] = True
-        with (
-            probing(),
-            flowblending(
-                target.pipe,
-                target.small,
-                FlowBlendingConfig(point.schedule, accelerators=point.stack, **options),
-            ),
-            torch.inference_mode(),
-        ):
-            stack = applied_stack(target.pipe)
+        config = FlowBlendingConfig(point.schedule, accelerators=point.stack, **options)
+        with probing(), flowblending(target.pipe, target.small, config), torch.inference_mode():
             if point.cache is None:  # a cache's state depends on every call: no replay under one
                 add_flowblending_listener(target.pipe, self.replay)
-            self.replay.context = (index, point.solver, point.steps, point.small_guidance)
-            call = {
-                **stack.without_owned(replay(kwargs)),
-                **({} if point.solver else {"num_inference_steps": point.steps}),
-            }
-            video = as_video(target.output(target.pipe(**call)))
-            self._last_calls = flowblending_stats(target.pipe).calls_per_model
-        self.pipeline_calls += 1
-        if self.progress is not None:
-            self.progress(1)
-        return video
+            yield
 
-    def _flop_ratio(self, point: Point, calls: dict[str, int]) -> float:
-        reference = self.reference_large_calls * self.per_call["large"]
-        if point.cache is None:  # exact: a call's work does not depend on its step
-            return sum(n * self.per_call[m] for m, n in calls.items()) / reference
-        # A cache skips work per call: count it on the first fit call.
+    def _make(self, job: Job) -> dict[str, Any]:
+        point, target = Point.from_what(job.what["point"]), self.target
+        before = self.replay.computed, self.replay.replayed
+        self.replay.context = (job.index, point.solver, point.steps, point.small_guidance)
+        call = {
+            **applied_stack(target.pipe).without_owned(replay(self.calls[job.index])),
+            **({} if point.solver else {"num_inference_steps": point.steps}),
+        }
+        video = as_video(target.output(target.pipe(**call)))
+        replayed = {
+            "computed": self.replay.computed - before[0],
+            "replayed": self.replay.replayed - before[1],
+        }
+        calls = dict(flowblending_stats(target.pipe).calls_per_model)
+        result: dict[str, Any] = {"calls": calls, "samples": len(video), "replay": replayed}
+        if point.cache is None:  # exact: a call's work does not depend on its step (a cache's: its own job)
+            result["flops"] = sum(count * self.per_call[model] for model, count in calls.items())
+        if job.what["role"] == "reference":
+            self.runner.keep_output(job, video)
+        else:
+            result["scores"] = self.quality.of_call(video, self.runner.output(self.references[job.index]))
+        if job.what.get("extras"):
+            result["extras"] = call_extras(self.scorers, video, call_prompts(self.calls[job.index]))
+        return result
+
+    def _counted_flops(self, points: list[Point]) -> dict[Point, float]:
+        """A cached point's FLOPs, counted on the first call (a cache skips work per call)."""
+        jobs = [job for point in points for job in self._jobs(point, "flops", [0])]
+        results = self.runner.run(jobs, self._count)
+        return {point: result["flops"] for point, result in zip(points, results, strict=True)}
+
+    def _count(self, job: Job) -> dict[str, Any]:
+        point = Point.from_what(job.what["point"])
         kwargs = replay(self.calls[0])
         if point.solver:
             kwargs.pop("num_inference_steps", None)  # the step reduction owns it
@@ -202,67 +254,96 @@ class Evaluator:
         with probing():
             schedule, stack = Schedule.parse(point.schedule), as_configs(point.stack)
             counted, _ = run_flops(self.target.pipe, self.target.small, schedule, kwargs, stack)
-        return sum(counted.values()) / reference
+        return {"flops": sum(counted.values())}
 
-    def _sample_scores(self, videos: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        outputs, reference = torch.cat(videos), torch.cat(self.reference[: len(videos)])
-        return {s.name: s.per_sample(outputs, reference).double() for s in self.scorers}
+    def _flop_ratio(self, point: Point, calls: dict[str, int], counted: float | None) -> float:
+        reference = self.reference_large_calls * self.per_call["large"]
+        if point.cache is None:  # exact: a call's work does not depend on its step
+            return sum(n * self.per_call[m] for m, n in calls.items()) / reference
+        return counted / reference
 
     def evaluate(self, point: Point, must_reach: Scores | None = None) -> Evaluation:
         """Score ``point``: its first fit call first, then (unless clearly below ``must_reach``) the rest."""
-        if point in self.evaluations:
-            return self.evaluations[point]
-        first = [self._run(point, self.calls[0], 0)]
+        return self.evaluate_all([point], must_reach)[0]
+
+    def evaluate_all(self, points: list[Point], must_reach: Scores | None = None) -> list[Evaluation]:
+        """Score every point not scored before: all their first calls in one round, then the rest of the
+        calls of those not clearly below ``must_reach`` in the next."""
+        new = [point for point in dict.fromkeys(points) if point not in self.evaluations]
+        if new:
+            screens = self._run([job for point in new for job in self._jobs(point, "score", [0])])
+            counted = self._counted_flops([point for point in new if point.cache is not None])
+            found = {
+                point: self._screened(point, screen, counted.get(point), must_reach)
+                for point, screen in zip(new, screens, strict=True)
+            }
+            kept = [point for point in new if not found[point].rejected]
+            others = range(1, len(self.calls))
+            rest = self._run([job for point in kept for job in self._jobs(point, "score", others)])
+            for number, point in enumerate(kept):
+                results = [
+                    screens[new.index(point)],
+                    *rest[number * len(others) : (number + 1) * len(others)],
+                ]
+                found[point].scores = self.quality.combine([result["scores"] for result in results])
+            self.evaluations.update(found)
+        return [self.evaluations[point] for point in points]
+
+    def _screened(self, point: Point, screen: dict, counted: float | None, must_reach) -> Evaluation:
         evaluation = Evaluation(
-            point, self._flop_ratio(point, self._last_calls), calls=dict(self._last_calls)
+            point, self._flop_ratio(point, screen["calls"], counted), calls=screen["calls"]
         )
-        samples = self._sample_scores(first)
+        samples = self.quality.samples([screen["scores"]])
         evaluation.screen = {name: float(values.mean()) for name, values in samples.items()}
-        if must_reach is not None and _clearly_below(samples, must_reach):
-            evaluation.rejected = True
-        else:
-            rest = [self._run(point, kwargs, index) for index, kwargs in enumerate(self.calls[1:], 1)]
-            samples = self._sample_scores(first + rest)
-            evaluation.scores = {name: float(values.mean()) for name, values in samples.items()}
-        self.evaluations[point] = evaluation
+        evaluation.rejected = must_reach is not None and _clearly_below(samples, must_reach)
         return evaluation
 
-    def held_out(self, point: Point, prompts: list) -> dict[str, Any]:
-        """Every call (no early rejection): scores with 95 % intervals against the large-only, full-step
-        output, the target's own figures (e.g. the embedded classifier's accuracies) and the FLOP ratio."""
-        videos = [self._run(point, kwargs, index) for index, kwargs in enumerate(self.calls)]
-        outputs, reference = torch.cat(videos), torch.cat(self.reference)
-        row: dict[str, Any] = {
-            "label": point.label(),
-            "schedule": point.schedule,
-            "stack": point.stack,
-            "flop_ratio": self._flop_ratio(point, self._last_calls),
-            "samples": len(outputs),
-            "scores": {},
-            "extras": {},
-        }
-        for scorer in self.scorers:
-            if point != Point(("large",) * self.full_steps):
-                row["scores"][scorer.name] = mean_interval(scorer.per_sample(outputs, reference))
-            if scorer.extras is not None:
-                row["extras"].update(scorer.extras(outputs, prompts))
-        return row
+    def held_out(self, points: dict[str, Point]) -> dict[str, dict[str, Any]]:
+        """Every call of every point (no early rejection): scores with 95 % intervals against the large-only,
+        full-step output, the target's own figures (e.g. the embedded classifier's accuracies) and the FLOP
+        ratio, a row per name."""
+        every = range(len(self.calls))
+        results = self._run(
+            [job for point in points.values() for job in self._jobs(point, "score", every, True)]
+        )
+        counted = self._counted_flops([point for point in points.values() if point.cache is not None])
+        rows = {}
+        for number, (name, point) in enumerate(points.items()):
+            mine = results[number * len(self.calls) : (number + 1) * len(self.calls)]
+            rows[name] = {
+                "label": point.label(),
+                "schedule": point.schedule,
+                "stack": point.stack,
+                "flop_ratio": self._flop_ratio(point, mine[-1]["calls"], counted.get(point)),
+                "samples": sum(result["samples"] for result in mine),
+                "scores": {},
+                "extras": extras_row(mine),
+            }
+            if point != self.full:
+                samples = self.quality.samples([result["scores"] for result in mine])
+                rows[name]["scores"] = {score: mean_interval(values) for score, values in samples.items()}
+        return rows
 
     def placements(self, steps: int, solver: str | None, guidance: float) -> dict[int, list[tuple[str, ...]]]:
         """Per count ``k`` of small steps, the placements every divergence measure proposes along the
-        large-only trajectory at ``steps`` steps (one curve: about two pipeline calls' work)."""
+        large-only trajectory at ``steps`` steps (one curve: about two pipeline calls' work, one job)."""
+        what = {"pass": "tune", "role": "placements", "steps": steps, "solver": solver, "guidance": guidance}
+        (result,) = self.runner.run([Job(what, 0, self.identities[0])], self._propose)
+        return {int(k): [tuple(models) for models in found] for k, found in result["proposals"].items()}
+
+    def _propose(self, job: Job) -> dict[str, Any]:
+        steps, solver, guidance = job.what["steps"], job.what["solver"], job.what["guidance"]
         with solver_at(self.target, solver, steps) as step_arguments, probing():
             calls = [{**self.calls[0], **step_arguments}]
             curve = divergence_curve(
                 self.target.pipe, self.target.small, calls, guidance, output_field=self.target.output_field
             )
-        self.pipeline_calls += 1
-        proposals: dict[int, list[tuple[str, ...]]] = {}
+        proposals: dict[str, list[list[str]]] = {}
         for measure in curve.values:
             for k, (_, models) in best_placements(curve.mean(measure)).items():
-                if tuple(models) not in proposals.setdefault(k, []):
-                    proposals[k].append(tuple(models))
-        return proposals
+                if list(models) not in proposals.setdefault(str(k), []):
+                    proposals[str(k)].append(list(models))
+        return {"proposals": proposals}
 
 
 def _clearly_below(samples: dict[str, torch.Tensor], must_reach: Scores) -> bool:

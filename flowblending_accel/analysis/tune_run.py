@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..core.schedule import PAPER_SCHEDULE, Schedule
+from .call_runner import Job
 from .scores import loss_ratio, passes, probing
 from .tune import Evaluator, Point
 from .tune_report import TuneResult
@@ -58,11 +59,14 @@ class TuneRequest:
     bench_command: str = ""
 
     def space(self, target: Any) -> TuneSpace:
+        # Under context parallelism a FirstBlockCache would decide per rank, from each rank's own shard: none.
+        split = self.workload.context_parallel > 1
+        thresholds = [] if split else None if self.cache_thresholds is None else list(self.cache_thresholds)
         return TuneSpace.for_target(
             target,
             None if self.step_counts is None else list(self.step_counts),
             self.solver,
-            None if self.cache_thresholds is None else list(self.cache_thresholds),
+            thresholds,
             self.small_distilled,
         )
 
@@ -77,30 +81,37 @@ class TuneRequest:
             plan = replace(plan, search=(plan.search[0], plan.search[1] + grid * timing))
         return plan
 
+    def result_settings(self) -> dict[str, Any]:
+        """The settings a journalled call's result or the pick depends on (a resumed run must match them):
+        all but the workload's own, the command line and what is written with the pick."""
+        written = ("workload", "command_line", "tuned_target", "bench_command")
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name not in written}
+
     def matched(self, steps: int) -> tuple[str, ...]:
         """The hand-picked schedule's model per step at ``steps`` steps."""
         return tuple(Schedule.parse(self.match).models_for_step_count(steps))
 
 
 def tune(request: TuneRequest, work: Workload, time_rows: TimeRows, progress: Callable) -> TuneResult:
-    """Search, validate on the held-out prompts and time the pick; ``progress`` counts pipeline calls."""
+    """Search, validate on the held-out prompts and time the pick; ``progress`` counts pipeline calls. Every
+    call is a job of the workload's runner (journalled; spread over the ranks under torchrun)."""
     target, space = work.target, request.space(work.target)
     full = space.full_steps
-    advance = work.watch(progress, request.workload.max_minutes)
-    evaluator = Evaluator(target, work.calls, work.scorers, full, progress=advance)
+    runner = work.runner(progress, request.workload.max_minutes)
+    evaluator = Evaluator(target, work.calls, work.scorers, full, runner=runner)
     matched = evaluator.evaluate(Point(request.matched(full)))
     result, goal = _search(request, work, evaluator, space, matched.scores)
     cost = _cost(evaluator, space, len(work.calls), result.budget_spent)  # the search's, before the rest
     chosen = result.chosen.point if result.chosen else Point(("large",) * full)
     alone = _alone_points(space, chosen, request.matched(full))
     alone.update({f"compared: {text}": Point.parse(text, full) for text in request.compare})
-    for point in alone.values():
-        evaluator.evaluate(point)
+    evaluator.evaluate_all(list(alone.values()))
     grid = _grid(evaluator, space, request, goal, matched.scores) if request.grid else None
-    timing = _timing(request, time_rows, request.matched(full), chosen)
+    timer = _journalled(time_rows, runner, request.repeats)
+    timing = _timing(request, timer, request.matched(full), chosen)
     if request.latency_budget is not None:
-        chosen, timing = _by_latency(request, time_rows, evaluator, matched.scores, (chosen, timing), full)
-    rows = _held_out(work, full, alone, chosen, advance)
+        chosen, timing = _by_latency(request, timer, evaluator, matched.scores, (chosen, timing), full)
+    rows = _held_out(work, full, alone, chosen, runner)
     evaluations = list(evaluator.evaluations.values())
     fitted = evaluator.evaluate(chosen).scores
     return TuneResult(
@@ -136,7 +147,7 @@ def tune(request: TuneRequest, work: Workload, time_rows: TimeRows, progress: Ca
         },
         per_step_count=result.per_step_count,
         cost=cost,
-        run=advance.report(),
+        run=runner.progress.report(),
         evaluations=[e.to_dict() for e in evaluations],
         frontier=[e.to_dict() for e in frontier(evaluations)],
         alone={name: evaluator.evaluations[p].to_dict() for name, p in alone.items()},
@@ -148,9 +159,10 @@ def tune(request: TuneRequest, work: Workload, time_rows: TimeRows, progress: Ca
 
 
 def _search(request: TuneRequest, work: Workload, evaluator: Evaluator, space: TuneSpace, reference):
-    """The joint search under the request's goal, within what --max-calls leaves after the fixed parts."""
+    """The joint search under the request's goal, within what --max-calls (per rank) leaves after the fixed
+    parts."""
     max_calls = request.workload.max_calls
-    evaluator.max_calls = max_calls and evaluator.pipeline_calls + max_calls - work.plan.fixed
+    evaluator.max_calls = max_calls and evaluator.pipeline_calls + work.plan.search_allowance(max_calls)
     goal = _goal(request.tolerance, reference)
     guidance, match = work.target.guidance_scale, request.matched
     if request.flop_budget is not None or request.latency_budget is not None:
@@ -168,16 +180,13 @@ def _search(request: TuneRequest, work: Workload, evaluator: Evaluator, space: T
     return result, goal
 
 
-def _held_out(work: Workload, full: int, alone: dict[str, Point], chosen: Point, advance) -> dict[str, Any]:
+def _held_out(work: Workload, full: int, alone: dict[str, Point], chosen: Point, runner) -> dict[str, Any]:
     """The held-out table: large-only, each accelerator alone and compared point, and the pick."""
     target = work.target
     held = Evaluator(
-        target, target.calls(work.held_out, work.holdout_seeds), work.scorers, full, progress=advance
+        target, target.calls(work.held_out, work.holdout_seeds), work.scorers, full, runner=runner
     )
-    prompts = [p.text for _ in work.holdout_seeds for p in work.held_out]
-    rows = {"LLL": held.held_out(Point(("large",) * full), prompts)}
-    rows.update({name: held.held_out(point, prompts) for name, point in {**alone, "tuned": chosen}.items()})
-    return rows
+    return held.held_out({"LLL": Point(("large",) * full), **alone, "tuned": chosen})
 
 
 def _held_as_rows(rows: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +223,10 @@ def _cost(evaluator: Evaluator, space: TuneSpace, calls_per_point: int, spent: b
     per_step = evaluator.reference_large_calls / space.full_steps
     return {
         "pipeline_calls": evaluator.pipeline_calls,
-        "denoiser_calls_computed": evaluator.replay.computed,
-        "denoiser_calls_replayed": evaluator.replay.replayed,
+        # Summed over the calls' journalled counts: what was replayed depends on which calls one rank held
+        # in memory before (how the calls were spread over ranks and runs); the outputs do not.
+        "denoiser_calls_computed": evaluator.denoiser_calls["computed"],
+        "denoiser_calls_replayed": evaluator.denoiser_calls["replayed"],
         "points_evaluated": len(evaluator.evaluations),
         "points_rejected_early": sum(e.rejected for e in evaluator.evaluations.values()),
         "grid_points": len(grid),
@@ -228,7 +239,7 @@ def _cost(evaluator: Evaluator, space: TuneSpace, calls_per_point: int, spent: b
 def _grid(evaluator: Evaluator, space: TuneSpace, request: TuneRequest, goal, reference) -> dict[str, Any]:
     """Every point of the space, fully evaluated, and the grid's own pick by the same rule."""
     spent = evaluator.pipeline_calls
-    evaluated = [evaluator.evaluate(point) for point in grid_points(space)]
+    evaluated = evaluator.evaluate_all(grid_points(space))
     scored = [e for e in evaluated if e.scores is not None]
     if request.flop_budget is not None:
         fitting = [e for e in scored if e.flop_ratio <= request.flop_budget + 1e-12]
@@ -240,6 +251,22 @@ def _grid(evaluator: Evaluator, space: TuneSpace, request: TuneRequest, goal, re
         "extra_pipeline_calls": evaluator.pipeline_calls - spent,
         "pick": pick.to_dict() if pick else None,
     }
+
+
+def _journalled(time_rows: TimeRows, runner, repeats: int) -> TimeRows:
+    """``time_rows`` as one job of the runner: every rank times the rows in lockstep (as bench does under
+    torchrun) and rank 0's table is the one kept and journalled, so every rank decides from the same times
+    and a resumed run reads them back instead of timing again."""
+
+    def timed(rows: list[tuple[str, Schedule, tuple]]) -> list[dict[str, Any]]:
+        written = [
+            [label, schedule.as_written, [config.spec for config in stack]] for label, schedule, stack in rows
+        ]
+        job = Job({"pass": "timing", "rows": written, "repeats": repeats}, calls=len(rows) * (repeats + 1))
+        kept = ("label", "speedup", "seconds", "recompiles_after_warmup")
+        return runner.run_everywhere(job, lambda _job: [{k: row[k] for k in kept} for row in time_rows(rows)])
+
+    return timed
 
 
 def _timing(request: TuneRequest, time_rows: TimeRows, matched: tuple[str, ...], chosen: Point) -> dict:

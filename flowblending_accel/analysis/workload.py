@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..metrics.scorers import SetScorer, is_set_scorer
+from .call_runner import CallRunner
 from .cost import CostWatch, WorkloadSizes, check_calls
 from .scores import loss_ratio, passes
 
@@ -38,7 +39,9 @@ class WorkloadRequest:
     split); ``holding``: the prompts not fitted on are held out (calibrate, tune) or, unless ``fit_prompts``
     picks some, all are fitted on (analyze); ``proxy``: the call arguments of a smaller fit size;
     ``windows``: analyze's evidence window and ``sensitivity_window`` calibrate's (0: none);
-    ``max_calls`` and ``max_minutes``: the budgets; ``threads``: torch threads (None: automatic)."""
+    ``max_calls`` and ``max_minutes``: the budgets; ``threads``: torch threads (None: automatic);
+    ``context_parallel``: the ranks that split each call under torchrun (1: none; calls shard across the
+    groups of that many ranks)."""
 
     output: Path
     scorers: tuple[str, ...]
@@ -53,6 +56,7 @@ class WorkloadRequest:
     max_minutes: float | None = None
     threads: int | None = None
     offered_scorers: tuple[str, ...] = ()
+    context_parallel: int = 1
 
     @property
     def holdout_seed_values(self) -> list[int]:
@@ -124,14 +128,24 @@ class Workload:
     proxy: dict[str, int] | None = None  # the fit set's size (--proxy-size); held-out calls run full size
     plan: Any = None  # the CallPlan, checked against --max-calls
     threads: Any = None  # the command's ThreadGovernor
+    journal: Any = None  # the run's CallJournal (None: in memory, nothing to resume)
+    coordinator: Any = None  # the ranks of the run (None: one process)
+    stop: Any = None  # SIGTERM's StopRequest while the command runs
+    group_size: int = 1  # ranks that split one call (context parallel)
 
     @classmethod
     def prepare(
-        cls, request: WorkloadRequest, target: Any, plan_of: Callable[[Any, Any], Any], threads: Any = None
+        cls,
+        request: WorkloadRequest,
+        target: Any,
+        plan_of: Callable[[Any, Any], Any],
+        threads: Any = None,
+        ranks: int = 1,
     ) -> Workload:
         """The workload of ``request`` on the built ``target``; its plan (``plan_of(cost.WorkloadSizes,
-        target)``) is refused against ``max_calls``, then said, before the first pipeline call. ``threads``:
-        the command's thread governor, which the cost watch consults."""
+        target)``, shared by ``ranks`` data-parallel ranks) is refused against ``max_calls``, then said,
+        before the first pipeline call. ``threads``: the command's thread governor, which the cost watch
+        consults."""
         from ..metrics.flops import flops_per_call
         from ..metrics.scorers import build_scorers
 
@@ -142,7 +156,9 @@ class Workload:
         proxy = dict(request.proxy) if request.proxy is not None else None
         work = cls(target, fit, held_out, list(range(request.seeds)), holdout, reference, sets, {}, proxy)
         work.threads = threads
-        work.plan = work.checked_plan(plan_of, request)
+        work.plan = work.checked_plan(
+            lambda counts, built: replace(plan_of(counts, built), ranks=ranks), request
+        )
         work.flops = flops_per_call(target.pipe, target.small, work.calls[0])
         return work
 
@@ -162,12 +178,36 @@ class Workload:
         return plan
 
     @property
+    def is_main(self) -> bool:
+        """This process writes the reports (rank 0; the only one outside torchrun)."""
+        return self.coordinator is None or self.coordinator.ranks.is_main
+
+    @property
     def calls(self) -> list[dict]:
         return [{**call, **(self.proxy or {})} for call in self.target.calls(self.fit, self.seeds)]
 
     def watch(self, advance: Callable[[int], None], max_minutes: float | None = None) -> CostWatch:
         """``advance`` that says the estimated wall time after the first call and holds ``max_minutes``."""
         return CostWatch(self.plan, advance, max_minutes, threads=self.threads)
+
+    def runner(self, advance: Callable[[int], None], max_minutes: float | None = None) -> CallRunner:
+        """The runner of the workload's calls: journalled, shared by the ranks, counted by :meth:`watch`."""
+        watch = self.watch(advance, max_minutes)
+        return CallRunner(self.journal, self.coordinator, self.group_size, progress=watch, stop=self.stop)
+
+
+# WorkloadRequest fields that change no result: where it is written, what it may cost, how fast it runs.
+NOT_RESULTS = ("output", "max_calls", "max_minutes", "threads", "context_parallel")
+
+
+def run_identity(tool: str, target: Mapping[str, Any], request: WorkloadRequest, **settings: Any) -> dict:
+    """What a run's journal must match to be resumed: the tool, the ``target`` (its identity, dtype,
+    device kind, size and call settings, prompts) and every setting that changes a result (``settings``:
+    the tool's own, e.g. calibrate's tolerance)."""
+    workload = {
+        name: getattr(request, name) for name in request.__dataclass_fields__ if name not in NOT_RESULTS
+    }
+    return {"tool": tool, "target": dict(target), "workload": workload, "settings": settings}
 
 
 def split(prompts: list, fit: int, option: str = "--fit-prompts") -> tuple[list, list]:

@@ -11,7 +11,7 @@ from dataclasses import replace
 from ..analysis.measures import MEASURES
 from ..core.schedule import PAPER_SCHEDULE
 from .common import positive_number, whole_number
-from .workload import add_workload_options, build_workload, parse_tolerance, workload_request
+from .workload import add_workload_options, parse_tolerance, workload_request, workload_run
 
 
 def register(commands) -> None:
@@ -96,38 +96,43 @@ def run_analyze(args: argparse.Namespace) -> int:
     from ..support.progress import progress
 
     request, options = workload_request(args, holding=False)
-    work = build_workload(request, options, plan_of=lambda counts, _: analyze_plan(counts))
-    calls, target = work.calls, work.target
-    with progress("analysing (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, request.max_minutes)
-        curve = divergence_curve(
-            target.pipe,
-            target.small,
-            calls,
-            work.target.guidance_scale,
-            progress=advance,
-            output_field=target.output_field,
-        )
-        evidence = (
-            window_evidence(
+    plan_of = lambda counts, _: analyze_plan(counts)  # noqa: E731
+    with workload_run(request, options, plan_of, None, "analyze", {}, args.resume, args.overwrite) as work:
+        target, quality = work.target, quality_function(work.scorers)
+        with progress("analysing (pipeline calls)", work.plan.at_most, work.is_main) as bar:
+            runner = work.runner(bar, request.max_minutes)
+            curve = divergence_curve(
                 target.pipe,
                 target.small,
-                calls,
-                curve,
-                args.windows,
-                quality_function(work.scorers),
-                target.output_field,
-                progress=advance,
+                work.calls,
+                target.guidance_scale,
+                output_field=target.output_field,
+                runner=runner,
+                quality=quality,
+                keep_outputs=bool(args.windows),  # only the evidence run scores against them
             )
-            if args.windows
-            else None
-        )
+            evidence = (
+                window_evidence(
+                    target.pipe,
+                    target.small,
+                    work.calls,
+                    curve,
+                    args.windows,
+                    quality,
+                    target.output_field,
+                    runner=runner,
+                )
+                if args.windows
+                else None
+            )
+    if not work.is_main:
+        return 0
     document = {
         "command": args.command_line,
         "target": target.description,
         "fit": fit_and_seeds(work.fit, work.seeds),
         "proxy_size": work.proxy,
-        "run": advance.report(),
+        "run": runner.progress.report(),
         "curve": curve.to_dict(),
         "evidence": evidence.to_dict() if evidence else None,
     }
@@ -161,45 +166,52 @@ def run_calibrate(args: argparse.Namespace) -> int:
         return calibrate_plan(counts, measures, budget_goal=args.flop_budget is not None)
 
     request, options = workload_request(args, holding=True)
-    work = build_workload(request, options, plan_of, tolerance)
-    target = work.target
-    with progress("calibrating (pipeline calls)", work.plan.at_most) as bar:
-        advance = work.watch(bar, request.max_minutes)
-        calibrator = Calibrator(
-            target.pipe,
-            target.small,
-            work.calls,
-            work.target.guidance_scale,
-            work.flops,
-            quality_function(work.scorers),
-            measure=args.measure,
-            progress=advance,
-            sensitivity_window=args.sensitivity_window,
-            output_field=target.output_field,
-        )
-        reference = calibrator.verify(calibrator.propose(args.match)).quality
-        if args.flop_budget is not None:
-            result = calibrate_budget(calibrator, args.flop_budget, reference)
-        else:
-            result = calibrate_tolerance(calibrator, resolve_tolerance(tolerance, reference), reference)
-        held_calls = target.calls(work.held_out, work.holdout_seeds)
-        names = [prompt.text for seed in work.holdout_seeds for prompt in work.held_out]
-        held = evaluate_schedules(
-            target.pipe,
-            target.small,
-            held_calls,
-            names,
-            {"match": args.match, "calibrated": result.schedule},
-            work.scorers,
-            work.set_scorers,
-            work.flops,
-            target.output,
-            progress=advance,
-        )
+    settings = {
+        "tolerance": tolerance,
+        "flop_budget": args.flop_budget,
+        "match": args.match,
+        "measure": args.measure,
+    }
+    with workload_run(
+        request, options, plan_of, tolerance, "calibrate", settings, args.resume, args.overwrite
+    ) as work:
+        target = work.target
+        with progress("calibrating (pipeline calls)", work.plan.at_most, work.is_main) as bar:
+            runner = work.runner(bar, request.max_minutes)
+            calibrator = Calibrator(
+                target.pipe,
+                target.small,
+                work.calls,
+                work.target.guidance_scale,
+                work.flops,
+                quality_function(work.scorers),
+                measure=args.measure,
+                sensitivity_window=args.sensitivity_window,
+                output_field=target.output_field,
+                runner=runner,
+            )
+            reference = calibrator.verify(calibrator.propose(args.match)).quality
+            if args.flop_budget is not None:
+                result = calibrate_budget(calibrator, args.flop_budget, reference)
+            else:
+                result = calibrate_tolerance(calibrator, resolve_tolerance(tolerance, reference), reference)
+            held = evaluate_schedules(
+                target.pipe,
+                target.small,
+                target.calls(work.held_out, work.holdout_seeds),
+                {"match": args.match, "calibrated": result.schedule},
+                work.scorers,
+                work.set_scorers,
+                work.flops,
+                target.output,
+                runner=runner,
+            )
+    if not work.is_main:
+        return 0
     document = {
         "command": args.command_line,
         "target": target.description,
-        "run": advance.report(),
+        "run": runner.progress.report(),
         "proxy": proxy_verdict(
             work,
             None if tolerance is None else resolve_tolerance(tolerance, reference),

@@ -18,9 +18,16 @@ USER_ERRORS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError, Fil
 
 def run_command(prog: str, run: Callable[[], int]) -> int:
     """Run a command; a user error prints ``PROG: error: ...`` on stderr (PROG as typed, e.g.
-    ``flowblending-accel bench``) and exits 2."""
+    ``flowblending-accel bench``) and exits 2; a run SIGTERM stopped says how to resume it (rank 0 under
+    torchrun) and exits 143."""
+    from ..support.stopping import EXIT_INTERRUPTED, Interrupted
+
     try:
         return run()
+    except Interrupted as stopped:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{prog}: {stopped}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (`| head`): what it wanted was printed
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return EXIT_OK
@@ -33,13 +40,14 @@ def run_command(prog: str, run: Callable[[], int]) -> int:
 @contextmanager
 def showing_library_notes() -> Iterator[None]:
     """While a command runs, what the package's modules log (``logging.getLogger(__name__)``, INFO and up) is
-    shown on stderr as plain lines: the library decides what to say, the command line that it is shown."""
+    shown on stderr as plain lines: the library decides what to say, the command line that it is shown.
+    Under torchrun the other ranks show warnings and up only: rank 0 says the plan and the estimates once."""
     logger = logging.getLogger(__name__.partition(".")[0])
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
     try:
         yield
     finally:

@@ -109,6 +109,12 @@ def check_options(args: argparse.Namespace) -> None:
             )
     for text in args.compare:
         Point.parse(text, 100)
+    if args.context_parallel and args.cache_thresholds:
+        raise ValueError(
+            f"--cache-thresholds with --context-parallel {args.context_parallel}: a FirstBlockCache decides "
+            "per rank from its own shard whether to skip, and the ranks would hang; give --cache-thresholds "
+            "with nothing after it (tune tries no cache under context parallelism)."
+        )
     if args.max_calls is not None and args.grid:
         raise ValueError("--grid runs every point of the space; it takes no --max-calls.")
 
@@ -122,13 +128,27 @@ def run_tune(args: argparse.Namespace) -> int:
     from ..analysis.tune_run import tune
     from ..support.files import write_atomic
     from ..support.progress import progress
-    from .workload import build_workload
+    from .workload import workload_run
 
     check_options(args)
     request, options = tune_request(args)
-    work = build_workload(request.workload, options, request.plan_of, request.tolerance)
-    with progress("tuning (pipeline calls)", work.plan.at_most) as bar:
+    settings = request.result_settings()
+    with (
+        workload_run(
+            request.workload,
+            options,
+            request.plan_of,
+            request.tolerance,
+            "tune",
+            settings,
+            args.resume,
+            args.overwrite,
+        ) as work,
+        progress("tuning (pipeline calls)", work.plan.at_most, work.is_main) as bar,
+    ):
         result = tune(request, work, _row_timer(work.target, request.repeats), bar)
+    if not work.is_main:
+        return 0
     write_atomic(
         args.output / "tune.json", (json.dumps(result.to_dict(), indent=2, default=str) + "\n").encode()
     )

@@ -2,7 +2,7 @@
 
 Per sample: the cosine similarity of the classifier's features of a clip and of the large-only clip from
 the same noise (what the clip shows, blind to fine pixel noise: pair it with ``ssim``). Extras: the share of
-clips showing the prompted digit and motion, with Wilson intervals.
+clips showing the prompted digit and motion (per clip; reports give the share with its Wilson interval).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..metrics.scorers import Scorer
 from .classifier import ClipClassifier, load_classifier
 from .models import CLASSIFIER_SUBFOLDER, default_pair_path
-from .scoring import classify
+from .scoring import hits
 
 
 class ClassifierScorer(Scorer):
@@ -34,7 +34,8 @@ class ClassifierScorer(Scorer):
         return F.cosine_similarity(features, reference_features, dim=1)
 
     @torch.no_grad()
-    def _accuracies(self, outputs: torch.Tensor, prompts: list[str]) -> dict:
-        found = classify(self.classifier, outputs.transpose(1, 2), prompts)
+    def _accuracies(self, outputs: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Per clip: whether it shows the prompted digit and motion."""
+        found = hits(self.classifier, outputs.transpose(1, 2), prompts)
         found.pop("features")
         return found

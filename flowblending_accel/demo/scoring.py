@@ -19,16 +19,24 @@ from .timing import Timing
 
 
 @torch.no_grad()
-def classify(classifier: ClipClassifier, clips01: torch.Tensor, prompts: list[str]) -> dict:
+def hits(classifier: ClipClassifier, clips01: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Per clip: whether the classifier reads the prompted digit and motion (bool), and its features."""
     digit_logits, direction_logits, features = classifier(clips01 * 2 - 1)
     digits = torch.tensor([parse_prompt(p)[0] for p in prompts])
     directions = torch.tensor([DIRECTIONS.index(parse_prompt(p)[1]) for p in prompts])
-    digit_hits = int((digit_logits.argmax(1) == digits).sum())
-    direction_hits = int((direction_logits.argmax(1) == directions).sum())
     return {
-        "digit_accuracy": proportion_interval(digit_hits, len(prompts)),
-        "direction_accuracy": proportion_interval(direction_hits, len(prompts)),
+        "digit_accuracy": digit_logits.argmax(1) == digits,
+        "direction_accuracy": direction_logits.argmax(1) == directions,
         "features": features,
+    }
+
+
+def classify(classifier: ClipClassifier, clips01: torch.Tensor, prompts: list[str]) -> dict:
+    found = hits(classifier, clips01, prompts)
+    return {
+        "digit_accuracy": proportion_interval(int(found["digit_accuracy"].sum()), len(prompts)),
+        "direction_accuracy": proportion_interval(int(found["direction_accuracy"].sum()), len(prompts)),
+        "features": found["features"],
     }
 
 

@@ -22,3 +22,10 @@ def proportion_interval(hits: int, total: int) -> dict[str, float]:
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return {"mean": p, "low": centre - half, "high": centre + half}
+
+
+def interval_of(values: list) -> dict[str, float]:
+    """A per-sample figure's interval: a proportion (Wilson) for bools, a mean (normal) otherwise."""
+    if values and all(isinstance(value, bool) for value in values):
+        return proportion_interval(sum(values), len(values))
+    return mean_interval(torch.tensor(values, dtype=torch.float64))

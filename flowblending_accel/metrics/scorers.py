@@ -38,20 +38,28 @@ EXTRACTOR_KINDS = ("feature", "fd")
 @dataclass
 class Scorer:
     """``per_sample(outputs, reference) -> (B,)`` on ``(B, F, C, H, W)`` tensors in [0, 1]; higher is better.
-    ``extras(outputs, prompts)`` (optional) gives figures of its own, e.g. a classifier's accuracies."""
+    ``extras(outputs, prompts)`` (optional) gives figures of its own per sample, e.g. whether a classifier
+    reads the prompted digit (``{"digit_accuracy": (B,) bool}``): reports show a bool figure as a proportion
+    with its Wilson interval, any other as a mean with its normal one (``metrics.intervals.interval_of``).
+    Per sample, so the figures of calls made apart (other ranks, other runs) add up."""
 
     name: str
     per_sample: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    extras: Callable[[torch.Tensor, list], dict[str, Any]] | None = None
+    extras: Callable[[torch.Tensor, list], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
 class SetScorer:
-    """``value(outputs, reference) -> float`` over whole sets (lower is better), e.g. a Fréchet distance."""
+    """A distance between whole sets (lower is better), e.g. a Fréchet distance: ``features(outputs) ->
+    (B, D)`` per sample (so calls made apart add up), ``distance(features, reference_features) -> float``."""
 
     name: str
-    value: Callable[[torch.Tensor, torch.Tensor], float]
+    features: Callable[[torch.Tensor], torch.Tensor]
+    distance: Callable[[torch.Tensor, torch.Tensor], float]
     minimum_samples: int = 2
+
+    def value(self, outputs: torch.Tensor, reference: torch.Tensor) -> float:
+        return self.distance(self.features(outputs), self.features(reference))
 
 
 def as_video(output: Any) -> torch.Tensor:
@@ -107,7 +115,7 @@ def build_scorers(names: list[str], offered: dict[str, Callable]) -> tuple[list[
             if not is_set_scorer(name):
                 reference.append(Scorer(name, _feature_similarity(extractor)))
             else:
-                sets.append(SetScorer(name, _frechet(extractor)))
+                sets.append(SetScorer(name, _flat_features(extractor), _frechet))
         else:
             reference.append(Scorer(name, _per_sample(_user_function(name))))
     return reference, sets
@@ -166,14 +174,19 @@ def _feature_similarity(extractor) -> Callable:
     return score
 
 
-def _frechet(extractor) -> Callable:
-    def value(outputs: torch.Tensor, reference: torch.Tensor) -> float:
-        from .quality import frechet_distance
+def _flat_features(extractor) -> Callable:
+    """Each sample's per-frame features, one row per sample (what a Fréchet distance over videos compares)."""
 
-        flat = lambda video: extractor(video.flatten(0, 1)).reshape(len(video), -1)  # noqa: E731
-        return frechet_distance(flat(outputs), flat(reference))
+    def features(video: torch.Tensor) -> torch.Tensor:
+        return extractor(video.flatten(0, 1)).reshape(len(video), -1)
 
-    return value
+    return features
+
+
+def _frechet(features: torch.Tensor, reference: torch.Tensor) -> float:
+    from .quality import frechet_distance
+
+    return frechet_distance(features, reference)
 
 
 def _user_function(spec: str) -> Callable:
