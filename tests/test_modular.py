@@ -6,8 +6,9 @@ does."""
 
 import pytest
 import torch
+from optional import needs_cachedit
 
-from flowblending_accel import FlowBlendingConfig, apply_flowblending_, remove_flowblending_
+from flowblending_accel import CacheDiT, FlowBlendingConfig, apply_flowblending_, remove_flowblending_
 from flowblending_accel.core.api import flowblending_routers
 from flowblending_accel.core.families import family_for
 from flowblending_accel.tiny_models import (
@@ -128,11 +129,32 @@ def test_caches_that_need_a_cache_context_are_refused_on_modular_wan():
         )
 
 
-def test_a_cache_runs_on_both_models_of_a_modular_ltx_pipeline():
-    pipe, small, kwargs = _modular("ltx")  # LTX's loop block enters a cache context per guider batch
-    router = apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=["fbc:0.05"]))
+@pytest.mark.parametrize(
+    "kind, cache",
+    [("ltx", "fbc:0.05"), pytest.param("wan", "tiny cache-dit", marks=needs_cachedit)],
+    ids=["fbc-on-ltx", "cache-dit-on-wan"],
+)
+def test_a_cache_runs_on_both_models_of_a_modular_pipeline(kind, cache):
+    # LTX's loop block enters a cache context per guider batch; cache-dit needs none.
+    pipe, small, kwargs = _modular(kind)
+    if cache == "tiny cache-dit":  # its default computes 8 front blocks; the tiny transformer has 3
+        cache = CacheDiT(options=dict(Fn_compute_blocks=1, Bn_compute_blocks=0, max_warmup_steps=1))
+    router = apply_flowblending_(pipe, small, FlowBlendingConfig("L40-S40-L20", accelerators=[cache]))
     try:
         pipe(**kwargs())
     finally:
         remove_flowblending_(pipe)
     assert [model for _, model in router.last_run.trace] == LSL
+
+
+def test_guidance_free_small_stage_on_modular_wan():
+    # The guider calls the conditional batch first, so the small stage's unconditional calls can be answered.
+    pipe, small, kwargs = _modular("wan")
+    small_calls = _computed_calls(small)
+    config = FlowBlendingConfig("L40-S40-L20", small_guidance="off", small_distilled=True)
+    router = apply_flowblending_(pipe, small, config)
+    try:
+        pipe(**kwargs())
+    finally:
+        remove_flowblending_(pipe)
+    assert len(small_calls) == 4 and router.last_run.skipped_uncond_calls == 4
