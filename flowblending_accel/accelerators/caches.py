@@ -53,6 +53,9 @@ class _DiffusersCache(AcceleratorConfig):
     iteration_indexed: ClassVar[bool] = False
     # The diffusers_versions feature it needs, when older supported diffusers lack it.
     needs: ClassVar[str] = ""
+    # Keeps its state per cache context: without one FirstBlockCache and TaylorSeer raise, MagCache shares
+    # one state between the CFG branches and SeaCache never caches.
+    needs_cache_context: ClassVar[bool] = True
 
     def check_environment(self, device: str) -> None:
         if self.needs:
@@ -63,6 +66,11 @@ class _DiffusersCache(AcceleratorConfig):
 
     def check_family(self, family, denoisers, solver_kind=None) -> None:
         require_transformers(self.spec, family, denoisers)
+        if self.needs_cache_context and not family.cache_context:
+            raise ValueError(
+                f"{self.spec}: the {family.name} pipeline calls its denoiser outside any cache_context, and "
+                "this cache keeps its state per context; use the model's classic pipeline, or cache-dit."
+            )
 
     def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
         """The diffusers cache config this declares for ``models`` (the routed pipeline); ``ratios``: the
@@ -136,6 +144,17 @@ class TaylorSeer(_DiffusersCache):
 class PyramidAttentionBroadcast(_DiffusersCache):
     names = ("pab",)
     spec_help = "pab"
+
+    needs_cache_context = False  # one state per attention module, read by the pipeline's timestep
+
+    def check_family(self, family, denoisers, solver_kind=None) -> None:
+        super().check_family(family, denoisers, solver_kind)
+        if not family.current_timestep and "current_timestep_callback" not in self.options:
+            raise ValueError(
+                f"pab: the {family.name} pipeline keeps no current_timestep, which PyramidAttentionBroadcast "
+                "reads to decide its skips; pass options={'current_timestep_callback': ...}, or use the "
+                "model's classic pipeline."
+            )
 
     def diffusers_config(self, models: Any, ratios: Any = None) -> Any:
         import diffusers

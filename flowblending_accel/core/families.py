@@ -13,7 +13,7 @@ Matching is by pipeline class name over the class's MRO, so subclasses of a know
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -49,6 +49,10 @@ class Family:
             splits heads across ranks, so the degree must divide both models' counts).
         masks_repeat_heads: its attention processors repeat one mask over every head (LTX's text mask), so
             under Ulysses context parallelism the mask can be cut to one head.
+        cache_context: the pipeline's loop calls its denoiser inside ``cache_context`` (diffusers' feature
+            caches keep their state per context, and most raise without one).
+        current_timestep: the pipeline keeps the running step's timestep in ``pipe.current_timestep`` (what
+            PyramidAttentionBroadcast's timestep callback reads).
         note: one line on the family's calling convention, for humans.
     """
 
@@ -68,6 +72,8 @@ class Family:
     cfg_scale_arg: str = "guidance_scale"
     heads_config: str = "num_attention_heads"
     masks_repeat_heads: bool = False
+    cache_context: bool = True
+    current_timestep: bool = True
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -137,36 +143,12 @@ def family_for(pipe: Any) -> Family:
 
 
 def _default_families() -> list[Family]:
+    wan, ltx = _wan(), _ltx()
     return [
-        Family(
-            name="wan",
-            pipeline_pattern=r"Wan\w*Pipeline",
-            denoisers=("transformer", "transformer_2"),
-            shared_config=(
-                "in_channels",
-                "out_channels",
-                "patch_size",
-                "text_dim",
-                "image_dim",
-                "pos_embed_seq_len",
-            ),
-            separate_cfg_calls=True,
-            output_field="frames",
-            attention_blocks=r"blocks\.\d+\.attn1",
-            note="keyword call; split CFG (two calls per step); Wan 2.2 routes inside each expert",
-        ),
-        Family(
-            name="ltx",
-            pipeline_pattern=r"LTX\w*Pipeline",
-            denoisers=("transformer",),
-            shared_config=("in_channels", "out_channels", "patch_size", "patch_size_t", "caption_channels"),
-            batched_cfg=True,
-            output_field="frames",
-            attention_blocks=r"transformer_blocks\.\d+\.attn1",
-            passes_sigmas=True,
-            masks_repeat_heads=True,
-            note="keyword call; batched CFG; per-token timesteps (conditioning tokens at 0) in i2v/condition",
-        ),
+        _modular_wan(wan),
+        wan,
+        _modular_ltx(ltx),
+        ltx,
         Family(
             name="flux",
             pipeline_pattern=r"Flux\w*Pipeline",
@@ -240,6 +222,73 @@ def _default_families() -> list[Family]:
             note="any pipeline whose denoiser is a module called with a `timestep` argument",
         ),
     ]
+
+
+def _wan() -> Family:
+    return Family(
+        name="wan",
+        pipeline_pattern=r"Wan\w*Pipeline",
+        denoisers=("transformer", "transformer_2"),
+        shared_config=(
+            "in_channels",
+            "out_channels",
+            "patch_size",
+            "text_dim",
+            "image_dim",
+            "pos_embed_seq_len",
+        ),
+        separate_cfg_calls=True,
+        output_field="frames",
+        attention_blocks=r"blocks\.\d+\.attn1",
+        note="keyword call; split CFG (two calls per step); Wan 2.2 routes inside each expert",
+    )
+
+
+def _ltx() -> Family:
+    return Family(
+        name="ltx",
+        pipeline_pattern=r"LTX\w*Pipeline",
+        denoisers=("transformer",),
+        shared_config=("in_channels", "out_channels", "patch_size", "patch_size_t", "caption_channels"),
+        batched_cfg=True,
+        output_field="frames",
+        attention_blocks=r"transformer_blocks\.\d+\.attn1",
+        passes_sigmas=True,
+        masks_repeat_heads=True,
+        note="keyword call; batched CFG; per-token timesteps (conditioning tokens at 0) in i2v/condition",
+    )
+
+
+# diffusers' modular pipelines (``ModularPipeline`` built from blocks) are classes of their own, declared here
+# as families of their own: the same denoisers and pair rules as the classic pipeline of the model, but the
+# loop is a block that calls the denoiser once per guider batch (conditional first), keeps no
+# ``current_timestep``, returns a ``PipelineState`` (``videos``) and never resets its components' hooks after
+# a call (the router closes a run when the next one starts, or when it is removed).
+def _modular_wan(wan: Family) -> Family:
+    return replace(
+        wan,
+        name="wan-modular",
+        pipeline_pattern=r"Wan\w*ModularPipeline",
+        output_field="videos",
+        cache_context=False,  # WanLoopDenoiser / Wan22LoopDenoiser call the transformer outside one
+        current_timestep=False,
+        note="diffusers' modular Wan 2.1 / 2.2 (WanBlocks, Wan22Blocks): keyword call, one call per guider "
+        "batch; Wan22LoopDenoiser picks transformer or transformer_2 by boundary_ratio, routed inside each",
+    )
+
+
+def _modular_ltx(ltx: Family) -> Family:
+    return replace(
+        ltx,
+        name="ltx-modular",
+        pipeline_pattern=r"LTXModularPipeline",
+        batched_cfg=False,
+        separate_cfg_calls=True,  # the guider's batches, each in its own cache context
+        output_field="videos",
+        current_timestep=False,
+        note="diffusers' modular LTX-Video (LTXBlocks): keyword call, one call per guider batch, each inside "
+        "cache_context(<batch name>)",
+    )
 
 
 for _family in _default_families():

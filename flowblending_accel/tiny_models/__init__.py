@@ -4,6 +4,13 @@ The core never imports this package; tests, the ``tiny`` command and the tools' 
 """
 
 from .folders import FOLDER_FAMILIES, save_tiny_folders
+from .modular import (
+    modular_ltx_call_kwargs,
+    modular_wan_call_kwargs,
+    tiny_modular_ltx_pipeline,
+    tiny_modular_wan22_pipeline,
+    tiny_modular_wan_pipeline,
+)
 from .text import tiny_text_encoder, tiny_tokenizer, with_text
 from .tiny import (
     TEXT_DIM,
@@ -38,12 +45,17 @@ __all__ = [
     "TEXT_DIM",
     "TEXT_TOKENS",
     "ltx_call_kwargs",
+    "modular_ltx_call_kwargs",
+    "modular_wan_call_kwargs",
     "sd_call_kwargs",
     "text_embeddings",
     "tiny_ltx_pair",
     "tiny_ltx_pipeline",
     "tiny_ltx_transformer",
     "tiny_ltx_vae",
+    "tiny_modular_ltx_pipeline",
+    "tiny_modular_wan22_pipeline",
+    "tiny_modular_wan_pipeline",
     "tiny_sd_pipeline",
     "tiny_unet",
     "tiny_unet_pair",
