@@ -32,7 +32,8 @@ def quality_function(scorers: list[Scorer]) -> Callable[[list, list], Scores]:
 def generate(
     pipe: Any, small: Any, schedule: str, calls: list[dict], output: Callable, progress=None
 ) -> tuple[torch.Tensor, dict[str, int]]:
-    """Every call under ``schedule``: the outputs as ``(N, F, C, H, W)`` and the calls per model."""
+    """Every call under ``schedule``: the outputs as ``(N, F, C, H, W)`` and the calls per model (in whole
+    batches: what FLOPs follow when an adaptive schedule splits a call by sample)."""
     videos, calls_per_model = [], {}
     with (
         probing(),
@@ -41,7 +42,7 @@ def generate(
     ):
         for kwargs in calls:
             videos.append(as_video(output(pipe(**replay(kwargs)))))
-            for model, count in flowblending_stats(pipe).calls_per_model.items():
+            for model, count in flowblending_stats(pipe).batch_calls_per_model.items():
                 calls_per_model[model] = calls_per_model.get(model, 0) + count
             if progress is not None:
                 progress(1)

@@ -41,6 +41,7 @@ from ..core.schedule import Schedule
 from ..metrics.flops import flops_per_call, run_flops
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, as_video
+from .adaptive_fit import Settling, record_settling
 from .calibrate import best_placements
 from .divergence import divergence_curve, replay
 from .replay import PrefixReplay
@@ -50,12 +51,20 @@ from .scores import Scores, probing
 @dataclass(frozen=True)
 class Point:
     """One configuration: the model of every solver step, the solver (``None``: the target's own, at its
-    own step count), a FirstBlockCache threshold (``None``: no cache), and guidance on the small stage."""
+    own step count), a FirstBlockCache threshold (``None``: no cache), and guidance on the small stage. An
+    adaptive point (``adaptive``: its schedule, ``"L20:60~0.03-S-L20"``) has its latest layout as
+    ``models``: each sample switches at its own step up to it."""
 
     models: tuple[str, ...]
     solver: str | None = None
     cache: float | None = None
     small_guidance: str = "on"
+    adaptive: str | None = None
+
+    @classmethod
+    def switching(cls, schedule: Schedule, steps: int, solver: str | None = None) -> Point:
+        """The adaptive ``schedule`` at ``steps`` steps."""
+        return cls(tuple(schedule.models_for_step_count(steps)), solver, adaptive=str(schedule))
 
     @property
     def steps(self) -> int:
@@ -63,7 +72,7 @@ class Point:
 
     @property
     def schedule(self) -> str:
-        return str(Schedule.from_models(list(self.models)))
+        return self.adaptive or str(Schedule.from_models(list(self.models)))
 
     @property
     def stack(self) -> list[str]:
@@ -84,6 +93,7 @@ class Point:
         step-reduction solver and one FirstBlockCache (the knobs a point has)."""
         schedule, *members = text.split()
         solver, steps, cache = None, full_steps, None
+        parsed = Schedule.parse(schedule)
         for config in map(parse_accelerator, members):
             if isinstance(config, StepReduction) and solver is None:
                 solver, steps = config.solver, config.steps
@@ -94,7 +104,11 @@ class Point:
                     f"{text!r}: {config.spec} is not a knob tune compares; give a schedule, at most one "
                     "step-reduction solver (dpm++:10) and one FirstBlockCache (fbc:0.2)."
                 )
-        return cls(tuple(Schedule.parse(schedule).models_for_step_count(steps)), solver, cache)
+        if parsed.adaptive is not None:
+            if cache is not None:
+                raise ValueError(f"{text!r}: a feature cache cannot run under an adaptive schedule.")
+            return cls.switching(parsed, steps, solver)
+        return cls(tuple(parsed.models_for_step_count(steps)), solver, cache)
 
 
 @dataclass
@@ -114,6 +128,7 @@ class Evaluation:
             "steps": self.point.steps,
             "small_steps": self.point.small_steps,
             "small_guidance": self.point.small_guidance,
+            "adaptive": self.point.adaptive is not None,
             "flop_ratio": self.flop_ratio,
             "scores": self.scores,
             "screen": self.screen,
@@ -183,7 +198,7 @@ class Evaluator:
                 **({} if point.solver else {"num_inference_steps": point.steps}),
             }
             video = as_video(target.output(target.pipe(**call)))
-            self._last_calls = flowblending_stats(target.pipe).calls_per_model
+            self._last_calls = flowblending_stats(target.pipe).batch_calls_per_model
         self.pipeline_calls += 1
         if self.progress is not None:
             self.progress(1)
@@ -213,30 +228,43 @@ class Evaluator:
         if point in self.evaluations:
             return self.evaluations[point]
         first = [self._run(point, self.calls[0], 0)]
-        evaluation = Evaluation(
-            point, self._flop_ratio(point, self._last_calls), calls=dict(self._last_calls)
-        )
+        counted = [dict(self._last_calls)]
+        evaluation = Evaluation(point, self._flop_ratio(point, counted[0]), calls=counted[0])
         samples = self._sample_scores(first)
         evaluation.screen = {name: float(values.mean()) for name, values in samples.items()}
         if must_reach is not None and _clearly_below(samples, must_reach):
             evaluation.rejected = True
         else:
-            rest = [self._run(point, kwargs, index) for index, kwargs in enumerate(self.calls[1:], 1)]
+            rest = []
+            for index, kwargs in enumerate(self.calls[1:], 1):
+                rest.append(self._run(point, kwargs, index))
+                counted.append(dict(self._last_calls))
             samples = self._sample_scores(first + rest)
             evaluation.scores = {name: float(values.mean()) for name, values in samples.items()}
+            evaluation.flop_ratio = self._mean_flop_ratio(point, counted)
         self.evaluations[point] = evaluation
         return evaluation
+
+    def _mean_flop_ratio(self, point: Point, counted: list[dict[str, float]]) -> float:
+        """Over every call made: an adaptive point's samples switch at their own steps, so its calls differ
+        (a fixed point's do not: its first call's figure is every call's)."""
+        if point.adaptive is None:
+            return self._flop_ratio(point, counted[0])
+        return sum(self._flop_ratio(point, calls) for calls in counted) / len(counted)
 
     def held_out(self, point: Point, prompts: list) -> dict[str, Any]:
         """Every call (no early rejection): scores with 95 % intervals against the large-only, full-step
         output, the target's own figures (e.g. the embedded classifier's accuracies) and the FLOP ratio."""
-        videos = [self._run(point, kwargs, index) for index, kwargs in enumerate(self.calls)]
+        videos, counted = [], []
+        for index, kwargs in enumerate(self.calls):
+            videos.append(self._run(point, kwargs, index))
+            counted.append(dict(self._last_calls))
         outputs, reference = torch.cat(videos), torch.cat(self.reference)
         row: dict[str, Any] = {
             "label": point.label(),
             "schedule": point.schedule,
             "stack": point.stack,
-            "flop_ratio": self._flop_ratio(point, self._last_calls),
+            "flop_ratio": self._mean_flop_ratio(point, counted),
             "samples": len(outputs),
             "scores": {},
             "extras": {},
@@ -247,6 +275,19 @@ class Evaluator:
             if scorer.extras is not None:
                 row["extras"].update(scorer.extras(outputs, prompts))
         return row
+
+    def settling(self, window: Schedule, steps: int, solver: str | None) -> Settling:
+        """The self-differences ``window`` reads on the fit calls at ``steps`` steps (one pass: every
+        threshold's boundaries and FLOPs follow from it, see :mod:`.adaptive_fit`)."""
+        if self.max_calls is not None and self.pipeline_calls + len(self.calls) > self.max_calls:
+            raise BudgetSpent
+        with solver_at(self.target, solver, steps) as step_arguments:
+            calls = [{**kwargs, **step_arguments} for kwargs in self.calls]
+            settling, _ = record_settling(
+                self.target.pipe, self.target.small, calls, window, self.target.output, self.progress
+            )
+        self.pipeline_calls += len(calls)
+        return settling
 
     def placements(self, steps: int, solver: str | None, guidance: float) -> dict[int, list[tuple[str, ...]]]:
         """Per count ``k`` of small steps, the placements every divergence measure proposes along the

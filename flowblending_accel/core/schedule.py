@@ -230,11 +230,16 @@ class Schedule:
     # ------------------------------------------------------------------------------------------ queries
     def __str__(self) -> str:
         if self.adaptive is not None:
-            switch = self.adaptive
-            window = f"{_percent_text(switch.floor)}:{_percent_text(switch.ceiling)}"
-            text = f"L{window}~{_plain(switch.threshold)}-S"
-            return text + (f"-{self.stages[2]}" if len(self.stages) == 3 else "")
+            return self.adaptive_text(with_threshold=True)
         return "-".join(str(stage) for stage in self.stages)
+
+    def adaptive_text(self, with_threshold: bool = False) -> str:
+        """An adaptive schedule as written: ``L20:60~0.05-S-L20``, or its window alone (``L20:60-S-L20``,
+        what calibrate and tune fit a threshold for)."""
+        switch = self.adaptive
+        threshold = f"~{_plain(switch.threshold)}" if with_threshold else ""
+        text = f"L{_percent_text(switch.floor)}:{_percent_text(switch.ceiling)}{threshold}-S"
+        return text + (f"-{self.stages[2]}" if len(self.stages) == 3 else "")
 
     @property
     def as_written(self) -> str:

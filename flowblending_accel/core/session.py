@@ -54,6 +54,9 @@ class RunSession:
             scheduler=plan.view.scheduler_name,
             num_steps=len(plan.steps),
             planned_steps=plan.step_counts(),
+            switch_window=plan.switch_window,
+            late_start=plan.late_start if plan.switch_window is not None else None,
+            first_step=plan.first_step,
         )
         timesteps = getattr(scheduler, "timesteps", None) if scheduler is not None else None
         switches = SampleSwitches(plan, rows_per_sample) if plan.switch_window is not None else None

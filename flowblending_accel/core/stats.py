@@ -42,6 +42,9 @@ class RunStats:
     # Adaptive schedules: per sample of the batch, the step it entered the small stage (None: it never did),
     # and per step of the switch window the self-difference of each sample still on the large model.
     boundaries: list[int | None] | None = None
+    switch_window: tuple[int, int] | None = None  # (first, ceiling): the steps a sample may switch at
+    late_start: int | None = None  # the first step of the final large stage (the end when there is none)
+    first_step: int = 0
     batch_samples: int | None = None  # samples per call, once an adaptive run has seen its first output
     self_difference: dict[int, list[float | None]] = field(default_factory=dict)
     _pending_events: list[tuple[int, Any, Any]] = field(default_factory=list, repr=False)
@@ -193,6 +196,9 @@ def merge_runs(runs: list[RunStats]) -> RunStats:
         error=next((run.error for run in runs if run.error), None),
         skipped_uncond_calls=sum(run.skipped_uncond_calls for run in runs),
         boundaries=first.boundaries,
+        switch_window=first.switch_window,
+        late_start=first.late_start,
+        first_step=min(run.first_step for run in runs),
         self_difference=first.self_difference,
     )
     for run in runs:
