@@ -25,6 +25,8 @@ from typing import Any
 import torch
 
 from ..accelerators import FlowBlendingConfig, flowblending
+from ..core.api import add_flowblending_listener
+from ..core.listeners import RouterListener
 from ..core.schedule import Schedule
 from .calibrate import Calibration, Calibrator, Candidate
 from .divergence import replay
@@ -97,10 +99,16 @@ def _shortest_above(low: float, high: float) -> float:
 
 
 def record_settling(
-    pipe, small, calls: list[dict[str, Any]], window: Schedule, output: Callable, progress=None
+    pipe,
+    small,
+    calls: list[dict[str, Any]],
+    window: Schedule,
+    output: Callable,
+    progress=None,
+    listeners: tuple[RouterListener, ...] = (),
 ) -> tuple[Settling, list]:
     """Run ``window`` with threshold 0 on every call: its :class:`Settling` and the outputs (those of the
-    latest layout, every sample switching at the ceiling)."""
+    latest layout, every sample switching at the ceiling). ``listeners`` follow the same runs."""
     never = window.with_threshold(0.0)
     settling, outputs = None, []
     with (
@@ -108,6 +116,8 @@ def record_settling(
         flowblending(pipe, small, FlowBlendingConfig(never, timing="off")) as router,
         torch.inference_mode(),
     ):
+        for listener in listeners:
+            add_flowblending_listener(pipe, listener)
         for kwargs in calls:
             outputs.append(output(pipe(**replay(kwargs))))
             stats = router.last_run

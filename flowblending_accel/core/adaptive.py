@@ -139,6 +139,11 @@ def split_by_sample(
     samples at ``step``; the outputs are reassembled in row order."""
     models, layout = switches.models_at(step), switches.layout
     batch, parts = batch_rows(args, kwargs), []
+    if batch != layout.rows:
+        raise RuntimeError(
+            f"a call at step {step} has {batch} rows where the run's first had {layout.rows}: the adaptive "
+            "switch cannot tell which rows belong to which sample; use a fixed schedule for this pipeline."
+        )
     for model in ("large", "small"):
         samples = [sample for sample, chosen in enumerate(models) if chosen == model]
         rows = layout.rows_of(samples)
