@@ -30,6 +30,14 @@ if TYPE_CHECKING:
 
 _STACK_ATTRIBUTE = "_flowblending_stack"
 StackMember = str | AcceleratorConfig | Accelerator
+# What an adaptive schedule cannot run under, and why: at a step where its samples are split between the
+# models, each model sees a part of the batch.
+NOT_WITH_ADAPTIVE = {
+    "cache": "a feature cache keeps the last step's features of the whole batch",
+    "memory": "offloading moves one model at a time by segment, and a split step needs both",
+    "parallel": "context parallelism is checked per segment start on every rank",
+    "engine": "an engine is built for fixed batch shapes",
+}
 
 
 @dataclass
@@ -120,6 +128,8 @@ class FlowBlendingConfig(RouterConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.accelerators, Stack):
+            if self.schedule.adaptive is not None:
+                _check_adaptive_stack(self.schedule, [a.config for a in self.accelerators.accelerators])
             return
         if isinstance(self.accelerators, str | AcceleratorConfig):
             raise TypeError(
@@ -130,6 +140,8 @@ class FlowBlendingConfig(RouterConfig):
         configs = as_configs(members)  # spec strings parsed here, once
         parsed = [m if isinstance(m, Accelerator) else c for m, c in zip(members, configs, strict=True)]
         object.__setattr__(self, "accelerators", tuple(parsed))
+        if self.schedule.adaptive is not None:
+            _check_adaptive_stack(self.schedule, configs)
 
     @classmethod
     def of(cls, config: FlowBlendingConfig | str | Schedule) -> FlowBlendingConfig:
@@ -142,6 +154,15 @@ class FlowBlendingConfig(RouterConfig):
             "the config must be a FlowBlendingConfig or a schedule string like 'L40-S40-L20', got "
             f"{type(config).__name__}."
         )
+
+
+def _check_adaptive_stack(schedule: Schedule, configs: list[AcceleratorConfig]) -> None:
+    for config in configs:
+        if config.kind in NOT_WITH_ADAPTIVE:
+            raise ValueError(
+                f"FlowBlendingConfig.accelerators: {config.spec} cannot run under the adaptive schedule "
+                f"{schedule} ({NOT_WITH_ADAPTIVE[config.kind]}); drop it or use a fixed schedule."
+            )
 
 
 def apply_flowblending_(

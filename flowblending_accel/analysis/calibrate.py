@@ -91,6 +91,7 @@ class Calibration:
     curve: DivergenceCurve
     candidates: list[Candidate] = field(default_factory=list)
     grid: Grid | None = None  # the solver grid calibrated on, for carrying the schedule elsewhere
+    settling: dict | None = None  # an adaptive schedule's: the self-differences its threshold was fit on
 
     @property
     def models(self) -> list[str]:
@@ -122,6 +123,7 @@ class Calibration:
             "message": self.message,
             "candidates": [c.__dict__ for c in self.candidates],
             "curve": self.curve.to_dict(),
+            "settling": self.settling,
         }
 
 

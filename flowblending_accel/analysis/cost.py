@@ -120,26 +120,41 @@ def analyze_plan(work: WorkloadSizes) -> CallPlan:
     return CallPlan("analyze", tuple(parts))
 
 
-def calibrate_plan(work: WorkloadSizes, measures: int, budget_goal: bool) -> CallPlan:
+def calibrate_plan(work: WorkloadSizes, measures: int, budget_goal: bool, adaptive: bool = False) -> CallPlan:
     """The divergence pass, the sensitivity windows, the hand-picked schedule, the held-out comparison
     (large-only, the hand-picked and the calibrated schedule) are fixed; the search verifies candidates: a
     budget goal the proposals (one per measure) of 3 step counts, a tolerance goal a bisection over the
-    small-step count, each round its proposals and up to 3 refinement rounds of 4 neighbours."""
+    small-step count, each round its proposals and up to 3 refinement rounds of 4 neighbours. An adaptive
+    schedule's threshold (``adaptive``) costs a settling pass, then one verification under a budget or a
+    bisection over at most one threshold per fit sample and step."""
     proposals = measures + (1 if work.window else 0)
     parts = [("FLOP count", 1), ("divergence pass", work.fit_calls)]
     if work.window:
         windows = math.ceil(work.steps / work.window)
         parts.append((f"sensitivity ({work.window} steps)", work.fit_calls * windows))
+    if adaptive:
+        parts.append(("settling pass", work.fit_calls))
     parts += [("hand-picked schedule", work.fit_calls), ("held-out comparison", 3 * work.held_calls)]
-    candidates = 3 * proposals if budget_goal else math.ceil(math.log2(max(work.steps, 2))) * (proposals + 12)
+    rounds = math.ceil(math.log2(max(work.steps, 2)))
+    candidates = 3 * proposals if budget_goal else rounds * (proposals + 12)
+    if adaptive:
+        thresholds = work.steps * work.fit_prompts * work.seeds + 1
+        candidates = 1 if budget_goal else math.ceil(math.log2(thresholds)) + 1
     return CallPlan("calibrate", tuple(parts), ("candidate verification", candidates * work.fit_calls))
 
 
 def tune_plan(
-    work: WorkloadSizes, grid_points: int, compared: int, timing_rows: int, repeats: int, grid: bool
+    work: WorkloadSizes,
+    grid_points: int,
+    compared: int,
+    timing_rows: int,
+    repeats: int,
+    grid: bool,
+    adaptive_rounds: int = 0,
 ) -> CallPlan:
     """The reference and the hand-picked point, each accelerator alone (at most 3) and the compared stacks,
-    the timing rounds and the held-out table are fixed; the search visits at most every grid point once."""
+    the timing rounds and the held-out table are fixed; the search visits at most every grid point once,
+    and an adaptive threshold adds at most ``adaptive_rounds`` passes over the fit calls."""
     parts = [
         ("FLOP count", 1),
         ("reference and hand-picked", 2 * work.fit_calls),
@@ -150,7 +165,8 @@ def tune_plan(
     if grid:
         parts.append(("exhaustive grid", grid_points * work.fit_calls))
     # The search stops at --max-calls (what the fixed parts leave it), after one point at least.
-    return CallPlan("tune", tuple(parts), ("search", grid_points * work.fit_calls), stoppable=work.fit_calls)
+    search = (grid_points + adaptive_rounds) * work.fit_calls
+    return CallPlan("tune", tuple(parts), ("search", search), stoppable=work.fit_calls)
 
 
 # Smaller plans, closest to what was asked first: the flag a user changes, and the work it leaves.

@@ -69,7 +69,8 @@ class HeldOut:
 
     def _make(self, job: Job) -> dict[str, Any]:
         video = as_video(self.output(self.pipe(**replay(self.calls[job.index]))))
-        calls = dict(flowblending_stats(self.pipe).calls_per_model)
+        # In whole batches: what FLOPs follow when an adaptive schedule splits a call by sample.
+        calls = dict(flowblending_stats(self.pipe).batch_calls_per_model)
         result: dict[str, Any] = {"calls": calls, "flops": _flops(calls, self.flops), "samples": len(video)}
         if job.what["schedule"] == "L100":
             self.runner.keep_output(job, video)

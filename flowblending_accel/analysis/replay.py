@@ -48,8 +48,10 @@ class PrefixReplay(RouterListener):
         self._first = 0
         self._branch: dict[int, int] = {}
         self.replayed = self.computed = self.mismatched = 0
+        self.active = True
 
     def on_run_start(self, router, session) -> None:
+        self.active = session.plan.switch_window is None
         self._models = [step.model for step in session.plan.steps]
         self._first = session.plan.first_step
         self._branch = {}
@@ -58,6 +60,8 @@ class PrefixReplay(RouterListener):
         return (self.context, tuple(self._models[: step - self._first + 1]), step, branch)
 
     def answer(self, router, record, args: tuple, kwargs: dict) -> Any:
+        if not self.active:
+            return None
         branch = self._branch.get(record.step, 0)
         self._branch[record.step] = branch + 1
         key = self._key(record.step, branch)
@@ -74,6 +78,8 @@ class PrefixReplay(RouterListener):
         if call.record.replayed:
             return
         self.computed += 1
+        if not self.active:
+            return
         key = self._key(call.record.step, self._branch.get(call.record.step, 1) - 1)
         self._memory[key] = (_fingerprint(call.args, call.kwargs), _copy(call.output))
         if len(self._memory) > self.max_entries:

@@ -73,6 +73,16 @@ def cost_lines(document: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _sigma_lines(result: dict[str, Any]) -> list[str]:
+    if not result.get("sigma_schedule"):  # an adaptive schedule: its boundary is each sample's own
+        return []
+    return [
+        f"- on the sigma axis: `{result['sigma_schedule']}` — carry it to another scheduler, shift or step "
+        "count with `flowblending-accel plan --calibration calibration.json --scheduler S --shift X --steps "
+        "N`, which also says when a recalibration is advisable"
+    ]
+
+
 def calibration_markdown(document: dict[str, Any]) -> str:
     result, held = document["calibration"], document["held_out"]
     lines = [
@@ -89,10 +99,7 @@ def calibration_markdown(document: dict[str, Any]) -> str:
         f" proposals from: {result['measure']}; "
         f"calibration scores {_scores(result['quality'])} vs the reference "
         f"schedule's {_scores(result['reference_quality'])}",
-        f"- on the sigma axis: `{result.get('sigma_schedule')}` — carry it to another scheduler, "
-        "shift or step count with "
-        "`flowblending-accel plan --calibration calibration.json --scheduler S --shift X --steps N`, "
-        "which also says when a recalibration is advisable",
+        *_sigma_lines(result),
         *cost_lines(document),
         "",
         "Candidates verified on the calibration set (scores vs large-only, higher is better):",

@@ -41,6 +41,7 @@ from ..core.schedule import Schedule
 from ..metrics.flops import flops_per_call, run_flops
 from ..metrics.intervals import mean_interval
 from ..metrics.scorers import Scorer, as_video
+from .adaptive_fit import Settling, record_settling
 from .calibrate import best_placements
 from .call_runner import CallRunner, Job, identities_of
 from .divergence import divergence_curve, replay
@@ -52,12 +53,20 @@ from .scores import SampleQuality, Scores, probing
 @dataclass(frozen=True)
 class Point:
     """One configuration: the model of every solver step, the solver (``None``: the target's own, at its
-    own step count), a FirstBlockCache threshold (``None``: no cache), and guidance on the small stage."""
+    own step count), a FirstBlockCache threshold (``None``: no cache), and guidance on the small stage. An
+    adaptive point (``adaptive``: its schedule, ``"L20:60~0.03-S-L20"``) has its latest layout as
+    ``models``: each sample switches at its own step up to it."""
 
     models: tuple[str, ...]
     solver: str | None = None
     cache: float | None = None
     small_guidance: str = "on"
+    adaptive: str | None = None
+
+    @classmethod
+    def switching(cls, schedule: Schedule, steps: int, solver: str | None = None) -> Point:
+        """The adaptive ``schedule`` at ``steps`` steps."""
+        return cls(tuple(schedule.models_for_step_count(steps)), solver, adaptive=str(schedule))
 
     @property
     def steps(self) -> int:
@@ -65,7 +74,7 @@ class Point:
 
     @property
     def schedule(self) -> str:
-        return str(Schedule.from_models(list(self.models)))
+        return self.adaptive or str(Schedule.from_models(list(self.models)))
 
     @property
     def stack(self) -> list[str]:
@@ -83,17 +92,18 @@ class Point:
     def as_what(self) -> dict[str, Any]:
         """The point as a journal line says it (letters for the models of the steps)."""
         letters = "".join("S" if model == "small" else "L" for model in self.models)
-        return {
+        what = {
             "models": letters,
             "solver": self.solver,
             "cache": self.cache,
             "guidance": self.small_guidance,
         }
+        return what | ({"adaptive": self.adaptive} if self.adaptive is not None else {})
 
     @classmethod
     def from_what(cls, what: dict[str, Any]) -> Point:
         models = tuple("small" if letter == "S" else "large" for letter in what["models"])
-        return cls(models, what["solver"], what["cache"], what["guidance"])
+        return cls(models, what["solver"], what["cache"], what["guidance"], what.get("adaptive"))
 
     @classmethod
     def parse(cls, text: str, full_steps: int) -> Point:
@@ -101,6 +111,7 @@ class Point:
         step-reduction solver and one FirstBlockCache (the knobs a point has)."""
         schedule, *members = text.split()
         solver, steps, cache = None, full_steps, None
+        parsed = Schedule.parse(schedule)
         for config in map(parse_accelerator, members):
             if isinstance(config, StepReduction) and solver is None:
                 solver, steps = config.solver, config.steps
@@ -111,7 +122,11 @@ class Point:
                     f"{text!r}: {config.spec} is not a knob tune compares; give a schedule, at most one "
                     "step-reduction solver (dpm++:10) and one FirstBlockCache (fbc:0.2)."
                 )
-        return cls(tuple(Schedule.parse(schedule).models_for_step_count(steps)), solver, cache)
+        if parsed.adaptive is not None:
+            if cache is not None:
+                raise ValueError(f"{text!r}: a feature cache cannot run under an adaptive schedule.")
+            return cls.switching(parsed, steps, solver)
+        return cls(tuple(parsed.models_for_step_count(steps)), solver, cache)
 
 
 @dataclass
@@ -131,6 +146,7 @@ class Evaluation:
             "steps": self.point.steps,
             "small_steps": self.point.small_steps,
             "small_guidance": self.point.small_guidance,
+            "adaptive": self.point.adaptive is not None,
             "flop_ratio": self.flop_ratio,
             "scores": self.scores,
             "screen": self.screen,
@@ -226,7 +242,8 @@ class Evaluator:
             "computed": self.replay.computed - before[0],
             "replayed": self.replay.replayed - before[1],
         }
-        calls = dict(flowblending_stats(target.pipe).calls_per_model)
+        # In whole batches: what FLOPs follow when an adaptive schedule splits a call by sample.
+        calls = dict(flowblending_stats(target.pipe).batch_calls_per_model)
         result: dict[str, Any] = {"calls": calls, "samples": len(video), "replay": replayed}
         if point.cache is None:  # exact: a call's work does not depend on its step (a cache's: its own job)
             result["flops"] = sum(count * self.per_call[model] for model, count in calls.items())
@@ -286,8 +303,15 @@ class Evaluator:
                     *rest[number * len(others) : (number + 1) * len(others)],
                 ]
                 found[point].scores = self.quality.combine([result["scores"] for result in results])
+                if point.adaptive is not None:  # its samples switch at their own steps: every call differs
+                    found[point].flop_ratio = self._mean_flop_ratio(results)
             self.evaluations.update(found)
         return [self.evaluations[point] for point in points]
+
+    def _mean_flop_ratio(self, results: list[dict[str, Any]]) -> float:
+        """An uncached point's FLOPs over every call made, as a fraction of large-only's."""
+        reference = self.reference_large_calls * self.per_call["large"]
+        return sum(result["flops"] for result in results) / len(results) / reference
 
     def _screened(self, point: Point, screen: dict, counted: float | None, must_reach) -> Evaluation:
         evaluation = Evaluation(
@@ -314,7 +338,9 @@ class Evaluator:
                 "label": point.label(),
                 "schedule": point.schedule,
                 "stack": point.stack,
-                "flop_ratio": self._flop_ratio(point, mine[-1]["calls"], counted.get(point)),
+                "flop_ratio": self._mean_flop_ratio(mine)
+                if point.adaptive is not None
+                else self._flop_ratio(point, mine[-1]["calls"], counted.get(point)),
                 "samples": sum(result["samples"] for result in mine),
                 "scores": {},
                 "extras": extras_row(mine),
@@ -323,6 +349,24 @@ class Evaluator:
                 samples = self.quality.samples([result["scores"] for result in mine])
                 rows[name]["scores"] = {score: mean_interval(values) for score, values in samples.items()}
         return rows
+
+    def settling(self, window: Schedule, steps: int, solver: str | None) -> Settling:
+        """The self-differences ``window`` reads on the fit calls at ``steps`` steps (one pass: every
+        threshold's boundaries and FLOPs follow from it, see :mod:`.adaptive_fit`)."""
+        if self.max_calls is not None and self.pipeline_calls + len(self.calls) > self.max_calls:
+            raise BudgetSpent
+        with solver_at(self.target, solver, steps) as step_arguments:
+            calls = [{**kwargs, **step_arguments} for kwargs in self.calls]
+            settling, _ = record_settling(
+                self.target.pipe,
+                self.target.small,
+                calls,
+                window,
+                self.target.output,
+                runner=self.runner,
+                what={"pass": "tune settling", "solver": solver, "steps": steps},
+            )
+        return settling
 
     def placements(self, steps: int, solver: str | None, guidance: float) -> dict[int, list[tuple[str, ...]]]:
         """Per count ``k`` of small steps, the placements every divergence measure proposes along the

@@ -104,7 +104,8 @@ def tune_markdown(result: TuneResult) -> str:
         f"- target: {result.target}",
         f"- space: step counts {list(space['step_counts'])} (solver {space['solver']} below the target's "
         f"own), FirstBlockCache thresholds {list(space['thresholds']) or 'none'}, small stage without "
-        f"guidance tried: {space['small_distilled']}",
+        f"guidance tried: {space['small_distilled']}"
+        + (f", adaptive switch thresholds of {space['adaptive']}" if space.get("adaptive") else ""),
         f"- goal: {_goal(goal)}; quality against the large-only, full-step, uncached output",
         f"- **chosen: `{chosen['schedule']}` + `{stack}`** — {chosen['message']}; worst-score loss "
         f"{chosen['loss_ratio_vs_match']:.2f}x that of {match} on the fit set",

@@ -18,7 +18,14 @@ from .call_runner import Job
 from .scores import loss_ratio, passes, probing
 from .tune import Evaluator, Point
 from .tune_report import TuneResult
-from .tune_search import TuneSpace, frontier, grid_points, search_budget, search_tolerance
+from .tune_search import (
+    TuneSpace,
+    adaptive_points,
+    frontier,
+    grid_points,
+    search_budget,
+    search_tolerance,
+)
 from .workload import Tolerance, Workload, WorkloadRequest, fit_and_seeds, proxy_verdict, resolve_tolerance
 
 logger = logging.getLogger(__name__)
@@ -35,7 +42,8 @@ class TuneRequest:
 
     ``workload``: what to score on; ``match``: the hand-picked schedule; one goal of ``tolerance`` (None: the
     match's fit scores), ``flop_budget`` and ``latency_budget`` (fractions of large-only); the space
-    (``step_counts``, ``solver``, ``cache_thresholds``, ``small_distilled``); ``extra_stack``: members that
+    (``step_counts``, ``solver``, ``cache_thresholds``, ``small_distilled``, ``adaptive``: an adaptive window
+    whose switch threshold is searched too); ``extra_stack``: members that
     leave the output as it is, written with the pick; ``compare``: hand-made points scored beside it;
     ``grid``: also run the exhaustive grid; ``repeats``: timing rounds. ``command_line``, ``tuned_target``
     (the target's identity and settings, for tuned.toml) and ``bench_command`` (the follow-up line) are
@@ -50,6 +58,7 @@ class TuneRequest:
     solver: str | None = None
     cache_thresholds: tuple[float, ...] | None = None
     small_distilled: bool = False
+    adaptive: Schedule | None = None
     extra_stack: tuple[str, ...] = ()
     compare: tuple[str, ...] = ()
     grid: bool = False
@@ -68,6 +77,7 @@ class TuneRequest:
             self.solver,
             thresholds,
             self.small_distilled,
+            self.adaptive,
         )
 
     def plan_of(self, counts: Any, target: Any) -> Any:
@@ -75,8 +85,10 @@ class TuneRequest:
         from .cost import tune_plan
 
         timing = TIMING_ROWS * (self.repeats + 1) + 3  # + the FLOP passes of the baseline, probe, a cache
-        grid = len(grid_points(self.space(target)))
-        plan = tune_plan(counts, grid, len(self.compare), TIMING_ROWS, self.repeats, self.grid)
+        space = self.space(target)
+        grid = len(grid_points(space))
+        adaptive = adaptive_points(space, counts) if self.adaptive is not None else 0
+        plan = tune_plan(counts, grid, len(self.compare), TIMING_ROWS, self.repeats, self.grid, adaptive)
         if self.latency_budget is not None:  # every frontier point is timed too: at most every grid point
             plan = replace(plan, search=(plan.search[0], plan.search[1] + grid * timing))
         return plan
@@ -123,6 +135,7 @@ def tune(request: TuneRequest, work: Workload, time_rows: TimeRows, progress: Ca
             "solver": space.solver,
             "thresholds": space.thresholds,
             "small_distilled": space.distilled,
+            "adaptive": space.adaptive.adaptive_text() if space.adaptive is not None else None,
         },
         goal={
             "tolerance": goal,

@@ -5,12 +5,15 @@ the same space (to check the search against) and the Pareto frontier of everythi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..accelerators import RoutedModels, StepReduction
 from ..accelerators.defaults import solver_for_family
+from ..core.schedule import Schedule
 from ..core.step_grid import scheduler_kind
+from .adaptive_fit import threshold_passing, threshold_within
 from .calibrate import shifted
 from .scores import Scores, loss_ratio, passes
 from .tune import BudgetSpent, Evaluation, Evaluator, Point
@@ -25,13 +28,16 @@ STEP_FRACTIONS = (1.0, 0.7, 0.5, 0.4, 0.3, 0.25, 0.2)
 class TuneSpace:
     """What may change. ``step_counts`` descending, the first the target's own; ``solver`` runs the
     smaller counts (``None``: the target's own scheduler); ``thresholds`` ascending FirstBlockCache
-    thresholds (empty: no cache); ``distilled``: also try the small stage without guidance."""
+    thresholds (empty: no cache); ``distilled``: also try the small stage without guidance; ``adaptive``:
+    also the switch threshold of this adaptive schedule, at every step count where a fixed small stage
+    passes."""
 
     step_counts: tuple[int, ...]
     solver: str | None
     thresholds: tuple[float, ...] = ()
     distilled: bool = False
     refine_rounds: int = 2
+    adaptive: Schedule | None = None  # an adaptive window (L20:60-S-L20) whose threshold is a knob
 
     @classmethod
     def for_target(
@@ -41,6 +47,7 @@ class TuneSpace:
         solver: str | None = None,
         thresholds: list[float] | None = None,
         distilled: bool = False,
+        adaptive: Schedule | None = None,
     ) -> TuneSpace:
         """The space on ``target`` (a tools' Target): its own step count and the given or default smaller
         ones; the given solver, checked against the family, else the first the family takes; FirstBlockCache
@@ -58,7 +65,8 @@ class TuneSpace:
             solver = solver_for_family(target.family, models.denoisers, kind)
         unets = any(target.family.is_unet(denoiser) for denoiser in models.denoisers)
         chosen = () if unets else tuple(thresholds if thresholds is not None else DEFAULT_THRESHOLDS)
-        return cls(tuple(sorted({full, *counts}, reverse=True)), solver, chosen, distilled)
+        steps = tuple(sorted({full, *counts}, reverse=True))
+        return cls(steps, solver, chosen, distilled, adaptive=adaptive)
 
     @property
     def full_steps(self) -> int:
@@ -163,6 +171,8 @@ def search_tolerance(
                 unguided = evaluator.evaluate(replace(best.point, small_guidance="off"), tolerance)
                 if unguided.scores is not None and passes(unguided.scores, tolerance):
                     feasible.append(unguided)
+            if space.adaptive is not None and best.point.small_steps:
+                feasible += _adaptive_passing(evaluator, space, steps, tolerance)
     except BudgetSpent:
         result.budget_spent = True
     passing = [e for e in feasible if e.scores is not None and passes(e.scores, tolerance)]
@@ -172,6 +182,34 @@ def search_tolerance(
         f"fewest FLOPs keeping {wanted}" if result.chosen else f"nothing but the baseline keeps {wanted}"
     )
     return result
+
+
+def _adaptive_passing(evaluator: Evaluator, space: TuneSpace, steps: int, tolerance: Scores) -> list:
+    """The adaptive window's highest passing threshold at ``steps`` (a settling pass, then a bisection)."""
+    solver = space.solver_for(steps)
+    settling = evaluator.settling(space.adaptive, steps, solver)
+
+    def verify(threshold: float) -> Scores:
+        point = Point.switching(space.adaptive.with_threshold(threshold), steps, solver)
+        evaluation = evaluator.evaluate(point, tolerance)
+        return evaluation.scores or evaluation.screen  # rejected early: its first call is clearly below
+
+    found = threshold_passing(settling, verify, tolerance)
+    if found is None:
+        return []
+    point = Point.switching(space.adaptive.with_threshold(found[0]), steps, solver)
+    return [evaluator.evaluations[point]]
+
+
+def _adaptive_within(evaluator: Evaluator, space: TuneSpace, steps: int, budget: float) -> list[Evaluation]:
+    """The adaptive window's lowest threshold whose mean FLOPs fit ``budget`` at ``steps``."""
+    solver = space.solver_for(steps)
+    settling = evaluator.settling(space.adaptive, steps, solver)
+    threshold = threshold_within(settling, budget, evaluator.per_call)
+    if threshold is None:
+        return []
+    evaluation = evaluator.evaluate(Point.switching(space.adaptive.with_threshold(threshold), steps, solver))
+    return [evaluation] if evaluation.flop_ratio <= budget + 1e-12 else []
 
 
 def _with_cache(evaluator: Evaluator, space: TuneSpace, point: Point, tolerance: Scores) -> list[Evaluation]:
@@ -253,6 +291,8 @@ def search_budget(
             for k in (k_min - 1, k_min - 2):  # a cache may pay for a small step less
                 if k >= 0 and k in proposals:
                     fitting += _cached_within(evaluator, space, Point(proposals[k][0], solver), budget)
+            if space.adaptive is not None and k_min:
+                fitting += _adaptive_within(evaluator, space, steps, budget)
             result.per_step_count[steps] = f"{k_min} small steps fit uncached; best {best.point.label()}"
     except BudgetSpent:
         result.budget_spent = True
@@ -268,6 +308,13 @@ def _cached_within(evaluator: Evaluator, space: TuneSpace, point: Point, budget:
         if evaluation.flop_ratio <= budget + 1e-12:
             return [evaluation]
     return []
+
+
+def adaptive_points(space: TuneSpace, counts: Any) -> int:
+    """At most how many pipeline-call rounds the adaptive threshold costs (``counts``: the workload's
+    sizes): per step count a settling pass and a bisection over one threshold per fit sample and step."""
+    samples = counts.fit_prompts * counts.seeds
+    return sum(1 + math.ceil(math.log2(steps * samples + 1)) + 1 for steps in space.step_counts)
 
 
 def grid_points(space: TuneSpace) -> list[Point]:

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from ..analysis.measures import MEASURES
 from ..core.schedule import PAPER_SCHEDULE
-from .common import positive_number, whole_number
+from .common import adaptive_window, positive_number, whole_number
 from .workload import add_workload_options, parse_tolerance, workload_request, workload_run
 
 
@@ -61,6 +61,15 @@ def register(commands) -> None:
     )
     calibrate.add_argument(
         "--match", default=PAPER_SCHEDULE, help="hand-picked schedule to beat (default L40-S40-L20)"
+    )
+    calibrate.add_argument(
+        "--adaptive",
+        type=adaptive_window,
+        default=None,
+        metavar="WINDOW",
+        help="fit the threshold of an adaptive schedule instead of fixed boundaries: each sample enters the "
+        "small stage when the large model's output settles, between the window's floor and ceiling, e.g. "
+        "L20:60-S-L20 (or L20:60-S, ending small)",
     )
     calibrate.add_argument(
         "--measure",
@@ -145,6 +154,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
+    from ..analysis.adaptive_fit import calibrate_adaptive
     from ..analysis.calibrate import Calibrator, calibrate_budget, calibrate_tolerance
     from ..analysis.cost import calibrate_plan
     from ..analysis.evaluate import evaluate_schedules, quality_function
@@ -160,10 +170,14 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
     tolerance = parse_tolerance(args.tolerance)
 
+    if args.adaptive is not None:
+        args.sensitivity_window = 0  # the threshold is fit on the self-differences, not on placements
+
     def plan_of(counts, _target):
         measures = 1 if args.measure else len(MEASURES)
-        counts = counts if args.measure is None else replace(counts, window=0)
-        return calibrate_plan(counts, measures, budget_goal=args.flop_budget is not None)
+        counts = counts if args.measure is None and args.adaptive is None else replace(counts, window=0)
+        budget_goal = args.flop_budget is not None
+        return calibrate_plan(counts, measures, budget_goal, adaptive=args.adaptive is not None)
 
     request, options = workload_request(args, holding=True)
     settings = {
@@ -171,6 +185,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "flop_budget": args.flop_budget,
         "match": args.match,
         "measure": args.measure,
+        "adaptive": None if args.adaptive is None else args.adaptive.adaptive_text(),
     }
     with workload_run(
         request, options, plan_of, tolerance, "calibrate", settings, args.resume, args.overwrite
@@ -191,7 +206,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
                 runner=runner,
             )
             reference = calibrator.verify(calibrator.propose(args.match)).quality
-            if args.flop_budget is not None:
+            if args.adaptive is not None:
+                goal = resolve_tolerance(tolerance, reference)  # a bare number: that minimum for every score
+                goal = dict(goal) if isinstance(goal, dict) else dict.fromkeys(reference, float(goal))
+                result = calibrate_adaptive(calibrator, args.adaptive, goal, args.flop_budget, reference)
+            elif args.flop_budget is not None:
                 result = calibrate_budget(calibrator, args.flop_budget, reference)
             else:
                 result = calibrate_tolerance(calibrator, resolve_tolerance(tolerance, reference), reference)

@@ -96,6 +96,16 @@ def _number(text: str, above_zero: bool) -> float:
     return value
 
 
+def adaptive_window(text: str):
+    """An adaptive schedule whose threshold a fit will set (``L20:60-S-L20``), parsed where it enters."""
+    from ..core.schedule import Schedule
+
+    try:
+        return Schedule.adaptive_window(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def positive_number(text: str) -> float:
     """An argparse type: a number above 0."""
     return _number(text, above_zero=True)

@@ -11,6 +11,18 @@ from ..demo.compared_schedules import SCHEDULES
 from .common import add_threads_option, non_negative_number, positive_number, whole_number
 
 
+def demo_schedule(text: str) -> str:
+    """A schedule the demo compares: one of its names, or a schedule string (parsed here, once)."""
+    from ..core.schedule import Schedule
+
+    if text in SCHEDULES:
+        return text
+    try:
+        return str(Schedule.parse(text))
+    except (ValueError, TypeError) as error:
+        raise argparse.ArgumentTypeError(f"{error} (or one of {', '.join(SCHEDULES)})") from None
+
+
 def register(commands) -> None:
     _register_demo(commands)
     _register_train(commands)
@@ -48,9 +60,11 @@ def _register_demo(commands) -> None:
     demo.add_argument(
         "--schedules",
         nargs="+",
+        type=demo_schedule,
         default=list(SCHEDULES),
-        choices=list(SCHEDULES),
-        help="schedules to compare (LLL is always included as the reference)",
+        metavar="SCHEDULE",
+        help=f"schedules to compare: {' '.join(SCHEDULES)} or any schedule, e.g. L20:60~0.0227-S-L20 "
+        "(adaptive: each clip switches at its own step); LLL is always included as the reference",
     )
     demo.add_argument("--steps", type=whole_number(1), default=20, help="denoising steps (default 20)")
     demo.add_argument(

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..core.schedule import PAPER_SCHEDULE
-from .common import positive_number, whole_number
+from .common import adaptive_window, positive_number, whole_number
 from .workload import add_workload_options
 
 QUALITY_FREE = ("compile", "attention", "engine", "memory")  # stack kinds that do not change the output
@@ -54,6 +54,15 @@ def register(commands) -> None:
     )
     tune.add_argument(
         "--small-distilled", action="store_true", help="also try the small stage without guidance"
+    )
+    tune.add_argument(
+        "--adaptive",
+        type=adaptive_window,
+        default=None,
+        metavar="WINDOW",
+        help="also search the switch threshold of an adaptive schedule (each sample enters the small stage "
+        "when the large model's output settles, between the window's floor and ceiling), e.g. "
+        "L20:60-S-L20 (or L20:60-S, ending small)",
     )
     tune.add_argument(
         "--extra-stack",
@@ -177,6 +186,7 @@ def tune_request(args: argparse.Namespace):
         solver=args.solver,
         cache_thresholds=None if args.cache_thresholds is None else tuple(args.cache_thresholds),
         small_distilled=args.small_distilled,
+        adaptive=args.adaptive,
         extra_stack=tuple(args.extra_stack),
         compare=tuple(args.compare),
         grid=args.grid,

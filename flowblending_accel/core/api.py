@@ -78,6 +78,12 @@ class RouterConfig:
             raise ValueError(
                 f"FlowBlendingConfig.small_guidance={self.small_guidance!r} must be 'on' or 'off'."
             )
+        if self.small_guidance == "off" and self.schedule.adaptive is not None:
+            raise ValueError(
+                f"FlowBlendingConfig.small_guidance='off' with the adaptive schedule {self.schedule}: the "
+                "guidance-free small stage answers whole calls, an adaptive step may split one by sample; "
+                "use small_guidance='on' or a fixed schedule."
+            )
 
 
 def attach_routers(
@@ -102,6 +108,11 @@ def attach_routers(
         raise ValueError(
             f"small_guidance='off' needs a pipeline that makes one denoiser call per CFG branch (Wan); the "
             f"{family.name} family batches CFG into one call. Use small_guidance='on' (the default)."
+        )
+    if config.schedule.adaptive is not None and len(names) > 1:
+        raise ValueError(
+            f"the adaptive schedule {config.schedule} follows one denoiser's outputs, but {names} are routed "
+            f"(one router each): route one with denoisers=({names[0]!r},) or use a fixed schedule."
         )
     _advise(config)
     routers = {name: _router(pipe, getattr(pipe, name), smalls[name], family, config) for name in names}

@@ -21,7 +21,6 @@ control (:meth:`ModelRouter.start_run`, :meth:`~ModelRouter.enter_step`, :meth:`
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +31,9 @@ from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import diffusers_internals, patches
-from .compat import check_adapters, check_placement, device_of
+from .adaptive import split_by_sample
+from .call_timer import CallTimer, timing_mode
+from .compat import check_adapters, check_placement
 from .denoiser import RoutedDenoiser
 from .families import Family
 from .follow import Follower
@@ -47,7 +48,7 @@ from .listeners import (
 )
 from .plan import Plan
 from .schedule import PAPER_SCHEDULE, FlowBlendingWarning, Schedule
-from .session import RunSession
+from .session import MIXED, RunSession
 from .stats import CallRecord, RunStats
 from .step_grid import SolverView
 
@@ -125,6 +126,7 @@ class ModelRouter(ModelHook):
         self._call_listeners = False
         self._answering: list[RouterListener] = []
         self._intercepting: list[RouterListener] = []
+        self.family = family
         self._follower = Follower(family)
         if small_guidance == "off":  # the small stage's unconditional calls answered by an interceptor
             self.add_listener(GuidanceFreeSmallStage())
@@ -231,8 +233,9 @@ class ModelRouter(ModelHook):
         placement = not any(listener.manages_placement for listener in self._listeners)
         self._follower.sync(self.large, self.small, placement)
 
-    def start_run(self, plan: Plan, scheduler: Any = None) -> RunSession:
-        """End any open run, reset both models' caches, and start a run following ``plan``."""
+    def start_run(self, plan: Plan, scheduler: Any = None, rows_per_sample: int = 1) -> RunSession:
+        """End any open run, reset both models' caches, and start a run following ``plan``
+        (``rows_per_sample``: 2 where one call stacks both CFG branches, for an adaptive schedule)."""
         self.end_run()
         if "small" in plan.schedule.models:
             self.follow_large()
@@ -242,7 +245,7 @@ class ModelRouter(ModelHook):
             warnings.warn(advice, FlowBlendingWarning, stacklevel=2)
         self._reset_model("small")
         self._reset_model("large")
-        self._session = RunSession.start(plan, scheduler, self._timing_mode())
+        self._session = RunSession.start(plan, scheduler, self._timing_mode(), rows_per_sample)
         self._notify("on_run_start", self._session)
         return self._session
 
@@ -252,22 +255,40 @@ class ModelRouter(ModelHook):
         session = self._require_session()
         was_active = session.active_model
         model, starts_segment = session.enter(step)
-        if starts_segment:
+        if not starts_segment:
+            return model
+        running_before = set(MODELS) if was_active == MIXED else {was_active}
+        for started in MODELS if model == MIXED else (model,):
+            if started in running_before:
+                continue
             if was_active is not None and self.reset_on_switch:
-                self._reset_model(model)
-            _, first, last = session.plan.segment_of(step)
-            self._notify("on_segment_start", SegmentStart(model, step, first, last, was_active is not None))
+                self._reset_model(started)
+            first, last = session.segment_span(started, step)
+            self._notify("on_segment_start", SegmentStart(started, step, first, last, was_active is not None))
         return model
 
     def call(self, model: str, step: int, iteration: int | None, args: tuple, kwargs: dict) -> Any:
         """Run ``model`` on one denoiser call of the open run, recorded and timed; on an exception the run
-        is aborted and both models reset before it propagates."""
+        is aborted and both models reset before it propagates. ``"mixed"`` (an adaptive run's step where
+        samples run on both models) splits the call by sample."""
         session = self._require_session()
         for listener in self._intercepting:
             output = listener.intercept(self, session, model, step, iteration)
             if output is not None:
                 return output
-        return self._recorded(session, step, model, iteration, args, kwargs)
+        if model == MIXED:
+            output = split_by_sample(
+                session.switches,
+                step,
+                args,
+                kwargs,
+                lambda part, a, kw, samples: self._recorded(session, step, part, iteration, a, kw, samples),
+            )
+        else:
+            output = self._recorded(session, step, model, iteration, args, kwargs)
+        if session.switches is not None:
+            session.observe(step, output)
+        return output
 
     def call_model(self, model: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``model`` directly, unrecorded: the large model's forward chain under this hook (its caches,
@@ -302,7 +323,7 @@ class ModelRouter(ModelHook):
         session = self._session
         if session is None or not session.is_current_for(scheduler):
             session = self._start_pipeline_run(scheduler)
-        step = self._locate(scheduler, session.plan.view, args, kwargs)
+        step = session.plan.view.step_of_call(scheduler, lambda: self._timestep_value(args, kwargs))
         if step < session.last_step:  # the same grid walked again: a custom loop starting over
             session = self._start_pipeline_run(scheduler)
         model = self.enter_step(step)
@@ -356,7 +377,16 @@ class ModelRouter(ModelHook):
 
     def _start_pipeline_run(self, scheduler: Any) -> RunSession:
         view = SolverView.from_scheduler(scheduler)
-        return self.start_run(Plan.build(self.schedule, view, view.first_step_of(scheduler)), scheduler)
+        plan = Plan.build(self.schedule, view, view.first_step_of(scheduler))
+        return self.start_run(plan, scheduler, self._rows_per_sample() if plan.switch_window else 1)
+
+    def _rows_per_sample(self) -> int:
+        """2 when the calling pipeline stacks both CFG branches in one call (the family says it batches CFG
+        and the pipeline says guidance is on), else 1."""
+        if self.family is None or not self.family.batched_cfg:
+            return 1
+        caller = patches.calling_pipeline(self.large)
+        return 2 if getattr(caller, "do_classifier_free_guidance", False) else 1
 
     def _notify(self, event: str, *args: Any) -> None:
         for listener in self._listeners:
@@ -367,18 +397,6 @@ class ModelRouter(ModelHook):
             diffusers_internals.reset_cache_state(self.small)
         elif isinstance(self.large, torch.nn.Module):
             diffusers_internals.reset_cache_state(self.large, self.cache_context, skip=[self])
-
-    def _locate(self, scheduler: Any, view: SolverView, args: tuple, kwargs: dict) -> int:
-        iteration = getattr(scheduler, "step_index", None)
-        if iteration is None and hasattr(scheduler, "step_index"):
-            iteration = getattr(scheduler, "begin_index", None)
-        if iteration is not None:
-            if iteration >= len(view.step_of_iteration):
-                raise RuntimeError(
-                    f"scheduler.step_index={iteration} is past its {len(view.timesteps)} timesteps."
-                )
-            return view.step_of_iteration[iteration]
-        return view.step_for_timestep(self._timestep_value(args, kwargs))
 
     def _timestep_value(self, args: tuple, kwargs: dict) -> float:
         name, position = self.timestep_arg
@@ -392,11 +410,19 @@ class ModelRouter(ModelHook):
         return float(value.max()) if isinstance(value, torch.Tensor) else float(value)
 
     def _recorded(
-        self, session: RunSession, step: int, model: str, iteration: int | None, args: tuple, kwargs: dict
+        self,
+        session: RunSession,
+        step: int,
+        model: str,
+        iteration: int | None,
+        args: tuple,
+        kwargs: dict,
+        samples: tuple[int, ...] | None = None,
     ) -> Any:
         planned = session.plan.at(step)
-        record = CallRecord(step, model, planned.stage, planned.timestep, planned.sigma, iteration)
-        timer = _Timer(session.timing)
+        stage = 1 if model == "small" and session.switches is not None else planned.stage
+        record = CallRecord(step, model, stage, planned.timestep, planned.sigma, iteration, samples=samples)
+        timer = CallTimer(session.timing)
         try:
             output = self._answered(record, args, kwargs)
             if output is not None:
@@ -429,28 +455,4 @@ class ModelRouter(ModelHook):
         self._reset_model("large")
 
     def _timing_mode(self) -> str:
-        if self.timing == "auto":
-            device = device_of(self.large)
-            return "cuda" if device is not None and device.type == "cuda" else "host"
-        return self.timing
-
-
-class _Timer:
-    """Host clock per call, or a CUDA event pair resolved after the run (no sync inside the loop)."""
-
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-        if mode == "cuda":
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.end = torch.cuda.Event(enable_timing=True)
-            self.start.record()
-        elif mode == "host":
-            self.start = time.perf_counter()
-
-    def stop(self, record: CallRecord) -> tuple[Any, Any] | None:
-        if self.mode == "cuda":
-            self.end.record()
-            return self.start, self.end
-        if self.mode == "host":
-            record.seconds = time.perf_counter() - self.start
-        return None
+        return timing_mode(self.timing, self.large)

@@ -20,6 +20,7 @@ class CallRecord:
     seconds: float | None = None
     flops: int | None = None
     replayed: bool = False  # answered by a listener (an identical earlier call), not computed
+    samples: tuple[int, ...] | None = None  # the samples of the batch it ran (None: all of them)
 
 
 @dataclass
@@ -38,6 +39,14 @@ class RunStats:
     skipped_uncond_calls: int = (
         0  # unconditional calls answered with the conditional output (small_guidance="off")
     )
+    # Adaptive schedules: per sample of the batch, the step it entered the small stage (None: it never did),
+    # and per step of the switch window the self-difference of each sample still on the large model.
+    boundaries: list[int | None] | None = None
+    switch_window: tuple[int, int] | None = None  # (first, ceiling): the steps a sample may switch at
+    late_start: int | None = None  # the first step of the final large stage (the end when there is none)
+    first_step: int = 0
+    batch_samples: int | None = None  # samples per call, once an adaptive run has seen its first output
+    self_difference: dict[int, list[float | None]] = field(default_factory=dict)
     _pending_events: list[tuple[int, Any, Any]] = field(default_factory=list, repr=False)
 
     # -------------------------------------------------------------------------------------- recording
@@ -45,6 +54,11 @@ class RunStats:
         if events is not None:
             self._pending_events.append((len(self.calls), *events))
         self.calls.append(record)
+
+    def adaptive_record(self, boundaries: list[int | None], self_difference: dict) -> None:
+        """What an adaptive run decided: each sample's boundary and the self-differences it read."""
+        self.boundaries = list(boundaries)
+        self.self_difference = {step: list(values) for step, values in self_difference.items()}
 
     def resolve_timings(self) -> None:
         """Turn pending CUDA events into seconds (waits for them; done lazily so the run never syncs)."""
@@ -56,11 +70,31 @@ class RunStats:
     # ---------------------------------------------------------------------------------------- summary
     @property
     def trace(self) -> list[tuple[int, str]]:
-        """``(solver step, model)`` once per step, in order: the routing decision."""
+        """``(solver step, model)`` once per step, in order: the routing decision (``"mixed"`` where an
+        adaptive run's samples ran on both models; :meth:`sample_trace` has each sample's)."""
         seen: dict[int, str] = {}
         for call in self.calls:
-            seen.setdefault(call.step, call.model)
+            if seen.setdefault(call.step, call.model) != call.model:
+                seen[call.step] = "mixed"
         return list(seen.items())
+
+    def sample_trace(self, sample: int) -> list[tuple[int, str]]:
+        """``(solver step, model)`` once per step for one sample of the batch."""
+        seen: dict[int, str] = {}
+        for call in self.calls:
+            if call.samples is None or sample in call.samples:
+                seen.setdefault(call.step, call.model)
+        return list(seen.items())
+
+    @property
+    def batch_calls_per_model(self) -> dict[str, float]:
+        """Calls per model counted in whole batches: a call on 3 of a batch's 10 samples counts 0.3 (what
+        FLOPs follow; equal to :attr:`calls_per_model` for a fixed schedule)."""
+        totals: dict[str, float] = {}
+        for call in self.calls:
+            share = 1.0 if call.samples is None else len(call.samples) / (self.batch_samples or 1)
+            totals[call.model] = totals.get(call.model, 0.0) + share
+        return totals
 
     @property
     def call_trace(self) -> list[tuple[int, str]]:
@@ -115,6 +149,10 @@ class RunStats:
             f"{self.num_steps} solver steps, {self.switches} switches",
             header,
         ]
+        if self.boundaries:
+            taken = [b for b in self.boundaries if b is not None]
+            mean = f"; mean {sum(taken) / len(taken):.2f}" if taken else ""
+            lines.insert(1, f"adaptive: step each sample entered the small stage {self.boundaries}{mean}")
         for model in sorted(set(self.planned_steps) | set(self.calls_per_model)):
             secs = f"{seconds[model]:9.4f}" if model in seconds else f"{'-':>9}"
             line = (
@@ -136,6 +174,8 @@ class RunStats:
             seconds_per_stage={str(k): v for k, v in self.seconds_per_stage.items()},
             flops_per_model=self.flops_per_model,
             switches=self.switches,
+            batch_calls_per_model=self.batch_calls_per_model,
+            self_difference={str(k): v for k, v in self.self_difference.items()},
         )
         return data
 
@@ -155,6 +195,11 @@ def merge_runs(runs: list[RunStats]) -> RunStats:
         aborted=any(run.aborted for run in runs),
         error=next((run.error for run in runs if run.error), None),
         skipped_uncond_calls=sum(run.skipped_uncond_calls for run in runs),
+        boundaries=first.boundaries,
+        switch_window=first.switch_window,
+        late_start=first.late_start,
+        first_step=min(run.first_step for run in runs),
+        self_difference=first.self_difference,
     )
     for run in runs:
         run.resolve_timings()

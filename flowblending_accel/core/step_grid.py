@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,21 @@ class SolverView:
         return (
             self.step_of_iteration[begin] if begin is not None and begin < len(self.step_of_iteration) else 0
         )
+
+    def step_of_call(self, scheduler: Any, timestep: Callable[[], float]) -> int:
+        """The solver step of a denoiser call on ``scheduler``'s loop: ``scheduler.step_index`` (exact, no
+        device sync), else ``begin_index`` on the first iteration, else ``timestep()`` (the call's timestep
+        argument, read only then) matched against the grid."""
+        iteration = getattr(scheduler, "step_index", None)
+        if iteration is None and hasattr(scheduler, "step_index"):
+            iteration = getattr(scheduler, "begin_index", None)
+        if iteration is not None:
+            if iteration >= len(self.step_of_iteration):
+                raise RuntimeError(
+                    f"scheduler.step_index={iteration} is past its {len(self.timesteps)} timesteps."
+                )
+            return self.step_of_iteration[iteration]
+        return self.step_for_timestep(timestep())
 
     def step_for_timestep(self, timestep: float, after_step: int = 0) -> int:
         """Solver step whose timestep is nearest to ``timestep``, searching from ``after_step`` on.

@@ -59,7 +59,9 @@ class Generated:
     samples: list[tuple[str, int]]
     frames: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     seconds: dict[str, list[float]] = field(default_factory=dict)
-    calls: dict[str, list[dict[str, int]]] = field(default_factory=dict)  # per chunk, per-sample calls
+    calls: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # per chunk, per-sample calls
+    # Adaptive schedules: per chunk, the step each sample entered the small stage.
+    boundaries: dict[str, list[list[int]]] = field(default_factory=dict)
     flops_per_sample_call: dict[str, int] = field(default_factory=dict)
     complete: bool = False
     timing: Timing | None = None
@@ -67,8 +69,8 @@ class Generated:
     def stacked(self, schedule: str) -> torch.Tensor:
         return torch.cat(self.frames[schedule])
 
-    def total_calls(self, schedule: str) -> dict[str, int]:
-        totals = {"large": 0, "small": 0}
+    def total_calls(self, schedule: str) -> dict[str, float]:
+        totals = {"large": 0.0, "small": 0.0}
         for chunk in self.calls[schedule]:
             for model, count in chunk.items():
                 totals[model] += count
@@ -146,9 +148,13 @@ def _run_chunk(pipe, router, name: str, chunk, settings: DemoSettings, result: G
     elapsed = time.perf_counter() - start
     result.frames.setdefault(name, []).append(frames)
     result.seconds.setdefault(name, []).append(elapsed)
-    # Per-sample calls: one batched call serves every sample of the chunk.
-    per_sample = {model: count * len(chunk) for model, count in router.last_run.calls_per_model.items()}
+    # Per-sample calls: one batched call serves every sample of the chunk (a call an adaptive schedule split
+    # by sample, the share of the chunk it ran).
+    stats = router.last_run
+    per_sample = {model: count * len(chunk) for model, count in stats.batch_calls_per_model.items()}
     result.calls.setdefault(name, []).append(per_sample)
+    if stats.boundaries is not None:
+        result.boundaries.setdefault(name, []).append(list(stats.boundaries))
 
 
 def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
@@ -168,6 +174,8 @@ def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
         for name in part.seconds:
             merged.seconds.setdefault(name, []).extend(part.seconds[name])
             merged.calls.setdefault(name, []).extend(part.calls[name])
+        for name in part.boundaries:
+            merged.boundaries.setdefault(name, []).extend(part.boundaries[name])
     pairs.sort(key=lambda p: p[0])
     merged.samples = [sample for _, sample, _, _ in pairs]
     for name in first.settings.schedules:
@@ -180,6 +188,6 @@ def merge_ranks(parts: list[tuple[list[int], Generated]]) -> Generated:
 def _drop_unfinished_chunk(result: Generated) -> None:
     # Keep only chunks every schedule finished, so all schedules are compared on the same samples.
     finished = min(len(result.frames.get(name, [])) for name in result.settings.schedules)
-    for store in (result.frames, result.seconds, result.calls):
+    for store in (result.frames, result.seconds, result.calls, result.boundaries):
         for name in store:
             store[name] = store[name][:finished]

@@ -112,7 +112,8 @@ def markdown_report(rows: dict, context: dict) -> str:
         calls = row["calls_per_sample"]
         lines.append(
             f"| {name} | {row['schedule']} | {speed_cell(row['speedup_vs_lll'])} | "
-            f"{row['flops_vs_lll']:.3f} | {calls.get('large', 0):.0f} / {calls.get('small', 0):.0f} | "
+            f"{row['flops_vs_lll']:.3f} | {_calls(calls.get('large', 0))} / "
+            f"{_calls(calls.get('small', 0))} | "
             f"{_ci(row['psnr_vs_lll'], 2)} | {_ci(row['ssim_vs_lll'])} | "
             f"{_ci(row['temporal_consistency'])} | "
             f"{_ci(row['digit_accuracy'])} | {_ci(row['direction_accuracy'])} | "
@@ -124,6 +125,7 @@ def markdown_report(rows: dict, context: dict) -> str:
         f"{_ci(real['digit_accuracy'])} | {_ci(real['direction_accuracy'])} | "
         f"{real['fd_to_real']['value']:.2f} ± {real['fd_to_real']['bootstrap_sd']:.2f} |",
         "",
+        *[_boundary_line(name, row) for name, row in rows.items() if row.get("boundaries")],
         "Intervals are 95 % (normal for means, Wilson for accuracies). "
         "PSNR / SSIM compare each clip with the",
         "LLL clip from the same noise. Accuracies and FD come "
@@ -141,6 +143,18 @@ def markdown_report(rows: dict, context: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _calls(count: float) -> str:
+    """Calls per sample: whole for a fixed schedule, to a tenth where an adaptive one differs per sample."""
+    return f"{round(count, 1):g}"
+
+
+def _boundary_line(name: str, row: dict) -> str:
+    found = row["boundaries"]
+    counts = ", ".join(f"step {step}: {count}" for step, count in found["counts"].items())
+    mean = found["mean"]
+    return f"- {name}, adaptive: the step each clip entered the small stage: mean {mean:.2f} ({counts})\n"
 
 
 def speed_cell(speed: dict) -> str:

@@ -97,7 +97,18 @@ def score(generated: Generated, classifier: ClipClassifier) -> dict:
             **semantic,
             "fd_to_real": frechet_with_spread(features, real_features),
         }
+        if name in generated.boundaries:
+            rows[name]["boundaries"] = boundary_summary(generated.boundaries[name])
     return rows
+
+
+def boundary_summary(chunks: list[list[int]]) -> dict:
+    """An adaptive schedule's boundaries (the step each sample entered the small stage): mean, range and
+    how many samples took each step."""
+    taken = [step for chunk in chunks for step in chunk if step is not None]
+    counts = {str(step): taken.count(step) for step in sorted(set(taken))}
+    mean = sum(taken) / len(taken) if taken else None
+    return {"mean": mean, "min": min(taken, default=None), "max": max(taken, default=None), "counts": counts}
 
 
 def _flops(calls: dict[str, int], per_call: dict[str, int]) -> float:
