@@ -188,3 +188,28 @@ def test_a_cache_applied_after_a_plain_run_gets_each_calls_context():
         with flowblending(pipe, small, FlowBlendingConfig("L100", accelerators=["fbc:0.5"])):
             videos.append(pipe(**wan_call_kwargs(steps=6)).frames)
     assert torch.equal(*videos)
+
+
+@pytest.mark.skipif(
+    not diffusers_versions.has("modular_ltx"),
+    reason="builds modular Wan and LTX pipelines: diffusers >= 0.38",
+)
+def test_a_modular_pipeline_is_refused_below_the_release_that_has_its_blocks(installed):
+    from flowblending_accel.tiny_models import (
+        tiny_ltx_pair,
+        tiny_modular_ltx_pipeline,
+        tiny_modular_wan_pipeline,
+    )
+
+    wan, ltx = tiny_modular_wan_pipeline(), tiny_modular_ltx_pipeline(tiny_ltx_pair()[0])
+    installed("0.37.1")
+    assert family_for(wan).name == "wan-modular"
+    with pytest.raises(ValueError) as error:
+        family_for(ltx)
+    assert _one_line(error, "modular_ltx", "0.37.1").startswith(
+        "LTXModularPipeline (ltx-modular) needs diffusers"
+    )
+    installed("0.36.0")
+    with pytest.raises(ValueError) as error:
+        family_for(wan)
+    assert "route the classic WanPipeline" in _one_line(error, "modular_wan", "0.36.0")

@@ -9,6 +9,7 @@ import torch
 from optional import needs_cachedit
 
 from flowblending_accel import CacheDiT, FlowBlendingConfig, apply_flowblending_, remove_flowblending_
+from flowblending_accel.core import diffusers_versions
 from flowblending_accel.core.api import flowblending_routers
 from flowblending_accel.core.families import family_for
 from flowblending_accel.tiny_models import (
@@ -21,6 +22,11 @@ from flowblending_accel.tiny_models import (
     tiny_wan_pair,
     tiny_wan_pipeline,
     wan_call_kwargs,
+)
+
+pytestmark = pytest.mark.skipif(
+    not diffusers_versions.has("modular_ltx"),
+    reason="modular pipelines need diffusers >= 0.37 (Wan) and 0.38 (LTX): tested from 0.38",
 )
 
 STEPS = 10

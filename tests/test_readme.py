@@ -40,6 +40,15 @@ def _python_blocks(page: Path) -> list[str]:
     return [block for block in _blocks(page, "python") if not block.startswith("# launch: torchrun")]
 
 
+def _runs_here(block: str) -> bool:
+    """A block marked "# needs: <feature>" runs where the installed diffusers has that feature
+    (flowblending_accel.core.diffusers_versions); the others everywhere."""
+    from flowblending_accel.core import diffusers_versions
+
+    needs = re.match(r"# needs: (\w+)\n", block)
+    return needs is None or diffusers_versions.has(needs.group(1))
+
+
 def test_ci_runs_the_readme_test_command():
     assert TEST_COMMAND in README.read_text()
     assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
@@ -192,11 +201,22 @@ def test_python_examples_run_as_written(page, monkeypatch):
     call = WanPipeline.__call__
     small_video = {"height": 16, "width": 16, "num_frames": 5}  # the tiny model's size, not 480x832x81
     monkeypatch.setattr(WanPipeline, "__call__", lambda self, *a, **k: call(self, *a, **{**small_video, **k}))
+    _small_modular_calls(monkeypatch, small_video)
     namespace: dict = {}
     for ran in dict.fromkeys([README, page]):
-        for block in _python_blocks(ran):
+        for block in filter(_runs_here, _python_blocks(ran)):
             exec(compile(block, _name(ran), "exec"), namespace)  # noqa: S102
     assert RAN.get(_name(page), lambda ns: True)(namespace)
+
+
+def _small_modular_calls(monkeypatch, size: dict) -> None:
+    """Modular pipelines run at the tiny model's size too (where this diffusers has them)."""
+    try:
+        from diffusers.modular_pipelines import ModularPipeline
+    except ImportError:
+        return
+    call = ModularPipeline.__call__
+    monkeypatch.setattr(ModularPipeline, "__call__", lambda self, *a, **k: call(self, *a, **{**size, **k}))
 
 
 def test_performance_page_is_rendered_from_the_committed_results():

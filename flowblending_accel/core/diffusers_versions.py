@@ -57,6 +57,18 @@ FEATURES: dict[str, Feature] = {
         "torch.accelerator.current_accelerator().type",
         "use model offloading (--offload model), or run where torch sees a GPU",
     ),
+    "modular_wan": Feature(
+        "0.37",
+        "modular Wan pipelines (`WanBlocks`, `Wan22Blocks`)",
+        "diffusers.modular_pipelines.WanBlocks and Wan22Blocks",
+        "route the classic WanPipeline",
+    ),
+    "modular_ltx": Feature(
+        "0.38",
+        "modular LTX pipelines (`LTXBlocks`)",
+        "diffusers.modular_pipelines.ltx.LTXBlocks",
+        "route the classic LTXPipeline",
+    ),
     # Read, never refused: how to load in a dtype, how a cache context reaches the hooks.
     "from_pretrained_dtype": Feature(
         "0.40",

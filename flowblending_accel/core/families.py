@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from . import diffusers_versions
+
 
 @dataclass(frozen=True)
 class Family:
@@ -53,6 +55,8 @@ class Family:
             caches keep their state per context, and most raise without one).
         current_timestep: the pipeline keeps the running step's timestep in ``pipe.current_timestep`` (what
             PyramidAttentionBroadcast's timestep callback reads).
+        needs: the :mod:`.diffusers_versions` feature a pipeline of this family needs (older diffusers minors
+            are refused in one line when the family is looked up); empty: every supported minor.
         note: one line on the family's calling convention, for humans.
     """
 
@@ -74,6 +78,7 @@ class Family:
     masks_repeat_heads: bool = False
     cache_context: bool = True
     current_timestep: bool = True
+    needs: str = ""
     note: str = ""
 
     def __post_init__(self) -> None:
@@ -130,9 +135,12 @@ def family_for_class(pipeline_class: type, attributes: set[str]) -> Family:
 
 
 def family_for(pipe: Any) -> Family:
-    """The first registered family that matches ``pipe`` and finds a denoiser on it."""
+    """The first registered family that matches ``pipe`` and finds a denoiser on it (refused in one line
+    where the installed diffusers is older than the family needs)."""
     for family in _FAMILIES:
         if family.matches(pipe) and family.present_denoisers(pipe):
+            if family.needs:
+                diffusers_versions.require(family.needs, f"{type(pipe).__name__} ({family.name})")
             return family
     searched = sorted({name for family in _FAMILIES for name in family.denoisers})
     raise ValueError(
@@ -268,6 +276,7 @@ def _modular_wan(wan: Family) -> Family:
     return replace(
         wan,
         name="wan-modular",
+        needs="modular_wan",
         pipeline_pattern=r"Wan\w*ModularPipeline",
         output_field="videos",
         cache_context=False,  # WanLoopDenoiser / Wan22LoopDenoiser call the transformer outside one
@@ -281,6 +290,7 @@ def _modular_ltx(ltx: Family) -> Family:
     return replace(
         ltx,
         name="ltx-modular",
+        needs="modular_ltx",
         pipeline_pattern=r"LTXModularPipeline",
         batched_cfg=False,
         separate_cfg_calls=True,  # the guider's batches, each in its own cache context
