@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from ..accelerators import FlowBlendingConfig, flowblending
-from ..core.api import add_flowblending_listener
+from ..core.api import add_flowblending_listener, flowblending_routers
 from ..core.diffusers_internals import context_name
 from ..core.families import family_for
 from ..core.listeners import CallEvent, RouterListener
@@ -223,6 +223,8 @@ def divergence_curve(
     def make(job: Job) -> dict[str, Any]:
         finished = len(probe.runs)
         output = getattr(pipe(**replay(calls[job.index])), output_field)
+        for router in flowblending_routers(pipe):  # a pipeline that leaves its run open at the end (SD's)
+            router.end_run(completed=True)
         if len(probe.runs) == finished:
             raise RuntimeError("no run finished; nothing to analyse.")
         if keep_outputs:
