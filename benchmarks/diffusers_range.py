@@ -35,6 +35,8 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flowblending_accel.support.files import write_atomic
+
 ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = ROOT / "benchmarks" / "results" / "diffusers-range"
 MINORS = ["0.36.0", "0.37.1", "0.38.0", "0.39.0", "0.40.0", "0.41.0", "0.42.1"]  # the latest patch of each
@@ -246,7 +248,7 @@ def render(results: dict) -> str:
     lines += ["", f"Machine: {machine}, Python {python}, no GPU.", ""]
     skips: dict[str, list[str]] = {}
     for key in keys:
-        for reason in results[key]["tests"]["skips"]:
+        for reason in sorted(results[key]["tests"]["skips"]):  # as results.json keeps them (sorted keys)
             skips.setdefault(reason, []).append(key)
     if skips:
         lines += ["Skips (reason: rows):", ""]
@@ -282,8 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         row = run_row(key, work, logs)
         row["machine"] = _machine()
         results[key] = row
-        data.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        (args.output / "results.md").write_text(render(results))
+        write_atomic(data, (json.dumps(results, indent=1, sort_keys=True) + "\n").encode())
+        write_atomic(args.output / "results.md", render(results).encode())
         tests = row["tests"]
         print(
             f"{key}: {'pass' if row['ok'] else 'FAIL'}, {tests['passed']} passed, "
@@ -300,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
             print("".join(kept.read_text().splitlines(True)[-40:]) + f"(whole log: {kept})", flush=True)
         if not args.keep:
             shutil.rmtree(work / key, ignore_errors=True)
-    (args.output / "results.md").write_text(render(results))  # also when every row was there already
+    write_atomic(
+        args.output / "results.md", render(results).encode()
+    )  # also when every row was there already
     if args.work is None and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     print(f"results: {args.output / 'results.md'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
