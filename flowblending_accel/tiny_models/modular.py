@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from .tiny import TEXT_TOKENS, text_embeddings, tiny_ltx_pipeline, tiny_wan_pair, tiny_wan_pipeline
+from .tiny import ltx_call_kwargs, tiny_ltx_pipeline, tiny_wan_pair, tiny_wan_pipeline, wan_call_kwargs
 
 # The tiny Wan 2.2 boundary (the tiny folders' too): on the 10-step tiny grid the high-noise expert serves
 # steps 0-6 (t >= 700) and the low-noise one 7-9, so an L40-S40-L20 schedule switches inside both.
@@ -66,37 +64,19 @@ def tiny_modular_ltx_pipeline(transformer=None, scheduler=None, seed: int = 0):
 def modular_wan_call_kwargs(steps: int = 10, seed: int = 0, **extra: Any) -> dict[str, Any]:
     """A modular Wan call at the classic tiny Wan call's size; the guidance scale is the guider's (5.0, as
     :func:`~.tiny.wan_call_kwargs`). ``output="latents"`` returns the denoised latents."""
-    positive, negative = text_embeddings()
-    return dict(
-        prompt_embeds=positive,
-        negative_prompt_embeds=negative,
-        height=16,
-        width=16,
-        num_frames=5,
-        num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(seed),
-        output="latents",
-        **extra,
-    )
+    return _as_modular(wan_call_kwargs(steps=steps, seed=seed), extra)
 
 
 def modular_ltx_call_kwargs(steps: int = 10, seed: int = 0, **extra: Any) -> dict[str, Any]:
     """A modular LTX call at the classic tiny LTX call's size, returning the denoised latents."""
-    positive, negative = text_embeddings()
-    mask = torch.ones(1, TEXT_TOKENS)
-    return dict(
-        prompt_embeds=positive,
-        negative_prompt_embeds=negative,
-        prompt_attention_mask=mask,
-        negative_prompt_attention_mask=mask,
-        height=32,
-        width=32,
-        num_frames=9,
-        num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(seed),
-        output="latents",
-        **extra,
-    )
+    return _as_modular(ltx_call_kwargs(steps=steps, seed=seed), extra)
+
+
+def _as_modular(classic: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A classic tiny call's arguments as a modular pipeline takes them: the guider holds the guidance scale,
+    and ``output`` names the state field to return."""
+    del classic["guidance_scale"], classic["output_type"]
+    return {**classic, "output": "latents", **extra}
 
 
 def _components(classic: Any, *names: str) -> dict[str, Any]:
