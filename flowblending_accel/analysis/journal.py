@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..support.files import write_atomic
+from ..support.files import json_lines, write_atomic
 
 SCHEMA = "flowblending-accel/call-line/v1"
 FOLDER = "journal"
@@ -147,14 +147,7 @@ class CallJournal:
     def lines(self) -> Iterator[dict[str, Any]]:
         """Every whole line of every rank's file (a torn or foreign line is skipped)."""
         for path in self.files():
-            with open(path, encoding="utf-8", errors="replace") as stream:
-                for text in stream:
-                    try:
-                        line = json.loads(text)
-                    except json.JSONDecodeError:
-                        continue
-                    if isinstance(line, dict) and line.get("schema") == SCHEMA:
-                        yield line
+            yield from json_lines(path, SCHEMA)
 
     def read(self, option: str = "--output") -> int:
         """Load every journalled call; refuse a journal of another run. Returns the calls found."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +85,16 @@ def check_output_folder(path: Path, option: str = "--output") -> None:
         raise ValueError(f"{option} {path}: cannot create it ({reason}); choose another {option}.") from None
     for folder in missing:  # innermost first: only what this check made goes
         folder.rmdir()
+
+
+def json_lines(path: Path, schema: str) -> Iterator[dict[str, Any]]:
+    """Every whole JSON-object line of ``path`` that carries ``schema``: a line torn by a kill mid-write, or
+    another writer's, is skipped (append-only journals are read this way)."""
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for text in stream:
+            try:
+                line = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(line, dict) and line.get("schema") == schema:
+                yield line

@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ...support.files import json_lines
 from .plan import Section, Suite
 
 SCHEMA = "flowblending-accel/suite-line/v1"
@@ -108,14 +109,8 @@ def part_files(paths: Iterable[Path]) -> list[Path]:
 def read_lines(paths: Iterable[Path]) -> Iterator[dict[str, Any]]:
     """Every whole line of every part file (``_file`` says which); a torn or foreign line is skipped."""
     for path in part_files(paths):
-        with open(path, encoding="utf-8", errors="replace") as stream:
-            for text in stream:
-                try:
-                    line = json.loads(text)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(line, dict) and line.get("schema") == SCHEMA:
-                    yield {**line, "_file": str(path)}
+        for line in json_lines(path, SCHEMA):
+            yield {**line, "_file": str(path)}
 
 
 def rows_measured(lines: Iterable[dict[str, Any]], section: str, print_: str, repeats: int) -> set[str]:
