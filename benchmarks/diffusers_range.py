@@ -35,6 +35,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flowblending_accel.support.env import cpu_model
 from flowblending_accel.support.files import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,13 +187,7 @@ def run_row(key: str, work: Path, logs: Path) -> dict:
 
 
 def _machine() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores"
+    return f"{cpu_model() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def _sort_key(key: str) -> tuple:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..support.files import json_lines, write_atomic
+from ..support.files import append_line, json_lines, write_atomic
 
 SCHEMA = "flowblending-accel/call-line/v1"
 FOLDER = "journal"
@@ -200,14 +200,7 @@ class CallJournal:
         line = {"schema": SCHEMA, **fields, "rank": self.rank, "time": _now()}
         data = (json.dumps(line, default=str) + "\n").encode()
         self.folder.mkdir(parents=True, exist_ok=True)
-        # One write() of the whole line on an O_APPEND descriptor, then fsync: a kill leaves whole lines (or
-        # one torn last line, which the reader skips), and a machine that stops keeps what was written.
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, data)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        append_line(self.path, data)
 
     # --- outputs later calls are scored against --------------------------------------------------------
     def keep_output(self, key: str, output: torch.Tensor, store: bool = True) -> None:

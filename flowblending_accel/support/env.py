@@ -70,13 +70,18 @@ def device_name(device: str | None = None) -> str:
 
     if (device or "").startswith("cuda") or (device is None and torch.cuda.is_available()):
         return f"GPU: {torch.cuda.get_device_name(torch.device(device or 'cuda'))}"
+    return f"CPU: {cpu_model() or platform.processor() or platform.machine()}"
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as Linux reports it (``None`` elsewhere)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()}"
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"CPU: {platform.processor() or platform.machine()}"
+    return None
 
 
 def versions() -> dict[str, str]:

@@ -98,3 +98,15 @@ def json_lines(path: Path, schema: str) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(line, dict) and line.get("schema") == schema:
                 yield line
+
+
+def append_line(path: Path, data: bytes) -> None:
+    """Append one whole line durably: one ``write()`` on an ``O_APPEND`` descriptor, then ``fsync``, so a kill
+    leaves whole lines (or one torn last line, which :func:`json_lines` skips) and a machine that stops keeps
+    what was written."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

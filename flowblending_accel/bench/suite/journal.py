@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ...support.files import json_lines
+from ...support.files import append_line, json_lines
 from .plan import Section, Suite
 
 SCHEMA = "flowblending-accel/suite-line/v1"
@@ -77,15 +77,7 @@ class Journal:
 
     def write(self, kind: str, **fields: Any) -> dict[str, Any]:
         line = {"schema": SCHEMA, "kind": kind, "time": now(), **self.base, **fields}
-        data = (json.dumps(line, default=str) + "\n").encode()
-        # One write() of the whole line on an O_APPEND descriptor: a kill leaves whole lines only (or, at
-        # worst, one torn last line, which the reader skips).
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(descriptor, data)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        append_line(self.path, (json.dumps(line, default=str) + "\n").encode())
         return line
 
     def this_run(self) -> list[dict[str, Any]]:
